@@ -1,0 +1,263 @@
+//! Accounts: users, credentials, tokens and the login throttle. Plain relational tables, not
+//! events: uniqueness is a constraint, hashes can be upgraded, personal data can be erased.
+//! All SQL on these tables lives in [`store`].
+
+mod password;
+mod store;
+mod token;
+mod validation;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use password::Passwords;
+pub use validation::{validate_email, validate_password, validate_username};
+
+use crate::config::AuthConfig;
+use crate::error::ApiError;
+
+/// An account's role; one per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Role {
+    /// Rents and pays.
+    Customer,
+    /// Manages the catalogue, acts for customers, everything else.
+    Admin,
+    /// Reads the event history.
+    Auditor,
+    /// Reads analytics.
+    Analyst,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "customer" => Ok(Self::Customer),
+            "admin" => Ok(Self::Admin),
+            "auditor" => Ok(Self::Auditor),
+            "analyst" => Ok(Self::Analyst),
+            _ => Err("must be one of customer, admin, auditor, analyst".to_string()),
+        }
+    }
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct User {
+    /// Id.
+    #[sqlx(rename = "user_id")]
+    pub id: Uuid,
+    /// Username (unique, case-insensitively).
+    pub username: String,
+    /// Email (unique, case-insensitively, when present).
+    pub email: Option<String>,
+    /// Role.
+    pub role: Role,
+    /// When the account was made.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A new token, shown to its owner once.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedToken {
+    /// The opaque token.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why an account could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Username taken (case-insensitively).
+    #[error("that username is taken")]
+    UsernameTaken,
+    /// Email taken (case-insensitively).
+    #[error("that email is taken")]
+    EmailTaken,
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<CreateError> for ApiError {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::UsernameTaken => {
+                ApiError::rejected(axum::http::StatusCode::CONFLICT, "username-taken", error.to_string())
+            }
+            CreateError::EmailTaken => {
+                ApiError::rejected(axum::http::StatusCode::CONFLICT, "email-taken", error.to_string())
+            }
+            CreateError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// What a login attempt came to.
+#[derive(Debug)]
+pub enum LoginOutcome {
+    /// A new token.
+    Success(IssuedToken),
+    /// Unknown user or wrong password: indistinguishable to the caller.
+    InvalidCredentials,
+    /// Too many failures for this username from this address.
+    Throttled {
+        /// Seconds until the oldest counted failure leaves the window.
+        retry_after_secs: u64,
+    },
+}
+
+/// The accounts service; cheap to clone.
+#[derive(Clone)]
+pub struct Accounts {
+    pool: PgPool,
+    passwords: Passwords,
+    config: Arc<AuthConfig>,
+}
+
+impl Accounts {
+    /// The service over a pool.
+    pub fn new(pool: PgPool, config: &AuthConfig) -> Self {
+        Self { pool, passwords: Passwords::new(config.argon2), config: Arc::new(config.clone()) }
+    }
+
+    /// Creates an account; `password` is hashed with argon2id off the async threads.
+    pub async fn create(
+        &self,
+        username: &str,
+        email: Option<&str>,
+        password: &SecretString,
+        role: Role,
+    ) -> Result<User, CreateError> {
+        let hash = self.passwords.hash(password.clone()).await.map_err(CreateError::Database)?;
+        store::insert_user(&self.pool, Uuid::now_v7(), username, email, &hash, role).await
+    }
+
+    /// Issues a token for an account.
+    pub async fn issue_token(&self, user_id: Uuid) -> Result<IssuedToken, sqlx::Error> {
+        let token = token::generate();
+        let ttl = chrono::Duration::from_std(self.config.token_ttl).unwrap_or(chrono::Duration::days(30));
+        let expires_at = Utc::now() + ttl;
+        store::insert_token(&self.pool, &token::digest(&token), user_id, expires_at).await?;
+        Ok(IssuedToken { token, expires_at })
+    }
+
+    /// The account a token belongs to, if the token is valid, with the token's digest.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<(User, Vec<u8>)>, sqlx::Error> {
+        if token.len() > 256 {
+            return Ok(None);
+        }
+        let digest = token::digest(token);
+        Ok(store::user_by_token(&self.pool, &digest).await?.map(|user| (user, digest)))
+    }
+
+    /// Checks credentials. Unknown usernames are verified against a dummy hash so both failures
+    /// take the same time; failures are counted per username and client address in PostgreSQL,
+    /// so the throttle holds across processes.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: SecretString,
+        client_addr: &str,
+    ) -> Result<LoginOutcome, sqlx::Error> {
+        let key = username.to_lowercase();
+        let window = self.config.login_window;
+        let failures = store::recent_failures(&self.pool, &key, client_addr, window).await?;
+        if failures.count >= self.config.login_max_failures {
+            let retry_after_secs = failures
+                .oldest
+                .map(|oldest| {
+                    let until = oldest + chrono::Duration::from_std(window).unwrap_or_default();
+                    (until - Utc::now()).num_seconds().max(1) as u64
+                })
+                .unwrap_or(window.as_secs());
+            return Ok(LoginOutcome::Throttled { retry_after_secs });
+        }
+        let found = store::credentials_by_username(&self.pool, &key).await?;
+        let stored_hash = found.as_ref().map(|(_, hash)| hash.clone());
+        let verdict = self.passwords.verify(password.clone(), stored_hash).await?;
+        match (found, verdict.valid) {
+            (Some((user_id, _)), true) => {
+                store::clear_failures(&self.pool, &key, client_addr).await?;
+                if verdict.outdated {
+                    let hash = self.passwords.hash(password).await?;
+                    store::set_password_hash(&self.pool, user_id, &hash).await?;
+                }
+                Ok(LoginOutcome::Success(self.issue_token(user_id).await?))
+            }
+            _ => {
+                store::record_failure(&self.pool, &key, client_addr).await?;
+                Ok(LoginOutcome::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Revokes one token.
+    pub async fn logout(&self, token_hash: &[u8]) -> Result<(), sqlx::Error> {
+        store::delete_token(&self.pool, token_hash).await
+    }
+
+    /// Changes a password after checking the current one; every other token of the account is
+    /// revoked. `Ok(false)` when the current password is wrong.
+    pub async fn change_password(
+        &self,
+        user_id: Uuid,
+        keep_token: &[u8],
+        current: SecretString,
+        new: SecretString,
+    ) -> Result<bool, sqlx::Error> {
+        let stored = store::password_hash(&self.pool, user_id).await?;
+        if !self.passwords.verify(current, stored).await?.valid {
+            return Ok(false);
+        }
+        let hash = self.passwords.hash(new).await?;
+        store::replace_password(&self.pool, user_id, &hash, keep_token).await?;
+        Ok(true)
+    }
+
+    /// Changes an account's role; `None` if there is no such account.
+    pub async fn set_role(&self, user_id: Uuid, role: Role) -> Result<Option<User>, sqlx::Error> {
+        store::set_role(&self.pool, user_id, role).await
+    }
+
+    /// An account by id.
+    pub async fn find(&self, user_id: Uuid) -> Result<Option<User>, sqlx::Error> {
+        store::user_by_id(&self.pool, user_id).await
+    }
+
+    /// Creates the bootstrap admin unless an account with that username exists.
+    pub async fn ensure_admin(&self, username: &str, password: &SecretString) -> anyhow::Result<()> {
+        validate_username(username).map_err(|e| anyhow::anyhow!("MOVIESTORE_ADMIN username {e}"))?;
+        validate_password(password.expose_secret())
+            .map_err(|e| anyhow::anyhow!("MOVIESTORE_ADMIN password {e}"))?;
+        match self.create(username, None, password, Role::Admin).await {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, username, "created the bootstrap admin");
+                Ok(())
+            }
+            Err(CreateError::UsernameTaken) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Warms the dummy hash so the first unknown-user login is not faster than the rest.
+    pub async fn warm_up(&self) {
+        let _ = self.passwords.verify(SecretString::from("warm-up"), None).await;
+    }
+
+    /// How long a token lives.
+    pub fn token_ttl(&self) -> Duration {
+        self.config.token_ttl
+    }
+}

@@ -1,0 +1,182 @@
+//! Every SQL statement on the accounts tables.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{CreateError, Role, User};
+
+const USER_COLUMNS: &str = "user_id, username, email, role, created_at";
+
+pub(super) async fn insert_user(
+    pool: &PgPool,
+    user_id: Uuid,
+    username: &str,
+    email: Option<&str>,
+    password_hash: &str,
+    role: Role,
+) -> Result<User, CreateError> {
+    sqlx::query_as(&format!(
+        "insert into users (user_id, username, email, password_hash, role)
+         values ($1, $2, $3, $4, $5) returning {USER_COLUMNS}"
+    ))
+    .bind(user_id)
+    .bind(username)
+    .bind(email)
+    .bind(password_hash)
+    .bind(role)
+    .fetch_one(pool)
+    .await
+    .map_err(|error| match error.as_database_error().and_then(|db| db.constraint()) {
+        Some("users_username") => CreateError::UsernameTaken,
+        Some("users_email") => CreateError::EmailTaken,
+        _ => CreateError::Database(error),
+    })
+}
+
+pub(super) async fn insert_token(
+    pool: &PgPool,
+    token_hash: &[u8],
+    user_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("insert into tokens (token_hash, user_id, expires_at) values ($1, $2, $3)")
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(expires_at)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn user_by_token(pool: &PgPool, token_hash: &[u8]) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as(
+        "select u.user_id, u.username, u.email, u.role, u.created_at
+           from tokens t join users u on u.user_id = t.user_id
+          where t.token_hash = $1 and t.expires_at > now()",
+    )
+    .bind(token_hash)
+    .fetch_optional(pool)
+    .await
+}
+
+pub(super) async fn user_by_id(pool: &PgPool, user_id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as(&format!("select {USER_COLUMNS} from users where user_id = $1"))
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub(super) async fn credentials_by_username(
+    pool: &PgPool,
+    username_lower: &str,
+) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("select user_id, password_hash from users where lower(username) = $1")
+        .bind(username_lower)
+        .fetch_optional(pool)
+        .await
+}
+
+pub(super) async fn password_hash(pool: &PgPool, user_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select password_hash from users where user_id = $1")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub(super) async fn set_password_hash(pool: &PgPool, user_id: Uuid, hash: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("update users set password_hash = $2 where user_id = $1")
+        .bind(user_id)
+        .bind(hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Sets the new hash and revokes every token of the account but `keep_token`, atomically.
+pub(super) async fn replace_password(
+    pool: &PgPool,
+    user_id: Uuid,
+    hash: &str,
+    keep_token: &[u8],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("update users set password_hash = $2 where user_id = $1")
+        .bind(user_id)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("delete from tokens where user_id = $1 and token_hash <> $2")
+        .bind(user_id)
+        .bind(keep_token)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+pub(super) async fn delete_token(pool: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from tokens where token_hash = $1")
+        .bind(token_hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn set_role(pool: &PgPool, user_id: Uuid, role: Role) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as(&format!("update users set role = $2 where user_id = $1 returning {USER_COLUMNS}"))
+        .bind(user_id)
+        .bind(role)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Failures counted in the throttle's window.
+pub(super) struct Failures {
+    pub count: i64,
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+pub(super) async fn recent_failures(
+    pool: &PgPool,
+    username_lower: &str,
+    client_addr: &str,
+    window: Duration,
+) -> Result<Failures, sqlx::Error> {
+    let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "select count(*), min(failed_at) from login_failures
+          where username = $1 and client_addr = $2
+            and failed_at > now() - make_interval(secs => $3)",
+    )
+    .bind(username_lower)
+    .bind(client_addr)
+    .bind(window.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    Ok(Failures { count, oldest })
+}
+
+/// Records a failure, and forgets failures of this key that left the window long ago.
+pub(super) async fn record_failure(pool: &PgPool, username_lower: &str, client_addr: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "with expired as (
+             delete from login_failures
+              where username = $1 and client_addr = $2 and failed_at < now() - interval '1 day')
+         insert into login_failures (username, client_addr) values ($1, $2)",
+    )
+    .bind(username_lower)
+    .bind(client_addr)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn clear_failures(pool: &PgPool, username_lower: &str, client_addr: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from login_failures where username = $1 and client_addr = $2")
+        .bind(username_lower)
+        .bind(client_addr)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! Extractors and the request-id middleware.
+//!
+//! The contract's order of checks (401, then 403, then the body, then 404/409) falls out of the
+//! order handlers take these in: the caller first ([`AuthUser`] and its role guards), then the
+//! raw [`Body`] (only its size is checked while reading), parsed by the handler once role and
+//! ownership are settled.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::accounts::{Role, User};
+use crate::error::{ApiError, REQUEST_ID};
+use crate::state::AppState;
+use projections::store::Metadata;
+
+/// The header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request id: the client's when it is 1..=64 of `A-Za-z0-9._-`, otherwise generated.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn acceptable_request_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let valid = (1..=64).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    valid.then(|| text.to_string())
+}
+
+/// Middleware: settles the request id, makes it visible to handlers and errors, echoes it.
+pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
+    request.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = REQUEST_ID.scope(id, next.run(request)).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    response
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| RequestId(Uuid::now_v7().to_string())))
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    /// The account.
+    pub user: User,
+    /// The SHA-256 of the token used, so logout can revoke exactly it.
+    pub token_hash: Vec<u8>,
+    /// The request id, recorded with every event the request causes.
+    pub request_id: String,
+}
+
+impl AuthUser {
+    /// The metadata recorded with the events this caller's command appends.
+    pub fn metadata(&self) -> Metadata {
+        Metadata {
+            actor_id: Some(self.user.id),
+            request_id: Some(self.request_id.clone()),
+            correlation_id: Some(self.request_id.clone()),
+            causation_id: None,
+        }
+    }
+
+    /// The domain's view of the caller.
+    pub fn actor(&self) -> domain::Actor {
+        domain::Actor { id: self.user.id, is_admin: self.user.role == Role::Admin }
+    }
+
+    /// Whether the caller is an admin.
+    pub fn is_admin(&self) -> bool {
+        self.user.role == Role::Admin
+    }
+}
+
+/// The token from `Authorization: Bearer <token>` or `Authorization: Token <token>`.
+fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    (known && !token.is_empty()).then_some(token)
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        let (user, token_hash) = state.accounts.authenticate(token).await?.ok_or(ApiError::Unauthorized)?;
+        let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
+        Ok(Self { user, token_hash, request_id })
+    }
+}
+
+macro_rules! role_guard {
+    ($(#[$doc:meta])* $name:ident, $message:literal, $($role:path),+) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub AuthUser);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                state: &AppState,
+            ) -> Result<Self, Self::Rejection> {
+                let caller = AuthUser::from_request_parts(parts, state).await?;
+                if matches!(caller.user.role, $($role)|+) {
+                    Ok(Self(caller))
+                } else {
+                    Err(ApiError::Forbidden($message))
+                }
+            }
+        }
+    };
+}
+
+role_guard!(
+    /// A caller with the admin role.
+    Admin, "this needs the admin role", Role::Admin
+);
+role_guard!(
+    /// A caller who may rent: a customer, or an admin acting for one.
+    Renter, "only customers and admins rent, return and pay", Role::Customer, Role::Admin
+);
+
+/// A request body, read up to the size limit but not yet parsed: the handler parses it after the
+/// role and ownership checks, as the contract orders them.
+#[derive(Debug, Default)]
+pub struct Body {
+    bytes: Bytes,
+    content_type: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(crate::startup::MAX_BODY_BYTES)
+            } else {
+                ApiError::MalformedBody("the request body could not be read".into())
+            }
+        })?;
+        Ok(Self { bytes, content_type })
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl Body {
+    /// The body as a JSON object; `None` when the body is empty (an endpoint that needs none
+    /// accepts an empty one without a `Content-Type`).
+    pub fn object(&self) -> Result<Option<Map<String, Value>>, ApiError> {
+        if self.bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        if !self.content_type.as_deref().is_some_and(is_json) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        match serde_json::from_slice::<Value>(&self.bytes) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            Ok(_) => Err(ApiError::MalformedBody("the request body must be a JSON object".into())),
+            Err(e) => Err(ApiError::MalformedBody(format!("the request body is not valid JSON: {e}"))),
+        }
+    }
+
+    /// The body as a JSON object, which must be present.
+    pub fn required_object(&self) -> Result<Map<String, Value>, ApiError> {
+        self.object()?
+            .ok_or_else(|| ApiError::MalformedBody("a JSON object body is required".into()))
+    }
+}
+
+/// A UUID path parameter; anything else is 404, as for an unknown id.
+#[derive(Debug, Clone, Copy)]
+pub struct PathId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("resource"))?;
+        Uuid::parse_str(&raw).map(PathId).map_err(|_| ApiError::NotFound("resource"))
+    }
+}

@@ -1,0 +1,26 @@
+//! The `moviestore` binary's library: configuration, HTTP routes, accounts and wiring.
+//!
+//! Map:
+//! - [`config`]: settings from the environment, validated once at start.
+//! - [`startup`]: builds the app (pool, migrations, state, listener) and runs it until shutdown.
+//! - [`routes`]: one module per resource; handlers parse, call a service, answer.
+//! - [`accounts`]: users, password hashing, tokens and the login throttle (plain tables).
+//! - [`commands`]: how domain refusals become HTTP answers.
+//! - [`error`], [`extract`], [`validate`]: problem+json errors, extractors, field validation.
+//! - [`cli`]: the sub-commands.
+
+pub mod accounts;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod validate;
+
+/// The embedded migrations, run at start and by `#[sqlx::test]`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -1,0 +1,46 @@
+//! The HTTP surface: one module per resource, each with its `router()`, merged here.
+//! Handlers parse the request, call a service (the command executor, accounts, a lookup) and
+//! answer as API.md says. No SQL here.
+
+mod accounts;
+mod categories;
+mod movies;
+mod ops;
+mod rentals;
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::state::AppState;
+
+/// Every route of the API.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(ops::router())
+        .merge(accounts::router())
+        .merge(categories::router())
+        .merge(movies::router())
+        .merge(rentals::router())
+}
+
+/// The header that carries a command's position (the only place a 204 has it).
+pub const POSITION_HEADER: &str = "x-position";
+
+/// Adds `x-position` to a command's answer.
+pub(crate) fn with_position(position: i64, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static(POSITION_HEADER), HeaderValue::from(position));
+    response
+}
+
+/// Adds `Location` to a creation's answer.
+pub(crate) fn with_location(location: String, response: Response) -> Response {
+    let mut response = response;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(axum::http::header::LOCATION, value);
+    }
+    response
+}

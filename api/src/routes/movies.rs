@@ -1,0 +1,196 @@
+//! Movie commands: add, change, retire (admin) and rent (customer, or admin for a customer).
+//! Answers are built from the aggregate's state after the command.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{patch, post};
+use axum::{Json, Router};
+use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
+use domain::values::{CategoryIds, Director, Rating, Storyline, Title};
+use projections::store::{lookup, Committed};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{with_location, with_position};
+use crate::accounts::Role;
+use crate::error::ApiError;
+use crate::extract::{Admin, Body, PathId, Renter};
+use crate::state::AppState;
+use crate::validate::{parse, Fields};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/movies", post(add))
+        .route("/api/v1/movies/{id}", patch(update).delete(retire))
+        .route("/api/v1/movies/{id}/rent", post(rent))
+}
+
+const MOVIE_FIELDS: &[&str] = &["title", "storyline", "release_date", "rating", "director", "category_ids"];
+
+/// The movie's fields from a body; for a patch every field is optional.
+fn changes_from(f: &mut Fields) -> MovieChanges {
+    MovieChanges {
+        title: f.optional("title", |v| Title::parse(&parse::string(v)?)),
+        storyline: f.optional("storyline", |v| Storyline::parse(&parse::string(v)?)),
+        release_date: f.optional("release_date", parse::date),
+        rating: f.optional("rating", |v| Rating::parse(parse::number(v)?)),
+        director: f.optional("director", |v| match parse::nullable_string(v)? {
+            None => Ok(None),
+            Some(text) if text.trim().is_empty() => Ok(None),
+            Some(text) => Director::parse(&text).map(Some),
+        }),
+        category_ids: f.optional("category_ids", |v| CategoryIds::parse(parse::uuid_list(v)?)),
+    }
+}
+
+/// Reports category ids that do not exist (categories are never deleted, so a positive answer
+/// cannot go stale before the command commits).
+async fn check_categories(state: &AppState, f: &mut Fields, ids: Option<&CategoryIds>) -> Result<(), ApiError> {
+    if let Some(ids) = ids {
+        let names = lookup::category_names(&state.db, ids.ids()).await?;
+        for (id, name) in ids.ids().iter().zip(names) {
+            if name.is_none() {
+                f.error("category_ids", format!("category {id} does not exist"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The contract's `Movie`, from the aggregate's state.
+async fn movie_body(state: &AppState, id: Uuid, done: &Committed<Movie>) -> Result<Value, ApiError> {
+    let movie = &done.state;
+    let details = movie.details.as_ref().ok_or(ApiError::NotFound("movie"))?;
+    let categories: Vec<String> = lookup::category_names(&state.db, details.category_ids.ids())
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(json!({
+        "id": id,
+        "title": details.title,
+        "release_date": details.release_date,
+        "rating": details.rating,
+        "categories": categories,
+        "available": movie.available(),
+        "storyline": details.storyline,
+        "director": details.director,
+        "retired": movie.retired,
+        "times_rented": movie.times_rented,
+        "version": done.version,
+        "position": done.position,
+    }))
+}
+
+async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) -> Result<Response, ApiError> {
+    let mut f = Fields::new(body.required_object()?, MOVIE_FIELDS);
+    let given = changes_from(&mut f);
+    for field in ["title", "release_date", "rating", "category_ids"] {
+        if !f.has(field) {
+            f.error(field, "is required");
+        }
+    }
+    check_categories(&state, &mut f, given.category_ids.as_ref()).await?;
+    f.finish()?;
+    let (Some(title), Some(release_date), Some(rating), Some(category_ids)) =
+        (given.title, given.release_date, given.rating, given.category_ids)
+    else {
+        return Err(ApiError::field("body", "required fields are missing"));
+    };
+    let details = MovieDetails {
+        title,
+        storyline: given.storyline.unwrap_or_else(|| Storyline::parse("").expect("empty storyline is valid")),
+        release_date,
+        rating,
+        director: given.director.flatten(),
+        category_ids,
+    };
+    let id = Uuid::now_v7();
+    let done = state
+        .store
+        .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &caller.metadata())
+        .await?;
+    let body = movie_body(&state, id, &done).await?;
+    let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
+    Ok(with_location(format!("/api/v1/movies/{id}"), response))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    PathId(id): PathId,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut f = Fields::new(body.required_object()?, MOVIE_FIELDS);
+    if f.is_empty() {
+        f.error("body", "must change at least one field");
+    }
+    let changes = changes_from(&mut f);
+    check_categories(&state, &mut f, changes.category_ids.as_ref()).await?;
+    f.finish()?;
+    let done = state
+        .store
+        .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &caller.metadata())
+        .await?;
+    let body = movie_body(&state, id, &done).await?;
+    Ok(with_position(done.position, Json(body)))
+}
+
+async fn retire(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    PathId(id): PathId,
+    body: Body,
+) -> Result<Response, ApiError> {
+    Fields::from_optional(body.object()?, &[]).finish()?;
+    let done = state
+        .store
+        .execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &caller.metadata())
+        .await?;
+    Ok(with_position(done.position, StatusCode::NO_CONTENT))
+}
+
+async fn rent(
+    State(state): State<AppState>,
+    Renter(caller): Renter,
+    PathId(movie_id): PathId,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let object = body.object()?;
+    let now = crate::validate::now();
+    let (customer_id, rented_at) = if caller.is_admin() {
+        let mut f = Fields::from_optional(object, &["customer_id", "rented_at"]);
+        let customer_id = f.required("customer_id", parse::uuid);
+        let rented_at = f.optional("rented_at", parse::time);
+        if rented_at.is_some_and(|t| t > now) {
+            f.error("rented_at", "must not be in the future");
+        }
+        if let Some(customer_id) = customer_id {
+            let customer = state.accounts.find(customer_id).await?;
+            if !customer.is_some_and(|c| c.role == Role::Customer) {
+                f.error("customer_id", "must be the id of a customer account");
+            }
+        }
+        f.finish()?;
+        (customer_id.expect("finish() fails when a required field is missing"), rented_at.unwrap_or(now))
+    } else {
+        if object.as_ref().is_some_and(|map| map.contains_key("customer_id") || map.contains_key("rented_at")) {
+            return Err(ApiError::Forbidden("only an admin may rent for a customer or back-date a rental"));
+        }
+        Fields::from_optional(object, &[]).finish()?;
+        (caller.user.id, now)
+    };
+    let rental_id = Uuid::now_v7();
+    let command = MovieCommand::RentMovie { rental_id, customer_id, rented_at, now };
+    let done = state.store.execute::<Movie>(&movie_id.to_string(), command, &caller.metadata()).await?;
+    let body = json!({
+        "rental_id": rental_id,
+        "movie_id": movie_id,
+        "customer_id": customer_id,
+        "rented_at": rented_at,
+        "position": done.position,
+    });
+    let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
+    Ok(with_location(format!("/api/v1/rentals/{rental_id}"), response))
+}

@@ -1,0 +1,129 @@
+//! Rental commands: return (on the movie's stream) and pay (on the rental's stream), by the renter
+//! or an admin. The rental lookup, written in the rent's own transaction, finds a rental the
+//! moment its rent has answered and says whose it is, so ownership is settled (403) before the
+//! body is read, as the contract orders the checks.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use axum::{Json, Router};
+use domain::movie::{Movie, MovieCommand};
+use domain::rental::{Rental, RentalCommand, RentalStatus};
+use projections::store::lookup::{self, RentalRef};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::with_position;
+use crate::error::ApiError;
+use crate::extract::{AuthUser, Body, PathId, Renter};
+use crate::state::AppState;
+use crate::validate::{parse, Fields};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rentals/{id}/return", post(return_movie))
+        .route("/api/v1/rentals/{id}/pay", post(pay))
+}
+
+/// The rental, when it exists and the caller may act on it. An unknown rental is reported only
+/// after the body is checked (the contract's order: 403, body, then 404), hence `Option`.
+async fn owned_rental(state: &AppState, caller: &AuthUser, rental_id: Uuid) -> Result<Option<RentalRef>, ApiError> {
+    let rental = lookup::find_rental(&state.db, rental_id).await?;
+    if let Some(rental) = &rental {
+        if !caller.actor().may_act_for(rental.customer_id) {
+            return Err(ApiError::Forbidden("this rental belongs to another customer"));
+        }
+    }
+    Ok(rental)
+}
+
+async fn movie_title(state: &AppState, movie_id: Uuid) -> Result<Option<String>, ApiError> {
+    let movie = state.store.load::<Movie>(&movie_id.to_string()).await?;
+    Ok(movie.state.details.map(|d| d.title.as_str().to_string()))
+}
+
+fn status_name(status: RentalStatus) -> Value {
+    serde_json::to_value(status).unwrap_or(Value::Null)
+}
+
+async fn return_movie(
+    State(state): State<AppState>,
+    Renter(caller): Renter,
+    PathId(rental_id): PathId,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let rental = owned_rental(&state, &caller, rental_id).await?;
+    let object = body.object()?;
+    if !caller.is_admin() && object.as_ref().is_some_and(|map| map.contains_key("returned_at")) {
+        return Err(ApiError::Forbidden("only an admin may back-date a return"));
+    }
+    let now = crate::validate::now();
+    let mut f = Fields::from_optional(object, if caller.is_admin() { &["returned_at"] } else { &[] });
+    let returned_at = f.optional("returned_at", parse::time);
+    if returned_at.is_some_and(|t| t > now) {
+        f.error("returned_at", "must not be in the future");
+    }
+    f.finish()?;
+    let rental = rental.ok_or(ApiError::NotFound("rental"))?;
+    let returned_at = returned_at.unwrap_or(now);
+    let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
+    let done = state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.metadata()).await?;
+    let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
+    let body = json!({
+        "id": rental_id,
+        "movie_id": rental.movie_id,
+        "movie_title": title,
+        "customer_id": rental.customer_id,
+        "rented_at": rental.rented_at,
+        "returned_at": returned_at,
+        "status": status_name(RentalStatus::Returned),
+        "charge": null,
+        "paid_at": null,
+        "position": done.position,
+    });
+    Ok(with_position(done.position, Json(body)))
+}
+
+async fn pay(
+    State(state): State<AppState>,
+    Renter(caller): Renter,
+    PathId(rental_id): PathId,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let rental = owned_rental(&state, &caller, rental_id).await?;
+    let mut f = Fields::new(body.required_object()?, &["amount_cents"]);
+    let amount_cents = f.required("amount_cents", |v| {
+        let amount = parse::integer(v)?;
+        if amount < 0 {
+            return Err("must not be negative".to_string());
+        }
+        Ok(amount)
+    });
+    f.finish()?;
+    let amount_cents = amount_cents.expect("finish() fails when a required field is missing");
+    let rental = rental.ok_or(ApiError::NotFound("rental"))?;
+    if rental.returned_at.is_none() {
+        return Err(ApiError::rejected(
+            axum::http::StatusCode::CONFLICT,
+            "not-returned",
+            "the rental is still active: return the movie first",
+        ));
+    }
+    let command = RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::validate::now() };
+    let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.metadata()).await?;
+    let title = movie_title(&state, rental.movie_id).await?;
+    let r = &done.state;
+    let body = json!({
+        "id": rental_id,
+        "movie_id": rental.movie_id,
+        "movie_title": title,
+        "customer_id": rental.customer_id,
+        "rented_at": r.rented_at,
+        "returned_at": r.returned_at,
+        "status": r.status().map(status_name),
+        "charge": r.charge,
+        "paid_at": r.paid_at,
+        "position": done.position,
+    });
+    Ok(with_position(done.position, Json(body)))
+}

@@ -1,0 +1,176 @@
+//! Building the app (pool, migrations, state, listener) and running it until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use projections::store::EventStore;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::accounts::Accounts;
+use crate::config::{Config, RedisConfig};
+use crate::error::problem;
+use crate::state::AppState;
+
+/// The largest request body accepted (413 above it).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A built app: state ready, listener bound.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Connects (creating the database when missing), migrates, and binds.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = crate::db::connect(&config.database).await?;
+        if config.database.run_migrations {
+            crate::db::migrate(&pool).await?;
+        }
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Builds on an existing, migrated pool (tests use this with `#[sqlx::test]`).
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let accounts = Accounts::new(pool.clone(), &config.auth);
+        if let Some((username, password)) = &config.bootstrap_admin {
+            accounts.ensure_admin(username, password).await?;
+        }
+        accounts.warm_up().await;
+        let listener = TcpListener::bind(config.http.addr)
+            .await
+            .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
+        let state = AppState {
+            store: EventStore::new(pool.clone()),
+            db: pool,
+            accounts,
+            price_plan: Arc::new(domain::price::PricePlan::default()),
+            config: Arc::new(config),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
+    /// (bounded by the grace period) and closes the pool.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let grace = state.config.http.shutdown_grace;
+        let pool = state.db.clone();
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let signal = shutdown.clone();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined.context("server task failed")?.context("server failed")?,
+            Err(_) => tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway"),
+        }
+        pool.close().await;
+        Ok(())
+    }
+}
+
+/// The router with its layers, outermost first: request id, tracing, sensitive headers, timeout,
+/// panic catching; and the body limit.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.config.http.request_timeout;
+    let layers = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(crate::extract::request_id))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default();
+                    let request_id = request
+                        .headers()
+                        .get(crate::extract::REQUEST_ID_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    tracing::info_span!("request", method = %request.method(), route, request_id)
+                })
+                .on_failure(()),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| -> Response {
+            tracing::error!("a request handler panicked");
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred; it has been logged")
+        }));
+    crate::routes::router()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(layers)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    problem(StatusCode::NOT_FOUND, "not-found", "no such resource")
+}
+
+async fn method_not_allowed() -> Response {
+    problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this method is not allowed on this resource")
+}
+
+/// Whether Redis answers a PING within a short time. Redis is optional: it is probed, never
+/// waited for.
+pub async fn redis_answers(config: &RedisConfig) -> bool {
+    let Ok(client) = redis::Client::open(config.url.expose_secret()) else { return false };
+    let probe = async {
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING").query_async::<String>(&mut connection).await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_millis(300), probe).await, Ok(Some(_)))
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = terminate => {},
+        }
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    token
+}

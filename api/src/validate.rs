@@ -1,0 +1,174 @@
+//! Field-by-field validation of JSON bodies that reports every invalid, missing or unknown field
+//! at once (422 with `errors`), instead of stopping at the first as serde derive would.
+
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::{ApiError, FieldErrors};
+
+/// The current time at the microsecond precision PostgreSQL keeps, so a time stamped into an
+/// event reads back the same from every table.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A JSON object being validated.
+pub struct Fields {
+    map: Map<String, Value>,
+    errors: FieldErrors,
+}
+
+impl Fields {
+    /// Starts validating `map`; every key not in `allowed` is reported as unknown.
+    pub fn new(map: Map<String, Value>, allowed: &[&str]) -> Self {
+        let mut errors = FieldErrors::new();
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                errors.insert(key.clone(), vec!["is not a known field".to_string()]);
+            }
+        }
+        Self { map, errors }
+    }
+
+    /// An empty body, for endpoints where every field is optional.
+    pub fn from_optional(map: Option<Map<String, Value>>, allowed: &[&str]) -> Self {
+        Self::new(map.unwrap_or_default(), allowed)
+    }
+
+    /// Records an error against a field.
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.entry(field.to_string()).or_default().push(message.into());
+    }
+
+    /// Whether the body has this field (even as `null`).
+    pub fn has(&self, field: &str) -> bool {
+        self.map.contains_key(field)
+    }
+
+    /// Whether the body has no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// A field that must be present and valid.
+    pub fn required<T>(&mut self, field: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => {
+                self.error(field, "is required");
+                None
+            }
+            Some(value) => self.check(field, parse(value)),
+        }
+    }
+
+    /// A field that may be absent (`None`); when present it must be valid (`Some`).
+    pub fn optional<T>(&mut self, field: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+        match self.map.get(field) {
+            None => None,
+            Some(value) => self.check(field, parse(value)),
+        }
+    }
+
+    fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.error(field, message)).ok()
+    }
+
+    /// Ends validation: `Err(422)` if any field was invalid.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+/// Parsers for [`Fields::required`] and [`Fields::optional`].
+pub mod parse {
+    use super::*;
+
+    /// A JSON string.
+    pub fn string(value: &Value) -> Result<String, String> {
+        value.as_str().map(str::to_string).ok_or_else(|| "must be a string".to_string())
+    }
+
+    /// A string or `null` (for clearable fields).
+    pub fn nullable_string(value: &Value) -> Result<Option<String>, String> {
+        match value {
+            Value::Null => Ok(None),
+            other => string(other).map(Some),
+        }
+    }
+
+    /// A UUID in a string.
+    pub fn uuid(value: &Value) -> Result<Uuid, String> {
+        value
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| "must be a UUID".to_string())
+    }
+
+    /// An array of UUIDs.
+    pub fn uuid_list(value: &Value) -> Result<Vec<Uuid>, String> {
+        let items = value.as_array().ok_or_else(|| "must be an array of UUIDs".to_string())?;
+        items.iter().map(uuid).collect::<Result<_, _>>().map_err(|_| "must be an array of UUIDs".into())
+    }
+
+    /// A date `YYYY-MM-DD`.
+    pub fn date(value: &Value) -> Result<NaiveDate, String> {
+        value
+            .as_str()
+            .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+            .ok_or_else(|| "must be a date YYYY-MM-DD".to_string())
+    }
+
+    /// An RFC 3339 time, normalised to UTC at the microsecond precision PostgreSQL keeps.
+    pub fn time(value: &Value) -> Result<DateTime<Utc>, String> {
+        value
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
+            .ok_or_else(|| "must be an RFC 3339 time".to_string())
+    }
+
+    /// A JSON number.
+    pub fn number(value: &Value) -> Result<f64, String> {
+        value.as_f64().ok_or_else(|| "must be a number".to_string())
+    }
+
+    /// A whole number that fits in 64 bits.
+    pub fn integer(value: &Value) -> Result<i64, String> {
+        value.as_i64().ok_or_else(|| "must be a whole number".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(value: Value, allowed: &[&str]) -> Fields {
+        Fields::new(value.as_object().unwrap().clone(), allowed)
+    }
+
+    #[test]
+    fn every_missing_invalid_and_unknown_field_is_reported_at_once() {
+        let mut f = fields(json!({"b": 5, "x": 1}), &["a", "b"]);
+        assert_eq!(f.required("a", parse::string), None);
+        assert_eq!(f.required("b", parse::string), None);
+        let Err(ApiError::Validation(errors)) = f.finish() else { panic!("expected 422") };
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["a", "b", "x"]);
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_but_not_invalid() {
+        let mut f = fields(json!({"b": "2026-02-30"}), &["a", "b"]);
+        assert_eq!(f.optional("a", parse::date), None);
+        assert_eq!(f.optional("b", parse::date), None);
+        assert!(f.finish().is_err());
+        let mut f = fields(json!({"a": "2026-02-28"}), &["a"]);
+        assert!(f.optional("a", parse::date).is_some());
+        assert!(f.finish().is_ok());
+    }
+}

@@ -1,0 +1,54 @@
+//! The write model of the movie store: aggregates, their commands, events and errors, the price
+//! plan and the value objects commands are made of.
+//!
+//! This crate does no IO. Time and ids arrive inside commands, stamped by the caller, so every
+//! aggregate is deterministic and replaying its events always gives the same state. Nothing here
+//! knows about HTTP, SQL or Redis (CI checks the dependency tree).
+//!
+//! Map:
+//! - [`values`]: validated value objects (`Title`, `Rating`, ...) with parsing constructors.
+//! - [`price`]: the price plan and the charge it assesses.
+//! - [`movie`], [`rental`], [`category`]: one folder per aggregate.
+//! - [`Actor`]: who issues a command, as far as the rules care.
+#![warn(missing_docs)]
+
+pub mod category;
+pub mod movie;
+pub mod price;
+pub mod rental;
+pub mod values;
+
+mod serde_util;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Who issues a command, as far as the domain's rules care: ownership checks let an admin act on
+/// behalf of any customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The account id.
+    pub id: Uuid,
+    /// Whether the account is an admin (may act for any customer).
+    pub is_admin: bool,
+}
+
+impl Actor {
+    /// A customer acting for themself.
+    pub fn customer(id: Uuid) -> Self {
+        Self {
+            id,
+            is_admin: false,
+        }
+    }
+
+    /// An admin, who may act on behalf of any customer.
+    pub fn admin(id: Uuid) -> Self {
+        Self { id, is_admin: true }
+    }
+
+    /// Whether this actor may act on a resource that belongs to `owner`.
+    pub fn may_act_for(&self, owner: Uuid) -> bool {
+        self.is_admin || self.id == owner
+    }
+}

@@ -1,0 +1,385 @@
+//! The command executor: load, handle, append, retry on conflict.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
+use cqrs_es::Aggregate;
+use postgres_es::PostgresEventRepository;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::codec::{decode_event, encode_event};
+use super::stream::{Loaded, StreamKind};
+use super::EVENTS_CHANNEL;
+
+/// Who and what caused an append; recorded with every event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    /// The account that issued the command (`None` for the system itself).
+    pub actor_id: Option<Uuid>,
+    /// The request id of the HTTP request that carried the command.
+    pub request_id: Option<String>,
+    /// The request id of the client command that started the chain.
+    pub correlation_id: Option<String>,
+    /// The `event_id` of the event a process manager reacted to.
+    pub causation_id: Option<Uuid>,
+}
+
+/// One appended event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global position in the log.
+    pub position: i64,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its sequence in its stream.
+    pub sequence: i64,
+    /// Its type.
+    pub event_type: String,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone)]
+pub struct Committed<A> {
+    /// The aggregate's state after the command.
+    pub state: A,
+    /// The stream's version after the command.
+    pub version: i64,
+    /// The events appended, in order (none when the command changed nothing).
+    pub events: Vec<RecordedEvent>,
+    /// The position of the last event appended or, when nothing was appended, of the stream's
+    /// last event (0 for an empty stream), so a client can always read its own writes.
+    pub position: i64,
+}
+
+/// Why a command did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    /// Every attempt met a concurrent append to the same stream.
+    #[error("concurrent update of the same stream, retries exhausted")]
+    Conflict,
+    /// A lookup's unique rule refused the append (e.g. a category name already taken).
+    #[error("unique rule {0} violated")]
+    Unique(String),
+    /// The database failed.
+    #[error("event store: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored event or snapshot could not be read back.
+    #[error("event store: {0}")]
+    Corrupt(String),
+}
+
+/// How conflicts are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// The first backoff; each retry doubles it, plus up to as much again of jitter.
+    pub base_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { retries: 5, base_backoff: Duration::from_millis(2) }
+    }
+}
+
+/// Loads and appends streams; cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    repo: Arc<PostgresEventRepository>,
+    retry: RetryPolicy,
+}
+
+enum Attempt<A: Aggregate> {
+    Done(Committed<A>),
+    Conflict,
+}
+
+impl EventStore {
+    /// A store over the pool's `events` and `snapshots` tables.
+    pub fn new(pool: PgPool) -> Self {
+        let repo = Arc::new(PostgresEventRepository::new(pool.clone()));
+        Self { pool, repo, retry: RetryPolicy::default() }
+    }
+
+    /// The same store with another retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The pool the store writes to.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Rebuilds an aggregate from its latest snapshot and the events after it.
+    pub async fn load<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut loaded = Loaded { state: A::default(), version: 0 };
+        let snapshot = self
+            .repo
+            .get_snapshot::<A>(aggregate_id)
+            .await
+            .map_err(|e| CommandError::Corrupt(e.to_string()))?;
+        let events = match snapshot {
+            Some(snapshot) => {
+                loaded.state = serde_json::from_value(snapshot.aggregate)
+                    .map_err(|e| CommandError::Corrupt(format!("snapshot of {aggregate_id}: {e}")))?;
+                loaded.version = snapshot.current_sequence as i64;
+                self.repo.get_last_events::<A>(aggregate_id, snapshot.current_sequence).await
+            }
+            None => self.repo.get_events::<A>(aggregate_id).await,
+        }
+        .map_err(|e| CommandError::Corrupt(e.to_string()))?;
+        for event in events {
+            apply_stored(&mut loaded, event)?;
+        }
+        Ok(loaded)
+    }
+
+    /// Rebuilds an aggregate from every one of its events, ignoring snapshots.
+    pub async fn replay<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut loaded = Loaded { state: A::default(), version: 0 };
+        let events = self
+            .repo
+            .get_events::<A>(aggregate_id)
+            .await
+            .map_err(|e| CommandError::Corrupt(e.to_string()))?;
+        for event in events {
+            apply_stored(&mut loaded, event)?;
+        }
+        Ok(loaded)
+    }
+
+    /// Runs a command: load, handle, append. A conflicting concurrent append is retried against
+    /// fresh state (the aggregate re-validates, so the final answer is the domain's).
+    #[tracing::instrument(skip_all, fields(stream = A::TYPE, aggregate_id = %aggregate_id))]
+    pub async fn execute<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut backoff = self.retry.base_backoff;
+        for attempt in 0..=self.retry.retries {
+            if attempt > 0 {
+                let jitter = rand::rng().random_range(0..=backoff.as_micros() as u64);
+                tokio::time::sleep(backoff + Duration::from_micros(jitter)).await;
+                backoff *= 2;
+                tracing::debug!(attempt, "retrying after a concurrent append");
+            }
+            match self.attempt::<A>(aggregate_id, command.clone(), metadata).await? {
+                Attempt::Done(committed) => return Ok(committed),
+                Attempt::Conflict => continue,
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    async fn attempt<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Attempt<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let Loaded { mut state, version } = self.load::<A>(aggregate_id).await?;
+        let sink = EventSink::<A>::default();
+        state.handle(command, &(), &sink).await.map_err(CommandError::Rejected)?;
+        // The sink has already applied each event to `state`: it is the state after the command,
+        // and it is what a snapshot must hold (never apply the events a second time).
+        let events = sink.collect().await;
+        if events.is_empty() {
+            let position = self.stream_position(A::TYPE, aggregate_id).await?;
+            return Ok(Attempt::Done(Committed { state, version, events: vec![], position }));
+        }
+        match self.append::<A>(aggregate_id, version, &events, &state, metadata).await {
+            Ok(recorded) => {
+                let position = recorded.last().map_or(0, |e| e.position);
+                self.notify(position).await;
+                let version = version + events.len() as i64;
+                Ok(Attempt::Done(Committed { state, version, events: recorded, position }))
+            }
+            Err(AppendError::Conflict) => Ok(Attempt::Conflict),
+            Err(AppendError::Unique(constraint)) => Err(CommandError::Unique(constraint)),
+            Err(AppendError::Database(e)) => Err(CommandError::Database(e)),
+            Err(AppendError::Encode(e)) => Err(CommandError::Corrupt(e.to_string())),
+        }
+    }
+
+    async fn append<A>(
+        &self,
+        aggregate_id: &str,
+        version: i64,
+        events: &[A::Event],
+        state: &A,
+        metadata: &Metadata,
+    ) -> Result<Vec<RecordedEvent>, AppendError>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut sequences = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let encoded = encode_event(event).map_err(AppendError::Encode)?;
+            sequences.push(version + 1 + i as i64);
+            types.push(encoded.event_type);
+            versions.push(encoded.event_version);
+            payloads.push(encoded.payload);
+            ids.push(Uuid::now_v7());
+        }
+        let metadata = serde_json::to_value(metadata).map_err(AppendError::Encode)?;
+        let new_version = version + events.len() as i64;
+
+        let mut tx = self.pool.begin().await?;
+        let mut recorded: Vec<RecordedEvent> = sqlx::query_as::<_, (i64, Uuid, i64, String)>(
+            "insert into events
+                 (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                  metadata, event_id)
+             select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $3, e.event_id
+               from unnest($4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::uuid[])
+                    with ordinality
+                    as e(sequence, event_type, event_version, payload, event_id, ord)
+              order by e.ord
+             returning position, event_id, sequence, event_type",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(&metadata)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(position, event_id, sequence, event_type)| RecordedEvent {
+            position,
+            event_id,
+            sequence,
+            event_type,
+        })
+        .collect();
+        recorded.sort_by_key(|e| e.sequence);
+
+        A::write_lookups(&mut tx, aggregate_id, events).await?;
+
+        if let Some(every) = A::SNAPSHOT_EVERY {
+            if new_version / every > version / every {
+                let payload = serde_json::to_value(state).map_err(AppendError::Encode)?;
+                sqlx::query(
+                    "insert into snapshots
+                         (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+                     values ($1, $2, $3, $4, $5)
+                     on conflict (aggregate_type, aggregate_id) do update
+                        set last_sequence = excluded.last_sequence,
+                            current_snapshot = excluded.current_snapshot,
+                            payload = excluded.payload
+                      where snapshots.last_sequence < excluded.last_sequence",
+                )
+                .bind(A::TYPE)
+                .bind(aggregate_id)
+                .bind(new_version)
+                .bind(new_version / every)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn stream_position(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, sqlx::Error> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "select max(position) from events where aggregate_type = $1 and aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Wakes projectors after a commit. Sent by the app rather than by a trigger: a NOTIFY inside
+    /// the append transaction takes a global lock at commit and would serialise every append. A
+    /// lost notification only delays projectors until their next poll.
+    async fn notify(&self, position: i64) {
+        if let Err(error) = sqlx::query("select pg_notify($1, $2)")
+            .bind(EVENTS_CHANNEL)
+            .bind(position.to_string())
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(%error, "could not notify projectors; they will poll");
+        }
+    }
+}
+
+fn apply_stored<A: Aggregate>(
+    loaded: &mut Loaded<A>,
+    event: SerializedEvent,
+) -> Result<(), CommandError<A::Error>> {
+    let payload: &Value = &event.payload;
+    let decoded: A::Event = decode_event(&event.event_type, payload).map_err(|e| {
+        CommandError::Corrupt(format!(
+            "{} {} #{}: {e}",
+            event.aggregate_type, event.aggregate_id, event.sequence
+        ))
+    })?;
+    loaded.state.apply(decoded);
+    loaded.version = event.sequence as i64;
+    Ok(())
+}
+
+enum AppendError {
+    Conflict,
+    Unique(String),
+    Database(sqlx::Error),
+    Encode(serde_json::Error),
+}
+
+impl From<sqlx::Error> for AppendError {
+    fn from(error: sqlx::Error) -> Self {
+        if let Some(db) = error.as_database_error() {
+            if db.is_unique_violation() {
+                return match db.constraint() {
+                    Some("events_pkey") => AppendError::Conflict,
+                    Some(other) => AppendError::Unique(other.to_string()),
+                    None => AppendError::Database(error),
+                };
+            }
+        }
+        AppendError::Database(error)
+    }
+}

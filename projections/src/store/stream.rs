@@ -1,0 +1,96 @@
+//! What the store needs to know about each kind of stream, beyond cqrs-es's `Aggregate`: when to
+//! snapshot, and which lookup rows its events write in the append transaction.
+
+use std::future::Future;
+
+use cqrs_es::Aggregate;
+use domain::category::{Category, CategoryEvent};
+use domain::movie::{Movie, MovieEvent};
+use domain::rental::Rental;
+use sqlx::PgConnection;
+
+use super::lookup;
+
+/// An aggregate as stored here.
+pub trait StreamKind: Aggregate<Services = ()> + Clone + 'static
+where
+    Self::Command: Clone + Send + Sync,
+{
+    /// Write a snapshot whenever the stream's version crosses a multiple of this (`None`: never).
+    const SNAPSHOT_EVERY: Option<i64> = None;
+
+    /// Writes the synchronous lookup rows for events being appended, inside the append
+    /// transaction, so that a lookup never disagrees with the log.
+    fn write_lookups<'a>(
+        _conn: &'a mut PgConnection,
+        _aggregate_id: &'a str,
+        _events: &'a [Self::Event],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        async { Ok(()) }
+    }
+}
+
+/// An aggregate's state and the version (last sequence) it reflects; version 0 is "no events".
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The last sequence applied.
+    pub version: i64,
+}
+
+impl StreamKind for Movie {
+    const SNAPSHOT_EVERY: Option<i64> = Some(20);
+
+    fn write_lookups<'a>(
+        conn: &'a mut PgConnection,
+        aggregate_id: &'a str,
+        events: &'a [MovieEvent],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        async move {
+            for event in events {
+                match event {
+                    MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                        let movie_id = lookup::parse_stream_id(aggregate_id)?;
+                        lookup::insert_rental(conn, *rental_id, movie_id, *customer_id, *rented_at)
+                            .await?;
+                    }
+                    MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+                        lookup::mark_rental_returned(conn, *rental_id, *returned_at).await?;
+                    }
+                    MovieEvent::MovieAdded { category_ids, .. }
+                    | MovieEvent::MovieUpdated { category_ids: Some(category_ids), .. } => {
+                        let movie_id = lookup::parse_stream_id(aggregate_id)?;
+                        lookup::set_movie_categories(conn, movie_id, category_ids.ids()).await?;
+                    }
+                    MovieEvent::MovieRetired {} => {
+                        let movie_id = lookup::parse_stream_id(aggregate_id)?;
+                        lookup::set_movie_categories(conn, movie_id, &[]).await?;
+                    }
+                    MovieEvent::MovieUpdated { .. } => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+impl StreamKind for Category {
+    fn write_lookups<'a>(
+        conn: &'a mut PgConnection,
+        aggregate_id: &'a str,
+        events: &'a [CategoryEvent],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        async move {
+            let category_id = lookup::parse_stream_id(aggregate_id)?;
+            for event in events {
+                let (CategoryEvent::CategoryCreated { name } | CategoryEvent::CategoryRenamed { name }) =
+                    event;
+                lookup::upsert_category(conn, category_id, name.as_str()).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl StreamKind for Rental {}
