@@ -61,7 +61,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.run(shutdown_signal()).await
 }
 
-async fn create_user(config: Config, role: &str, email: Option<String>, username: &str) -> anyhow::Result<()> {
+async fn create_user(
+    config: Config,
+    role: &str,
+    email: Option<String>,
+    username: &str,
+) -> anyhow::Result<()> {
     let role: Role = role.parse().map_err(|e| anyhow::anyhow!("--role {e}"))?;
     validate_username(username).map_err(|e| anyhow::anyhow!("username {e}"))?;
     if let Some(email) = &email {

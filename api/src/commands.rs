@@ -30,7 +30,9 @@ impl DomainRejection for MovieError {
             MovieError::Retired => conflict("retired", message),
             MovieError::NotAvailable => conflict("not-available", message),
             MovieError::NotActive => conflict("not-active", message),
-            MovieError::NotTheRenter => ApiError::Forbidden("only the renter or an admin may return this rental"),
+            MovieError::NotTheRenter => {
+                ApiError::Forbidden("only the renter or an admin may return this rental")
+            }
             MovieError::RentedInFuture | MovieError::RentedBeforePreviousReturn => {
                 ApiError::field("rented_at", message)
             }
@@ -62,8 +64,12 @@ impl DomainRejection for RentalError {
             ),
             RentalError::AlreadyPaid => conflict("already-paid", message),
             RentalError::WrongAmount { .. } => ApiError::field("amount_cents", message),
-            RentalError::NotTheRenter => ApiError::Forbidden("only the renter or an admin may pay for this rental"),
-            RentalError::OpenedDifferently | RentalError::ClosedDifferently | RentalError::ReturnedBeforeRent => {
+            RentalError::NotTheRenter => {
+                ApiError::Forbidden("only the renter or an admin may pay for this rental")
+            }
+            RentalError::OpenedDifferently
+            | RentalError::ClosedDifferently
+            | RentalError::ReturnedBeforeRent => {
                 ApiError::Internal(anyhow::anyhow!("rental stream refused a payment: {message}"))
             }
         }

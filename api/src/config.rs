@@ -121,10 +121,7 @@ where
 {
     match var(name) {
         None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={raw:?} is not valid: {e}")),
+        Some(raw) => raw.trim().parse().map_err(|e| anyhow::anyhow!("{name}={raw:?} is not valid: {e}")),
     }
 }
 
@@ -156,7 +153,10 @@ impl Config {
                 argon2: Argon2Params {
                     memory_kib: parsed("MOVIESTORE_ARGON2_MEMORY_KIB", Argon2Params::default().memory_kib)?,
                     iterations: parsed("MOVIESTORE_ARGON2_ITERATIONS", Argon2Params::default().iterations)?,
-                    parallelism: parsed("MOVIESTORE_ARGON2_PARALLELISM", Argon2Params::default().parallelism)?,
+                    parallelism: parsed(
+                        "MOVIESTORE_ARGON2_PARALLELISM",
+                        Argon2Params::default().parallelism,
+                    )?,
                 },
                 login_max_failures: 10,
                 login_window: Duration::from_secs(5 * 60),
@@ -172,9 +172,8 @@ impl Config {
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
                 Some(raw) => {
-                    let (user, password) = raw
-                        .split_once(':')
-                        .context("MOVIESTORE_ADMIN must be username:password")?;
+                    let (user, password) =
+                        raw.split_once(':').context("MOVIESTORE_ADMIN must be username:password")?;
                     Some((user.to_string(), password.to_string().into()))
                 }
             },

@@ -109,7 +109,6 @@ impl ApiError {
             Self::Internal(_) => "internal",
         }
     }
-
 }
 
 /// Writes a problem document. Also used by layers (timeouts, panics) that have no `ApiError`.
@@ -131,10 +130,7 @@ fn problem_with(status: StatusCode, kind: &str, detail: &str, errors: Option<&Fi
         body["errors"] = json!(errors);
     }
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }
 

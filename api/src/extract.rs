@@ -198,8 +198,7 @@ impl Body {
 
     /// The body as a JSON object, which must be present.
     pub fn required_object(&self) -> Result<Map<String, Value>, ApiError> {
-        self.object()?
-            .ok_or_else(|| ApiError::MalformedBody("a JSON object body is required".into()))
+        self.object()?.ok_or_else(|| ApiError::MalformedBody("a JSON object body is required".into()))
     }
 }
 

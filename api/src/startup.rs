@@ -77,7 +77,8 @@ impl App {
         let pool = state.db.clone();
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = shutdown.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
         let server = tokio::spawn(async move { server.await });
         shutdown.cancelled().await;
         match tokio::time::timeout(grace, server).await {
@@ -117,7 +118,11 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| -> Response {
             tracing::error!("a request handler panicked");
-            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "an unexpected error occurred; it has been logged")
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an unexpected error occurred; it has been logged",
+            )
         }));
     crate::routes::router()
         .fallback(not_found)
@@ -132,7 +137,11 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this method is not allowed on this resource")
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this method is not allowed on this resource",
+    )
 }
 
 /// Whether Redis answers a PING within a short time. Redis is optional: it is probed, never

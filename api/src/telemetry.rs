@@ -9,8 +9,8 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber; a second call does nothing.
 pub fn init(log: &LogConfig) {
-    let filter = EnvFilter::try_new(&log.filter)
-        .unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_FILTER));
+    let filter =
+        EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match log.format {
         LogFormat::Json => registry
@@ -22,9 +22,9 @@ pub fn init(log: &LogConfig) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Pretty => {
+            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+        }
     };
     let _ = result;
 }

@@ -103,10 +103,7 @@ pub mod parse {
 
     /// A UUID in a string.
     pub fn uuid(value: &Value) -> Result<Uuid, String> {
-        value
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| "must be a UUID".to_string())
+        value.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| "must be a UUID".to_string())
     }
 
     /// An array of UUIDs.

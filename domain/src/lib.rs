@@ -36,10 +36,7 @@ pub struct Actor {
 impl Actor {
     /// A customer acting for themself.
     pub fn customer(id: Uuid) -> Self {
-        Self {
-            id,
-            is_admin: false,
-        }
+        Self { id, is_admin: false }
     }
 
     /// An admin, who may act on behalf of any customer.

@@ -66,11 +66,7 @@ impl PricePlan {
     /// The charge of a rental from its own times.
     pub fn assess(&self, rented_at: DateTime<Utc>, returned_at: DateTime<Utc>) -> Charge {
         let days = rental_days(rented_at, returned_at);
-        Charge {
-            days,
-            amount_cents: self.amount_cents(days),
-            currency: self.currency.clone(),
-        }
+        Charge { days, amount_cents: self.amount_cents(days), currency: self.currency.clone() }
     }
 }
 
@@ -87,15 +83,7 @@ mod tests {
     #[test]
     fn the_default_plan_matches_the_published_table() {
         let plan = PricePlan::default();
-        for (days, cents) in [
-            (1, 100),
-            (2, 200),
-            (3, 300),
-            (4, 350),
-            (5, 400),
-            (10, 650),
-            (30, 1650),
-        ] {
+        for (days, cents) in [(1, 100), (2, 200), (3, 300), (4, 350), (5, 400), (10, 650), (30, 1650)] {
             assert_eq!(plan.amount_cents(days), cents, "{days} days");
         }
     }
@@ -119,14 +107,7 @@ mod tests {
     #[test]
     fn assess_reports_days_amount_and_currency() {
         let charge = PricePlan::default().assess(t0(), t0() + Duration::hours(80));
-        assert_eq!(
-            charge,
-            Charge {
-                days: 4,
-                amount_cents: 350,
-                currency: "EUR".into()
-            }
-        );
+        assert_eq!(charge, Charge { days: 4, amount_cents: 350, currency: "EUR".into() });
     }
 
     proptest! {

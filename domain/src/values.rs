@@ -25,10 +25,7 @@ fn bounded_text(raw: &str, min: usize, max: usize) -> Result<String, String> {
     if len > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err("must not contain control characters".to_string());
     }
     Ok(text.to_string())

@@ -1,1 +1,11 @@
-fn main(){}
+//! Black-box tests of the real `moviestore` binary over HTTP.
+//!
+//! Each test gets its own database from `#[sqlx::test]` (migrated by `api::MIGRATOR`) and starts
+//! the binary on a free port against it; nothing is shared between tests but the compiled binary.
+
+mod support;
+
+mod accounts;
+mod catalogue;
+mod process;
+mod renting;

@@ -54,13 +54,17 @@ impl Passwords {
 
     /// Verifies a password against a stored PHC string. With no stored hash (unknown user) it
     /// verifies against a dummy hash of the same cost, so the answer takes as long, and fails.
-    pub async fn verify(&self, password: SecretString, stored: Option<String>) -> Result<Verdict, sqlx::Error> {
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> Result<Verdict, sqlx::Error> {
         let params = self.params;
         let dummy = self.dummy.clone();
         spawn_blocking(move || {
             let known = stored.is_some();
-            let stored = stored
-                .unwrap_or_else(|| dummy.get_or_init(|| hash_now(params, "dummy password")).clone());
+            let stored =
+                stored.unwrap_or_else(|| dummy.get_or_init(|| hash_now(params, "dummy password")).clone());
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return Verdict { valid: false, outdated: false };
             };
@@ -78,7 +82,9 @@ impl Passwords {
 }
 
 /// Runs CPU-heavy work on the blocking pool, keeping the tracing span.
-async fn spawn_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, sqlx::Error> {
+async fn spawn_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, sqlx::Error> {
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(work))
         .await

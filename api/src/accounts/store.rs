@@ -117,10 +117,7 @@ pub(super) async fn replace_password(
 }
 
 pub(super) async fn delete_token(pool: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from tokens where token_hash = $1")
-        .bind(token_hash)
-        .execute(pool)
-        .await?;
+    sqlx::query("delete from tokens where token_hash = $1").bind(token_hash).execute(pool).await?;
     Ok(())
 }
 
@@ -158,7 +155,11 @@ pub(super) async fn recent_failures(
 }
 
 /// Records a failure, and forgets failures of this key that left the window long ago.
-pub(super) async fn record_failure(pool: &PgPool, username_lower: &str, client_addr: &str) -> Result<(), sqlx::Error> {
+pub(super) async fn record_failure(
+    pool: &PgPool,
+    username_lower: &str,
+    client_addr: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "with expired as (
              delete from login_failures
@@ -172,7 +173,11 @@ pub(super) async fn record_failure(pool: &PgPool, username_lower: &str, client_a
     Ok(())
 }
 
-pub(super) async fn clear_failures(pool: &PgPool, username_lower: &str, client_addr: &str) -> Result<(), sqlx::Error> {
+pub(super) async fn clear_failures(
+    pool: &PgPool,
+    username_lower: &str,
+    client_addr: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("delete from login_failures where username = $1 and client_addr = $2")
         .bind(username_lower)
         .bind(client_addr)

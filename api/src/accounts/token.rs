@@ -7,9 +7,7 @@ use sha2::{Digest, Sha256};
 /// A new token: 32 random bytes, base64url without padding (43 characters).
 pub fn generate() -> String {
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .expect("the operating system's random source failed");
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).expect("the operating system's random source failed");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 

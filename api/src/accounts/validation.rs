@@ -21,7 +21,9 @@ pub fn validate_email(raw: &str) -> Result<(), String> {
     let Some((local, domain)) = raw.split_once('@') else { return invalid() };
     let domain_ok = !domain.contains('@')
         && domain.contains('.')
-        && domain.split('.').all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
     if local.is_empty() || local.len() > 64 || !domain_ok {
         return invalid();
     }

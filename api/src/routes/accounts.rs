@@ -26,7 +26,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/users/{id}", patch(set_role))
 }
 
-fn checked(rule: fn(&str) -> Result<(), String>) -> impl FnOnce(&serde_json::Value) -> Result<String, String> {
+fn checked(
+    rule: fn(&str) -> Result<(), String>,
+) -> impl FnOnce(&serde_json::Value) -> Result<String, String> {
     move |value| {
         let text = parse::string(value)?;
         rule(&text)?;

@@ -18,9 +18,7 @@ use crate::state::AppState;
 use crate::validate::{parse, Fields};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/categories", post(create))
-        .route("/api/v1/categories/{id}", patch(rename))
+    Router::new().route("/api/v1/categories", post(create)).route("/api/v1/categories/{id}", patch(rename))
 }
 
 fn name_from(body: &Body) -> Result<CategoryName, ApiError> {
@@ -30,7 +28,11 @@ fn name_from(body: &Body) -> Result<CategoryName, ApiError> {
     Ok(name.expect("finish() fails when a required field is missing"))
 }
 
-async fn create(State(state): State<AppState>, Admin(caller): Admin, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    body: Body,
+) -> Result<Response, ApiError> {
     let name = name_from(&body)?;
     let id = Uuid::now_v7();
     let done = state

@@ -30,9 +30,7 @@ pub const POSITION_HEADER: &str = "x-position";
 /// Adds `x-position` to a command's answer.
 pub(crate) fn with_position(position: i64, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
-    response
-        .headers_mut()
-        .insert(HeaderName::from_static(POSITION_HEADER), HeaderValue::from(position));
+    response.headers_mut().insert(HeaderName::from_static(POSITION_HEADER), HeaderValue::from(position));
     response
 }
 

@@ -46,7 +46,11 @@ fn changes_from(f: &mut Fields) -> MovieChanges {
 
 /// Reports category ids that do not exist (categories are never deleted, so a positive answer
 /// cannot go stale before the command commits).
-async fn check_categories(state: &AppState, f: &mut Fields, ids: Option<&CategoryIds>) -> Result<(), ApiError> {
+async fn check_categories(
+    state: &AppState,
+    f: &mut Fields,
+    ids: Option<&CategoryIds>,
+) -> Result<(), ApiError> {
     if let Some(ids) = ids {
         let names = lookup::category_names(&state.db, ids.ids()).await?;
         for (id, name) in ids.ids().iter().zip(names) {
@@ -62,11 +66,8 @@ async fn check_categories(state: &AppState, f: &mut Fields, ids: Option<&Categor
 async fn movie_body(state: &AppState, id: Uuid, done: &Committed<Movie>) -> Result<Value, ApiError> {
     let movie = &done.state;
     let details = movie.details.as_ref().ok_or(ApiError::NotFound("movie"))?;
-    let categories: Vec<String> = lookup::category_names(&state.db, details.category_ids.ids())
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
+    let categories: Vec<String> =
+        lookup::category_names(&state.db, details.category_ids.ids()).await?.into_iter().flatten().collect();
     Ok(json!({
         "id": id,
         "title": details.title,
@@ -144,10 +145,8 @@ async fn retire(
     body: Body,
 ) -> Result<Response, ApiError> {
     Fields::from_optional(body.object()?, &[]).finish()?;
-    let done = state
-        .store
-        .execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &caller.metadata())
-        .await?;
+    let done =
+        state.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &caller.metadata()).await?;
     Ok(with_position(done.position, StatusCode::NO_CONTENT))
 }
 
@@ -175,7 +174,8 @@ async fn rent(
         f.finish()?;
         (customer_id.expect("finish() fails when a required field is missing"), rented_at.unwrap_or(now))
     } else {
-        if object.as_ref().is_some_and(|map| map.contains_key("customer_id") || map.contains_key("rented_at")) {
+        if object.as_ref().is_some_and(|map| map.contains_key("customer_id") || map.contains_key("rented_at"))
+        {
             return Err(ApiError::Forbidden("only an admin may rent for a customer or back-date a rental"));
         }
         Fields::from_optional(object, &[]).finish()?;

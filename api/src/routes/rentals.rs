@@ -27,7 +27,11 @@ pub fn router() -> Router<AppState> {
 
 /// The rental, when it exists and the caller may act on it. An unknown rental is reported only
 /// after the body is checked (the contract's order: 403, body, then 404), hence `Option`.
-async fn owned_rental(state: &AppState, caller: &AuthUser, rental_id: Uuid) -> Result<Option<RentalRef>, ApiError> {
+async fn owned_rental(
+    state: &AppState,
+    caller: &AuthUser,
+    rental_id: Uuid,
+) -> Result<Option<RentalRef>, ApiError> {
     let rental = lookup::find_rental(&state.db, rental_id).await?;
     if let Some(rental) = &rental {
         if !caller.actor().may_act_for(rental.customer_id) {
@@ -67,7 +71,8 @@ async fn return_movie(
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
     let returned_at = returned_at.unwrap_or(now);
     let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
-    let done = state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.metadata()).await?;
+    let done =
+        state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.metadata()).await?;
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
     let body = json!({
         "id": rental_id,
@@ -109,7 +114,8 @@ async fn pay(
             "the rental is still active: return the movie first",
         ));
     }
-    let command = RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::validate::now() };
+    let command =
+        RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::validate::now() };
     let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.metadata()).await?;
     let title = movie_title(&state, rental.movie_id).await?;
     let r = &done.state;

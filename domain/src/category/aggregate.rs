@@ -30,17 +30,13 @@ impl Aggregate for Category {
                 if self.name.is_some() {
                     return Err(CategoryError::AlreadyExists);
                 }
-                sink.write(CategoryEvent::CategoryCreated { name }, self)
-                    .await;
+                sink.write(CategoryEvent::CategoryCreated { name }, self).await;
             }
             CategoryCommand::RenameCategory { name } => match &self.name {
                 None => return Err(CategoryError::NotFound),
                 // Renaming to the very same name changes nothing, so nothing is recorded.
                 Some(current) if *current == name => {}
-                Some(_) => {
-                    sink.write(CategoryEvent::CategoryRenamed { name }, self)
-                        .await
-                }
+                Some(_) => sink.write(CategoryEvent::CategoryRenamed { name }, self).await,
             },
         }
         Ok(())

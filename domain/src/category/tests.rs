@@ -13,47 +13,31 @@ fn name(raw: &str) -> CategoryName {
 fn creating_a_new_category_records_its_name() {
     CategoryTest::with(())
         .given_no_previous_events()
-        .when(CategoryCommand::CreateCategory {
-            name: name("Drama"),
-        })
-        .then_expect_events(vec![CategoryEvent::CategoryCreated {
-            name: name("Drama"),
-        }]);
+        .when(CategoryCommand::CreateCategory { name: name("Drama") })
+        .then_expect_events(vec![CategoryEvent::CategoryCreated { name: name("Drama") }]);
 }
 
 #[test]
 fn creating_an_existing_category_is_refused() {
     CategoryTest::with(())
-        .given(vec![CategoryEvent::CategoryCreated {
-            name: name("Drama"),
-        }])
-        .when(CategoryCommand::CreateCategory {
-            name: name("Other"),
-        })
+        .given(vec![CategoryEvent::CategoryCreated { name: name("Drama") }])
+        .when(CategoryCommand::CreateCategory { name: name("Other") })
         .then_expect_error(CategoryError::AlreadyExists);
 }
 
 #[test]
 fn renaming_records_the_new_name() {
     CategoryTest::with(())
-        .given(vec![CategoryEvent::CategoryCreated {
-            name: name("Drama"),
-        }])
-        .when(CategoryCommand::RenameCategory {
-            name: name("Dramas"),
-        })
-        .then_expect_events(vec![CategoryEvent::CategoryRenamed {
-            name: name("Dramas"),
-        }]);
+        .given(vec![CategoryEvent::CategoryCreated { name: name("Drama") }])
+        .when(CategoryCommand::RenameCategory { name: name("Dramas") })
+        .then_expect_events(vec![CategoryEvent::CategoryRenamed { name: name("Dramas") }]);
 }
 
 #[test]
 fn renaming_to_the_same_name_records_nothing() {
     CategoryTest::with(())
         .given(vec![
-            CategoryEvent::CategoryCreated {
-                name: name("Drama"),
-            },
+            CategoryEvent::CategoryCreated { name: name("Drama") },
             CategoryEvent::CategoryRenamed { name: name("Noir") },
         ])
         .when(CategoryCommand::RenameCategory { name: name("Noir") })
@@ -63,23 +47,15 @@ fn renaming_to_the_same_name_records_nothing() {
 #[test]
 fn renaming_only_the_case_is_a_change() {
     CategoryTest::with(())
-        .given(vec![CategoryEvent::CategoryCreated {
-            name: name("drama"),
-        }])
-        .when(CategoryCommand::RenameCategory {
-            name: name("Drama"),
-        })
-        .then_expect_events(vec![CategoryEvent::CategoryRenamed {
-            name: name("Drama"),
-        }]);
+        .given(vec![CategoryEvent::CategoryCreated { name: name("drama") }])
+        .when(CategoryCommand::RenameCategory { name: name("Drama") })
+        .then_expect_events(vec![CategoryEvent::CategoryRenamed { name: name("Drama") }]);
 }
 
 #[test]
 fn renaming_an_unknown_category_is_refused() {
     CategoryTest::with(())
         .given_no_previous_events()
-        .when(CategoryCommand::RenameCategory {
-            name: name("Drama"),
-        })
+        .when(CategoryCommand::RenameCategory { name: name("Drama") })
         .then_expect_error(CategoryError::NotFound);
 }

@@ -103,22 +103,9 @@ impl Aggregate for Movie {
                 if self.details.is_some() {
                     return Err(MovieError::AlreadyExists);
                 }
-                let MovieDetails {
-                    title,
-                    storyline,
-                    release_date,
-                    rating,
-                    director,
-                    category_ids,
-                } = details;
-                let event = MovieEvent::MovieAdded {
-                    title,
-                    storyline,
-                    release_date,
-                    rating,
-                    director,
-                    category_ids,
-                };
+                let MovieDetails { title, storyline, release_date, rating, director, category_ids } = details;
+                let event =
+                    MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids };
                 sink.write(event, self).await;
             }
             MovieCommand::UpdateMovie { changes } => {
@@ -141,12 +128,7 @@ impl Aggregate for Movie {
                 }
                 sink.write(MovieEvent::MovieRetired {}, self).await;
             }
-            MovieCommand::RentMovie {
-                rental_id,
-                customer_id,
-                rented_at,
-                now,
-            } => {
+            MovieCommand::RentMovie { rental_id, customer_id, rented_at, now } => {
                 self.existing()?;
                 if !self.available() {
                     return Err(MovieError::NotAvailable);
@@ -154,25 +136,13 @@ impl Aggregate for Movie {
                 if rented_at > now {
                     return Err(MovieError::RentedInFuture);
                 }
-                if self
-                    .last_returned_at
-                    .is_some_and(|returned| rented_at < returned)
-                {
+                if self.last_returned_at.is_some_and(|returned| rented_at < returned) {
                     return Err(MovieError::RentedBeforePreviousReturn);
                 }
-                let event = MovieEvent::MovieRented {
-                    rental_id,
-                    customer_id,
-                    rented_at,
-                };
+                let event = MovieEvent::MovieRented { rental_id, customer_id, rented_at };
                 sink.write(event, self).await;
             }
-            MovieCommand::ReturnMovie {
-                rental_id,
-                by,
-                returned_at,
-                now,
-            } => {
+            MovieCommand::ReturnMovie { rental_id, by, returned_at, now } => {
                 self.existing()?;
                 let open = match &self.rental {
                     Some(open) if open.rental_id == rental_id => open,
@@ -187,11 +157,8 @@ impl Aggregate for Movie {
                 if returned_at < open.rented_at {
                     return Err(MovieError::ReturnedBeforeRent);
                 }
-                let event = MovieEvent::MovieReturned {
-                    rental_id,
-                    customer_id: open.customer_id,
-                    returned_at,
-                };
+                let event =
+                    MovieEvent::MovieReturned { rental_id, customer_id: open.customer_id, returned_at };
                 sink.write(event, self).await;
             }
         }
@@ -200,31 +167,11 @@ impl Aggregate for Movie {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            MovieEvent::MovieAdded {
-                title,
-                storyline,
-                release_date,
-                rating,
-                director,
-                category_ids,
-            } => {
-                self.details = Some(MovieDetails {
-                    title,
-                    storyline,
-                    release_date,
-                    rating,
-                    director,
-                    category_ids,
-                });
+            MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids } => {
+                self.details =
+                    Some(MovieDetails { title, storyline, release_date, rating, director, category_ids });
             }
-            MovieEvent::MovieUpdated {
-                title,
-                storyline,
-                release_date,
-                rating,
-                director,
-                category_ids,
-            } => {
+            MovieEvent::MovieUpdated { title, storyline, release_date, rating, director, category_ids } => {
                 if let Some(details) = self.details.as_mut() {
                     if let Some(title) = title {
                         details.title = title;
@@ -247,16 +194,8 @@ impl Aggregate for Movie {
                 }
             }
             MovieEvent::MovieRetired {} => self.retired = true,
-            MovieEvent::MovieRented {
-                rental_id,
-                customer_id,
-                rented_at,
-            } => {
-                self.rental = Some(OpenRental {
-                    rental_id,
-                    customer_id,
-                    rented_at,
-                });
+            MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                self.rental = Some(OpenRental { rental_id, customer_id, rented_at });
                 self.times_rented += 1;
             }
             MovieEvent::MovieReturned { returned_at, .. } => {

@@ -39,11 +39,7 @@ pub enum MovieEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rating: Option<Rating>,
         /// New director; present as `null` when it was cleared.
-        #[serde(
-            default,
-            skip_serializing_if = "Option::is_none",
-            with = "crate::serde_util::double_option"
-        )]
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::serde_util::double_option")]
         director: Option<Option<Director>>,
         /// New categories.
         #[serde(default, skip_serializing_if = "Option::is_none")]

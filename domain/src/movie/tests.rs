@@ -64,22 +64,8 @@ fn details() -> MovieDetails {
 }
 
 fn added_from(details: MovieDetails) -> MovieEvent {
-    let MovieDetails {
-        title,
-        storyline,
-        release_date,
-        rating,
-        director,
-        category_ids,
-    } = details;
-    MovieEvent::MovieAdded {
-        title,
-        storyline,
-        release_date,
-        rating,
-        director,
-        category_ids,
-    }
+    let MovieDetails { title, storyline, release_date, rating, director, category_ids } = details;
+    MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids }
 }
 
 fn added() -> MovieEvent {
@@ -87,37 +73,19 @@ fn added() -> MovieEvent {
 }
 
 fn rented(rental_id: Uuid, customer_id: Uuid, rented_at: DateTime<Utc>) -> MovieEvent {
-    MovieEvent::MovieRented {
-        rental_id,
-        customer_id,
-        rented_at,
-    }
+    MovieEvent::MovieRented { rental_id, customer_id, rented_at }
 }
 
 fn returned(rental_id: Uuid, customer_id: Uuid, returned_at: DateTime<Utc>) -> MovieEvent {
-    MovieEvent::MovieReturned {
-        rental_id,
-        customer_id,
-        returned_at,
-    }
+    MovieEvent::MovieReturned { rental_id, customer_id, returned_at }
 }
 
 fn rent(rental_id: Uuid, customer_id: Uuid, rented_at: DateTime<Utc>) -> MovieCommand {
-    MovieCommand::RentMovie {
-        rental_id,
-        customer_id,
-        rented_at,
-        now: now(),
-    }
+    MovieCommand::RentMovie { rental_id, customer_id, rented_at, now: now() }
 }
 
 fn give_back(rental_id: Uuid, by: Actor, returned_at: DateTime<Utc>) -> MovieCommand {
-    MovieCommand::ReturnMovie {
-        rental_id,
-        by,
-        returned_at,
-        now: now(),
-    }
+    MovieCommand::ReturnMovie { rental_id, by, returned_at, now: now() }
 }
 
 fn update(changes: MovieChanges) -> MovieCommand {
@@ -127,22 +95,8 @@ fn update(changes: MovieChanges) -> MovieCommand {
 /// The `MovieUpdated` event that carries exactly the given fields (enum variants have no
 /// struct-update syntax, so the fields are spelled with `MovieChanges { .., ..Default::default() }`).
 fn updated(fields: MovieChanges) -> MovieEvent {
-    let MovieChanges {
-        title,
-        storyline,
-        release_date,
-        rating,
-        director,
-        category_ids,
-    } = fields;
-    MovieEvent::MovieUpdated {
-        title,
-        storyline,
-        release_date,
-        rating,
-        director,
-        category_ids,
-    }
+    let MovieChanges { title, storyline, release_date, rating, director, category_ids } = fields;
+    MovieEvent::MovieUpdated { title, storyline, release_date, rating, director, category_ids }
 }
 
 fn replay(events: Vec<MovieEvent>) -> Movie {
@@ -167,10 +121,7 @@ fn adding_a_new_movie_records_all_its_details() {
 
 #[test]
 fn adding_a_movie_without_a_director_records_no_director() {
-    let details = MovieDetails {
-        director: None,
-        ..details()
-    };
+    let details = MovieDetails { director: None, ..details() };
     let expected = MovieEvent::MovieAdded {
         title: details.title.clone(),
         storyline: details.storyline.clone(),
@@ -209,10 +160,7 @@ fn adding_a_movie_that_was_retired_is_refused() {
 fn updating_an_unknown_movie_is_refused() {
     MovieTest::with(())
         .given_no_previous_events()
-        .when(update(MovieChanges {
-            title: Some(title("Heat")),
-            ..Default::default()
-        }))
+        .when(update(MovieChanges { title: Some(title("Heat")), ..Default::default() }))
         .then_expect_error(MovieError::NotFound);
 }
 
@@ -233,10 +181,7 @@ fn updating_records_only_the_fields_that_change() {
     });
 
     // Act / Assert
-    MovieTest::with(())
-        .given(vec![added()])
-        .when(update(changes))
-        .then_expect_events(vec![expected]);
+    MovieTest::with(()).given(vec![added()]).when(update(changes)).then_expect_events(vec![expected]);
 }
 
 #[test]
@@ -250,17 +195,16 @@ fn updating_every_field_to_a_new_value_records_every_field() {
         director: Some(Some(director("M. Mann"))),
         category_ids: Some(new_categories.clone()),
     };
-    MovieTest::with(())
-        .given(vec![added()])
-        .when(update(changes))
-        .then_expect_events(vec![MovieEvent::MovieUpdated {
+    MovieTest::with(()).given(vec![added()]).when(update(changes)).then_expect_events(vec![
+        MovieEvent::MovieUpdated {
             title: Some(title("Thief")),
             storyline: Some(storyline("")),
             release_date: Some(date(1981, 3, 27)),
             rating: Some(rating(7.4)),
             director: Some(Some(director("M. Mann"))),
             category_ids: Some(new_categories),
-        }]);
+        },
+    ]);
 }
 
 #[test]
@@ -274,127 +218,69 @@ fn updating_with_every_field_equal_to_its_current_value_records_nothing() {
         director: Some(current.director),
         category_ids: Some(current.category_ids),
     };
-    MovieTest::with(())
-        .given(vec![added()])
-        .when(update(changes))
-        .then_expect_events(vec![]);
+    MovieTest::with(()).given(vec![added()]).when(update(changes)).then_expect_events(vec![]);
 }
 
 #[test]
 fn an_empty_update_records_nothing() {
-    MovieTest::with(())
-        .given(vec![added()])
-        .when(update(MovieChanges::default()))
-        .then_expect_events(vec![]);
+    MovieTest::with(()).given(vec![added()]).when(update(MovieChanges::default())).then_expect_events(vec![]);
 }
 
 #[test]
 fn updating_compares_with_the_values_of_earlier_updates() {
-    let earlier = updated(MovieChanges {
-        title: Some(title("Heat II")),
-        ..Default::default()
-    });
+    let earlier = updated(MovieChanges { title: Some(title("Heat II")), ..Default::default() });
     MovieTest::with(())
         .given(vec![added(), earlier])
-        .when(update(MovieChanges {
-            title: Some(title("Heat II")),
-            ..Default::default()
-        }))
+        .when(update(MovieChanges { title: Some(title("Heat II")), ..Default::default() }))
         .then_expect_events(vec![]);
 }
 
 #[test]
 fn changing_back_to_the_original_value_after_an_update_is_a_change() {
-    let earlier = updated(MovieChanges {
-        title: Some(title("Heat II")),
-        ..Default::default()
-    });
+    let earlier = updated(MovieChanges { title: Some(title("Heat II")), ..Default::default() });
     MovieTest::with(())
         .given(vec![added(), earlier])
-        .when(update(MovieChanges {
-            title: Some(title("Heat")),
-            ..Default::default()
-        }))
-        .then_expect_events(vec![updated(MovieChanges {
-            title: Some(title("Heat")),
-            ..Default::default()
-        })]);
+        .when(update(MovieChanges { title: Some(title("Heat")), ..Default::default() }))
+        .then_expect_events(vec![updated(MovieChanges { title: Some(title("Heat")), ..Default::default() })]);
 }
 
 #[test]
 fn clearing_the_director_records_a_null_director() {
     MovieTest::with(())
         .given(vec![added()])
-        .when(update(MovieChanges {
-            director: Some(None),
-            ..Default::default()
-        }))
-        .then_expect_events(vec![updated(MovieChanges {
-            director: Some(None),
-            ..Default::default()
-        })]);
+        .when(update(MovieChanges { director: Some(None), ..Default::default() }))
+        .then_expect_events(vec![updated(MovieChanges { director: Some(None), ..Default::default() })]);
 }
 
 #[test]
 fn clearing_a_director_that_is_not_set_records_nothing() {
     MovieTest::with(())
-        .given(vec![
-            added(),
-            updated(MovieChanges {
-                director: Some(None),
-                ..Default::default()
-            }),
-        ])
-        .when(update(MovieChanges {
-            director: Some(None),
-            ..Default::default()
-        }))
+        .given(vec![added(), updated(MovieChanges { director: Some(None), ..Default::default() })])
+        .when(update(MovieChanges { director: Some(None), ..Default::default() }))
         .then_expect_events(vec![]);
 }
 
 #[test]
 fn a_cleared_director_is_gone_from_the_state() {
-    let movie = replay(vec![
-        added(),
-        updated(MovieChanges {
-            director: Some(None),
-            ..Default::default()
-        }),
-    ]);
+    let movie = replay(vec![added(), updated(MovieChanges { director: Some(None), ..Default::default() })]);
     let details = movie.details.unwrap();
     assert_eq!(details.director, None);
-    assert_eq!(
-        details.title,
-        title("Heat"),
-        "fields absent from the update are kept"
-    );
+    assert_eq!(details.title, title("Heat"), "fields absent from the update are kept");
 }
 
 #[test]
 fn updating_a_rented_movie_is_allowed() {
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(Uuid::now_v7(), Uuid::now_v7(), at(2, 10)),
-        ])
-        .when(update(MovieChanges {
-            rating: Some(rating(9.0)),
-            ..Default::default()
-        }))
-        .then_expect_events(vec![updated(MovieChanges {
-            rating: Some(rating(9.0)),
-            ..Default::default()
-        })]);
+        .given(vec![added(), rented(Uuid::now_v7(), Uuid::now_v7(), at(2, 10))])
+        .when(update(MovieChanges { rating: Some(rating(9.0)), ..Default::default() }))
+        .then_expect_events(vec![updated(MovieChanges { rating: Some(rating(9.0)), ..Default::default() })]);
 }
 
 #[test]
 fn updating_a_retired_movie_is_refused() {
     MovieTest::with(())
         .given(vec![added(), MovieEvent::MovieRetired {}])
-        .when(update(MovieChanges {
-            title: Some(title("Heat II")),
-            ..Default::default()
-        }))
+        .when(update(MovieChanges { title: Some(title("Heat II")), ..Default::default() }))
         .then_expect_error(MovieError::Retired);
 }
 
@@ -430,11 +316,7 @@ fn retiring_an_available_movie_records_its_retirement() {
 fn retiring_a_movie_whose_copy_came_back_records_its_retirement() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(rental, customer, at(2, 10)),
-            returned(rental, customer, at(3, 10)),
-        ])
+        .given(vec![added(), rented(rental, customer, at(2, 10)), returned(rental, customer, at(3, 10))])
         .when(MovieCommand::RetireMovie)
         .then_expect_events(vec![MovieEvent::MovieRetired {}]);
 }
@@ -442,10 +324,7 @@ fn retiring_a_movie_whose_copy_came_back_records_its_retirement() {
 #[test]
 fn retiring_a_rented_movie_is_refused_as_not_available() {
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(Uuid::now_v7(), Uuid::now_v7(), at(2, 10)),
-        ])
+        .given(vec![added(), rented(Uuid::now_v7(), Uuid::now_v7(), at(2, 10))])
         .when(MovieCommand::RetireMovie)
         .then_expect_error(MovieError::NotAvailable);
 }
@@ -491,10 +370,7 @@ fn renting_at_exactly_now_is_allowed() {
 #[test]
 fn renting_a_rented_movie_is_refused_as_not_available() {
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(Uuid::now_v7(), Uuid::now_v7(), at(2, 10)),
-        ])
+        .given(vec![added(), rented(Uuid::now_v7(), Uuid::now_v7(), at(2, 10))])
         .when(rent(Uuid::now_v7(), Uuid::now_v7(), at(3, 10)))
         .then_expect_error(MovieError::NotAvailable);
 }
@@ -520,11 +396,7 @@ fn renting_a_retired_movie_is_refused_as_not_available() {
 fn renting_in_the_future_is_refused() {
     MovieTest::with(())
         .given(vec![added()])
-        .when(rent(
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            now() + Duration::seconds(1),
-        ))
+        .when(rent(Uuid::now_v7(), Uuid::now_v7(), now() + Duration::seconds(1)))
         .then_expect_error(MovieError::RentedInFuture);
 }
 
@@ -542,16 +414,8 @@ fn a_back_dated_rental_without_a_previous_return_is_allowed() {
 fn a_back_dated_rental_before_the_previous_return_is_refused() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(rental, customer, at(2, 10)),
-            returned(rental, customer, at(5, 10)),
-        ])
-        .when(rent(
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            at(5, 10) - Duration::seconds(1),
-        ))
+        .given(vec![added(), rented(rental, customer, at(2, 10)), returned(rental, customer, at(5, 10))])
+        .when(rent(Uuid::now_v7(), Uuid::now_v7(), at(5, 10) - Duration::seconds(1)))
         .then_expect_error(MovieError::RentedBeforePreviousReturn);
 }
 
@@ -560,11 +424,7 @@ fn a_rental_starting_exactly_at_the_previous_return_is_allowed() {
     let (first, customer) = (Uuid::now_v7(), Uuid::now_v7());
     let (second, next_customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(first, customer, at(2, 10)),
-            returned(first, customer, at(5, 10)),
-        ])
+        .given(vec![added(), rented(first, customer, at(2, 10)), returned(first, customer, at(5, 10))])
         .when(rent(second, next_customer, at(5, 10)))
         .then_expect_events(vec![rented(second, next_customer, at(5, 10))]);
 }
@@ -574,11 +434,7 @@ fn a_returned_movie_can_be_rented_again_by_the_same_customer() {
     let (first, customer) = (Uuid::now_v7(), Uuid::now_v7());
     let second = Uuid::now_v7();
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(first, customer, at(2, 10)),
-            returned(first, customer, at(3, 10)),
-        ])
+        .given(vec![added(), rented(first, customer, at(2, 10)), returned(first, customer, at(3, 10))])
         .when(rent(second, customer, at(4, 10)))
         .then_expect_events(vec![rented(second, customer, at(4, 10))]);
 }
@@ -607,11 +463,7 @@ fn returning_an_unknown_movie_is_refused() {
     let customer = Uuid::now_v7();
     MovieTest::with(())
         .given_no_previous_events()
-        .when(give_back(
-            Uuid::now_v7(),
-            Actor::customer(customer),
-            at(3, 10),
-        ))
+        .when(give_back(Uuid::now_v7(), Actor::customer(customer), at(3, 10)))
         .then_expect_error(MovieError::NotFound);
 }
 
@@ -620,11 +472,7 @@ fn returning_a_movie_that_is_not_rented_is_refused_as_not_active() {
     let customer = Uuid::now_v7();
     MovieTest::with(())
         .given(vec![added()])
-        .when(give_back(
-            Uuid::now_v7(),
-            Actor::customer(customer),
-            at(3, 10),
-        ))
+        .when(give_back(Uuid::now_v7(), Actor::customer(customer), at(3, 10)))
         .then_expect_error(MovieError::NotActive);
 }
 
@@ -633,11 +481,7 @@ fn returning_another_rental_than_the_open_one_is_refused_as_not_active() {
     let customer = Uuid::now_v7();
     MovieTest::with(())
         .given(vec![added(), rented(Uuid::now_v7(), customer, at(2, 10))])
-        .when(give_back(
-            Uuid::now_v7(),
-            Actor::customer(customer),
-            at(3, 10),
-        ))
+        .when(give_back(Uuid::now_v7(), Actor::customer(customer), at(3, 10)))
         .then_expect_error(MovieError::NotActive);
 }
 
@@ -645,11 +489,7 @@ fn returning_another_rental_than_the_open_one_is_refused_as_not_active() {
 fn returning_a_rental_twice_is_refused_as_not_active() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
-        .given(vec![
-            added(),
-            rented(rental, customer, at(2, 10)),
-            returned(rental, customer, at(3, 10)),
-        ])
+        .given(vec![added(), rented(rental, customer, at(2, 10)), returned(rental, customer, at(3, 10))])
         .when(give_back(rental, Actor::customer(customer), at(3, 10)))
         .then_expect_error(MovieError::NotActive);
 }
@@ -682,11 +522,7 @@ fn another_customer_returning_the_copy_is_refused() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
         .given(vec![added(), rented(rental, customer, at(2, 10))])
-        .when(give_back(
-            rental,
-            Actor::customer(Uuid::now_v7()),
-            at(3, 10),
-        ))
+        .when(give_back(rental, Actor::customer(Uuid::now_v7()), at(3, 10)))
         .then_expect_error(MovieError::NotTheRenter);
 }
 
@@ -704,11 +540,7 @@ fn returning_in_the_future_is_refused() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
         .given(vec![added(), rented(rental, customer, at(2, 10))])
-        .when(give_back(
-            rental,
-            Actor::admin(Uuid::now_v7()),
-            now() + Duration::seconds(1),
-        ))
+        .when(give_back(rental, Actor::admin(Uuid::now_v7()), now() + Duration::seconds(1)))
         .then_expect_error(MovieError::ReturnedInFuture);
 }
 
@@ -717,11 +549,7 @@ fn returning_before_the_rent_is_refused() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     MovieTest::with(())
         .given(vec![added(), rented(rental, customer, at(2, 10))])
-        .when(give_back(
-            rental,
-            Actor::admin(Uuid::now_v7()),
-            at(2, 10) - Duration::seconds(1),
-        ))
+        .when(give_back(rental, Actor::admin(Uuid::now_v7()), at(2, 10) - Duration::seconds(1)))
         .then_expect_error(MovieError::ReturnedBeforeRent);
 }
 
@@ -760,11 +588,7 @@ fn availability_follows_rent_return_and_retirement() {
     assert!(!movie.available(), "a rented movie is not available");
     assert_eq!(
         movie.rental,
-        Some(OpenRental {
-            rental_id: rental,
-            customer_id: customer,
-            rented_at: at(2, 10)
-        })
+        Some(OpenRental { rental_id: rental, customer_id: customer, rented_at: at(2, 10) })
     );
 
     movie.apply(returned(rental, customer, at(3, 10)));
@@ -804,10 +628,7 @@ fn every_movie_event_round_trips_through_json() {
     let (rental, customer) = (Uuid::now_v7(), Uuid::now_v7());
     let events = vec![
         added(),
-        added_from(MovieDetails {
-            director: None,
-            ..details()
-        }),
+        added_from(MovieDetails { director: None, ..details() }),
         updated(MovieChanges {
             title: Some(title("Thief")),
             storyline: Some(storyline("")),
@@ -816,14 +637,8 @@ fn every_movie_event_round_trips_through_json() {
             director: Some(Some(director("M. Mann"))),
             category_ids: Some(categories()),
         }),
-        updated(MovieChanges {
-            title: Some(title("Thief")),
-            ..Default::default()
-        }),
-        updated(MovieChanges {
-            director: Some(None),
-            ..Default::default()
-        }),
+        updated(MovieChanges { title: Some(title("Thief")), ..Default::default() }),
+        updated(MovieChanges { director: Some(None), ..Default::default() }),
         updated(MovieChanges::default()),
         MovieEvent::MovieRetired {},
         rented(rental, customer, at(2, 10) + Duration::milliseconds(123)),
@@ -836,39 +651,21 @@ fn every_movie_event_round_trips_through_json() {
 
 #[test]
 fn a_partial_update_serialises_only_its_present_fields() {
-    let event = updated(MovieChanges {
-        rating: Some(rating(9.5)),
-        ..Default::default()
-    });
+    let event = updated(MovieChanges { rating: Some(rating(9.5)), ..Default::default() });
     let json = serde_json::to_value(&event).unwrap();
-    assert_eq!(
-        json,
-        serde_json::json!({ "MovieUpdated": { "rating": 9.5 } })
-    );
+    assert_eq!(json, serde_json::json!({ "MovieUpdated": { "rating": 9.5 } }));
 }
 
 #[test]
 fn a_cleared_director_serialises_as_null_and_stays_cleared() {
-    let event = updated(MovieChanges {
-        director: Some(None),
-        ..Default::default()
-    });
+    let event = updated(MovieChanges { director: Some(None), ..Default::default() });
     let json = serde_json::to_value(&event).unwrap();
-    assert_eq!(
-        json,
-        serde_json::json!({ "MovieUpdated": { "director": null } })
-    );
+    assert_eq!(json, serde_json::json!({ "MovieUpdated": { "director": null } }));
 
     let back: MovieEvent = serde_json::from_value(json).unwrap();
     match back {
-        MovieEvent::MovieUpdated {
-            director, title, ..
-        } => {
-            assert_eq!(
-                director,
-                Some(None),
-                "a null director is a clearing, not an absence"
-            );
+        MovieEvent::MovieUpdated { director, title, .. } => {
+            assert_eq!(director, Some(None), "a null director is a clearing, not an absence");
             assert_eq!(title, None);
         }
         other => panic!("expected MovieUpdated, got {other:?}"),
@@ -879,11 +676,5 @@ fn a_cleared_director_serialises_as_null_and_stays_cleared() {
 fn an_absent_director_deserialises_as_no_change() {
     let json = serde_json::json!({ "MovieUpdated": { "title": "Thief" } });
     let back: MovieEvent = serde_json::from_value(json).unwrap();
-    assert_eq!(
-        back,
-        updated(MovieChanges {
-            title: Some(title("Thief")),
-            ..Default::default()
-        })
-    );
+    assert_eq!(back, updated(MovieChanges { title: Some(title("Thief")), ..Default::default() }));
 }

@@ -68,26 +68,14 @@ impl Aggregate for Rental {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         match command {
-            RentalCommand::OpenRental {
-                movie_id,
-                customer_id,
-                rented_at,
-            } => {
+            RentalCommand::OpenRental { movie_id, customer_id, rented_at } => {
                 if self.movie_id.is_some() {
                     let same = self.movie_id == Some(movie_id)
                         && self.customer_id == Some(customer_id)
                         && self.rented_at == Some(rented_at);
-                    return if same {
-                        Ok(())
-                    } else {
-                        Err(RentalError::OpenedDifferently)
-                    };
+                    return if same { Ok(()) } else { Err(RentalError::OpenedDifferently) };
                 }
-                let event = RentalEvent::RentalOpened {
-                    movie_id,
-                    customer_id,
-                    rented_at,
-                };
+                let event = RentalEvent::RentalOpened { movie_id, customer_id, rented_at };
                 sink.write(event, self).await;
             }
             RentalCommand::CloseRental { returned_at, plan } => {
@@ -103,8 +91,7 @@ impl Aggregate for Rental {
                     return Err(RentalError::ReturnedBeforeRent);
                 }
                 let charge = plan.assess(rented_at, returned_at);
-                sink.write(RentalEvent::RentalClosed { returned_at }, self)
-                    .await;
+                sink.write(RentalEvent::RentalClosed { returned_at }, self).await;
                 let event = RentalEvent::ChargeAssessed {
                     days: charge.days,
                     amount_cents: charge.amount_cents,
@@ -113,11 +100,7 @@ impl Aggregate for Rental {
                 };
                 sink.write(event, self).await;
             }
-            RentalCommand::PayRental {
-                amount_cents,
-                by,
-                paid_at,
-            } => {
+            RentalCommand::PayRental { amount_cents, by, paid_at } => {
                 let customer_id = self.customer_id.ok_or(RentalError::NotOpened)?;
                 if !by.may_act_for(customer_id) {
                     return Err(RentalError::NotTheRenter);
@@ -127,18 +110,9 @@ impl Aggregate for Rental {
                 }
                 let charge = self.charge.as_ref().ok_or(RentalError::NotReturned)?;
                 if amount_cents != charge.amount_cents {
-                    return Err(RentalError::WrongAmount {
-                        expected_cents: charge.amount_cents,
-                    });
+                    return Err(RentalError::WrongAmount { expected_cents: charge.amount_cents });
                 }
-                sink.write(
-                    RentalEvent::RentalPaid {
-                        amount_cents,
-                        paid_at,
-                    },
-                    self,
-                )
-                .await;
+                sink.write(RentalEvent::RentalPaid { amount_cents, paid_at }, self).await;
             }
         }
         Ok(())
@@ -146,27 +120,14 @@ impl Aggregate for Rental {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            RentalEvent::RentalOpened {
-                movie_id,
-                customer_id,
-                rented_at,
-            } => {
+            RentalEvent::RentalOpened { movie_id, customer_id, rented_at } => {
                 self.movie_id = Some(movie_id);
                 self.customer_id = Some(customer_id);
                 self.rented_at = Some(rented_at);
             }
             RentalEvent::RentalClosed { returned_at } => self.returned_at = Some(returned_at),
-            RentalEvent::ChargeAssessed {
-                days,
-                amount_cents,
-                currency,
-                ..
-            } => {
-                self.charge = Some(Charge {
-                    days,
-                    amount_cents,
-                    currency,
-                });
+            RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
+                self.charge = Some(Charge { days, amount_cents, currency });
             }
             RentalEvent::RentalPaid { paid_at, .. } => self.paid_at = Some(paid_at),
         }

@@ -35,33 +35,19 @@ struct Parties {
 }
 
 fn parties() -> Parties {
-    Parties {
-        movie: Uuid::now_v7(),
-        customer: Uuid::now_v7(),
-    }
+    Parties { movie: Uuid::now_v7(), customer: Uuid::now_v7() }
 }
 
 fn opened(p: &Parties) -> RentalEvent {
-    RentalEvent::RentalOpened {
-        movie_id: p.movie,
-        customer_id: p.customer,
-        rented_at: rented_at(),
-    }
+    RentalEvent::RentalOpened { movie_id: p.movie, customer_id: p.customer, rented_at: rented_at() }
 }
 
 fn open(p: &Parties) -> RentalCommand {
-    RentalCommand::OpenRental {
-        movie_id: p.movie,
-        customer_id: p.customer,
-        rented_at: rented_at(),
-    }
+    RentalCommand::OpenRental { movie_id: p.movie, customer_id: p.customer, rented_at: rented_at() }
 }
 
 fn close(returned_at: DateTime<Utc>) -> RentalCommand {
-    RentalCommand::CloseRental {
-        returned_at,
-        plan: PricePlan::default(),
-    }
+    RentalCommand::CloseRental { returned_at, plan: PricePlan::default() }
 }
 
 fn closed(returned_at: DateTime<Utc>) -> RentalEvent {
@@ -83,18 +69,11 @@ fn charged(p: &Parties) -> Vec<RentalEvent> {
 }
 
 fn pay(amount_cents: i64, by: Actor) -> RentalCommand {
-    RentalCommand::PayRental {
-        amount_cents,
-        by,
-        paid_at: paid_at(),
-    }
+    RentalCommand::PayRental { amount_cents, by, paid_at: paid_at() }
 }
 
 fn paid(amount_cents: i64) -> RentalEvent {
-    RentalEvent::RentalPaid {
-        amount_cents,
-        paid_at: paid_at(),
-    }
+    RentalEvent::RentalPaid { amount_cents, paid_at: paid_at() }
 }
 
 fn replay(events: impl IntoIterator<Item = RentalEvent>) -> Rental {
@@ -112,37 +91,25 @@ fn replay(events: impl IntoIterator<Item = RentalEvent>) -> Rental {
 #[test]
 fn opening_a_new_rental_records_its_facts() {
     let p = parties();
-    RentalTest::with(())
-        .given_no_previous_events()
-        .when(open(&p))
-        .then_expect_events(vec![opened(&p)]);
+    RentalTest::with(()).given_no_previous_events().when(open(&p)).then_expect_events(vec![opened(&p)]);
 }
 
 #[test]
 fn opening_again_with_the_same_facts_records_nothing() {
     let p = parties();
-    RentalTest::with(())
-        .given(vec![opened(&p)])
-        .when(open(&p))
-        .then_expect_events(vec![]);
+    RentalTest::with(()).given(vec![opened(&p)]).when(open(&p)).then_expect_events(vec![]);
 }
 
 #[test]
 fn opening_again_with_the_same_facts_after_the_close_records_nothing() {
     let p = parties();
-    RentalTest::with(())
-        .given(charged(&p))
-        .when(open(&p))
-        .then_expect_events(vec![]);
+    RentalTest::with(()).given(charged(&p)).when(open(&p)).then_expect_events(vec![]);
 }
 
 #[test]
 fn opening_again_for_another_customer_is_refused() {
     let p = parties();
-    let other = Parties {
-        customer: Uuid::now_v7(),
-        ..p
-    };
+    let other = Parties { customer: Uuid::now_v7(), ..p };
     RentalTest::with(())
         .given(vec![opened(&p)])
         .when(open(&other))
@@ -152,10 +119,7 @@ fn opening_again_for_another_customer_is_refused() {
 #[test]
 fn opening_again_for_another_movie_is_refused() {
     let p = parties();
-    let other = Parties {
-        movie: Uuid::now_v7(),
-        ..p
-    };
+    let other = Parties { movie: Uuid::now_v7(), ..p };
     RentalTest::with(())
         .given(vec![opened(&p)])
         .when(open(&other))
@@ -239,28 +203,17 @@ fn closing_records_the_plan_that_priced_the_charge() {
     };
     RentalTest::with(())
         .given(vec![opened(&p)])
-        .when(RentalCommand::CloseRental {
-            returned_at: returned_at(),
-            plan: plan.clone(),
-        })
+        .when(RentalCommand::CloseRental { returned_at: returned_at(), plan: plan.clone() })
         .then_expect_events(vec![
             closed(returned_at()),
-            RentalEvent::ChargeAssessed {
-                days: 4,
-                amount_cents: 230,
-                currency: "CHF".to_string(),
-                plan,
-            },
+            RentalEvent::ChargeAssessed { days: 4, amount_cents: 230, currency: "CHF".to_string(), plan },
         ]);
 }
 
 #[test]
 fn closing_again_at_the_same_time_records_nothing() {
     let p = parties();
-    RentalTest::with(())
-        .given(charged(&p))
-        .when(close(returned_at()))
-        .then_expect_events(vec![]);
+    RentalTest::with(()).given(charged(&p)).when(close(returned_at())).then_expect_events(vec![]);
 }
 
 #[test]
@@ -346,9 +299,7 @@ fn paying_another_amount_than_the_charge_is_refused_naming_the_charge() {
         RentalTest::with(())
             .given(charged(&p))
             .when(pay(wrong, Actor::customer(p.customer)))
-            .then_expect_error(RentalError::WrongAmount {
-                expected_cents: 350,
-            });
+            .then_expect_error(RentalError::WrongAmount { expected_cents: 350 });
     }
 }
 
@@ -370,11 +321,7 @@ fn paying_a_paid_rental_is_refused() {
 fn the_status_runs_from_active_to_returned_to_charged_to_paid() {
     let p = parties();
     let mut rental = Rental::default();
-    assert_eq!(
-        rental.status(),
-        None,
-        "a rental not yet opened has no status"
-    );
+    assert_eq!(rental.status(), None, "a rental not yet opened has no status");
 
     rental.apply(opened(&p));
     assert_eq!(rental.status(), Some(RentalStatus::Active));
@@ -384,14 +331,7 @@ fn the_status_runs_from_active_to_returned_to_charged_to_paid() {
 
     rental.apply(assessed(4, 350));
     assert_eq!(rental.status(), Some(RentalStatus::Charged));
-    assert_eq!(
-        rental.charge,
-        Some(Charge {
-            days: 4,
-            amount_cents: 350,
-            currency: "EUR".to_string()
-        })
-    );
+    assert_eq!(rental.charge, Some(Charge { days: 4, amount_cents: 350, currency: "EUR".to_string() }));
 
     rental.apply(paid(350));
     assert_eq!(rental.status(), Some(RentalStatus::Paid));
@@ -439,8 +379,8 @@ fn every_rental_event_round_trips_through_json() {
     ];
     for event in &events {
         let json = serde_json::to_string(event).unwrap();
-        let back: RentalEvent = serde_json::from_str(&json)
-            .unwrap_or_else(|e| panic!("{json} does not parse back: {e}"));
+        let back: RentalEvent =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json} does not parse back: {e}"));
         assert_eq!(&back, event);
     }
 }

@@ -52,8 +52,7 @@ impl StreamKind for Movie {
                 match event {
                     MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
                         let movie_id = lookup::parse_stream_id(aggregate_id)?;
-                        lookup::insert_rental(conn, *rental_id, movie_id, *customer_id, *rented_at)
-                            .await?;
+                        lookup::insert_rental(conn, *rental_id, movie_id, *customer_id, *rented_at).await?;
                     }
                     MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
                         lookup::mark_rental_returned(conn, *rental_id, *returned_at).await?;

@@ -1,0 +1,315 @@
+//! The test harness: start the binary, talk to it, check problem documents.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const ADMIN_USERNAME: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// The `moviestore` binary, built once per test run by the same cargo, in the same profile, so
+/// the tests always run the code under test.
+pub fn binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(path) = std::env::var("MOVIESTORE_BIN") {
+            return PathBuf::from(path);
+        }
+        // This test executable lives in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => "dev",
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "api", "--bin", "moviestore", "--profile", profile])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the moviestore binary failed");
+        profile_dir.join("moviestore")
+    })
+}
+
+/// DATABASE_URL with another database name.
+pub fn database_url(database: &str) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for #[sqlx::test]");
+    let (without_query, query) = match base.split_once('?') {
+        Some((url, query)) => (url.to_string(), format!("?{query}")),
+        None => (base.clone(), String::new()),
+    };
+    let scheme_end = without_query.find("://").map_or(0, |i| i + 3);
+    let path_start = without_query[scheme_end..].find('/').map_or(without_query.len(), |i| scheme_end + i);
+    format!("{}/{database}{query}", &without_query[..path_start])
+}
+
+/// Options for starting the binary.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// A running `moviestore serve` against a test database.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub database_url: String,
+    child: Option<Child>,
+    admin_token: OnceLock<String>,
+}
+
+impl TestApp {
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, Options::default()).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, options: Options) -> Self {
+        let database = pool.connect_options().get_database().expect("test database name").to_string();
+        let database_url = database_url(&database);
+        let child = start(&database_url, &options);
+        let (child, address) =
+            tokio::task::spawn_blocking(move || wait_for_listening(child)).await.expect("join");
+        Self {
+            address,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            pool,
+            database_url,
+            child: Some(child),
+            admin_token: OnceLock::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status.
+    pub async fn shutdown(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        tokio::task::spawn_blocking(move || child.wait().expect("wait")).await.unwrap()
+    }
+
+    /// Sends one request; `body` `None` sends no body at all.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
+        self.request(Method::POST, path, token, body).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::DELETE, path, token, None).await
+    }
+
+    /// The bootstrap admin's token (logged in once per test).
+    pub async fn admin(&self) -> String {
+        if let Some(token) = self.admin_token.get() {
+            return token.clone();
+        }
+        let token = self.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+        let _ = self.admin_token.set(token.clone());
+        token
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let response = self
+            .post("/api/v1/auth/login", None, Some(json!({"username": username, "password": password})))
+            .await;
+        let body = expect_status(response, StatusCode::OK).await;
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    /// Registers a customer; returns (id, token).
+    pub async fn customer(&self, username: &str) -> (Uuid, String) {
+        let response = self
+            .post(
+                "/api/v1/auth/register",
+                None,
+                Some(json!({"username": username, "email": format!("{username}@example.com"), "password": "password-123"})),
+            )
+            .await;
+        let body = expect_status(response, StatusCode::CREATED).await;
+        (uuid(&body["user"]["id"]), body["token"].as_str().unwrap().to_string())
+    }
+
+    /// Creates an account of any role through the admin API: register, then set the role.
+    pub async fn staff(&self, username: &str, role: &str) -> (Uuid, String) {
+        let (id, token) = self.customer(username).await;
+        let admin = self.admin().await;
+        let response =
+            self.patch(&format!("/api/v1/admin/users/{id}"), Some(&admin), json!({"role": role})).await;
+        expect_status(response, StatusCode::OK).await;
+        (id, token)
+    }
+
+    pub async fn category(&self, name: &str) -> Uuid {
+        let admin = self.admin().await;
+        let response = self.post("/api/v1/categories", Some(&admin), Some(json!({"name": name}))).await;
+        uuid(&expect_status(response, StatusCode::CREATED).await["id"])
+    }
+
+    pub async fn movie(&self, title: &str, categories: &[Uuid]) -> Uuid {
+        let admin = self.admin().await;
+        let response = self.post("/api/v1/movies", Some(&admin), Some(movie_body(title, categories))).await;
+        uuid(&expect_status(response, StatusCode::CREATED).await["id"])
+    }
+
+    /// Rents a movie as the given customer; returns the rental id.
+    pub async fn rent(&self, movie: Uuid, token: &str) -> Uuid {
+        let response = self.post(&format!("/api/v1/movies/{movie}/rent"), Some(token), None).await;
+        uuid(&expect_status(response, StatusCode::CREATED).await["rental_id"])
+    }
+
+    /// Event rows of one stream, oldest first: (event_type, payload, metadata).
+    pub async fn events_of(&self, stream_type: &str, id: Uuid) -> Vec<(String, Value, Value)> {
+        sqlx::query_as(
+            "select event_type, payload, metadata from events
+              where aggregate_type = $1 and aggregate_id = $2 order by sequence",
+        )
+        .bind(stream_type)
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .expect("events")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn movie_body(title: &str, categories: &[Uuid]) -> Value {
+    json!({
+        "title": title,
+        "storyline": format!("The story of {title}."),
+        "release_date": "1998-01-18",
+        "rating": 8.1,
+        "director": "Joel Coen",
+        "category_ids": categories,
+    })
+}
+
+fn start(database_url: &str, options: &Options) -> Child {
+    let verbose = std::env::var("TEST_LOG").is_ok();
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("MOVIESTORE_ADDR", "127.0.0.1:0")
+        .env("MOVIESTORE_ADMIN", format!("{ADMIN_USERNAME}:{ADMIN_PASSWORD}"))
+        .env("MOVIESTORE_REDIS_PREFIX", format!("test-{}:", Uuid::now_v7()))
+        .env("MOVIESTORE_DB_MAX_CONNECTIONS", "8")
+        // Cheap hashes keep the suite fast; production uses the OWASP parameters.
+        .env("MOVIESTORE_ARGON2_MEMORY_KIB", "512")
+        .env("MOVIESTORE_ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", if verbose { "info" } else { "error" })
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(if verbose { Stdio::inherit() } else { Stdio::null() });
+    for (key, value) in &options.extra_env {
+        command.env(key, value);
+    }
+    command.spawn().expect("start moviestore")
+}
+
+fn wait_for_listening(mut child: Child) -> (Child, String) {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut sent = false;
+        while let Some(Ok(line)) = lines.next() {
+            if !sent {
+                if let Some(address) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(address.trim().to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(address) => (child, address),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("moviestore did not print its listening line in time");
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+pub fn uuid(value: &Value) -> Uuid {
+    Uuid::parse_str(value.as_str().unwrap_or_else(|| panic!("expected a uuid string, got {value}"))).unwrap()
+}
+
+/// Asserts the status and returns the JSON body (Null when empty).
+pub async fn expect_status(response: Response, status: StatusCode) -> Value {
+    let actual = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+}
+
+/// Asserts a problem+json answer with this status and slug; returns the document.
+pub async fn assert_problem(response: Response, status: u16, slug: &str) -> Value {
+    let actual = response.status().as_u16();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    assert_eq!(content_type, "application/problem+json", "body: {text}");
+    let body: Value = serde_json::from_str(&text).expect("problem is JSON");
+    let kind = body["type"].as_str().unwrap_or_default();
+    assert!(kind.ends_with(&format!("/{slug}")), "expected type .../{slug}, got {kind}");
+    assert_eq!(body["status"], status, "problem status field");
+    assert!(body["title"].is_string() && body["detail"].is_string(), "title and detail: {text}");
+    body
+}
