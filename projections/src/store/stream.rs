@@ -42,53 +42,46 @@ pub struct Loaded<A> {
 impl StreamKind for Movie {
     const SNAPSHOT_EVERY: Option<i64> = Some(20);
 
-    fn write_lookups<'a>(
-        conn: &'a mut PgConnection,
-        aggregate_id: &'a str,
-        events: &'a [MovieEvent],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        async move {
-            for event in events {
-                match event {
-                    MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
-                        let movie_id = lookup::parse_stream_id(aggregate_id)?;
-                        lookup::insert_rental(conn, *rental_id, movie_id, *customer_id, *rented_at).await?;
-                    }
-                    MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-                        lookup::mark_rental_returned(conn, *rental_id, *returned_at).await?;
-                    }
-                    MovieEvent::MovieAdded { category_ids, .. }
-                    | MovieEvent::MovieUpdated { category_ids: Some(category_ids), .. } => {
-                        let movie_id = lookup::parse_stream_id(aggregate_id)?;
-                        lookup::set_movie_categories(conn, movie_id, category_ids.ids()).await?;
-                    }
-                    MovieEvent::MovieRetired {} => {
-                        let movie_id = lookup::parse_stream_id(aggregate_id)?;
-                        lookup::set_movie_categories(conn, movie_id, &[]).await?;
-                    }
-                    MovieEvent::MovieUpdated { .. } => {}
+    async fn write_lookups(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[MovieEvent],
+    ) -> Result<(), sqlx::Error> {
+        let movie_id = lookup::parse_stream_id(aggregate_id)?;
+        for event in events {
+            match event {
+                MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                    lookup::insert_rental(conn, *rental_id, movie_id, *customer_id, *rented_at).await?;
                 }
+                MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+                    lookup::mark_rental_returned(conn, *rental_id, *returned_at).await?;
+                }
+                MovieEvent::MovieAdded { category_ids, .. }
+                | MovieEvent::MovieUpdated { category_ids: Some(category_ids), .. } => {
+                    lookup::set_movie_categories(conn, movie_id, category_ids.ids()).await?;
+                }
+                MovieEvent::MovieRetired {} => {
+                    lookup::set_movie_categories(conn, movie_id, &[]).await?;
+                }
+                MovieEvent::MovieUpdated { .. } => {}
             }
-            Ok(())
         }
+        Ok(())
     }
 }
 
 impl StreamKind for Category {
-    fn write_lookups<'a>(
-        conn: &'a mut PgConnection,
-        aggregate_id: &'a str,
-        events: &'a [CategoryEvent],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
-        async move {
-            let category_id = lookup::parse_stream_id(aggregate_id)?;
-            for event in events {
-                let (CategoryEvent::CategoryCreated { name } | CategoryEvent::CategoryRenamed { name }) =
-                    event;
-                lookup::upsert_category(conn, category_id, name.as_str()).await?;
-            }
-            Ok(())
+    async fn write_lookups(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[CategoryEvent],
+    ) -> Result<(), sqlx::Error> {
+        let category_id = lookup::parse_stream_id(aggregate_id)?;
+        for event in events {
+            let (CategoryEvent::CategoryCreated { name } | CategoryEvent::CategoryRenamed { name }) = event;
+            lookup::upsert_category(conn, category_id, name.as_str()).await?;
         }
+        Ok(())
     }
 }
 
