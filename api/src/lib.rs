@@ -10,6 +10,7 @@
 //! - [`cli`]: the sub-commands.
 
 pub mod accounts;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -1,0 +1,1 @@
+//! The Redis cache of movie details (being written).
