@@ -159,10 +159,10 @@ impl IntoResponse for ApiError {
             Self::TooManyRequests { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            Self::Unavailable => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            }
             _ => {}
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
         response
     }

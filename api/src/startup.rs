@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
@@ -10,7 +9,6 @@ use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use projections::store::EventStore;
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +18,14 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use projections::catalogue::CatalogueReader;
+use projections::engine::{Engine, EngineConfig};
+use projections::rentals::RentalsReader;
+
 use crate::accounts::Accounts;
-use crate::config::{Config, RedisConfig};
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::refresh::CacheRefresher;
 use crate::error::problem;
 use crate::state::AppState;
 
@@ -54,13 +58,7 @@ impl App {
         let listener = TcpListener::bind(config.http.addr)
             .await
             .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
-        let state = AppState {
-            store: EventStore::new(pool.clone()),
-            db: pool,
-            accounts,
-            price_plan: Arc::new(domain::price::PricePlan::default()),
-            config: Arc::new(config),
-        };
+        let state = state(config, pool, accounts);
         Ok(Self { listener, state })
     }
 
@@ -69,12 +67,14 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
-    /// (bounded by the grace period) and closes the pool.
+    /// Serves, and advances the projections, until `shutdown` is cancelled; then stops accepting,
+    /// lets in-flight requests and the projectors' current batches finish (bounded by the grace
+    /// period) and closes the pool.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, state } = self;
         let grace = state.config.http.shutdown_grace;
         let pool = state.db.clone();
+        let projectors = tokio::spawn(state.engine.clone().run(shutdown.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = shutdown.clone();
         let server =
@@ -85,9 +85,38 @@ impl App {
             Ok(joined) => joined.context("server task failed")?.context("server failed")?,
             Err(_) => tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway"),
         }
+        if tokio::time::timeout(grace, projectors).await.is_err() {
+            tracing::warn!("projectors did not stop in time");
+        }
         pool.close().await;
         Ok(())
     }
+}
+
+/// The shared state: stores, readers, cache and the projection engine.
+pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
+    let store = EventStore::new(pool.clone());
+    let plan = domain::price::PricePlan::default();
+    let catalogue = CatalogueReader::new(pool.clone());
+    let cache = Cache::new(&config.redis);
+    let engine = engine(&pool, &store, &plan)
+        .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
+    AppState {
+        rentals: RentalsReader::new(pool.clone()),
+        catalogue,
+        cache,
+        engine,
+        store,
+        db: pool,
+        accounts,
+        price_plan: Arc::new(plan),
+        config: Arc::new(config),
+    }
+}
+
+/// The projection engine over every projection.
+pub fn engine(pool: &PgPool, store: &EventStore, plan: &domain::price::PricePlan) -> Engine {
+    Engine::new(pool.clone(), projections::all(store.clone(), plan.clone()), EngineConfig::default())
 }
 
 /// The router with its layers, outermost first: request id, tracing, sensitive headers, timeout,
@@ -142,17 +171,6 @@ async fn method_not_allowed() -> Response {
         "method-not-allowed",
         "this method is not allowed on this resource",
     )
-}
-
-/// Whether Redis answers a PING within a short time. Redis is optional: it is probed, never
-/// waited for.
-pub async fn redis_answers(config: &RedisConfig) -> bool {
-    let Ok(client) = redis::Client::open(config.url.expose_secret()) else { return false };
-    let probe = async {
-        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING").query_async::<String>(&mut connection).await.ok()
-    };
-    matches!(tokio::time::timeout(Duration::from_millis(300), probe).await, Ok(Some(_)))
 }
 
 /// A token cancelled on SIGINT or SIGTERM.

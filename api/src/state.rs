@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
+use projections::catalogue::CatalogueReader;
+use projections::engine::Engine;
+use projections::rentals::RentalsReader;
 use projections::store::EventStore;
 use sqlx::PgPool;
 
 use crate::accounts::Accounts;
+use crate::cache::Cache;
 use crate::config::Config;
 
 /// Shared, cheap-to-clone handles.
@@ -21,4 +25,12 @@ pub struct AppState {
     pub accounts: Accounts,
     /// The price plan new charges are assessed with.
     pub price_plan: Arc<domain::price::PricePlan>,
+    /// The catalogue read model.
+    pub catalogue: CatalogueReader,
+    /// The rental status read model.
+    pub rentals: RentalsReader,
+    /// The movie-details cache (Redis, connected lazily).
+    pub cache: Cache,
+    /// The projections (for operating them).
+    pub engine: Engine,
 }

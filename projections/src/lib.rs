@@ -5,7 +5,29 @@
 //!   through postgres-es, snapshots, the synchronous lookup tables, and the command executor
 //!   that retries on conflicts. It lives here, below the API, because the payments process
 //!   manager issues commands too.
+//! - [`engine`]: the projection engine: a gap-free, checkpointed feed of the global log.
+//! - [`catalogue`], [`rentals`]: read models (handler and reader in one module each).
+//! - [`payments`]: the process manager that opens and closes rentals (assessing charges).
+//! - [`rebuild`]: replaying read models into shadow tables, swapping them in, verifying them.
 //!
 //! Nothing here knows about HTTP.
 
+pub mod catalogue;
+pub mod engine;
+pub mod payments;
+pub mod rebuild;
+pub mod rentals;
 pub mod store;
+
+use std::sync::Arc;
+
+use engine::Projection;
+
+/// Every projection of the product: the read models and the payments process manager.
+pub fn all(store: store::EventStore, plan: domain::price::PricePlan) -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(catalogue::Catalogue),
+        Arc::new(rentals::Rentals),
+        Arc::new(payments::Payments::new(store, plan)),
+    ]
+}

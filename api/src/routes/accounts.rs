@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{patch, post};
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -21,7 +21,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/me", get(me))
         .route("/api/v1/me/password", post(change_password))
         .route("/api/v1/admin/users/{id}", patch(set_role))
 }
@@ -81,10 +80,6 @@ async fn login(
 async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode, ApiError> {
     state.accounts.logout(&caller.token_hash).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn me(caller: AuthUser) -> Json<crate::accounts::User> {
-    Json(caller.user)
 }
 
 async fn change_password(

@@ -3,10 +3,15 @@
 //! answer as API.md says. No SQL here.
 
 mod accounts;
+mod admin;
+mod catalogue_reads;
 mod categories;
 mod movies;
 mod ops;
+mod reads;
+mod rental_reads;
 mod rentals;
+pub(crate) mod views;
 
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +27,9 @@ pub fn router() -> Router<AppState> {
         .merge(categories::router())
         .merge(movies::router())
         .merge(rentals::router())
+        .merge(catalogue_reads::router())
+        .merge(rental_reads::router())
+        .merge(admin::router())
 }
 
 /// The header that carries a command's position (the only place a 204 has it).

@@ -19,13 +19,20 @@ async fn health() -> Json<serde_json::Value> {
 
 /// 200 when PostgreSQL answers, else 503; the body tells each dependency's state.
 async fn ready(State(state): State<AppState>) -> Response {
-    let postgres = sqlx::query("select 1").execute(&state.db).await.is_ok();
-    let redis = crate::startup::redis_answers(&state.config.redis).await;
+    let (projections, redis) =
+        tokio::join!(projections::engine::checkpoints(&state.db), state.cache.is_up());
+    let postgres = projections.is_ok();
+    let projectors: Vec<_> = projections
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| json!({ "name": p.name, "state": p.state, "lag_events": p.lag_events }))
+        .collect();
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if postgres { "ready" } else { "unavailable" },
         "postgres": if postgres { "up" } else { "down" },
         "redis": if redis { "up" } else { "down" },
+        "projections": projectors,
     });
     (status, Json(body)).into_response()
 }

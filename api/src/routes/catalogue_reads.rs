@@ -1,0 +1,106 @@
+//! Catalogue queries: categories, the movie listing (filters, search, paging) and movie details
+//! (through the Redis cache).
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use projections::catalogue::{self, MovieFilter};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::reads::{cursor, page, read_your_writes, Params};
+use super::views;
+use crate::error::ApiError;
+use crate::extract::{AuthUser, PathId};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/categories", get(categories))
+        .route("/api/v1/movies", get(movies))
+        .route("/api/v1/movies/{id}", get(movie))
+}
+
+async fn categories(State(state): State<AppState>, _caller: AuthUser, params: Params) -> Result<Response, ApiError> {
+    read_your_writes(&state, &params, &[catalogue::NAME]).await?;
+    let items = state.catalogue.categories().await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+#[derive(Serialize, Deserialize)]
+struct MovieCursor {
+    t: String,
+    i: Uuid,
+}
+
+const MAX_SEARCH_WORDS: usize = 10;
+
+async fn movies(State(state): State<AppState>, _caller: AuthUser, params: Params) -> Result<Response, ApiError> {
+    let limit = params.limit()?;
+    let after: Option<MovieCursor> = params.cursor()?;
+    let available = match params.get("available") {
+        None | Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some("any") => None,
+        Some(_) => return Err(ApiError::field("available", "must be true, false or any")),
+    };
+    let words: Vec<String> = params.get("q").unwrap_or("").split_whitespace().map(str::to_string).collect();
+    if words.len() > MAX_SEARCH_WORDS {
+        return Err(ApiError::field("q", format!("may have at most {MAX_SEARCH_WORDS} words")));
+    }
+    if words.iter().any(|w| w.chars().count() > 100) {
+        return Err(ApiError::field("q", "words may have at most 100 characters"));
+    }
+    read_your_writes(&state, &params, &[catalogue::NAME]).await?;
+    let category = match params.get("category").map(str::trim).filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => match Uuid::parse_str(raw) {
+            Ok(id) => Some(id),
+            Err(_) => match state.catalogue.category_by_name(raw).await? {
+                Some(id) => Some(id),
+                // No such category: nothing is in it.
+                None => return Ok(Json(json!({ "items": [], "next_cursor": null })).into_response()),
+            },
+        },
+    };
+    let filter = MovieFilter { category, words, available, after: after.map(|c| (c.t, c.i)), limit };
+    let (rows, more) = page(state.catalogue.movies(&filter).await?, limit);
+    let next = if more {
+        rows.last().map(|last| cursor(&MovieCursor { t: last.title.clone(), i: last.movie_id }))
+    } else {
+        None
+    };
+    let items: Vec<_> = rows.iter().map(views::movie_summary).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+}
+
+async fn movie(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    PathId(id): PathId,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let fresh = read_your_writes(&state, &params, &[catalogue::NAME]).await?;
+    if !fresh {
+        if let Some(body) = state.cache.get_movie(id).await {
+            return Ok(json_with_cache(body, "hit"));
+        }
+    }
+    let row = state.catalogue.movie(id).await?.ok_or(ApiError::NotFound("movie"))?;
+    let body = views::movie(&row).to_string();
+    state.cache.put_movie(id, row.revision, &body).await;
+    Ok(json_with_cache(body, "miss"))
+}
+
+fn json_with_cache(body: String, cache: &'static str) -> Response {
+    let mut response = (
+        [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response();
+    response.headers_mut().insert("x-cache", HeaderValue::from_static(cache));
+    response
+}

@@ -1,0 +1,105 @@
+//! What every query endpoint shares: paging (`limit`, opaque `cursor`) and read-your-writes
+//! (`min_position`). Query handlers read read models only, never aggregates.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long a read waits for the projections to reach `min_position` before answering 503.
+pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
+
+/// The query string, parsed leniently so that every problem becomes a 422 naming its parameter.
+pub struct Params(pub HashMap<String, String>);
+
+impl Params {
+    /// A parameter's raw value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `limit`: 1..=100, default 20.
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.get("limit") {
+            None => Ok(20),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| ApiError::field("limit", "must be a whole number from 1 to 100")),
+        }
+    }
+
+    /// `cursor`: an opaque token this API gave out.
+    pub fn cursor<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
+        let Some(raw) = self.get("cursor") else { return Ok(None) };
+        let invalid = || ApiError::field("cursor", "is not a cursor this API gave out");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+        serde_json::from_slice(&bytes).map(Some).map_err(|_| invalid())
+    }
+
+    /// `min_position`: a non-negative whole number.
+    pub fn min_position(&self) -> Result<Option<i64>, ApiError> {
+        match self.get("min_position") {
+            None => Ok(None),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(Some)
+                .ok_or_else(|| ApiError::field("min_position", "must be a non-negative whole number")),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(map) =
+            axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::MalformedBody("the query string could not be parsed".into()))?;
+        Ok(Self(map))
+    }
+}
+
+/// Encodes a cursor.
+pub fn cursor<T: Serialize>(value: &T) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// Waits, when the request asks for it, until the named projections have applied `min_position`.
+/// Returns whether a wait was asked for (such reads skip the cache).
+pub async fn read_your_writes(state: &AppState, params: &Params, projections: &[&str]) -> Result<bool, ApiError> {
+    let Some(position) = params.min_position()? else { return Ok(false) };
+    if position == 0 {
+        return Ok(true);
+    }
+    let reached =
+        projections::engine::wait_for_position(&state.db, projections, position, MIN_POSITION_WAIT).await?;
+    if reached {
+        Ok(true)
+    } else {
+        Err(ApiError::rejected(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not-yet-consistent",
+            format!("the read models have not reached position {position} yet; retry shortly"),
+        ))
+    }
+}
+
+/// Splits a page fetched with one extra row into the page and whether there is a next one.
+pub fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    (rows, more)
+}

@@ -1,0 +1,134 @@
+//! Reading the log behind the horizon, and the checkpoints.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use super::StoredEvent;
+
+/// Where a projection is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Checkpoint {
+    /// Transaction id of the last event applied.
+    pub xid: i64,
+    /// Position of the last event applied.
+    pub position: i64,
+}
+
+/// Reads up to `limit` events after `after`, only from transactions older than every running
+/// one, in (transaction id, position) order.
+pub async fn read_batch(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select position, transaction_id::text::bigint as xid, event_id, aggregate_type, aggregate_id,
+                sequence, event_type, event_version, payload, metadata, recorded_at
+           from events
+          where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            and (transaction_id, position) > ($1::text::xid8, $2)
+          order by transaction_id, position
+          limit $3",
+    )
+    .bind(after.xid.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes sure each projection has a checkpoint row.
+pub async fn ensure_checkpoints(pool: &PgPool, names: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query("insert into projection_checkpoint (name) select unnest($1::text[]) on conflict do nothing")
+        .bind(names)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A projection's checkpoint.
+pub async fn checkpoint(conn: &mut PgConnection, name: &str) -> Result<Checkpoint, sqlx::Error> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("select last_xid, last_position from projection_checkpoint where name = $1")
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(xid, position)| Checkpoint { xid, position }).unwrap_or_default())
+}
+
+/// A projection's progress, for operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
+pub struct Status {
+    /// Projection name.
+    pub name: String,
+    /// Position of the last event applied.
+    pub position: i64,
+    /// Events committed and not yet applied.
+    pub lag_events: i64,
+    /// Age of the oldest event not yet applied, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// `running`, `catching-up` or `failing`.
+    pub state: String,
+    /// The last error, while failing.
+    pub last_error: Option<String>,
+    /// When the checkpoint last moved.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Every projection's progress.
+pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
+    sqlx::query_as(
+        "select c.name, c.last_position as position,
+                coalesce(lag.events, 0) as lag_events,
+                coalesce(extract(epoch from (now() - lag.oldest))::float8, 0) as lag_seconds,
+                case when c.last_error is not null then 'failing'
+                     when coalesce(lag.events, 0) > 0 then 'catching-up'
+                     else 'running' end as state,
+                c.last_error, c.updated_at
+           from projection_checkpoint c
+           left join lateral (
+                select count(*) as events, min(e.recorded_at) as oldest
+                  from events e
+                 where (e.transaction_id, e.position) > (c.last_xid::text::xid8, c.last_position)
+           ) lag on true
+          order by c.name",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Waits until every named projection has applied the event at `position`: its checkpoint has
+/// passed `(transaction id of that event, position)`. `Ok(false)` when `timeout` runs out first.
+/// A position no event holds (never committed) is waited for until the timeout.
+pub async fn wait_for_position(
+    pool: &PgPool,
+    names: &[&str],
+    position: i64,
+    timeout: Duration,
+) -> Result<bool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let reached: Option<bool> = sqlx::query_scalar(
+            "select bool_and((c.last_xid, c.last_position) >= (e.transaction_id::text::bigint, e.position))
+               from events e
+               cross join projection_checkpoint c
+              where e.position = $1 and c.name = any($2)",
+        )
+        .bind(position)
+        .bind(names)
+        .fetch_one(pool)
+        .await?;
+        if reached == Some(true) {
+            return Ok(true);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}

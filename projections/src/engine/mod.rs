@@ -1,0 +1,133 @@
+//! The projection engine: an ordered, checkpointed, gap-free feed of the global log.
+//!
+//! Each projection reads `events` behind the horizon of running transactions,
+//!
+//! ```sql
+//! where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+//!   and (transaction_id, position) > ($last_xid, $last_position)
+//! order by transaction_id, position
+//! ```
+//!
+//! so an event whose transaction committed late (after later positions were already visible) is
+//! still read, in order: a plain `position > $n` would skip it for good. A batch's read-model
+//! changes and the new checkpoint commit in one transaction, so a crash neither repeats nor loses
+//! anything. Each batch holds a transaction-level advisory lock on the projection, so any number
+//! of processes can run the engine and each batch is applied by exactly one of them.
+//!
+//! It must not skip an event to keep going: a failing batch is retried with backoff, and the
+//! error is recorded in the checkpoint row (for `/api/v1/admin/projections`) and logged.
+
+mod feed;
+mod runner;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+pub use feed::{checkpoint, checkpoints, ensure_checkpoints, read_batch, wait_for_position, Checkpoint, Status};
+pub use runner::{BatchOutcome, Engine, EngineConfig, Listener};
+pub(crate) use runner::save_checkpoint as save;
+
+/// An event as stored, with its place in the log.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredEvent {
+    /// Global position.
+    pub position: i64,
+    /// The id of the transaction that appended it.
+    pub xid: i64,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Stream type (`movie`, `rental`, `category`).
+    pub aggregate_type: String,
+    /// Stream id.
+    pub aggregate_id: String,
+    /// Version within the stream.
+    pub sequence: i64,
+    /// Event type, e.g. `MovieRented`.
+    pub event_type: String,
+    /// Payload schema version.
+    pub event_version: String,
+    /// The event's fields.
+    pub payload: Value,
+    /// Actor, request, correlation, causation.
+    pub metadata: Value,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    /// The stream id as a UUID (every stream id of this product is one).
+    pub fn stream_uuid(&self) -> Result<Uuid, ProjectionError> {
+        Uuid::parse_str(&self.aggregate_id)
+            .map_err(|e| ProjectionError::Decode(format!("stream id {}: {e}", self.aggregate_id)))
+    }
+
+    /// Decodes the payload into the stream's event type.
+    pub fn decode<E: cqrs_es::DomainEvent>(&self) -> Result<E, ProjectionError> {
+        crate::store::decode_event(&self.event_type, &self.payload).map_err(|e| {
+            ProjectionError::Decode(format!("event at position {} ({}): {e}", self.position, self.event_type))
+        })
+    }
+}
+
+/// What a batch changed that caches outside the database must hear about after the commit.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Touched {
+    /// Movies whose details row changed.
+    pub movies: Vec<Uuid>,
+}
+
+impl Touched {
+    /// Notes a changed movie.
+    pub fn movie(&mut self, id: Uuid) {
+        if !self.movies.contains(&id) {
+            self.movies.push(id);
+        }
+    }
+}
+
+/// Why a projection could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored event could not be read.
+    #[error("decode: {0}")]
+    Decode(String),
+    /// A process manager's command failed.
+    #[error("command: {0}")]
+    Command(String),
+}
+
+/// A boxed future, so projections can be held as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One consumer of the log.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the checkpoint's key.
+    fn name(&self) -> &'static str;
+
+    /// The tables it owns in schema `read`, in creation order. Empty for a process manager,
+    /// which is never rebuilt (a rebuild would re-issue its commands).
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies one event inside the batch's transaction, whose `search_path` puts the target
+    /// schema (`read`, or a shadow schema during a rebuild) first: handlers name tables without a
+    /// schema. Must be idempotent.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        event: &'a StoredEvent,
+        touched: &'a mut Touched,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+
+    /// Whether this is a read model (rebuildable) rather than a process manager.
+    fn is_read_model(&self) -> bool {
+        !self.tables().is_empty()
+    }
+}

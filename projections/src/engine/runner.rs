@@ -1,0 +1,249 @@
+//! Running projections: one task per projection, woken by NOTIFY, with a polling fallback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::feed::{checkpoint, ensure_checkpoints, read_batch, Checkpoint};
+use super::{Projection, ProjectionError, Touched};
+use crate::store::EVENTS_CHANNEL;
+
+/// Told, after a batch commits, what it changed (e.g. to refresh a cache).
+pub trait Listener: Send + Sync + 'static {
+    /// Called after the commit of a batch that changed something.
+    fn committed<'a>(&'a self, projection: &'a str, touched: &'a Touched) -> super::BoxFuture<'a, ()>;
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Events per batch.
+    pub batch_size: i64,
+    /// How often to look for events when no notification came (other processes' appends, a lost
+    /// notification, transactions that were still running at the last look).
+    pub poll_interval: Duration,
+    /// Longest pause between retries of a failing batch.
+    pub max_backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The set of projections a process advances.
+#[derive(Clone)]
+pub struct Engine {
+    pool: PgPool,
+    projections: Vec<Arc<dyn Projection>>,
+    listener: Option<Arc<dyn Listener>>,
+    config: EngineConfig,
+}
+
+/// The outcome of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Another process holds this projection's lock right now.
+    Busy,
+    /// Applied this many events (0: caught up).
+    Applied(usize),
+}
+
+impl Engine {
+    /// An engine over these projections.
+    pub fn new(pool: PgPool, projections: Vec<Arc<dyn Projection>>, config: EngineConfig) -> Self {
+        Self { pool, projections, listener: None, config }
+    }
+
+    /// The same engine, telling `listener` what each batch changed.
+    pub fn with_listener(mut self, listener: Arc<dyn Listener>) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// The projections.
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.projections
+    }
+
+    /// The projection with this name.
+    pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.projections.iter().find(|p| p.name() == name).cloned()
+    }
+
+    /// Advances every projection until `shutdown`, each in its own task.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
+        let names: Vec<&str> = self.projections.iter().map(|p| p.name()).collect();
+        ensure_checkpoints(&self.pool, &names).await?;
+        let (wake_tx, wake_rx) = watch::channel(0u64);
+        let listen = tokio::spawn(listen_for_appends(self.pool.clone(), wake_tx, shutdown.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for projection in &self.projections {
+            let engine = self.clone();
+            let projection = projection.clone();
+            let (wake, shutdown) = (wake_rx.clone(), shutdown.clone());
+            tasks.spawn(async move { engine.drive(projection, wake, shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        listen.abort();
+        Ok(())
+    }
+
+    async fn drive(&self, projection: Arc<dyn Projection>, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
+        let name = projection.name();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let pause = match self.run_batch(projection.as_ref()).await {
+                Ok(BatchOutcome::Applied(n)) if n as i64 >= self.config.batch_size => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.config.poll_interval
+                }
+                Err(error) => {
+                    tracing::error!(projection = name, %error, ?backoff, "projection batch failed; retrying");
+                    record_error(&self.pool, name, &error.to_string()).await;
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    pause
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = wake.changed() => {},
+                () = tokio::time::sleep(pause) => {},
+            }
+        }
+    }
+
+    /// Applies one batch of one projection (used by the runner and by tests).
+    pub async fn run_batch(&self, projection: &dyn Projection) -> Result<BatchOutcome, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('projection:' || $1))")
+            .bind(projection.name())
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(BatchOutcome::Busy);
+        }
+        let from = checkpoint(&mut tx, projection.name()).await?;
+        let events = read_batch(&mut tx, from, self.config.batch_size).await?;
+        let Some(last) = events.last() else {
+            return Ok(BatchOutcome::Applied(0));
+        };
+        let to = Checkpoint { xid: last.xid, position: last.position };
+        sqlx::query("set local search_path to read, public").execute(&mut *tx).await?;
+        let mut touched = Touched::default();
+        for event in &events {
+            projection.apply(&mut tx, event, &mut touched).await?;
+        }
+        save_checkpoint(&mut tx, projection.name(), to).await?;
+        tx.commit().await?;
+        if let Some(listener) = &self.listener {
+            if touched != Touched::default() {
+                listener.committed(projection.name(), &touched).await;
+            }
+        }
+        Ok(BatchOutcome::Applied(events.len()))
+    }
+
+    /// Runs batches of one projection until it is caught up (for tests and the CLI).
+    pub async fn catch_up(&self, name: &str) -> Result<usize, ProjectionError> {
+        let projection = self
+            .projection(name)
+            .ok_or_else(|| ProjectionError::Decode(format!("no projection named {name}")))?;
+        ensure_checkpoints(&self.pool, &[name]).await?;
+        let mut total = 0;
+        loop {
+            match self.run_batch(projection.as_ref()).await? {
+                BatchOutcome::Applied(0) => return Ok(total),
+                BatchOutcome::Applied(n) => total += n,
+                BatchOutcome::Busy => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}
+
+/// Moves the checkpoint and clears any recorded error.
+pub(crate) async fn save_checkpoint(conn: &mut PgConnection, name: &str, to: Checkpoint) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into projection_checkpoint (name, last_xid, last_position, updated_at) values ($1, $2, $3, now())
+         on conflict (name) do update
+            set last_xid = $2, last_position = $3, updated_at = now(), last_error = null, failing_since = null",
+    )
+    .bind(name)
+    .bind(to.xid)
+    .bind(to.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn record_error(pool: &PgPool, name: &str, error: &str) {
+    let result = sqlx::query(
+        "update projection_checkpoint
+            set last_error = $2, failing_since = coalesce(failing_since, now())
+          where name = $1",
+    )
+    .bind(name)
+    .bind(error)
+    .execute(pool)
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(projection = name, error = %e, "could not record the projection's error");
+    }
+}
+
+/// Forwards NOTIFYs on the events channel to the projectors; reconnects when the connection drops.
+async fn listen_for_appends(pool: PgPool, wake: watch::Sender<u64>, shutdown: CancellationToken) {
+    let mut count = 0u64;
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "cannot LISTEN yet; projectors poll meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(EVENTS_CHANNEL).await {
+            tracing::debug!(%error, "LISTEN failed; projectors poll meanwhile");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => {
+                        count += 1;
+                        wake.send_replace(count);
+                    }
+                    // The connection was lost (and notifications with it): wake everyone to poll.
+                    Ok(None) => {
+                        count += 1;
+                        wake.send_replace(count);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "LISTEN connection failed");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
