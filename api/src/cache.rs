@@ -9,9 +9,10 @@
 //! - `body`: the JSON body, exactly as served.
 //!
 //! Every write sets a TTL of 300 s ([`ENTRY_TTL`]). Writes go through one Lua script that compares
-//! `rev` numerically and only writes a strictly newer revision, so a reader that filled the cache
-//! from an older snapshot can never overwrite what the projector wrote after it. This module writes
-//! no other key.
+//! `rev` numerically and only writes a newer revision, so a reader that filled the cache from an
+//! older snapshot can never overwrite what the projector wrote after it. The projector's refresh
+//! of a movie that is not cached writes only `rev` (a *floor*, [`FLOOR_TTL`]): the next read still
+//! misses, but no reader can store a revision older than the floor. This module writes no other key.
 //!
 //! # What it must not do
 //!
@@ -43,26 +44,46 @@ pub const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// The lifetime of an entry: a safety net in case an invalidation from the projector is lost.
 pub const ENTRY_TTL: Duration = Duration::from_secs(300);
 
+/// The lifetime of a floor (an entry holding only a revision): far longer than any request that
+/// may have read an older row before the projector's commit.
+pub const FLOOR_TTL: Duration = Duration::from_secs(60);
+
 /// Lua numbers are doubles: integers are exact only up to 2^53. Revisions outside that range are
 /// not cached at all rather than compared wrongly (a miss is always safe).
 const MAX_EXACT_REVISION: i64 = 1 << 53;
 
 /// The compare-and-set write. Running in Redis makes the read of `rev` and the write one atomic step.
 ///
-/// KEYS[1]: the movie's entry. ARGV[1]: revision, ARGV[2]: body, ARGV[3]: TTL in seconds.
-/// Returns 1 when written, 0 when the entry already holds the same or a newer revision.
+/// KEYS[1]: the movie's entry. ARGV[1]: revision, ARGV[2]: body, ARGV[3]: TTL in seconds,
+/// ARGV[4]: `put` (a reader filling the cache) or `refresh` (the projector after a commit),
+/// ARGV[5]: the TTL of a floor.
+///
+/// An entry without `body` is a *floor*: the projector's refresh of a movie nobody has cached
+/// records only the newest revision, so no reader can then store an older one, while the next
+/// reader still misses and fills the cache with a body of that revision or newer.
+///
+/// Returns 1 when a body was written, 2 when only a floor was written or raised, 0 when the entry
+/// already holds a newer revision, or the same revision with a body.
 const PUT_SCRIPT: &str = r"
 local incoming = tonumber(ARGV[1])
+local refresh = ARGV[4] == 'refresh'
 local kind = redis.call('TYPE', KEYS[1]).ok
+local has_body = false
 if kind == 'hash' then
   local current = tonumber(redis.call('HGET', KEYS[1], 'rev'))
-  if current ~= nil and current >= incoming then
+  has_body = redis.call('HEXISTS', KEYS[1], 'body') == 1
+  if current ~= nil and (current > incoming or (current == incoming and has_body)) then
     return 0
   end
 end
 -- Start from an empty key: a value of another type or shape (say, a left-over of an older
--- release) is only a stale cache entry, and the entry must hold exactly rev and body.
+-- release) is only a stale cache entry.
 redis.call('DEL', KEYS[1])
+if refresh and not has_body then
+  redis.call('HSET', KEYS[1], 'rev', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 2
+end
 redis.call('HSET', KEYS[1], 'rev', ARGV[1], 'body', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -141,23 +162,39 @@ impl Cache {
     }
 
     /// Stores a movie's details body with its revision (a number that grows with every change of
-    /// that movie's read-model row), unless the entry already holds the same or a newer revision:
-    /// a compare-and-set in one Lua script, so a reader racing the projector can never put an older
-    /// version back. Sets a TTL (300 s) as a safety net. Errors are swallowed (logged at debug).
-    /// Returns whether the entry was written.
+    /// that movie's read-model row), unless the entry already holds a newer revision, or the same
+    /// revision with a body: a compare-and-set in one Lua script, so a reader racing the projector
+    /// can never put an older version back. Sets a TTL (300 s) as a safety net. Errors are
+    /// swallowed (logged at debug). Returns whether the body was written.
     pub async fn put_movie(&self, movie_id: Uuid, revision: i64, body: &str) -> bool {
+        self.write(movie_id, revision, body, "put").await == Some(1)
+    }
+
+    /// The projector's refresh after a commit: a cached movie gets the new body; a movie nobody
+    /// has cached gets only a floor at this revision (so a reader that read the row before the
+    /// commit cannot store it), and the next read misses and fills the cache. Returns whether a
+    /// body was written.
+    pub async fn refresh_movie(&self, movie_id: Uuid, revision: i64, body: &str) -> bool {
+        self.write(movie_id, revision, body, "refresh").await == Some(1)
+    }
+
+    async fn write(&self, movie_id: Uuid, revision: i64, body: &str, mode: &str) -> Option<i64> {
         if !(-MAX_EXACT_REVISION..=MAX_EXACT_REVISION).contains(&revision) {
             tracing::debug!(%movie_id, revision, "movie cache: revision too large to compare in Lua, not cached");
-            return false;
+            return None;
         }
         let key = self.inner.key(movie_id);
-        let Some(Lease { generation, mut conn }) = self.inner.connection().await else {
-            return false;
-        };
+        let Lease { generation, mut conn } = self.inner.connection().await?;
         let mut invocation = self.inner.put_script.prepare_invoke();
-        invocation.key(&key).arg(revision).arg(body).arg(ENTRY_TTL.as_secs());
+        invocation
+            .key(&key)
+            .arg(revision)
+            .arg(body)
+            .arg(ENTRY_TTL.as_secs())
+            .arg(mode)
+            .arg(FLOOR_TTL.as_secs());
         let reply = bounded(invocation.invoke_async::<i64>(&mut conn)).await;
-        self.inner.outcome(generation, "put script", reply) == Some(1)
+        self.inner.outcome(generation, "put script", reply)
     }
 
     /// Whether Redis answers a PING now (short timeout), for /ready.
@@ -640,5 +677,31 @@ mod tests {
             assert!(!cache.is_up().await);
         });
         assert!(format!("{cache:?}").contains("p:"));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_of_an_uncached_movie_leaves_a_miss_that_refuses_older_bodies() {
+        let (url, prefix) = (redis_url(), unique_prefix());
+        let cache = cache_at(&url, &prefix);
+        let id = Uuid::now_v7();
+        assert!(!cache.refresh_movie(id, 7, "{\"v\":7}").await, "nothing cached: only a floor");
+        assert_eq!(cache.get_movie(id).await, None, "a floor is a miss");
+        assert!(!cache.put_movie(id, 6, "{\"v\":6}").await, "an older row read before the commit is refused");
+        assert_eq!(cache.get_movie(id).await, None);
+        assert!(cache.put_movie(id, 7, "{\"v\":7}").await, "the current row fills the cache");
+        assert_eq!(cache.get_movie(id).await.as_deref(), Some("{\"v\":7}"));
+        cleanup(&mut raw(&url).await, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn a_refresh_of_a_cached_movie_replaces_its_body() {
+        let (url, prefix) = (redis_url(), unique_prefix());
+        let cache = cache_at(&url, &prefix);
+        let id = Uuid::now_v7();
+        assert!(cache.put_movie(id, 3, "{\"v\":3}").await);
+        assert!(cache.refresh_movie(id, 4, "{\"v\":4}").await);
+        assert_eq!(cache.get_movie(id).await.as_deref(), Some("{\"v\":4}"));
+        assert!(!cache.refresh_movie(id, 4, "{\"v\":4}").await, "the same revision again changes nothing");
+        cleanup(&mut raw(&url).await, &prefix).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Keeps the movie-details cache fresh: after the catalogue projection commits, every movie it
-//! changed is written to Redis with its new revision (a compare-and-set, so a reader racing with
-//! an older row can never put it back). Writing rather than deleting is what closes that race.
+//! changed is refreshed in Redis at its new revision (a compare-and-set): a cached entry gets the
+//! new body, an uncached one a floor, so a reader racing with an older row can never put it back.
+//! Refreshing rather than deleting is what closes that race.
 
 use projections::catalogue::{self, CatalogueReader};
 use projections::engine::{BoxFuture, Listener, Touched};
@@ -25,7 +26,9 @@ impl Listener for CacheRefresher {
             match self.catalogue.movies_by_id(&touched.movies).await {
                 Ok(rows) => {
                     for row in rows {
-                        self.cache.put_movie(row.movie_id, row.revision, &views::movie(&row).to_string()).await;
+                        self.cache
+                            .refresh_movie(row.movie_id, row.revision, &views::movie(&row).to_string())
+                            .await;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "could not refresh cached movie details; the TTL will"),
