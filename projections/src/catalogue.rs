@@ -3,14 +3,16 @@
 //! them lives here. Handlers write through unqualified names (the engine's `search_path` picks
 //! `read` or a rebuild's shadow schema); the reader names `read.` explicitly.
 
-use chrono::NaiveDate;
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
 use domain::category::CategoryEvent;
 use domain::movie::MovieEvent;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, StoredEvent, Touched};
+use crate::engine::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
 
 /// The projection's name.
 pub const NAME: &str = "catalogue";
@@ -28,201 +30,423 @@ impl Projection for Catalogue {
         &["category", "movie"]
     }
 
-    fn apply<'a>(
+    fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
         touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(apply_batch(conn, events, touched))
+    }
+
+    fn replay(&self) -> Option<Box<dyn Replay>> {
+        Some(Box::new(CatalogueReplay(Rows::default())))
+    }
+}
+
+/// The catalogue folded in memory from an empty state.
+struct CatalogueReplay(Rows);
+
+impl Replay for CatalogueReplay {
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        fold(&mut self.0, decode(events)?)
+    }
+
+    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            match event.aggregate_type.as_str() {
-                "category" => apply_category(conn, event, touched).await,
-                "movie" => apply_movie(conn, event, touched).await,
-                _ => Ok(()),
-            }
+            write(conn, &self.0, false).await?;
+            Ok(())
         })
     }
 }
 
-async fn apply_category(
-    conn: &mut PgConnection,
-    event: &StoredEvent,
-    touched: &mut Touched,
-) -> Result<(), ProjectionError> {
-    let id = event.stream_uuid()?;
-    match event.decode::<CategoryEvent>()? {
-        CategoryEvent::CategoryCreated { name } => {
-            sqlx::query(
-                "insert into category (category_id, name, movie_count, revision) values ($1, $2, 0, $3)
-                 on conflict (category_id) do nothing",
-            )
-            .bind(id)
-            .bind(name.as_str())
-            .bind(event.position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        CategoryEvent::CategoryRenamed { name } => {
-            sqlx::query("update category set name = $2, revision = $3 where category_id = $1 and revision < $3")
-                .bind(id)
-                .bind(name.as_str())
-                .bind(event.position)
-                .execute(&mut *conn)
-                .await?;
-            // Movies carry their category names for fast listing: rename them there too.
-            let movies: Vec<Uuid> = sqlx::query_scalar(&format!(
-                "update movie m set category_names = {NAMES_OF_M}, revision = $2
-                  where m.category_ids @> array[$1::uuid] and m.revision < $2
-                  returning m.movie_id"
-            ))
-            .bind(id)
-            .bind(event.position)
-            .fetch_all(&mut *conn)
-            .await?;
-            for movie in movies {
-                touched.movie(movie);
+/// A catalogue event with its place in the log.
+struct Located<E> {
+    id: Uuid,
+    sequence: i64,
+    position: i64,
+    at: DateTime<Utc>,
+    event: E,
+}
+
+enum Change {
+    Category(Located<CategoryEvent>),
+    Movie(Located<MovieEvent>),
+}
+
+/// A `read.category` row being changed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct CategoryState {
+    category_id: Uuid,
+    name: String,
+    movie_count: i32,
+    revision: i64,
+}
+
+/// A `read.movie` row being changed (derived columns are computed when written).
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct MovieState {
+    movie_id: Uuid,
+    title: String,
+    storyline: String,
+    director: Option<String>,
+    release_date: NaiveDate,
+    rating_tenths: i16,
+    category_ids: Vec<Uuid>,
+    available: bool,
+    retired: bool,
+    times_rented: i64,
+    version: i64,
+    revision: i64,
+    added_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// The rows a batch touches, loaded once, changed in memory, written back once.
+#[derive(Default)]
+struct Rows {
+    categories: HashMap<Uuid, CategoryState>,
+    movies: HashMap<Uuid, MovieState>,
+    dirty_categories: HashSet<Uuid>,
+    dirty_movies: HashSet<Uuid>,
+}
+
+impl Rows {
+    fn count(&mut self, categories: &[Uuid], delta: i32) {
+        for id in categories {
+            if let Some(category) = self.categories.get_mut(id) {
+                category.movie_count += delta;
+                self.dirty_categories.insert(*id);
             }
         }
     }
-    Ok(())
 }
 
-/// The names of `m.category_ids`, in their order.
-const NAMES_OF_M: &str = "coalesce((select array_agg(c.name order by u.ord)
-                from unnest(m.category_ids) with ordinality as u(id, ord)
-                join category c on c.category_id = u.id), '{}')";
+fn locate<E: cqrs_es::DomainEvent>(e: &StoredEvent) -> Result<Located<E>, ProjectionError> {
+    Ok(Located {
+        id: e.stream_uuid()?,
+        sequence: e.sequence,
+        position: e.position,
+        at: e.recorded_at,
+        event: e.decode()?,
+    })
+}
 
-async fn adjust_counts(conn: &mut PgConnection, ids: &[Uuid], delta: i32) -> Result<(), sqlx::Error> {
-    sqlx::query("update category set movie_count = movie_count + $2 where category_id = any($1)")
-        .bind(ids)
-        .bind(delta)
-        .execute(conn)
+fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
+    let mut changes = Vec::with_capacity(events.len());
+    for e in events {
+        match e.aggregate_type.as_str() {
+            "category" => changes.push(Change::Category(locate(e)?)),
+            "movie" => changes.push(Change::Movie(locate(e)?)),
+            _ => {}
+        }
+    }
+    Ok(changes)
+}
+
+/// Loads every row the batch can change: its movies, the movies of renamed categories, and every
+/// category those movies or the events name.
+async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+    let mut movie_ids = HashSet::new();
+    let mut category_ids = HashSet::new();
+    let mut renamed = HashSet::new();
+    for change in changes {
+        match change {
+            Change::Category(c) => {
+                category_ids.insert(c.id);
+                if matches!(c.event, CategoryEvent::CategoryRenamed { .. }) {
+                    renamed.insert(c.id);
+                }
+            }
+            Change::Movie(m) => {
+                movie_ids.insert(m.id);
+                if let MovieEvent::MovieAdded { category_ids: ids, .. }
+                | MovieEvent::MovieUpdated { category_ids: Some(ids), .. } = &m.event
+                {
+                    category_ids.extend(ids.ids());
+                }
+            }
+        }
+    }
+    let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
+    let renamed: Vec<Uuid> = renamed.into_iter().collect();
+    // Two statements, not one with `or`: each uses its own index.
+    let mut movies: Vec<MovieState> =
+        sqlx::query_as(&format!("select {STATE_COLUMNS} from movie where movie_id = any($1)"))
+            .bind(&movie_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    if !renamed.is_empty() {
+        let in_renamed: Vec<MovieState> = sqlx::query_as(&format!(
+            "select {STATE_COLUMNS} from movie where category_ids && $1::uuid[] and movie_id <> all($2)"
+        ))
+        .bind(&renamed)
+        .bind(&movie_ids)
+        .fetch_all(&mut *conn)
         .await?;
-    Ok(())
+        movies.extend(in_renamed);
+    }
+    for movie in &movies {
+        category_ids.extend(movie.category_ids.iter().copied());
+    }
+    let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
+    let categories: Vec<CategoryState> = sqlx::query_as(
+        "select category_id, name, movie_count, revision from category where category_id = any($1)",
+    )
+    .bind(&category_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Rows {
+        categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
+        movies: movies.into_iter().map(|m| (m.movie_id, m)).collect(),
+        ..Rows::default()
+    })
 }
 
-/// The movie row's version, retired flag and categories, when it exists.
-async fn movie_state(conn: &mut PgConnection, id: Uuid) -> Result<Option<(i64, bool, Vec<Uuid>)>, sqlx::Error> {
-    sqlx::query_as("select version, retired, category_ids from movie where movie_id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+const STATE_COLUMNS: &str = "movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+     available, retired, times_rented, version, revision, added_at, updated_at";
+
+fn apply_category(rows: &mut Rows, c: Located<CategoryEvent>) {
+    match c.event {
+        CategoryEvent::CategoryCreated { name } => {
+            rows.categories.entry(c.id).or_insert_with(|| {
+                rows.dirty_categories.insert(c.id);
+                CategoryState {
+                    category_id: c.id,
+                    name: name.as_str().to_string(),
+                    movie_count: 0,
+                    revision: c.position,
+                }
+            });
+        }
+        CategoryEvent::CategoryRenamed { name } => {
+            let Some(category) = rows.categories.get_mut(&c.id) else { return };
+            if category.revision >= c.position {
+                return;
+            }
+            category.name = name.as_str().to_string();
+            category.revision = c.position;
+            rows.dirty_categories.insert(c.id);
+            // Movies carry their category names for fast listing: they change with the name.
+            for movie in rows.movies.values_mut() {
+                if movie.category_ids.contains(&c.id) && movie.revision < c.position {
+                    movie.revision = c.position;
+                    rows.dirty_movies.insert(movie.movie_id);
+                }
+            }
+        }
+    }
 }
 
-async fn apply_movie(conn: &mut PgConnection, event: &StoredEvent, touched: &mut Touched) -> Result<(), ProjectionError> {
-    let id = event.stream_uuid()?;
-    let (seq, pos, at) = (event.sequence, event.position, event.recorded_at);
-    let current = movie_state(conn, id).await?;
+fn apply_movie(rows: &mut Rows, m: Located<MovieEvent>) -> Result<(), ProjectionError> {
     // Per-stream version guard: an event this row already reflects changes nothing.
-    if current.as_ref().is_some_and(|(version, _, _)| *version >= seq) {
+    if rows.movies.get(&m.id).is_some_and(|movie| movie.version >= m.sequence) {
         return Ok(());
     }
-    match event.decode::<MovieEvent>()? {
-        MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids } => {
-            sqlx::query(
-                "insert into movie (movie_id, title, storyline, director, release_date, rating_tenths,
-                                    category_ids, category_names, available, retired, times_rented,
-                                    version, revision, search, added_at, updated_at)
-                 values ($1, $2, $3, $4, $5, $6, $7, '{}', true, false, 0, $8, $9, '', $10, $10)",
-            )
-            .bind(id)
-            .bind(title.as_str())
-            .bind(storyline.as_str())
-            .bind(director.as_ref().map(|d| d.as_str()))
-            .bind(release_date)
-            .bind(i16::from(rating.tenths()))
-            .bind(category_ids.ids())
-            .bind(seq)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            adjust_counts(conn, category_ids.ids(), 1).await?;
-        }
+    if let MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids } = m.event
+    {
+        rows.count(category_ids.ids(), 1);
+        let movie = MovieState {
+            movie_id: m.id,
+            title: title.as_str().to_string(),
+            storyline: storyline.as_str().to_string(),
+            director: director.map(|d| d.as_str().to_string()),
+            release_date,
+            rating_tenths: i16::from(rating.tenths()),
+            category_ids: category_ids.ids().to_vec(),
+            available: true,
+            retired: false,
+            times_rented: 0,
+            version: m.sequence,
+            revision: m.position,
+            added_at: m.at,
+            updated_at: m.at,
+        };
+        rows.movies.insert(m.id, movie);
+        rows.dirty_movies.insert(m.id);
+        return Ok(());
+    }
+    let Some(movie) = rows.movies.get_mut(&m.id) else {
+        return Err(ProjectionError::Decode(format!("movie {} changed before it was added", m.id)));
+    };
+    let mut recount = None;
+    match m.event {
+        MovieEvent::MovieAdded { .. } => unreachable!("handled above"),
         MovieEvent::MovieUpdated { title, storyline, release_date, rating, director, category_ids } => {
-            let Some((_, retired, old_categories)) = current else {
-                return Err(ProjectionError::Decode(format!("MovieUpdated before MovieAdded for movie {id}")));
-            };
-            sqlx::query(
-                "update movie set
-                    title = coalesce($2, title),
-                    storyline = coalesce($3, storyline),
-                    release_date = coalesce($4, release_date),
-                    rating_tenths = coalesce($5, rating_tenths),
-                    director = case when $6 then $7 else director end,
-                    category_ids = coalesce($8, category_ids),
-                    version = $9, revision = $10, updated_at = $11
-                  where movie_id = $1",
-            )
-            .bind(id)
-            .bind(title.as_ref().map(|t| t.as_str()))
-            .bind(storyline.as_ref().map(|s| s.as_str()))
-            .bind(release_date)
-            .bind(rating.map(|r| i16::from(r.tenths())))
-            .bind(director.is_some())
-            .bind(director.flatten().as_ref().map(|d| d.as_str()))
-            .bind(category_ids.as_ref().map(|c| c.ids().to_vec()))
-            .bind(seq)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            if let (Some(new), false) = (&category_ids, retired) {
-                adjust_counts(conn, &old_categories, -1).await?;
-                adjust_counts(conn, new.ids(), 1).await?;
+            if let Some(title) = title {
+                movie.title = title.as_str().to_string();
+            }
+            if let Some(storyline) = storyline {
+                movie.storyline = storyline.as_str().to_string();
+            }
+            if let Some(release_date) = release_date {
+                movie.release_date = release_date;
+            }
+            if let Some(rating) = rating {
+                movie.rating_tenths = i16::from(rating.tenths());
+            }
+            if let Some(director) = director {
+                movie.director = director.map(|d| d.as_str().to_string());
+            }
+            if let Some(ids) = category_ids {
+                let old = std::mem::replace(&mut movie.category_ids, ids.ids().to_vec());
+                if !movie.retired {
+                    recount = Some((old, movie.category_ids.clone()));
+                }
             }
         }
         MovieEvent::MovieRetired {} => {
-            sqlx::query(
-                "update movie set retired = true, available = false, version = $2, revision = $3, updated_at = $4
-                  where movie_id = $1",
-            )
-            .bind(id)
-            .bind(seq)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            if let Some((_, false, categories)) = &current {
-                adjust_counts(conn, categories, -1).await?;
+            if !movie.retired {
+                recount = Some((movie.category_ids.clone(), vec![]));
             }
+            movie.retired = true;
+            movie.available = false;
         }
         MovieEvent::MovieRented { .. } => {
-            sqlx::query(
-                "update movie set available = false, times_rented = times_rented + 1,
-                        version = $2, revision = $3, updated_at = $4
-                  where movie_id = $1",
-            )
-            .bind(id)
-            .bind(seq)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            movie.available = false;
+            movie.times_rented += 1;
         }
-        MovieEvent::MovieReturned { .. } => {
-            sqlx::query(
-                "update movie set available = not retired, version = $2, revision = $3, updated_at = $4
-                  where movie_id = $1",
-            )
-            .bind(id)
-            .bind(seq)
-            .bind(pos)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+        MovieEvent::MovieReturned { .. } => movie.available = !movie.retired,
+    }
+    movie.version = m.sequence;
+    movie.revision = m.position;
+    movie.updated_at = m.at;
+    rows.dirty_movies.insert(m.id);
+    if let Some((old, new)) = recount {
+        rows.count(&old, -1);
+        rows.count(&new, 1);
+    }
+    Ok(())
+}
+
+fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
+    for change in changes {
+        match change {
+            Change::Category(c) => apply_category(rows, c),
+            Change::Movie(m) => apply_movie(rows, m)?,
         }
     }
-    // Derived columns: category names and the search text.
+    Ok(())
+}
+
+async fn apply_batch(
+    conn: &mut PgConnection,
+    events: &[StoredEvent],
+    touched: &mut Touched,
+) -> Result<(), ProjectionError> {
+    let changes = decode(events)?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut rows = load(conn, &changes).await?;
+    fold(&mut rows, changes)?;
+    write(conn, &rows, true).await?;
+    for id in &rows.dirty_movies {
+        touched.movie(*id);
+    }
+    Ok(())
+}
+
+/// Rows per statement when writing back.
+const WRITE_CHUNK: usize = 20_000;
+
+/// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
+/// replay (which have no unique index to resolve conflicts with until the end).
+async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
+    let categories: Vec<&CategoryState> =
+        rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
+    for chunk in categories.chunks(WRITE_CHUNK) {
+        write_categories(conn, chunk, upsert).await?;
+    }
+    let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
+    for chunk in movies.chunks(WRITE_CHUNK) {
+        write_movies(conn, chunk, &rows.categories, upsert).await?;
+    }
+    Ok(())
+}
+
+async fn write_categories(
+    conn: &mut PgConnection,
+    dirty: &[&CategoryState],
+    upsert: bool,
+) -> Result<(), sqlx::Error> {
+    let conflict = if upsert {
+        "on conflict (category_id) do update
+            set name = excluded.name, movie_count = excluded.movie_count, revision = excluded.revision"
+    } else {
+        ""
+    };
     sqlx::query(&format!(
-        "update movie m set category_names = {NAMES_OF_M},
-                search = lower(m.title || ' ' || m.storyline || ' ' || coalesce(m.director, ''))
-          where m.movie_id = $1"
+        "insert into category (category_id, name, movie_count, revision)
+         select * from unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[]) {conflict}"
     ))
-    .bind(id)
-    .execute(&mut *conn)
+    .bind(dirty.iter().map(|c| c.category_id).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| c.movie_count).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| c.revision).collect::<Vec<_>>())
+    .execute(conn)
     .await?;
-    touched.movie(id);
+    Ok(())
+}
+
+async fn write_movies(
+    conn: &mut PgConnection,
+    dirty: &[&MovieState],
+    categories: &HashMap<Uuid, CategoryState>,
+    upsert: bool,
+) -> Result<(), sqlx::Error> {
+    let names = |m: &MovieState| -> serde_json::Value {
+        m.category_ids.iter().filter_map(|id| categories.get(id).map(|c| c.name.clone())).collect()
+    };
+    let ids =
+        |m: &MovieState| -> serde_json::Value { m.category_ids.iter().map(|id| id.to_string()).collect() };
+    // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so the
+    // per-row category ids and names travel as JSON arrays.
+    let conflict = if upsert {
+        "on conflict (movie_id) do update set
+            title = excluded.title, storyline = excluded.storyline, director = excluded.director,
+            release_date = excluded.release_date, rating_tenths = excluded.rating_tenths,
+            category_ids = excluded.category_ids, category_names = excluded.category_names,
+            available = excluded.available, retired = excluded.retired, times_rented = excluded.times_rented,
+            version = excluded.version, revision = excluded.revision, search = excluded.search,
+            added_at = excluded.added_at, updated_at = excluded.updated_at"
+    } else {
+        ""
+    };
+    sqlx::query(&format!(
+        "insert into movie (movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+                            category_names, available, retired, times_rented, version, revision, search,
+                            added_at, updated_at)
+         select u.movie_id, u.title, u.storyline, u.director, u.release_date, u.rating_tenths,
+                array(select jsonb_array_elements_text(u.category_ids)::uuid),
+                array(select jsonb_array_elements_text(u.category_names)),
+                u.available, u.retired, u.times_rented, u.version, u.revision,
+                lower(u.title || ' ' || u.storyline || ' ' || coalesce(u.director, '')),
+                u.added_at, u.updated_at
+           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::date[], $6::smallint[], $7::jsonb[],
+                       $8::jsonb[], $9::bool[], $10::bool[], $11::bigint[], $12::bigint[], $13::bigint[],
+                       $14::timestamptz[], $15::timestamptz[])
+                as u(movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+                     category_names, available, retired, times_rented, version, revision, added_at, updated_at)
+         {conflict}"
+    ))
+    .bind(dirty.iter().map(|m| m.movie_id).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.storyline.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.director.as_deref()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.release_date).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.rating_tenths).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| ids(m)).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| names(m)).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.available).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.retired).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.times_rented).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.version).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.revision).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.added_at).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.updated_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -281,7 +505,8 @@ pub struct MovieFilter {
     pub limit: i64,
 }
 
-const MOVIE_COLUMNS: &str = "movie_id, title, storyline, director, release_date, rating_tenths, category_names,
+const MOVIE_COLUMNS: &str =
+    "movie_id, title, storyline, director, release_date, rating_tenths, category_names,
      available, retired, times_rented, version, revision";
 
 /// Escapes `%`, `_` and `\` so a search word matches literally inside `like`.
@@ -321,10 +546,12 @@ impl CatalogueReader {
 
     /// One category.
     pub async fn category(&self, id: Uuid) -> Result<Option<CategoryRow>, sqlx::Error> {
-        sqlx::query_as("select category_id as id, name, movie_count from read.category where category_id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
+        sqlx::query_as(
+            "select category_id as id, name, movie_count from read.category where category_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// The id of the category with this name, case-insensitively.
@@ -338,7 +565,8 @@ impl CatalogueReader {
     /// A page of live movies ordered by title, then id; one row more than `limit` when there is
     /// a next page.
     pub async fn movies(&self, filter: &MovieFilter) -> Result<Vec<MovieRow>, sqlx::Error> {
-        let mut query = QueryBuilder::new(format!("select {MOVIE_COLUMNS} from read.movie where not retired"));
+        let mut query =
+            QueryBuilder::new(format!("select {MOVIE_COLUMNS} from read.movie where not retired"));
         if let Some(available) = filter.available {
             query.push(" and available = ").push_bind(available);
         }
@@ -349,7 +577,12 @@ impl CatalogueReader {
             query.push(" and search like lower(").push_bind(like_pattern(word)).push(")");
         }
         if let Some((title, id)) = &filter.after {
-            query.push(" and (title, movie_id) > (").push_bind(title.clone()).push(", ").push_bind(*id).push(")");
+            query
+                .push(" and (title, movie_id) > (")
+                .push_bind(title.clone())
+                .push(", ")
+                .push_bind(*id)
+                .push(")");
         }
         query.push(" order by title, movie_id limit ").push_bind(filter.limit + 1);
         query.build_query_as().fetch_all(&self.pool).await

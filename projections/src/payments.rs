@@ -53,31 +53,43 @@ impl Projection for Payments {
         &[]
     }
 
-    fn apply<'a>(
+    fn apply_batch<'a>(
         &'a self,
         _conn: &'a mut PgConnection,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            if event.aggregate_type != "movie" {
-                return Ok(());
+            for event in events {
+                self.handle(event).await?;
             }
-            let (rental_id, command) = match event.decode::<MovieEvent>()? {
-                MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
-                    let movie_id = event.stream_uuid()?;
-                    (rental_id, RentalCommand::OpenRental { movie_id, customer_id, rented_at })
-                }
-                MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-                    (rental_id, RentalCommand::CloseRental { returned_at, plan: (*self.plan).clone() })
-                }
-                _ => return Ok(()),
-            };
-            self.store
-                .execute::<Rental>(&rental_id.to_string(), command, &caused_by(event))
-                .await
-                .map(|_| ())
-                .map_err(|e| ProjectionError::Command(format!("rental {rental_id} for event {}: {e}", event.position)))
+            Ok(())
         })
+    }
+}
+
+impl Payments {
+    /// Issues the command an event calls for, if any; each command has its own transaction.
+    async fn handle(&self, event: &StoredEvent) -> Result<(), ProjectionError> {
+        if event.aggregate_type != "movie" {
+            return Ok(());
+        }
+        let (rental_id, command) = match event.decode::<MovieEvent>()? {
+            MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                let movie_id = event.stream_uuid()?;
+                (rental_id, RentalCommand::OpenRental { movie_id, customer_id, rented_at })
+            }
+            MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+                (rental_id, RentalCommand::CloseRental { returned_at, plan: (*self.plan).clone() })
+            }
+            _ => return Ok(()),
+        };
+        self.store
+            .execute::<Rental>(&rental_id.to_string(), command, &caused_by(event))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ProjectionError::Command(format!("rental {rental_id} for event {}: {e}", event.position))
+            })
     }
 }

@@ -2,13 +2,15 @@
 //! each customer's balance due. Tables `read.rental` and `read.rental_movie` (the titles this
 //! projection has seen, so it never reads another projection's tables); all SQL on them lives here.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use domain::movie::MovieEvent;
 use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, StoredEvent, Touched};
+use crate::engine::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
 
 /// The projection's name.
 pub const NAME: &str = "rentals";
@@ -26,99 +28,265 @@ impl Projection for Rentals {
         &["rental_movie", "rental"]
     }
 
-    fn apply<'a>(
+    fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(apply_batch(conn, events))
+    }
+
+    fn replay(&self) -> Option<Box<dyn Replay>> {
+        Some(Box::new(RentalsReplay(Rows::default())))
+    }
+}
+
+/// The rentals folded in memory from an empty state.
+struct RentalsReplay(Rows);
+
+impl Replay for RentalsReplay {
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        fold(&mut self.0, decode(events)?);
+        Ok(())
+    }
+
+    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            match event.aggregate_type.as_str() {
-                "movie" => apply_movie(conn, event).await,
-                "rental" => apply_rental(conn, event).await,
-                _ => Ok(()),
-            }
+            write(conn, &self.0, false).await?;
+            Ok(())
         })
     }
 }
 
-async fn apply_movie(conn: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let movie_id = event.stream_uuid()?;
-    match event.decode::<MovieEvent>()? {
-        MovieEvent::MovieAdded { title, .. } | MovieEvent::MovieUpdated { title: Some(title), .. } => {
-            sqlx::query(
-                "insert into rental_movie (movie_id, title) values ($1, $2)
-                 on conflict (movie_id) do update set title = excluded.title",
-            )
-            .bind(movie_id)
-            .bind(title.as_str())
-            .execute(&mut *conn)
-            .await?;
+/// The rows a batch touches, loaded once, changed in memory, written back once.
+#[derive(Default)]
+struct Rows {
+    titles: HashMap<Uuid, String>,
+    rentals: HashMap<Uuid, RentalState>,
+    dirty_titles: HashSet<Uuid>,
+    dirty_rentals: HashSet<Uuid>,
+}
+
+enum Change {
+    Movie { movie_id: Uuid, position: i64, event: MovieEvent },
+    Rental { rental_id: Uuid, position: i64, event: RentalEvent },
+}
+
+/// A `read.rental` row being changed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct RentalState {
+    rental_id: Uuid,
+    movie_id: Uuid,
+    movie_title: String,
+    customer_id: Uuid,
+    rented_at: DateTime<Utc>,
+    returned_at: Option<DateTime<Utc>>,
+    status: String,
+    charge_days: Option<i32>,
+    charge_cents: Option<i64>,
+    currency: Option<String>,
+    paid_at: Option<DateTime<Utc>>,
+    paid_cents: Option<i64>,
+    revision: i64,
+}
+
+fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
+    let mut changes = Vec::with_capacity(events.len());
+    for e in events {
+        match e.aggregate_type.as_str() {
+            "movie" => changes.push(Change::Movie {
+                movie_id: e.stream_uuid()?,
+                position: e.position,
+                event: e.decode()?,
+            }),
+            "rental" => changes.push(Change::Rental {
+                rental_id: e.stream_uuid()?,
+                position: e.position,
+                event: e.decode()?,
+            }),
+            _ => {}
         }
-        MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
-            // The title is the movie's title when it was rented.
-            sqlx::query(
-                "insert into rental (rental_id, movie_id, movie_title, customer_id, rented_at, status, revision)
-                 select $1, $2, coalesce((select title from rental_movie where movie_id = $2), ''), $3, $4,
-                        'active', $5
-                 on conflict (rental_id) do nothing",
-            )
-            .bind(rental_id)
-            .bind(movie_id)
-            .bind(customer_id)
-            .bind(rented_at)
-            .bind(event.position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-            sqlx::query(
-                "update rental set returned_at = $2, revision = $3,
-                        status = case when status = 'active' then 'returned' else status end
-                  where rental_id = $1 and revision < $3",
-            )
-            .bind(rental_id)
-            .bind(returned_at)
-            .bind(event.position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {}
     }
+    Ok(changes)
+}
+
+/// Loads the rentals and movie titles the batch can change.
+async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+    let mut movie_ids = HashSet::new();
+    let mut rental_ids = HashSet::new();
+    for change in changes {
+        match change {
+            Change::Movie { movie_id, event, .. } => {
+                movie_ids.insert(*movie_id);
+                if let MovieEvent::MovieRented { rental_id, .. }
+                | MovieEvent::MovieReturned { rental_id, .. } = event
+                {
+                    rental_ids.insert(*rental_id);
+                }
+            }
+            Change::Rental { rental_id, .. } => {
+                rental_ids.insert(*rental_id);
+            }
+        }
+    }
+    let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
+    let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
+    let titles = sqlx::query_as::<_, (Uuid, String)>(
+        "select movie_id, title from rental_movie where movie_id = any($1)",
+    )
+    .bind(&movie_ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let rentals = sqlx::query_as::<_, RentalState>(&format!(
+        "select {RENTAL_COLUMNS}, paid_cents, revision from rental where rental_id = any($1)"
+    ))
+    .bind(&rental_ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| (r.rental_id, r))
+    .collect();
+    Ok(Rows { titles, rentals, ..Rows::default() })
+}
+
+/// Changes the rows in memory, in log order, with per-row revision guards.
+fn fold(rows: &mut Rows, changes: Vec<Change>) {
+    let Rows { titles, rentals, dirty_titles, dirty_rentals } = rows;
+    for change in changes {
+        match change {
+            Change::Movie { movie_id, position, event } => match event {
+                MovieEvent::MovieAdded { title, .. }
+                | MovieEvent::MovieUpdated { title: Some(title), .. } => {
+                    titles.insert(movie_id, title.as_str().to_string());
+                    dirty_titles.insert(movie_id);
+                }
+                MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                    // The title is the movie's title when it was rented.
+                    rentals.entry(rental_id).or_insert_with(|| {
+                        dirty_rentals.insert(rental_id);
+                        RentalState {
+                            rental_id,
+                            movie_id,
+                            movie_title: titles.get(&movie_id).cloned().unwrap_or_default(),
+                            customer_id,
+                            rented_at,
+                            returned_at: None,
+                            status: "active".into(),
+                            charge_days: None,
+                            charge_cents: None,
+                            currency: None,
+                            paid_at: None,
+                            paid_cents: None,
+                            revision: position,
+                        }
+                    });
+                }
+                MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+                    if let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) {
+                        rental.returned_at = Some(returned_at);
+                        if rental.status == "active" {
+                            rental.status = "returned".into();
+                        }
+                        rental.revision = position;
+                        dirty_rentals.insert(rental_id);
+                    }
+                }
+                MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {}
+            },
+            Change::Rental { rental_id, position, event } => {
+                let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) else {
+                    continue;
+                };
+                match event {
+                    // The row was made from `MovieRented` and `MovieReturned`, which come first.
+                    RentalEvent::RentalOpened { .. } | RentalEvent::RentalClosed { .. } => continue,
+                    RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
+                        rental.charge_days = Some(i32::try_from(days).unwrap_or(i32::MAX));
+                        rental.charge_cents = Some(amount_cents);
+                        rental.currency = Some(currency);
+                        if matches!(rental.status.as_str(), "active" | "returned") {
+                            rental.status = "charged".into();
+                        }
+                    }
+                    RentalEvent::RentalPaid { amount_cents, paid_at } => {
+                        rental.paid_at = Some(paid_at);
+                        rental.paid_cents = Some(amount_cents);
+                        rental.status = "paid".into();
+                    }
+                }
+                rental.revision = position;
+                dirty_rentals.insert(rental_id);
+            }
+        }
+    }
+}
+
+async fn apply_batch(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+    let changes = decode(events)?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut rows = load(conn, &changes).await?;
+    fold(&mut rows, changes);
+    write(conn, &rows, true).await?;
     Ok(())
 }
 
-async fn apply_rental(conn: &mut PgConnection, event: &StoredEvent) -> Result<(), ProjectionError> {
-    let rental_id = event.stream_uuid()?;
-    match event.decode::<RentalEvent>()? {
-        // The row was made from `MovieRented` and `MovieReturned`, which come first in the log.
-        RentalEvent::RentalOpened { .. } | RentalEvent::RentalClosed { .. } => {}
-        RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
-            sqlx::query(
-                "update rental set charge_days = $2, charge_cents = $3, currency = $4, revision = $5,
-                        status = case when status in ('active', 'returned') then 'charged' else status end
-                  where rental_id = $1 and revision < $5",
-            )
-            .bind(rental_id)
-            .bind(i32::try_from(days).unwrap_or(i32::MAX))
-            .bind(amount_cents)
-            .bind(currency)
-            .bind(event.position)
-            .execute(&mut *conn)
-            .await?;
-        }
-        RentalEvent::RentalPaid { amount_cents, paid_at } => {
-            sqlx::query(
-                "update rental set paid_at = $2, paid_cents = $3, status = 'paid', revision = $4
-                  where rental_id = $1 and revision < $4",
-            )
-            .bind(rental_id)
-            .bind(paid_at)
-            .bind(amount_cents)
-            .bind(event.position)
-            .execute(&mut *conn)
-            .await?;
-        }
+/// Rows per statement when writing back.
+const WRITE_CHUNK: usize = 20_000;
+
+/// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
+/// replay (which have no unique index to resolve conflicts with until the end).
+async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
+    let titles: Vec<(Uuid, &str)> =
+        rows.dirty_titles.iter().map(|id| (*id, rows.titles[id].as_str())).collect();
+    for chunk in titles.chunks(WRITE_CHUNK) {
+        let conflict =
+            if upsert { "on conflict (movie_id) do update set title = excluded.title" } else { "" };
+        sqlx::query(&format!(
+            "insert into rental_movie (movie_id, title) select * from unnest($1::uuid[], $2::text[]) {conflict}"
+        ))
+        .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, title)| *title).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
+    let conflict = if upsert {
+        "on conflict (rental_id) do update set
+                returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
+                charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
+                paid_cents = excluded.paid_cents, revision = excluded.revision"
+    } else {
+        ""
+    };
+    for rows in rentals.chunks(WRITE_CHUNK) {
+        sqlx::query(&format!(
+            "insert into rental (rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status,
+                                 charge_days, charge_cents, currency, paid_at, paid_cents, revision)
+             select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
+                                  $6::timestamptz[], $7::text[], $8::int[], $9::bigint[], $10::text[],
+                                  $11::timestamptz[], $12::bigint[], $13::bigint[])
+             {conflict}"
+        ))
+        .bind(rows.iter().map(|r| r.rental_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.movie_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.movie_title.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.rented_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.returned_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.charge_days).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.currency.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.paid_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -197,7 +365,12 @@ impl RentalsReader {
             query.push(" and status = ").push_bind(status.clone());
         }
         if let Some((rented_at, id)) = filter.after {
-            query.push(" and (rented_at, rental_id) < (").push_bind(rented_at).push(", ").push_bind(id).push(")");
+            query
+                .push(" and (rented_at, rental_id) < (")
+                .push_bind(rented_at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
         }
         query.push(" order by rented_at desc, rental_id desc limit ").push_bind(filter.limit + 1);
         query.build_query_as().fetch_all(&self.pool).await

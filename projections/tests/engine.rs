@@ -21,28 +21,34 @@ impl Projection for Recorder {
         &["seen"]
     }
 
-    fn apply<'a>(
+    fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            sqlx::query("insert into seen (position, xid, ord) values ($1, $2, (select count(*) from seen))")
+            for event in events {
+                sqlx::query(
+                    "insert into seen (position, xid, ord) values ($1, $2, (select count(*) from seen))",
+                )
                 .bind(event.position)
                 .bind(event.xid)
-                .execute(conn)
+                .execute(&mut *conn)
                 .await?;
+            }
             Ok(())
         })
     }
 }
 
 async fn setup(pool: &PgPool) {
-    sqlx::query("create table read.seen (position bigint primary key, xid bigint not null, ord bigint not null)")
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "create table read.seen (position bigint primary key, xid bigint not null, ord bigint not null)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 fn engine(pool: &PgPool, batch_size: i64) -> Engine {
@@ -67,11 +73,12 @@ async fn append(conn: &mut PgConnection) -> i64 {
 
 /// What a naive `position > n` reader collects.
 async fn naive_read(pool: &PgPool, after: &mut i64, seen: &mut Vec<i64>) {
-    let rows: Vec<i64> = sqlx::query_scalar("select position from events where position > $1 order by position")
-        .bind(*after)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    let rows: Vec<i64> =
+        sqlx::query_scalar("select position from events where position > $1 order by position")
+            .bind(*after)
+            .fetch_all(pool)
+            .await
+            .unwrap();
     if let Some(last) = rows.last() {
         *after = *last;
     }
@@ -140,7 +147,9 @@ async fn under_concurrent_appends_with_open_transactions_every_event_is_applied_
         tokio::spawn(async move {
             loop {
                 match engine.run_batch(&Recorder).await.unwrap() {
-                    BatchOutcome::Applied(_) | BatchOutcome::Busy => tokio::time::sleep(Duration::from_millis(1)).await,
+                    BatchOutcome::Applied(_) | BatchOutcome::Busy => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
                 }
             }
         })
@@ -157,11 +166,12 @@ async fn under_concurrent_appends_with_open_transactions_every_event_is_applied_
     naive_read(&pool, &mut naive_after, &mut naive_seen).await;
 
     // Assert
-    let all: Vec<(i64, i64)> =
-        sqlx::query_as("select position, transaction_id::text::bigint from events order by transaction_id, position")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let all: Vec<(i64, i64)> = sqlx::query_as(
+        "select position, transaction_id::text::bigint from events order by transaction_id, position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     let seen = recorded(&pool).await;
     assert_eq!(seen, all, "every event exactly once, in (transaction, position) order");
     let skipped = all.len() - naive_seen.len();
@@ -183,7 +193,10 @@ async fn a_batch_and_its_checkpoint_commit_together_and_a_second_process_waits_i
 
     // Another process holds the projection's lock: this one must not apply the batch.
     let mut holder = pool.begin().await.unwrap();
-    sqlx::query("select pg_advisory_xact_lock(hashtext('projection:recorder'))").execute(&mut *holder).await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hashtext('projection:recorder'))")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
     assert_eq!(engine.run_batch(&Recorder).await.unwrap(), BatchOutcome::Busy);
     holder.rollback().await.unwrap();
 

@@ -39,6 +39,28 @@ pub async fn read_batch(
     .await
 }
 
+/// [`read_batch`] without the metadata column (`null`), for replays of read models.
+pub async fn read_batch_without_metadata(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select position, transaction_id::text::bigint as xid, event_id, aggregate_type, aggregate_id,
+                sequence, event_type, event_version, payload, 'null'::jsonb as metadata, recorded_at
+           from events
+          where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+            and (transaction_id, position) > ($1::text::xid8, $2)
+          order by transaction_id, position
+          limit $3",
+    )
+    .bind(after.xid.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// Makes sure each projection has a checkpoint row.
 pub async fn ensure_checkpoints(pool: &PgPool, names: &[&str]) -> Result<(), sqlx::Error> {
     sqlx::query("insert into projection_checkpoint (name) select unnest($1::text[]) on conflict do nothing")

@@ -28,9 +28,12 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub use feed::{checkpoint, checkpoints, ensure_checkpoints, read_batch, wait_for_position, Checkpoint, Status};
-pub use runner::{BatchOutcome, Engine, EngineConfig, Listener};
+pub use feed::{
+    checkpoint, checkpoints, ensure_checkpoints, read_batch, read_batch_without_metadata, wait_for_position,
+    Checkpoint, Status,
+};
 pub(crate) use runner::save_checkpoint as save;
+pub use runner::{BatchOutcome, Engine, EngineConfig, Listener};
 
 /// An event as stored, with its place in the log.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -107,6 +110,16 @@ pub enum ProjectionError {
 /// A boxed future, so projections can be held as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A projection's state during an in-memory replay. Memory grows with the number of rows of
+/// the read model (not with the number of events).
+pub trait Replay: Send {
+    /// Folds events, in log order, into the in-memory rows.
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError>;
+
+    /// Writes every row to the (empty) tables the connection's `search_path` puts first.
+    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
 /// One consumer of the log.
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint's key.
@@ -116,15 +129,23 @@ pub trait Projection: Send + Sync + 'static {
     /// which is never rebuilt (a rebuild would re-issue its commands).
     fn tables(&self) -> &'static [&'static str];
 
-    /// Applies one event inside the batch's transaction, whose `search_path` puts the target
-    /// schema (`read`, or a shadow schema during a rebuild) first: handlers name tables without a
-    /// schema. Must be idempotent.
-    fn apply<'a>(
+    /// Applies a batch of events, in order, inside the batch's transaction, whose `search_path`
+    /// puts the target schema (`read`, or a shadow schema during a rebuild) first: handlers name
+    /// tables without a schema. Must be idempotent: an event a row already reflects (by its stream
+    /// version or revision) changes nothing.
+    fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        event: &'a StoredEvent,
+        events: &'a [StoredEvent],
         touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+
+    /// An in-memory replay from empty tables, for rebuilds: the whole log is folded in memory with
+    /// the same rules as [`Projection::apply_batch`] and each row is written once at the end,
+    /// instead of being updated batch after batch. `None`: rebuilds use `apply_batch`.
+    fn replay(&self) -> Option<Box<dyn Replay>> {
+        None
+    }
 
     /// Whether this is a read model (rebuildable) rather than a process manager.
     fn is_read_model(&self) -> bool {

@@ -98,7 +98,12 @@ impl Engine {
         Ok(())
     }
 
-    async fn drive(&self, projection: Arc<dyn Projection>, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
+    async fn drive(
+        &self,
+        projection: Arc<dyn Projection>,
+        mut wake: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
         let name = projection.name();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -133,10 +138,11 @@ impl Engine {
     /// Applies one batch of one projection (used by the runner and by tests).
     pub async fn run_batch(&self, projection: &dyn Projection) -> Result<BatchOutcome, ProjectionError> {
         let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('projection:' || $1))")
-            .bind(projection.name())
-            .fetch_one(&mut *tx)
-            .await?;
+        let locked: bool =
+            sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('projection:' || $1))")
+                .bind(projection.name())
+                .fetch_one(&mut *tx)
+                .await?;
         if !locked {
             return Ok(BatchOutcome::Busy);
         }
@@ -148,9 +154,7 @@ impl Engine {
         let to = Checkpoint { xid: last.xid, position: last.position };
         sqlx::query("set local search_path to read, public").execute(&mut *tx).await?;
         let mut touched = Touched::default();
-        for event in &events {
-            projection.apply(&mut tx, event, &mut touched).await?;
-        }
+        projection.apply_batch(&mut tx, &events, &mut touched).await?;
         save_checkpoint(&mut tx, projection.name(), to).await?;
         tx.commit().await?;
         if let Some(listener) = &self.listener {
@@ -179,7 +183,11 @@ impl Engine {
 }
 
 /// Moves the checkpoint and clears any recorded error.
-pub(crate) async fn save_checkpoint(conn: &mut PgConnection, name: &str, to: Checkpoint) -> Result<(), sqlx::Error> {
+pub(crate) async fn save_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    to: Checkpoint,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "insert into projection_checkpoint (name, last_xid, last_position, updated_at) values ($1, $2, $3, now())
          on conflict (name) do update

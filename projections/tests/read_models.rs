@@ -1,0 +1,769 @@
+//! The read models and the payments process manager on a real database, through their public
+//! behaviour only: commands go in through `EventStore::execute`, projections advance through
+//! `Engine::catch_up`, and results come out through the readers, the checkpoints and plain
+//! selects on `read.*`.
+
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, TimeZone, Utc};
+use domain::category::{Category, CategoryCommand};
+use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
+use domain::price::PricePlan;
+use domain::rental::{Rental, RentalCommand, RentalError};
+use domain::values::{CategoryIds, CategoryName, Director, Rating, Storyline, Title};
+use domain::Actor;
+use projections::catalogue::{self, CatalogueReader, MovieFilter, MovieRow};
+use projections::engine::{checkpoints, Engine, EngineConfig};
+use projections::rebuild::{self, TableDiff};
+use projections::rentals::{self, RentalRow, RentalsReader};
+use projections::store::{CommandError, EventStore, Metadata};
+use projections::{all, payments};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const READ_MODELS: [&str; 2] = [catalogue::NAME, rentals::NAME];
+
+fn engine(pool: &PgPool) -> Engine {
+    Engine::new(
+        pool.clone(),
+        all(EventStore::new(pool.clone()), PricePlan::default()),
+        EngineConfig::default(),
+    )
+}
+
+/// Metadata of a client command: its request id also starts the correlation chain.
+fn meta(actor: Uuid, request: &str) -> Metadata {
+    Metadata {
+        actor_id: Some(actor),
+        request_id: Some(request.to_string()),
+        correlation_id: Some(request.to_string()),
+        causation_id: None,
+    }
+}
+
+/// A recent instant with whole seconds, so it survives `timestamptz` (microseconds) exactly.
+fn days_ago(days: i64) -> DateTime<Utc> {
+    (Utc::now() - Duration::days(days)).duration_trunc(Duration::seconds(1)).unwrap()
+}
+
+/// The store, the engine and an admin acting for everyone.
+struct World {
+    pool: PgPool,
+    store: EventStore,
+    engine: Engine,
+    admin: Uuid,
+}
+
+impl World {
+    fn new(pool: &PgPool) -> Self {
+        Self {
+            pool: pool.clone(),
+            store: EventStore::new(pool.clone()),
+            engine: engine(pool),
+            admin: Uuid::now_v7(),
+        }
+    }
+
+    fn meta(&self) -> Metadata {
+        meta(self.admin, "req-admin")
+    }
+
+    fn catalogue(&self) -> CatalogueReader {
+        CatalogueReader::new(self.pool.clone())
+    }
+
+    fn rentals(&self) -> RentalsReader {
+        RentalsReader::new(self.pool.clone())
+    }
+
+    /// Payments first (it appends rental events), then the read models.
+    async fn catch_up_all(&self) {
+        self.catch_up(payments::NAME).await;
+        for name in READ_MODELS {
+            self.catch_up(name).await;
+        }
+    }
+
+    /// Catches `name` up past every event committed so far; returns how many it applied.
+    ///
+    /// `Engine::catch_up` stops at the horizon of running transactions, which is cluster-wide:
+    /// a write transaction open in another database (another test, a benchmark's rebuild) holds
+    /// it back while it lasts, and `catch_up` then returns early. So catch up again until the
+    /// checkpoint has passed the last event this test can see.
+    async fn catch_up(&self, name: &str) -> usize {
+        let last: Option<(i64, i64)> = sqlx::query_as(
+            "select transaction_id::text::bigint, position from events
+              order by transaction_id desc, position desc limit 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut applied = 0;
+        loop {
+            applied += self.engine.catch_up(name).await.unwrap();
+            let at = self.checkpoint(name).await;
+            if last.is_none_or(|last| at >= last) {
+                return applied;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} stuck at {at:?}, short of {last:?}");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// `(last_xid, last_position)` of a projection.
+    async fn checkpoint(&self, name: &str) -> (i64, i64) {
+        sqlx::query_as("select last_xid, last_position from projection_checkpoint where name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn create_category(&self, name: &str) -> Uuid {
+        let id = Uuid::now_v7();
+        let name = CategoryName::parse(name).unwrap();
+        self.store
+            .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &self.meta())
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn rename_category(&self, id: Uuid, name: &str) {
+        let name = CategoryName::parse(name).unwrap();
+        let done = self
+            .store
+            .execute::<Category>(&id.to_string(), CategoryCommand::RenameCategory { name }, &self.meta())
+            .await
+            .unwrap();
+        assert_eq!(done.events.len(), 1);
+    }
+
+    async fn add_movie(
+        &self,
+        title: &str,
+        storyline: &str,
+        director: Option<&str>,
+        categories: &[Uuid],
+    ) -> Uuid {
+        let id = Uuid::now_v7();
+        let details = MovieDetails {
+            title: Title::parse(title).unwrap(),
+            storyline: Storyline::parse(storyline).unwrap(),
+            release_date: NaiveDate::from_ymd_opt(1998, 3, 6).unwrap(),
+            rating: Rating::parse(8.1).unwrap(),
+            director: director.map(|d| Director::parse(d).unwrap()),
+            category_ids: CategoryIds::parse(categories.to_vec()).unwrap(),
+        };
+        self.store
+            .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &self.meta())
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn update_movie(&self, id: Uuid, changes: MovieChanges) -> i64 {
+        let done = self
+            .store
+            .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &self.meta())
+            .await
+            .unwrap();
+        assert_eq!(done.events.len(), 1, "the update changed something");
+        done.version
+    }
+
+    async fn retire(&self, id: Uuid) {
+        self.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &self.meta()).await.unwrap();
+    }
+
+    /// Rents the copy; returns the rental id and the stream version after the rent.
+    async fn rent_with(
+        &self,
+        movie: Uuid,
+        customer: Uuid,
+        rented_at: DateTime<Utc>,
+        metadata: &Metadata,
+    ) -> (Uuid, i64) {
+        let rental_id = Uuid::now_v7();
+        let command =
+            MovieCommand::RentMovie { rental_id, customer_id: customer, rented_at, now: Utc::now() };
+        let done = self.store.execute::<Movie>(&movie.to_string(), command, metadata).await.unwrap();
+        (rental_id, done.version)
+    }
+
+    async fn rent(&self, movie: Uuid, customer: Uuid, rented_at: DateTime<Utc>) -> (Uuid, i64) {
+        self.rent_with(movie, customer, rented_at, &meta(customer, "req-rent")).await
+    }
+
+    /// Returns the copy (as the renter); returns the stream version after the return.
+    async fn give_back_with(
+        &self,
+        movie: Uuid,
+        rental_id: Uuid,
+        customer: Uuid,
+        returned_at: DateTime<Utc>,
+        metadata: &Metadata,
+    ) -> i64 {
+        let by = Actor::customer(customer);
+        let command = MovieCommand::ReturnMovie { rental_id, by, returned_at, now: Utc::now() };
+        self.store.execute::<Movie>(&movie.to_string(), command, metadata).await.unwrap().version
+    }
+
+    async fn give_back(
+        &self,
+        movie: Uuid,
+        rental_id: Uuid,
+        customer: Uuid,
+        returned_at: DateTime<Utc>,
+    ) -> i64 {
+        self.give_back_with(movie, rental_id, customer, returned_at, &meta(customer, "req-return")).await
+    }
+
+    async fn pay(
+        &self,
+        rental_id: Uuid,
+        customer: Uuid,
+        amount_cents: i64,
+    ) -> Result<(), CommandError<RentalError>> {
+        let command =
+            RentalCommand::PayRental { amount_cents, by: Actor::customer(customer), paid_at: days_ago(0) };
+        self.store
+            .execute::<Rental>(&rental_id.to_string(), command, &meta(customer, "req-pay"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn movie(&self, id: Uuid) -> MovieRow {
+        self.catalogue().movie(id).await.unwrap().expect("the movie is in the catalogue")
+    }
+
+    async fn rental(&self, id: Uuid) -> RentalRow {
+        self.rentals().rental(id).await.unwrap().expect("the rental is in the read model")
+    }
+
+    /// `(name, movie_count)` of every category, in the reader's order.
+    async fn category_counts(&self) -> Vec<(String, i32)> {
+        self.catalogue().categories().await.unwrap().into_iter().map(|c| (c.name, c.movie_count)).collect()
+    }
+
+    async fn list(&self, filter: MovieFilter) -> Vec<Uuid> {
+        self.catalogue().movies(&filter).await.unwrap().into_iter().map(|m| m.movie_id).collect()
+    }
+
+    /// Every row of a `read` table, in a stable order.
+    async fn table(&self, table: &str, key: &str) -> Vec<Value> {
+        sqlx::query_scalar(&format!("select to_jsonb(t) from read.{table} t order by {key}"))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn read_tables(&self) -> Vec<Vec<Value>> {
+        vec![
+            self.table("category", "category_id").await,
+            self.table("movie", "movie_id").await,
+            self.table("rental", "rental_id").await,
+            self.table("rental_movie", "movie_id").await,
+        ]
+    }
+
+    async fn reset_checkpoint(&self, name: &str) {
+        let done =
+            sqlx::query("update projection_checkpoint set last_xid = 0, last_position = 0 where name = $1")
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .unwrap();
+        assert_eq!(done.rows_affected(), 1, "{name} has a checkpoint");
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// A mixed workload: `movies` movies in three categories, rent/return cycles on every other
+    /// movie (one of them left out, one paid), a rename, an update and a retirement.
+    async fn workload(&self, movies: usize) -> Vec<Uuid> {
+        let drama = self.create_category("Drama").await;
+        let crime = self.create_category("Crime").await;
+        let comedy = self.create_category("Comedy").await;
+        let mut ids = Vec::new();
+        for i in 0..movies {
+            let categories = match i % 3 {
+                0 => vec![drama],
+                1 => vec![crime, drama],
+                _ => vec![comedy],
+            };
+            let title = format!("Film {:02}", (i * 7) % movies);
+            ids.push(
+                self.add_movie(&title, "Somebody does something.", Some("A. Director"), &categories).await,
+            );
+        }
+        let customer = Uuid::now_v7();
+        let start = days_ago(60);
+        let mut paid = false;
+        for (i, movie) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            let mut at = start;
+            for cycle in 0..2 {
+                let (rental, _) = self.rent(*movie, customer, at).await;
+                if i == 0 && cycle == 1 {
+                    break; // still out
+                }
+                let back = at + Duration::hours(30 + i as i64);
+                self.give_back(*movie, rental, customer, back).await;
+                at = back + Duration::hours(1);
+                if !paid {
+                    // Charge it first, then pay it.
+                    self.catch_up(payments::NAME).await;
+                    self.pay(rental, customer, 200).await.unwrap();
+                    paid = true;
+                }
+            }
+        }
+        self.rename_category(crime, "Crime & Noir").await;
+        self.update_movie(
+            ids[1],
+            MovieChanges { title: Some(Title::parse("Renamed Film").unwrap()), ..Default::default() },
+        )
+        .await;
+        self.update_movie(
+            ids[4],
+            MovieChanges {
+                category_ids: Some(CategoryIds::parse(vec![comedy, crime]).unwrap()),
+                ..Default::default()
+            },
+        )
+        .await;
+        self.retire(ids[3]).await;
+        ids
+    }
+}
+
+fn filter(limit: i64) -> MovieFilter {
+    MovieFilter { available: None, limit, ..Default::default() }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_catalogue_follows_categories_and_movies_through_their_lives(pool: PgPool) {
+    // Arrange: three categories, one renamed; a movie in two categories, another in one.
+    let w = World::new(&pool);
+    let drama = w.create_category("Drama").await;
+    let comedy = w.create_category("Comedy").await;
+    let crime = w.create_category("Crime").await;
+    w.rename_category(comedy, "Comedies").await;
+    let lebowski =
+        w.add_movie("The Big Lebowski", "The Dude abides.", Some("Joel Coen"), &[drama, comedy]).await;
+    let heat = w.add_movie("Heat", "A heist.", None, &[crime]).await;
+
+    // Act & Assert: created, renamed, counted in both categories.
+    w.catch_up(catalogue::NAME).await;
+    assert_eq!(
+        w.category_counts().await,
+        vec![("Comedies".into(), 1), ("Crime".into(), 1), ("Drama".into(), 1)],
+        "categories by name, with their counts"
+    );
+    assert_eq!(w.catalogue().category_by_name("COMEDIES").await.unwrap(), Some(comedy));
+    assert_eq!(w.catalogue().category(drama).await.unwrap().unwrap().name, "Drama");
+    let row = w.movie(lebowski).await;
+    assert_eq!(row.title, "The Big Lebowski");
+    assert_eq!(row.storyline, "The Dude abides.");
+    assert_eq!(row.director.as_deref(), Some("Joel Coen"));
+    assert_eq!(row.release_date, NaiveDate::from_ymd_opt(1998, 3, 6).unwrap());
+    assert_eq!(row.rating_tenths, 81);
+    assert_eq!(row.category_names, vec!["Drama".to_string(), "Comedies".to_string()]);
+    assert!(row.available && !row.retired);
+    assert_eq!((row.times_rented, row.version), (0, 1));
+
+    // An update that moves the movie from Comedies to Crime adjusts both counts.
+    let version = w
+        .update_movie(
+            lebowski,
+            MovieChanges {
+                category_ids: Some(CategoryIds::parse(vec![drama, crime]).unwrap()),
+                ..Default::default()
+            },
+        )
+        .await;
+    w.catch_up(catalogue::NAME).await;
+    assert_eq!(
+        w.category_counts().await,
+        vec![("Comedies".into(), 0), ("Crime".into(), 2), ("Drama".into(), 1)]
+    );
+    let row = w.movie(lebowski).await;
+    assert_eq!(row.category_names, vec!["Drama".to_string(), "Crime".to_string()]);
+    assert_eq!(row.version, version);
+
+    // A rename shows in every movie of the category.
+    w.rename_category(crime, "Crime & Noir").await;
+    w.catch_up(catalogue::NAME).await;
+    assert_eq!(w.movie(lebowski).await.category_names, vec!["Drama".to_string(), "Crime & Noir".to_string()]);
+    assert_eq!(w.movie(heat).await.category_names, vec!["Crime & Noir".to_string()]);
+    let listed = w.catalogue().movies(&MovieFilter { category: Some(crime), ..filter(10) }).await.unwrap();
+    assert!(listed.iter().all(|m| m.category_names.contains(&"Crime & Noir".to_string())), "{listed:?}");
+
+    // Rent: unavailable, rented once, at the stream's version; return: available again.
+    let customer = Uuid::now_v7();
+    let (rental, version) = w.rent(heat, customer, days_ago(2)).await;
+    w.catch_up(catalogue::NAME).await;
+    let row = w.movie(heat).await;
+    assert_eq!((row.available, row.times_rented, row.version), (false, 1, version));
+    assert_eq!(version, 2);
+    let version = w.give_back(heat, rental, customer, days_ago(1)).await;
+    w.catch_up(catalogue::NAME).await;
+    let row = w.movie(heat).await;
+    assert_eq!((row.available, row.times_rented, row.version), (true, 1, version));
+
+    // Retiring decrements its categories and hides it from listings, not from details.
+    w.retire(lebowski).await;
+    w.catch_up(catalogue::NAME).await;
+    assert_eq!(
+        w.category_counts().await,
+        vec![("Comedies".into(), 0), ("Crime & Noir".into(), 1), ("Drama".into(), 0)]
+    );
+    assert_eq!(w.list(filter(10)).await, vec![heat], "a retired movie is never listed");
+    let row = w.movie(lebowski).await;
+    assert!(row.retired && !row.available, "{row:?}");
+    assert_eq!(row.title, "The Big Lebowski");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn movies_are_searched_filtered_ordered_and_paged(pool: PgPool) {
+    // Arrange
+    let w = World::new(&pool);
+    let crime = w.create_category("Crime").await;
+    let comedy = w.create_category("Comedy").await;
+    let lebowski =
+        w.add_movie("The Big Lebowski", "The Dude abides.", Some("Joel Coen"), &[comedy, crime]).await;
+    let fargo = w.add_movie("Fargo", "A pregnant police chief.", Some("Joel Coen"), &[crime]).await;
+    let son = w.add_movie("Son of Lebowski", "Bowling again.", Some("Someone Else"), &[comedy]).await;
+    let percent = w.add_movie("100% Love", "Fully.", None, &[comedy]).await;
+    let thousand = w.add_movie("1000 Lovers", "Many.", None, &[comedy]).await;
+    let underscore = w.add_movie("A_B Story", "Letters.", None, &[comedy]).await;
+    let axb = w.add_movie("AxB Story", "More letters.", None, &[comedy]).await;
+    let heat_a = w.add_movie("Heat", "A heist.", Some("Michael Mann"), &[crime]).await;
+    let heat_b = w.add_movie("Heat", "Another heist.", None, &[crime]).await;
+    let zodiac = w.add_movie("Zodiac", "A cipher.", Some("David Fincher"), &[crime]).await;
+    let retired = w.add_movie("Lebowski Retired", "Gone.", Some("Joel Coen"), &[comedy]).await;
+    w.retire(retired).await;
+    let customer = Uuid::now_v7();
+    w.rent(fargo, customer, days_ago(1)).await;
+    w.rent(heat_b, customer, days_ago(1)).await;
+    w.catch_up(catalogue::NAME).await;
+
+    let search = |words: &[&str]| MovieFilter {
+        words: words.iter().map(|w| w.to_string()).collect(),
+        available: None,
+        limit: 50,
+        ..Default::default()
+    };
+
+    // Words: case-insensitive substrings of title, storyline or director, every one required.
+    assert_eq!(w.list(search(&["LEBOW", "coen"])).await, vec![lebowski]);
+    assert_eq!(w.list(search(&["lebow"])).await, vec![son, lebowski], "retired never listed");
+    assert_eq!(w.list(search(&["COEN"])).await, vec![fargo, lebowski], "director");
+    assert_eq!(w.list(search(&["dude"])).await, vec![lebowski], "storyline");
+    assert_eq!(w.list(search(&["heist", "mann"])).await, vec![heat_a]);
+    assert_eq!(w.list(search(&["lebow", "fincher"])).await, Vec::<Uuid>::new());
+    // `%` and `_` match themselves only.
+    assert_eq!(w.list(search(&["100%"])).await, vec![percent]);
+    assert_eq!(w.list(search(&["%"])).await, vec![percent]);
+    assert_eq!(w.list(search(&["a_b"])).await, vec![underscore]);
+    assert_eq!(w.list(search(&["_"])).await, vec![underscore]);
+    assert_eq!(w.list(search(&["1000"])).await, vec![thousand]);
+
+    // Category filter.
+    let mut in_crime = vec![fargo, heat_a, heat_b, lebowski, zodiac];
+    in_crime[1..3].sort();
+    assert_eq!(w.list(MovieFilter { category: Some(crime), ..filter(50) }).await, in_crime);
+    assert_eq!(
+        w.list(MovieFilter { category: Some(crime), words: vec!["COEN".into()], ..filter(50) }).await,
+        vec![fargo, lebowski]
+    );
+
+    // Availability: available only, rented only, both.
+    let available = w.list(MovieFilter { available: Some(true), ..filter(50) }).await;
+    assert_eq!(available.len(), 8);
+    assert!(!available.contains(&fargo) && !available.contains(&heat_b) && !available.contains(&retired));
+    assert_eq!(w.list(MovieFilter { available: Some(false), ..filter(50) }).await, vec![fargo, heat_b]);
+    assert_eq!(
+        w.list(MovieFilter { available: Some(true), words: vec!["heat".into()], ..filter(50) }).await,
+        vec![heat_a]
+    );
+
+    // Order: title (byte order in this database's C collation), then id.
+    let mut heats = [heat_a, heat_b];
+    heats.sort();
+    let everyone = vec![percent, thousand, underscore, axb, fargo, heats[0], heats[1], son, lebowski, zodiac];
+    assert_eq!(w.list(filter(50)).await, everyone);
+
+    // Paging: `limit + 1` rows while there is a next page; every movie exactly once.
+    assert_eq!(w.list(filter(10)).await.len(), 10, "exactly `limit` left: no extra row");
+    assert_eq!(w.list(filter(9)).await.len(), 10, "one more than `limit`: there is a next page");
+    for limit in [1, 2, 3, 4, 10] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let mut page =
+                w.catalogue().movies(&MovieFilter { after: after.clone(), ..filter(limit) }).await.unwrap();
+            pages += 1;
+            assert!(pages <= 20, "paging terminates");
+            let more = page.len() as i64 > limit;
+            page.truncate(limit as usize);
+            seen.extend(page.iter().map(|m| m.movie_id));
+            if !more {
+                break;
+            }
+            let last = page.last().unwrap();
+            after = Some((last.title.clone(), last.movie_id));
+        }
+        assert_eq!(seen, everyone, "limit {limit}: every movie once, in order");
+        assert_eq!(pages, everyone.len().div_ceil(limit as usize), "limit {limit}");
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rental_is_charged_by_the_process_manager_and_paid(pool: PgPool) {
+    // Arrange
+    let w = World::new(&pool);
+    let crime = w.create_category("Crime").await;
+    let heat = w.add_movie("Heat", "A heist.", None, &[crime]).await;
+    let customer = Uuid::now_v7();
+    let rented_at = days_ago(10);
+    let returned_at = rented_at + Duration::hours(80);
+    let rent_meta = Metadata {
+        actor_id: Some(customer),
+        request_id: Some("req-rent".into()),
+        correlation_id: Some("corr-rent".into()),
+        causation_id: None,
+    };
+    let return_meta = Metadata {
+        actor_id: Some(customer),
+        request_id: Some("req-return".into()),
+        correlation_id: Some("corr-return".into()),
+        causation_id: None,
+    };
+
+    // Act & Assert: active after the rent.
+    let (rental_id, _) = w.rent_with(heat, customer, rented_at, &rent_meta).await;
+    w.catch_up_all().await;
+    let row = w.rental(rental_id).await;
+    assert_eq!(row.status, "active");
+    assert_eq!((row.movie_id, row.customer_id, row.movie_title.as_str()), (heat, customer, "Heat"));
+    assert_eq!((row.rented_at, row.returned_at), (rented_at, None));
+    assert_eq!(row.charge_cents, None);
+
+    // Returned, before the process manager has assessed the charge.
+    w.give_back_with(heat, rental_id, customer, returned_at, &return_meta).await;
+    w.catch_up(rentals::NAME).await;
+    let row = w.rental(rental_id).await;
+    assert_eq!((row.status.as_str(), row.returned_at), ("returned", Some(returned_at)));
+    assert_eq!(w.rentals().balance_due(customer).await.unwrap(), 0);
+
+    // Charged: 80 hours are 4 started days, 350 cents.
+    w.catch_up(payments::NAME).await;
+    w.catch_up(rentals::NAME).await;
+    let row = w.rental(rental_id).await;
+    assert_eq!(row.status, "charged");
+    assert_eq!(
+        (row.charge_days, row.charge_cents, row.currency.as_deref()),
+        (Some(4), Some(350), Some("EUR"))
+    );
+    assert_eq!(row.movie_title, "Heat");
+    assert_eq!(row.paid_at, None);
+    assert_eq!(w.rentals().balance_due(customer).await.unwrap(), 350);
+
+    // Paid with the exact amount (a wrong amount is refused).
+    let wrong = w.pay(rental_id, customer, 300).await.unwrap_err();
+    assert!(
+        matches!(wrong, CommandError::Rejected(RentalError::WrongAmount { expected_cents: 350 })),
+        "{wrong}"
+    );
+    w.pay(rental_id, customer, 350).await.unwrap();
+    w.catch_up_all().await;
+    let row = w.rental(rental_id).await;
+    assert_eq!(row.status, "paid");
+    assert!(row.paid_at.is_some());
+    assert_eq!(w.rentals().balance_due(customer).await.unwrap(), 0);
+
+    // Causation and correlation of the process manager's events.
+    let cause = |event_type: &str| {
+        sqlx::query_scalar::<_, Uuid>(
+            "select event_id from events where aggregate_type = 'movie' and aggregate_id = $1 and event_type = $2",
+        )
+        .bind(heat.to_string())
+        .bind(event_type.to_string())
+        .fetch_one(&pool)
+    };
+    let rented_event = cause("MovieRented").await.unwrap();
+    let returned_event = cause("MovieReturned").await.unwrap();
+    let stream: Vec<(String, Value)> = sqlx::query_as(
+        "select event_type, metadata from events where aggregate_type = 'rental' and aggregate_id = $1
+          order by sequence",
+    )
+    .bind(rental_id.to_string())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = stream.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["RentalOpened", "RentalClosed", "ChargeAssessed", "RentalPaid"]);
+    let expect = |(event_type, metadata): &(String, Value), cause: Uuid, correlation: &str| {
+        assert_eq!(metadata["causation_id"], Value::String(cause.to_string()), "{event_type}: {metadata}");
+        assert_eq!(metadata["correlation_id"], Value::String(correlation.into()), "{event_type}: {metadata}");
+        assert_eq!(metadata["actor_id"], Value::String(customer.to_string()), "{event_type}: {metadata}");
+    };
+    expect(&stream[0], rented_event, "corr-rent");
+    expect(&stream[1], returned_event, "corr-return");
+    expect(&stream[2], returned_event, "corr-return");
+    assert_eq!(stream[3].1["causation_id"], Value::Null, "a client command has no cause");
+    let charge: Value = sqlx::query_scalar(
+        "select payload from events where aggregate_type = 'rental' and aggregate_id = $1
+            and event_type = 'ChargeAssessed'",
+    )
+    .bind(rental_id.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((charge["days"].as_i64(), charge["amount_cents"].as_i64()), (Some(4), Some(350)));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn replaying_from_a_reset_checkpoint_changes_no_row_and_issues_no_command(pool: PgPool) {
+    // Arrange
+    let w = World::new(&pool);
+    w.workload(9).await;
+    w.catch_up_all().await;
+    let before = w.read_tables().await;
+    assert!(before.iter().all(|rows| !rows.is_empty()), "every read table has rows");
+    let total = w.count("select count(*) from events").await as usize;
+
+    // Act & Assert: each read model replays the whole log over its live rows.
+    for name in READ_MODELS {
+        w.reset_checkpoint(name).await;
+        assert_eq!(w.catch_up(name).await, total, "{name} replayed every event");
+        assert_eq!(w.read_tables().await, before, "{name}: every row as it was");
+    }
+
+    // The process manager redelivers every rent and return: its commands change nothing.
+    let rental_events = "select count(*) from events where aggregate_type = 'rental'";
+    let issued = w.count(rental_events).await;
+    w.reset_checkpoint(payments::NAME).await;
+    assert_eq!(w.catch_up(payments::NAME).await, total);
+    assert_eq!(w.count(rental_events).await, issued, "no new rental event");
+    assert_eq!(w.count("select count(*) from events").await as usize, total);
+
+    // Every checkpoint is at the end of the log and healthy.
+    let last: (i64, i64) = sqlx::query_as(
+        "select transaction_id::text::bigint, position from events
+          order by transaction_id desc, position desc limit 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for status in checkpoints(&pool).await.unwrap() {
+        assert_eq!(w.checkpoint(&status.name).await, last, "{}", status.name);
+        assert_eq!((status.position, status.lag_events), (last.1, 0), "{status:?}");
+        assert_eq!((status.state.as_str(), status.last_error), ("running", None), "{}", status.name);
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn verify_finds_a_corrupted_row_and_a_rebuild_repairs_it(pool: PgPool) {
+    // Arrange
+    let w = World::new(&pool);
+    let ids = w.workload(20).await;
+    w.catch_up_all().await;
+    let catalogue = w.engine.projection(catalogue::NAME).unwrap();
+    let rentals = w.engine.projection(rentals::NAME).unwrap();
+
+    // Act & Assert: the live tables are what a replay gives.
+    assert_eq!(rebuild::verify(&pool, catalogue.clone(), &()).await.unwrap(), vec![]);
+    assert_eq!(rebuild::verify(&pool, rentals.clone(), &()).await.unwrap(), vec![]);
+
+    // A corrupted row is one row only in the live table and one only in the replay.
+    let damaged = sqlx::query("update read.movie set title = 'X' where movie_id = $1")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(damaged.rows_affected(), 1);
+    assert_eq!(
+        rebuild::verify(&pool, catalogue.clone(), &()).await.unwrap(),
+        vec![TableDiff { table: "read.movie".into(), only_live: 1, only_replayed: 1 }]
+    );
+    assert_eq!(w.movie(ids[0]).await.title, "X", "verify changes nothing");
+
+    // A rebuild swaps in the replay and moves the checkpoint to what it reflects.
+    let rebuilt = rebuild::rebuild(&pool, catalogue.clone(), &()).await.unwrap();
+    assert_eq!(rebuild::verify(&pool, catalogue.clone(), &()).await.unwrap(), vec![]);
+    assert_eq!(w.movie(ids[0]).await.title, "Film 00");
+    let total = w.count("select count(*) from events").await;
+    let (xid, position) = (rebuilt.checkpoint.xid, rebuilt.checkpoint.position);
+    assert_eq!(w.checkpoint(catalogue::NAME).await, (xid, position), "the checkpoint is the rebuild's");
+    let status = checkpoints(&pool).await.unwrap().into_iter().find(|s| s.name == catalogue::NAME).unwrap();
+    assert_eq!(status.position, position);
+    // The rebuild replayed every event up to its checkpoint (the horizon when it swapped), and
+    // only the events after it are left to the live runner.
+    let upto: i64 = sqlx::query_scalar(
+        "select count(*) from events where (transaction_id::text::bigint, position) <= ($1, $2)",
+    )
+    .bind(xid)
+    .bind(position)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rebuilt.events, upto as u64, "every event up to the checkpoint replayed");
+    assert_eq!(status.lag_events, total - upto);
+
+    // The swapped-in tables keep following the log.
+    assert_eq!(w.catch_up(catalogue::NAME).await as i64, total - upto);
+    let crime = w.catalogue().category_by_name("crime & noir").await.unwrap().unwrap();
+    let late = w.add_movie("Late Arrival", "After the rebuild.", None, &[crime]).await;
+    w.catch_up(catalogue::NAME).await;
+    assert!(w.list(MovieFilter { words: vec!["arrival".into()], ..filter(10) }).await.contains(&late));
+    assert_eq!(rebuild::verify(&pool, catalogue, &()).await.unwrap(), vec![]);
+
+    // The process manager is never rebuilt.
+    let payments = w.engine.projection(payments::NAME).unwrap();
+    assert!(rebuild::rebuild(&pool, payments, &()).await.is_err());
+    assert_eq!(w.count("select count(*) from events").await, total + 1, "no command re-issued");
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_price_table_holds_through_the_whole_pipeline(pool: PgPool) {
+    // Arrange: one copy rented again and again, each rental after the previous return.
+    let w = World::new(&pool);
+    let drama = w.create_category("Drama").await;
+    let movie = w.add_movie("Long Rentals", "Slow.", None, &[drama]).await;
+    let customer = Uuid::now_v7();
+    let table = [
+        (Duration::minutes(1), 1, 100),
+        (Duration::hours(24), 1, 100),
+        (Duration::hours(72), 3, 300),
+        (Duration::hours(73), 4, 350),
+        (Duration::days(10), 10, 650),
+        (Duration::days(30), 30, 1650),
+    ];
+    let mut at = Utc.with_ymd_and_hms(2025, 1, 1, 9, 30, 0).unwrap();
+    let mut rentals = Vec::new();
+    for (elapsed, _, _) in table {
+        let (rental, _) = w.rent(movie, customer, at).await;
+        w.give_back(movie, rental, customer, at + elapsed).await;
+        rentals.push(rental);
+        at = at + elapsed + Duration::hours(1);
+    }
+
+    // Act
+    w.catch_up_all().await;
+
+    // Assert
+    for (rental, (elapsed, days, cents)) in rentals.into_iter().zip(table) {
+        let row = w.rental(rental).await;
+        assert_eq!(row.status, "charged", "{elapsed}");
+        assert_eq!((row.charge_days, row.charge_cents), (Some(days), Some(cents)), "{elapsed}");
+    }
+    let due = table.iter().map(|(_, _, cents)| cents).sum::<i64>();
+    assert_eq!(w.rentals().balance_due(customer).await.unwrap(), due);
+    assert_eq!(w.movie(movie).await.times_rented, 6);
+}
