@@ -21,6 +21,9 @@ pub struct Config {
     pub log: LogConfig,
     /// `MOVIESTORE_ADMIN`: an admin account created at start when missing.
     pub bootstrap_admin: Option<(String, SecretString)>,
+    /// `MOVIESTORE_PROJECTORS`: whether `serve` also advances the projections (`on`, the
+    /// default) or only answers HTTP (`off`, when `worker` processes do it).
+    pub run_projectors: bool,
 }
 
 /// HTTP listener settings.
@@ -168,6 +171,11 @@ impl Config {
                     Some("json") => LogFormat::Json,
                     Some(other) => bail!("MOVIESTORE_LOG_FORMAT={other:?} is not valid: use pretty or json"),
                 },
+            },
+            run_projectors: match var("MOVIESTORE_PROJECTORS").as_deref() {
+                None | Some("on") | Some("true") => true,
+                Some("off") | Some("false") => false,
+                Some(other) => bail!("MOVIESTORE_PROJECTORS={other:?} is not valid: use on or off"),
             },
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
