@@ -89,7 +89,8 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let (pool, engine) = engine(&config).await?;
     let catalogue = projections::catalogue::CatalogueReader::new(pool.clone());
     let cache = crate::cache::Cache::new(&config.redis);
-    let engine = engine.with_listener(std::sync::Arc::new(crate::refresh::CacheRefresher { cache, catalogue }));
+    let engine =
+        engine.with_listener(std::sync::Arc::new(crate::refresh::CacheRefresher { cache, catalogue }));
     tracing::info!("worker running the projectors");
     println!("worker running");
     engine.run(shutdown_signal()).await?;
@@ -105,7 +106,8 @@ fn read_models(engine: &Engine, only: Option<&str>) -> anyhow::Result<Vec<Arc<dy
         .cloned()
         .collect();
     if chosen.is_empty() {
-        let names: Vec<_> = engine.projections().iter().filter(|p| p.is_read_model()).map(|p| p.name()).collect();
+        let names: Vec<_> =
+            engine.projections().iter().filter(|p| p.is_read_model()).map(|p| p.name()).collect();
         bail!("no read model named {:?}; read models: {}", only.unwrap_or_default(), names.join(", "));
     }
     Ok(chosen)

@@ -146,8 +146,14 @@ impl IntoResponse for ApiError {
             Self::Internal(_) => "an unexpected error occurred; it has been logged".to_string(),
             other => other.to_string(),
         };
+        let body_errors;
         let errors = match &self {
             Self::Validation(errors) => Some(errors),
+            // Every 422 names what is invalid: here the body as a whole.
+            Self::MalformedBody(message) => {
+                body_errors = FieldErrors::from([("body".to_string(), vec![message.clone()])]);
+                Some(&body_errors)
+            }
             _ => None,
         };
         let mut response = problem_with(status, self.kind(), &detail, errors);

@@ -5,7 +5,9 @@
 //! raw [`Body`] (only its size is checked while reading), parsed by the handler once role and
 //! ownership are settled.
 
-use axum::body::Bytes;
+use std::pin::Pin;
+
+use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
@@ -146,6 +148,43 @@ role_guard!(
     Renter, "only customers and admins rent, return and pay", Role::Customer, Role::Admin
 );
 
+/// How much of a request body [`read_body_first`] reads at most; past it the connection is closed.
+const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// Marks a request whose body could not be read (the client went away, a broken chunk).
+#[derive(Debug, Clone, Copy)]
+struct UnreadableBody;
+
+/// Middleware: reads the request body before the handler runs, keeping at most one byte more
+/// than the limit (so [`Body`] still answers 413 in its turn, after 401 and 403) and throwing the
+/// rest away. An answer given without reading the body (401, 403, 413) would otherwise close the
+/// connection with the client's bytes unread, and the client, still sending, would get a
+/// connection reset instead of the answer.
+pub async fn read_body_first(request: Request, next: Next) -> Response {
+    let (mut parts, mut body) = request.into_parts();
+    let keep = crate::startup::MAX_BODY_BYTES + 1;
+    let mut kept = Vec::new();
+    let mut read = 0usize;
+    while read <= DRAIN_LIMIT_BYTES {
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read += data.len();
+                    let room = keep.saturating_sub(kept.len()).min(data.len());
+                    kept.extend_from_slice(&data[..room]);
+                }
+            }
+            Some(Err(_)) => {
+                parts.extensions.insert(UnreadableBody);
+                kept.clear();
+                break;
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(kept))).await
+}
+
 /// A request body, read up to the size limit but not yet parsed: the handler parses it after the
 /// role and ownership checks, as the contract orders them.
 #[derive(Debug, Default)]
@@ -163,6 +202,9 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_ascii_lowercase);
+        if request.extensions().get::<UnreadableBody>().is_some() {
+            return Err(ApiError::MalformedBody("the request body could not be read".into()));
+        }
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(crate::startup::MAX_BODY_BYTES)
@@ -196,9 +238,10 @@ impl Body {
         }
     }
 
-    /// The body as a JSON object, which must be present.
+    /// The body as a JSON object, which the endpoint needs: an empty body is an empty object, so
+    /// the 422 names every required field as missing.
     pub fn required_object(&self) -> Result<Map<String, Value>, ApiError> {
-        self.object()?.ok_or_else(|| ApiError::MalformedBody("a JSON object body is required".into()))
+        Ok(self.object()?.unwrap_or_default())
     }
 }
 

@@ -25,8 +25,8 @@ use projections::rentals::RentalsReader;
 use crate::accounts::Accounts;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::refresh::CacheRefresher;
 use crate::error::problem;
+use crate::refresh::CacheRefresher;
 use crate::state::AppState;
 
 /// The largest request body accepted (413 above it).
@@ -74,7 +74,8 @@ impl App {
         let Self { listener, state } = self;
         let grace = state.config.http.shutdown_grace;
         let pool = state.db.clone();
-        let projectors = tokio::spawn(state.engine.clone().run(shutdown.clone()));
+        let projectors =
+            state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = shutdown.clone();
         let server =
@@ -85,8 +86,10 @@ impl App {
             Ok(joined) => joined.context("server task failed")?.context("server failed")?,
             Err(_) => tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway"),
         }
-        if tokio::time::timeout(grace, projectors).await.is_err() {
-            tracing::warn!("projectors did not stop in time");
+        if let Some(projectors) = projectors {
+            if tokio::time::timeout(grace, projectors).await.is_err() {
+                tracing::warn!("projectors did not stop in time");
+            }
         }
         pool.close().await;
         Ok(())
@@ -120,7 +123,7 @@ pub fn engine(pool: &PgPool, store: &EventStore, plan: &domain::price::PricePlan
 }
 
 /// The router with its layers, outermost first: request id, tracing, sensitive headers, timeout,
-/// panic catching; and the body limit.
+/// panic catching, reading the body; and the body limit.
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.http.request_timeout;
     let layers = ServiceBuilder::new()
@@ -152,7 +155,8 @@ pub fn router(state: AppState) -> Router {
                 "internal",
                 "an unexpected error occurred; it has been logged",
             )
-        }));
+        }))
+        .layer(axum::middleware::from_fn(crate::extract::read_body_first));
     crate::routes::router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -46,6 +46,11 @@ impl Fields {
         self.map.contains_key(field)
     }
 
+    /// Whether no field has been found invalid so far.
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+
     /// Whether the body has no fields at all.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

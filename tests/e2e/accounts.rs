@@ -1,7 +1,7 @@
 //! Accounts over HTTP.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::support::*;
@@ -74,4 +74,298 @@ async fn the_eleventh_failed_login_within_the_window_is_throttled(pool: PgPool) 
     // Another username from the same address is not affected.
     app.customer("maude").await;
     app.login("maude", "password-123").await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn registration_names_every_invalid_missing_or_unknown_field(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let valid = json!({"username": "greg", "email": "greg@example.com", "password": "password-123"});
+    let with = |changes: Value| {
+        let mut body = valid.clone();
+        for (key, value) in changes.as_object().unwrap() {
+            if value.is_null() {
+                body.as_object_mut().unwrap().remove(key);
+            } else {
+                body[key] = value.clone();
+            }
+        }
+        body
+    };
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        ("username of 2 characters", with(json!({"username": "ab"})), &["username"]),
+        ("username of 151 characters", with(json!({"username": "a".repeat(151)})), &["username"]),
+        ("empty username", with(json!({"username": ""})), &["username"]),
+        ("username with a space", with(json!({"username": "greg lebowski"})), &["username"]),
+        ("username with a semicolon", with(json!({"username": "greg;drop"})), &["username"]),
+        ("username with a slash", with(json!({"username": "greg/x"})), &["username"]),
+        ("username with an apostrophe", with(json!({"username": "o'brien"})), &["username"]),
+        ("username that is a number", with(json!({"username": 12345})), &["username"]),
+        ("email without @", with(json!({"email": "greg.example.com"})), &["email"]),
+        ("email without a domain dot", with(json!({"email": "greg@example"})), &["email"]),
+        ("email with a space", with(json!({"email": "greg @example.com"})), &["email"]),
+        ("email with two @", with(json!({"email": "greg@x@example.com"})), &["email"]),
+        ("empty email", with(json!({"email": ""})), &["email"]),
+        ("email that is a list", with(json!({"email": ["greg@example.com"]})), &["email"]),
+        ("password of 7 characters", with(json!({"password": "1234567"})), &["password"]),
+        ("password of 129 characters", with(json!({"password": "p".repeat(129)})), &["password"]),
+        ("password that is a number", with(json!({"password": 12345678})), &["password"]),
+        ("missing email", with(json!({"email": null})), &["email"]),
+        ("null email", json!({"username": "greg", "email": null, "password": "password-123"}), &["email"]),
+        ("missing password", with(json!({"password": null})), &["password"]),
+        ("missing username", with(json!({"username": null})), &["username"]),
+        ("nothing at all", json!({}), &["email", "password", "username"]),
+        ("a role of one's choosing", with(json!({"role": "admin"})), &["role"]),
+        ("an unknown field", with(json!({"nickname": "The Dude"})), &["nickname"]),
+        (
+            "everything wrong at once",
+            json!({"username": "a b", "email": "nope", "password": "short", "is_admin": true}),
+            &["email", "is_admin", "password", "username"],
+        ),
+    ];
+
+    for (case, body, fields) in cases {
+        let response = app.post("/api/v1/auth/register", None, Some(body)).await;
+        assert_invalid(response, fields, case).await;
+    }
+    // None of them made an account.
+    let accounts: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(accounts, 1, "only the bootstrap admin");
+
+    // The bounds themselves are valid.
+    let longest = "a".repeat(150);
+    for (username, password) in [
+        ("abc", "p".repeat(8)),
+        (longest.as_str(), "p".repeat(128)),
+        ("Émile", "password-123".to_string()),
+        ("x.y@z+w-v_u", "password-123".to_string()),
+    ] {
+        let email = format!("{}@example.com", email_local_part(username));
+        let body = json!({"username": username, "email": email, "password": password});
+        let response = app.post("/api/v1/auth/register", None, Some(body)).await;
+        let created = expect_status(response, StatusCode::CREATED).await;
+        assert_eq!(created["user"]["username"], username);
+        assert_eq!(created["user"]["email"], email);
+        assert_eq!(created["user"]["role"], "customer");
+        assert!(created["token"].as_str().is_some_and(|t| !t.is_empty()));
+        app.login(username, &password).await;
+    }
+}
+
+/// A local part for an email made from a username (which may hold `@`).
+fn email_local_part(username: &str) -> String {
+    username.chars().filter(char::is_ascii_alphanumeric).take(60).collect()
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn usernames_and_emails_are_unique_whatever_their_case(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let register = |username: &str, email: &str| {
+        app.post(
+            "/api/v1/auth/register",
+            None,
+            Some(json!({"username": username, "email": email, "password": "password-123"})),
+        )
+    };
+    expect_status(register("Greg", "Greg@Example.com").await, StatusCode::CREATED).await;
+
+    // Act / Assert
+    for username in ["Greg", "greg", "GREG", "gReG"] {
+        let response = register(username, "other@example.com").await;
+        assert_problem_in(response, 409, "username-taken", username).await;
+    }
+    for email in ["Greg@Example.com", "greg@example.com", "GREG@EXAMPLE.COM"] {
+        let response = register("maude", email).await;
+        assert_problem_in(response, 409, "email-taken", email).await;
+    }
+    // The bootstrap admin's username is taken too.
+    let response = register("ADMIN", "admin@example.com").await;
+    assert_problem(response, 409, "username-taken").await;
+    // Field validation comes first: an invalid body is 422 even when the username is taken.
+    let response = register("greg", "not-an-email").await;
+    assert_invalid(response, &["email"], "taken username, bad email").await;
+
+    let accounts: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(accounts, 2, "the admin and Greg");
+    app.login("GREG", "password-123").await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn login_names_missing_and_invalid_fields(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.customer("greg").await;
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        ("nothing", json!({}), &["password", "username"]),
+        ("no password", json!({"username": "greg"}), &["password"]),
+        ("no username", json!({"password": "password-123"}), &["username"]),
+        ("null password", json!({"username": "greg", "password": null}), &["password"]),
+        ("numbers", json!({"username": 1, "password": 2}), &["password", "username"]),
+        (
+            "an unknown field",
+            json!({"username": "greg", "password": "password-123", "remember_me": true}),
+            &["remember_me"],
+        ),
+    ];
+    for (case, body, fields) in cases {
+        let response = app.post("/api/v1/auth/login", None, Some(body)).await;
+        assert_invalid(response, fields, case).await;
+    }
+    let empty = app.raw(reqwest::Method::POST, "/api/v1/auth/login", None, None, "").await;
+    assert_invalid(empty, &["password", "username"], "an empty body").await;
+    // None of them counted as a failed login, and the account is fine.
+    app.login("greg", "password-123").await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_password_change_checks_the_current_one_and_revokes_every_other_token(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let (_, registered) = app.customer("greg").await;
+    let used = app.login("greg", "password-123").await;
+    let other = app.login("greg", "password-123").await;
+    let (_, maude) = app.customer("maude").await;
+    let change = |body: Value| app.post("/api/v1/me/password", Some(&used), Some(body));
+
+    // Act / Assert: refusals change nothing.
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        ("nothing", json!({}), &["current_password", "new_password"]),
+        ("no new password", json!({"current_password": "password-123"}), &["new_password"]),
+        ("no current password", json!({"new_password": "password-456"}), &["current_password"]),
+        (
+            "wrong current password",
+            json!({"current_password": "password-999", "new_password": "password-456"}),
+            &["current_password"],
+        ),
+        (
+            "new password too short",
+            json!({"current_password": "password-123", "new_password": "short"}),
+            &["new_password"],
+        ),
+        (
+            "new password too long",
+            json!({"current_password": "password-123", "new_password": "p".repeat(129)}),
+            &["new_password"],
+        ),
+        (
+            "wrong current password and a new one too short",
+            json!({"current_password": "password-999", "new_password": "short"}),
+            &["current_password", "new_password"],
+        ),
+        (
+            "wrong types",
+            json!({"current_password": 123, "new_password": ["password-456"]}),
+            &["current_password", "new_password"],
+        ),
+        (
+            "an unknown field",
+            json!({"current_password": "password-123", "new_password": "password-456", "confirm": "x"}),
+            &["confirm"],
+        ),
+    ];
+    for (case, body, fields) in cases {
+        assert_invalid(change(body).await, fields, case).await;
+    }
+    for token in [&registered, &used, &other] {
+        expect_status(app.get("/api/v1/me", Some(token)).await, StatusCode::OK).await;
+    }
+
+    // Act: the change itself.
+    let changed = change(json!({"current_password": "password-123", "new_password": "password-456"})).await;
+
+    // Assert
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get("/api/v1/me", Some(&registered)).await, 401, "unauthorized").await;
+    assert_problem(app.get("/api/v1/me", Some(&other)).await, 401, "unauthorized").await;
+    let me = expect_status(app.get("/api/v1/me", Some(&used)).await, StatusCode::OK).await;
+    assert_eq!(me["username"], "greg");
+    // Another account's tokens are untouched.
+    expect_status(app.get("/api/v1/me", Some(&maude)).await, StatusCode::OK).await;
+    let old = app
+        .post("/api/v1/auth/login", None, Some(json!({"username": "greg", "password": "password-123"})))
+        .await;
+    assert_problem(old, 401, "unauthorized").await;
+    let fresh = app.login("greg", "password-456").await;
+    expect_status(app.get("/api/v1/me", Some(&fresh)).await, StatusCode::OK).await;
+    // The token used for the change keeps working for commands too.
+    let again = change(json!({"current_password": "password-456", "new_password": "password-789"})).await;
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get("/api/v1/me", Some(&fresh)).await, 401, "unauthorized").await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn an_admin_changes_a_role_and_it_applies_at_once(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let (greg, greg_token) = app.customer("greg").await;
+    let category = app.category("Comedy").await;
+    let movie = app.movie("Airplane!", &[category]).await;
+    let unknown = uuid::Uuid::now_v7();
+    let path = |id: &dyn std::fmt::Display| format!("/api/v1/admin/users/{id}");
+
+    // Act / Assert: refusals
+    let invalid: Vec<(&str, Value, &[&str])> = vec![
+        ("a role that does not exist", json!({"role": "superuser"}), &["role"]),
+        ("a role in capitals", json!({"role": "Admin"}), &["role"]),
+        ("an empty role", json!({"role": ""}), &["role"]),
+        ("a role that is a number", json!({"role": 1}), &["role"]),
+        ("no role", json!({}), &["role"]),
+        ("a null role", json!({"role": null}), &["role"]),
+        ("an unknown field", json!({"role": "admin", "username": "dude"}), &["username"]),
+    ];
+    for (case, body, fields) in invalid {
+        assert_invalid(app.patch(&path(&greg), Some(&admin), body.clone()).await, fields, case).await;
+        // The body is checked before the account is looked up.
+        let context = format!("{case}, unknown account");
+        assert_invalid(app.patch(&path(&unknown), Some(&admin), body).await, fields, &context).await;
+    }
+    for id in [unknown.to_string(), "not-a-uuid".to_string(), "1".to_string()] {
+        let response = app.patch(&path(&id), Some(&admin), json!({"role": "admin"})).await;
+        assert_problem_in(response, 404, "not-found", &id).await;
+    }
+    let me = expect_status(app.get("/api/v1/me", Some(&greg_token)).await, StatusCode::OK).await;
+    assert_eq!(me["role"], "customer");
+
+    // Act: promote greg to admin.
+    let promoted =
+        expect_status(app.patch(&path(&greg), Some(&admin), json!({"role": "admin"})).await, StatusCode::OK)
+            .await;
+
+    // Assert: a `User`, and greg's existing token now acts as an admin.
+    let mut keys: Vec<&str> = promoted.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["created_at", "email", "id", "role", "username"]);
+    assert_eq!(uuid(&promoted["id"]), greg);
+    assert_eq!(promoted["username"], "greg");
+    assert_eq!(promoted["email"], "greg@example.com");
+    assert_eq!(promoted["role"], "admin");
+    let created = app.post("/api/v1/categories", Some(&greg_token), Some(json!({"name": "Drama"}))).await;
+    expect_status(created, StatusCode::CREATED).await;
+
+    // An auditor may not rent; demoted back to customer, greg may.
+    let demoted = expect_status(
+        app.patch(&path(&greg), Some(&admin), json!({"role": "auditor"})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(demoted["role"], "auditor");
+    let rent = app.post(&format!("/api/v1/movies/{movie}/rent"), Some(&greg_token), None).await;
+    assert_problem(rent, 403, "forbidden").await;
+    let created = app.post("/api/v1/categories", Some(&greg_token), Some(json!({"name": "Noir"}))).await;
+    assert_problem(created, 403, "forbidden").await;
+    let analyst = expect_status(
+        app.patch(&path(&greg), Some(&admin), json!({"role": "analyst"})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(analyst["role"], "analyst");
+    let rent = app.post(&format!("/api/v1/movies/{movie}/rent"), Some(&greg_token), None).await;
+    assert_problem(rent, 403, "forbidden").await;
+    let customer = expect_status(
+        app.patch(&path(&greg), Some(&admin), json!({"role": "customer"})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(customer["role"], "customer");
+    app.rent(movie, &greg_token).await;
 }

@@ -6,6 +6,8 @@
 mod support;
 
 mod accounts;
+mod authorization;
 mod catalogue;
+mod conventions;
 mod process;
 mod renting;

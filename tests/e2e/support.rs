@@ -72,6 +72,14 @@ impl TestApp {
         Self::spawn_with(pool, Options::default()).await
     }
 
+    /// Starts the binary with `MOVIESTORE_PROJECTORS=off`: no projector or process manager runs,
+    /// so a returned rental stays uncharged (pay answers 409 `charge-pending`) for as long as the
+    /// test needs, instead of racing the payments process manager.
+    pub async fn spawn_without_projectors(pool: PgPool) -> Self {
+        let options = Options { extra_env: vec![("MOVIESTORE_PROJECTORS".into(), "off".into())] };
+        Self::spawn_with(pool, options).await
+    }
+
     pub async fn spawn_with(pool: PgPool, options: Options) -> Self {
         let database = pool.connect_options().get_database().expect("test database name").to_string();
         let database_url = database_url(&database);
@@ -137,6 +145,39 @@ impl TestApp {
         self.request(Method::DELETE, path, token, None).await
     }
 
+    /// Sends raw bytes: `content_type` `None` sends no `Content-Type` header.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path)).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Sends a request with this exact `Authorization` header value (`None`: no header at all).
+    pub async fn with_authorization(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: Option<reqwest::header::HeaderValue>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.send().await.expect("request sent")
+    }
+
     /// The bootstrap admin's token (logged in once per test).
     pub async fn admin(&self) -> String {
         if let Some(token) = self.admin_token.get() {
@@ -194,6 +235,15 @@ impl TestApp {
     pub async fn rent(&self, movie: Uuid, token: &str) -> Uuid {
         let response = self.post(&format!("/api/v1/movies/{movie}/rent"), Some(token), None).await;
         uuid(&expect_status(response, StatusCode::CREATED).await["rental_id"])
+    }
+
+    /// The id of an account, by username.
+    pub async fn user_id(&self, username: &str) -> Uuid {
+        sqlx::query_scalar("select user_id from users where lower(username) = lower($1)")
+            .bind(username)
+            .fetch_one(&self.pool)
+            .await
+            .expect("user")
     }
 
     /// Event rows of one stream, oldest first: (event_type, payload, metadata).
@@ -299,17 +349,59 @@ pub async fn expect_status(response: Response, status: StatusCode) -> Value {
 }
 
 /// Asserts a problem+json answer with this status and slug; returns the document.
+///
+/// Also checks what the conventions promise of every problem: a 401 carries `WWW-Authenticate`,
+/// a 422 names at least one field in `errors`, and every answer echoes an `x-request-id`.
 pub async fn assert_problem(response: Response, status: u16, slug: &str) -> Value {
+    assert_problem_in(response, status, slug, "").await
+}
+
+/// [`assert_problem`] for one row of a table: `context` names the row in every failure message.
+pub async fn assert_problem_in(response: Response, status: u16, slug: &str, context: &str) -> Value {
     let actual = response.status().as_u16();
-    let content_type =
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = header("content-type").unwrap_or_default();
+    let www_authenticate = header("www-authenticate");
+    let request_id = header("x-request-id");
     let text = response.text().await.unwrap_or_default();
-    assert_eq!(actual, status, "unexpected status; body: {text}");
-    assert_eq!(content_type, "application/problem+json", "body: {text}");
+    assert_eq!(actual, status, "{context}: unexpected status; body: {text}");
+    assert_eq!(content_type, "application/problem+json", "{context}: body: {text}");
     let body: Value = serde_json::from_str(&text).expect("problem is JSON");
     let kind = body["type"].as_str().unwrap_or_default();
-    assert!(kind.ends_with(&format!("/{slug}")), "expected type .../{slug}, got {kind}");
-    assert_eq!(body["status"], status, "problem status field");
-    assert!(body["title"].is_string() && body["detail"].is_string(), "title and detail: {text}");
+    assert!(kind.ends_with(&format!("/{slug}")), "{context}: expected type .../{slug}, got {kind}");
+    assert_eq!(body["status"], status, "{context}: problem status field");
+    assert!(body["title"].is_string() && body["detail"].is_string(), "{context}: title and detail: {text}");
+    assert!(request_id.is_some_and(|id| !id.is_empty()), "{context}: x-request-id on every answer");
+    if status == 401 {
+        let challenge = www_authenticate.unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer"),
+            "{context}: 401 needs WWW-Authenticate: Bearer, got {challenge:?}"
+        );
+    }
+    if status == 422 {
+        let named = body["errors"].as_object().is_some_and(|errors| {
+            !errors.is_empty()
+                && errors.values().all(|messages| messages.as_array().is_some_and(|m| !m.is_empty()))
+        });
+        assert!(named, "{context}: a 422 names every invalid field in errors: {text}");
+    }
     body
+}
+
+/// The fields a 422 names in `errors`, sorted.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    let mut fields: Vec<String> =
+        problem["errors"].as_object().map(|errors| errors.keys().cloned().collect()).unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+/// Asserts a 422 `validation-failed` naming exactly these fields; `context` names the table row.
+pub async fn assert_invalid(response: Response, fields: &[&str], context: &str) -> Value {
+    let problem = assert_problem_in(response, 422, "validation-failed", context).await;
+    let mut expected: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+    expected.sort();
+    assert_eq!(error_fields(&problem), expected, "{context}: {problem}");
+    problem
 }

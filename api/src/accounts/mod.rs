@@ -208,6 +208,12 @@ impl Accounts {
         store::delete_token(&self.pool, token_hash).await
     }
 
+    /// Whether `password` is the account's current password.
+    pub async fn check_password(&self, user_id: Uuid, password: SecretString) -> Result<bool, sqlx::Error> {
+        let stored = store::password_hash(&self.pool, user_id).await?;
+        Ok(self.passwords.verify(password, stored).await?.valid)
+    }
+
     /// Changes a password after checking the current one; every other token of the account is
     /// revoked. `Ok(false)` when the current password is wrong.
     pub async fn change_password(

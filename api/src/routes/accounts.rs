@@ -94,13 +94,22 @@ async fn change_password(
         validate_password(&password)?;
         Ok(SecretString::from(password))
     });
+    if let (Some(current), Some(new)) = (&current, &new) {
+        if current.expose_secret() == new.expose_secret() {
+            f.error("new_password", "must differ from the current password");
+        }
+    }
+    // A wrong current password is named together with every other invalid field; when the rest
+    // is valid, the change itself checks it.
+    if let Some(current) = current.as_ref().filter(|_| !f.is_valid()) {
+        if !state.accounts.check_password(caller.user.id, current.clone()).await? {
+            f.error("current_password", "is not correct");
+        }
+    }
     f.finish()?;
     let (Some(current), Some(new)) = (current, new) else {
         unreachable!("finish() fails when a required field is missing")
     };
-    if current.expose_secret() == new.expose_secret() {
-        return Err(ApiError::field("new_password", "must differ from the current password"));
-    }
     let changed = state.accounts.change_password(caller.user.id, &caller.token_hash, current, new).await?;
     if !changed {
         return Err(ApiError::field("current_password", "is not correct"));

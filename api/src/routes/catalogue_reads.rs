@@ -24,7 +24,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/movies/{id}", get(movie))
 }
 
-async fn categories(State(state): State<AppState>, _caller: AuthUser, params: Params) -> Result<Response, ApiError> {
+async fn categories(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    params: Params,
+) -> Result<Response, ApiError> {
     read_your_writes(&state, &params, &[catalogue::NAME]).await?;
     let items = state.catalogue.categories().await?;
     Ok(Json(json!({ "items": items })).into_response())
@@ -38,7 +42,11 @@ struct MovieCursor {
 
 const MAX_SEARCH_WORDS: usize = 10;
 
-async fn movies(State(state): State<AppState>, _caller: AuthUser, params: Params) -> Result<Response, ApiError> {
+async fn movies(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    params: Params,
+) -> Result<Response, ApiError> {
     let limit = params.limit()?;
     let after: Option<MovieCursor> = params.cursor()?;
     let available = match params.get("available") {
@@ -96,11 +104,9 @@ async fn movie(
 }
 
 fn json_with_cache(body: String, cache: &'static str) -> Response {
-    let mut response = (
-        [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response();
+    let mut response =
+        ([(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+            .into_response();
     response.headers_mut().insert("x-cache", HeaderValue::from_static(cache));
     response
 }

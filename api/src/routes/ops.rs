@@ -19,8 +19,7 @@ async fn health() -> Json<serde_json::Value> {
 
 /// 200 when PostgreSQL answers, else 503; the body tells each dependency's state.
 async fn ready(State(state): State<AppState>) -> Response {
-    let (projections, redis) =
-        tokio::join!(projections::engine::checkpoints(&state.db), state.cache.is_up());
+    let (projections, redis) = tokio::join!(projections::engine::checkpoints(&state.db), state.cache.is_up());
     let postgres = projections.is_ok();
     let projectors: Vec<_> = projections
         .unwrap_or_default()

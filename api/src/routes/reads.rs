@@ -79,7 +79,11 @@ pub fn cursor<T: Serialize>(value: &T) -> String {
 
 /// Waits, when the request asks for it, until the named projections have applied `min_position`.
 /// Returns whether a wait was asked for (such reads skip the cache).
-pub async fn read_your_writes(state: &AppState, params: &Params, projections: &[&str]) -> Result<bool, ApiError> {
+pub async fn read_your_writes(
+    state: &AppState,
+    params: &Params,
+    projections: &[&str],
+) -> Result<bool, ApiError> {
     let Some(position) = params.min_position()? else { return Ok(false) };
     if position == 0 {
         return Ok(true);

@@ -72,8 +72,11 @@ async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -
     read_your_writes(&state, &params, &[rentals::NAME]).await?;
     let filter = RentalFilter { customer, status, after: after.map(|c| (c.r, c.i)), limit };
     let (rows, more) = page(state.rentals.rentals(&filter).await?, limit);
-    let next =
-        if more { rows.last().map(|last| cursor(&RentalCursor { r: last.rented_at, i: last.rental_id })) } else { None };
+    let next = if more {
+        rows.last().map(|last| cursor(&RentalCursor { r: last.rented_at, i: last.rental_id }))
+    } else {
+        None
+    };
     let items: Vec<_> = rows.iter().map(views::rental).collect();
     Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
 }

@@ -1,0 +1,187 @@
+//! Roles and ownership (403), and that 403 comes before anything about the body or the resource.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::support::*;
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn customers_auditors_and_analysts_are_refused_every_admin_endpoint(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let (greg, customer) = app.customer("greg").await;
+    let (_, auditor) = app.staff("audrey", "auditor").await;
+    let (_, analyst) = app.staff("annie", "analyst").await;
+    let category = app.category("Comedy").await;
+    let movie = app.movie("Airplane!", &[category]).await;
+    let unknown = Uuid::now_v7();
+    let endpoints: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::POST, "/api/v1/categories".into(), Some(json!({"name": "Drama"}))),
+        (Method::PATCH, format!("/api/v1/categories/{category}"), Some(json!({"name": "Drama"}))),
+        (Method::PATCH, format!("/api/v1/categories/{unknown}"), Some(json!({"name": "Drama"}))),
+        (Method::PATCH, "/api/v1/categories/not-a-uuid".into(), Some(json!({"name": "Drama"}))),
+        (Method::POST, "/api/v1/movies".into(), Some(movie_body("Heat", &[category]))),
+        (Method::PATCH, format!("/api/v1/movies/{movie}"), Some(json!({"title": "Airplane II"}))),
+        (Method::PATCH, format!("/api/v1/movies/{unknown}"), Some(json!({"title": "Airplane II"}))),
+        (Method::DELETE, format!("/api/v1/movies/{movie}"), None),
+        (Method::DELETE, format!("/api/v1/movies/{unknown}"), None),
+        (Method::DELETE, "/api/v1/movies/not-a-uuid".into(), None),
+        (Method::PATCH, format!("/api/v1/admin/users/{greg}"), Some(json!({"role": "admin"}))),
+        (Method::PATCH, format!("/api/v1/admin/users/{unknown}"), Some(json!({"role": "admin"}))),
+        (Method::PATCH, "/api/v1/admin/users/not-a-uuid".into(), Some(json!({"role": "admin"}))),
+    ];
+    let bad_bodies: [(Option<&str>, &str); 4] = [
+        (Some("application/json"), r#"{"name": "#),
+        (Some("application/json"), r#"{"title": "", "role": "god", "unknown": 1}"#),
+        (Some("text/plain"), "hello"),
+        (None, "hello"),
+    ];
+
+    for (role, token) in [("customer", &customer), ("auditor", &auditor), ("analyst", &analyst)] {
+        for (method, path, body) in &endpoints {
+            // Act
+            let response = app.request(method.clone(), path, Some(token), body.clone()).await;
+
+            // Assert
+            let context = format!("{role} {method} {path}");
+            assert_problem_in(response, 403, "forbidden", &context).await;
+            // The role is checked before the body is even read.
+            for (content_type, bad) in bad_bodies {
+                let response = app.raw(method.clone(), path, Some(token), content_type, bad).await;
+                let context = format!("{context} with {content_type:?} {bad:?}");
+                assert_problem_in(response, 403, "forbidden", &context).await;
+            }
+        }
+    }
+
+    // Nothing changed: one category, one movie, still rentable; greg is still a customer.
+    assert_eq!(app.events_of("category", category).await.len(), 1);
+    assert_eq!(app.events_of("movie", movie).await.len(), 1);
+    let rented = app.post(&format!("/api/v1/movies/{movie}/rent"), Some(&customer), None).await;
+    expect_status(rented, StatusCode::CREATED).await;
+    let categories: i64 = sqlx::query_scalar("select count(*) from events where aggregate_type = 'category'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(categories, 1);
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn auditors_and_analysts_cannot_rent_return_or_pay(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let (greg, customer) = app.customer("greg").await;
+    let (_, auditor) = app.staff("audrey", "auditor").await;
+    let (_, analyst) = app.staff("annie", "analyst").await;
+    let category = app.category("Comedy").await;
+    let free = app.movie("Airplane!", &[category]).await;
+    let rented = app.movie("Top Secret!", &[category]).await;
+    let rental = app.rent(rented, &customer).await;
+    let unknown = Uuid::now_v7();
+    let attempts: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::POST, format!("/api/v1/movies/{free}/rent"), None),
+        (Method::POST, format!("/api/v1/movies/{free}/rent"), Some(json!({}))),
+        (Method::POST, format!("/api/v1/movies/{free}/rent"), Some(json!({"customer_id": greg}))),
+        (Method::POST, format!("/api/v1/movies/{unknown}/rent"), None),
+        (Method::POST, "/api/v1/movies/not-a-uuid/rent".into(), None),
+        (Method::POST, format!("/api/v1/rentals/{rental}/return"), None),
+        (Method::POST, format!("/api/v1/rentals/{rental}/return"), Some(json!({"returned_at": "x"}))),
+        (Method::POST, format!("/api/v1/rentals/{unknown}/return"), None),
+        (Method::POST, format!("/api/v1/rentals/{rental}/pay"), Some(json!({"amount_cents": 100}))),
+        (Method::POST, format!("/api/v1/rentals/{rental}/pay"), Some(json!({"amount_cents": -1}))),
+        (Method::POST, format!("/api/v1/rentals/{unknown}/pay"), Some(json!({"amount_cents": 100}))),
+        (Method::POST, "/api/v1/rentals/not-a-uuid/pay".into(), None),
+    ];
+
+    for (role, token) in [("auditor", &auditor), ("analyst", &analyst)] {
+        for (method, path, body) in &attempts {
+            // Act
+            let response = app.request(method.clone(), path, Some(token), body.clone()).await;
+
+            // Assert
+            assert_problem_in(response, 403, "forbidden", &format!("{role} {method} {path} {body:?}")).await;
+        }
+        let not_json = app
+            .raw(Method::POST, &format!("/api/v1/rentals/{rental}/pay"), Some(token), Some("text/plain"), "1")
+            .await;
+        assert_problem_in(not_json, 403, "forbidden", &format!("{role} pay with a text body")).await;
+    }
+
+    // Nothing changed: the free movie is still free, the rental still greg's and active.
+    let kinds: Vec<String> =
+        app.events_of("movie", rented).await.into_iter().map(|(kind, _, _)| kind).collect();
+    assert_eq!(kinds, ["MovieAdded", "MovieRented"]);
+    assert_eq!(app.events_of("movie", free).await.len(), 1);
+    let returned = app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&customer), None).await;
+    expect_status(returned, StatusCode::OK).await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_customer_cannot_act_for_someone_else_or_back_date(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let (greg, greg_token) = app.customer("greg").await;
+    let (maude, maude_token) = app.customer("maude").await;
+    let category = app.category("Comedy").await;
+    let free = app.movie("Airplane!", &[category]).await;
+    let rented = app.movie("Top Secret!", &[category]).await;
+    let rental = app.rent(rented, &greg_token).await;
+    let unknown = Uuid::now_v7();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+
+    // Act / Assert: fields only an admin may pass, whatever their values.
+    for (path, body) in [
+        (format!("/api/v1/movies/{free}/rent"), json!({"customer_id": maude})),
+        (format!("/api/v1/movies/{free}/rent"), json!({"customer_id": greg})),
+        (format!("/api/v1/movies/{free}/rent"), json!({"rented_at": yesterday})),
+        (format!("/api/v1/movies/{free}/rent"), json!({"customer_id": greg, "rented_at": yesterday})),
+        (format!("/api/v1/movies/{free}/rent"), json!({"customer_id": "not-a-uuid", "rented_at": 5})),
+        (format!("/api/v1/movies/{free}/rent"), json!({"customer_id": maude, "unknown": true})),
+        (format!("/api/v1/movies/{unknown}/rent"), json!({"customer_id": maude})),
+        (format!("/api/v1/movies/{rented}/rent"), json!({"customer_id": maude})),
+        (format!("/api/v1/rentals/{rental}/return"), json!({"returned_at": yesterday})),
+        (format!("/api/v1/rentals/{rental}/return"), json!({"returned_at": "garbage"})),
+    ] {
+        let response = app.post(&path, Some(&greg_token), Some(body.clone())).await;
+        assert_problem_in(response, 403, "forbidden", &format!("greg POST {path} {body}")).await;
+    }
+
+    // Act / Assert: someone else's rental, with good and bad bodies alike.
+    let return_path = format!("/api/v1/rentals/{rental}/return");
+    let pay_path = format!("/api/v1/rentals/{rental}/pay");
+    let attempts: Vec<(&str, Option<&str>, String)> = vec![
+        (&return_path, None, String::new()),
+        (&return_path, Some("application/json"), "{}".into()),
+        (&return_path, Some("application/json"), json!({"returned_at": yesterday}).to_string()),
+        (&return_path, Some("application/json"), "{".into()),
+        (&return_path, Some("text/plain"), "please".into()),
+        (&pay_path, Some("application/json"), json!({"amount_cents": 100}).to_string()),
+        (&pay_path, Some("application/json"), json!({"amount_cents": -5}).to_string()),
+        (&pay_path, Some("application/json"), json!({"amount_cents": "lots"}).to_string()),
+        (&pay_path, Some("application/json"), json!({"tip": 1}).to_string()),
+        (&pay_path, Some("application/json"), "[1, 2".into()),
+        (&pay_path, Some("application/x-www-form-urlencoded"), "amount_cents=100".into()),
+        (&pay_path, None, String::new()),
+    ];
+    for (path, content_type, body) in attempts {
+        let response = app.raw(Method::POST, path, Some(&maude_token), content_type, body.clone()).await;
+        let context = format!("maude POST {path} {content_type:?} {body:?}");
+        assert_problem_in(response, 403, "forbidden", &context).await;
+    }
+
+    // Nothing changed: greg's rental is still active and his alone; the free movie is free.
+    let kinds: Vec<String> =
+        app.events_of("movie", rented).await.into_iter().map(|(kind, _, _)| kind).collect();
+    assert_eq!(kinds, ["MovieAdded", "MovieRented"]);
+    assert_eq!(app.events_of("movie", free).await.len(), 1);
+    let returned = app.post(&return_path, Some(&greg_token), None).await;
+    let returned = expect_status(returned, StatusCode::OK).await;
+    assert_eq!(uuid(&returned["customer_id"]), greg);
+    // Even after the return the rental stays greg's.
+    let pay = app.post(&pay_path, Some(&maude_token), Some(json!({"amount_cents": 100}))).await;
+    assert_problem(pay, 403, "forbidden").await;
+    let again = app.post(&return_path, Some(&maude_token), None).await;
+    assert_problem(again, 403, "forbidden").await;
+}
