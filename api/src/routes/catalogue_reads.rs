@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::reads::{cursor, page, read_your_writes, Params};
+use super::reads::{page, read_your_writes, Params};
 use super::views;
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PathId};
@@ -75,14 +75,8 @@ async fn movies(
         },
     };
     let filter = MovieFilter { category, words, available, after: after.map(|c| (c.t, c.i)), limit };
-    let (rows, more) = page(state.catalogue.movies(&filter).await?, limit);
-    let next = if more {
-        rows.last().map(|last| cursor(&MovieCursor { t: last.title.clone(), i: last.movie_id }))
-    } else {
-        None
-    };
-    let items: Vec<_> = rows.iter().map(views::movie_summary).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+    let rows = state.catalogue.movies(&filter).await?;
+    Ok(page(rows, limit, |m| MovieCursor { t: m.title.clone(), i: m.movie_id }, views::movie_summary))
 }
 
 async fn movie(

@@ -101,9 +101,18 @@ pub async fn read_your_writes(
     }
 }
 
-/// Splits a page fetched with one extra row into the page and whether there is a next one.
-pub fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+/// The contract's page, `{"items": [...], "next_cursor": ...}`, from rows fetched with one extra
+/// row when there is a next page; the cursor is made from the last row shown.
+pub fn page<T, C: Serialize>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor_of: impl Fn(&T) -> C,
+    view: impl Fn(&T) -> serde_json::Value,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    (rows, more)
+    let next = if more { rows.last().map(|last| cursor(&cursor_of(last))) } else { None };
+    let items: Vec<_> = rows.iter().map(view).collect();
+    axum::Json(serde_json::json!({ "items": items, "next_cursor": next })).into_response()
 }

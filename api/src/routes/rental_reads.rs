@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::reads::{cursor, page, read_your_writes, Params};
+use super::reads::{page, read_your_writes, Params};
 use super::views;
 use crate::accounts::Role;
 use crate::error::ApiError;
@@ -71,14 +71,8 @@ async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -
     };
     read_your_writes(&state, &params, &[rentals::NAME]).await?;
     let filter = RentalFilter { customer, status, after: after.map(|c| (c.r, c.i)), limit };
-    let (rows, more) = page(state.rentals.rentals(&filter).await?, limit);
-    let next = if more {
-        rows.last().map(|last| cursor(&RentalCursor { r: last.rented_at, i: last.rental_id }))
-    } else {
-        None
-    };
-    let items: Vec<_> = rows.iter().map(views::rental).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": next })).into_response())
+    let rows = state.rentals.rentals(&filter).await?;
+    Ok(page(rows, limit, |r| RentalCursor { r: r.rented_at, i: r.rental_id }, views::rental))
 }
 
 async fn me(State(state): State<AppState>, caller: AuthUser, params: Params) -> Result<Response, ApiError> {

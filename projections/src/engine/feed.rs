@@ -23,37 +23,34 @@ pub async fn read_batch(
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "select position, transaction_id::text::bigint as xid, event_id, aggregate_type, aggregate_id,
-                sequence, event_type, event_version, payload, metadata, recorded_at
-           from events
-          where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-            and (transaction_id, position) > ($1::text::xid8, $2)
-          order by transaction_id, position
-          limit $3",
-    )
-    .bind(after.xid.to_string())
-    .bind(after.position)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    read(conn, after, limit, "metadata").await
 }
 
-/// [`read_batch`] without the metadata column (`null`), for replays of read models.
+/// [`read_batch`] without the metadata column (`null`), for replays of read models, which do not
+/// use it.
 pub async fn read_batch_without_metadata(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(
+    read(conn, after, limit, "'null'::jsonb").await
+}
+
+async fn read(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+    metadata: &str,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
         "select position, transaction_id::text::bigint as xid, event_id, aggregate_type, aggregate_id,
-                sequence, event_type, event_version, payload, 'null'::jsonb as metadata, recorded_at
+                sequence, event_type, event_version, payload, {metadata} as metadata, recorded_at
            from events
           where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
             and (transaction_id, position) > ($1::text::xid8, $2)
           order by transaction_id, position
-          limit $3",
-    )
+          limit $3"
+    ))
     .bind(after.xid.to_string())
     .bind(after.position)
     .bind(limit)
