@@ -55,32 +55,38 @@ const MAX_EXACT_REVISION: i64 = 1 << 53;
 /// The compare-and-set write. Running in Redis makes the read of `rev` and the write one atomic step.
 ///
 /// KEYS[1]: the movie's entry. ARGV[1]: revision, ARGV[2]: body, ARGV[3]: TTL in seconds,
-/// ARGV[4]: `put` (a reader filling the cache) or `refresh` (the projector after a commit),
-/// ARGV[5]: the TTL of a floor.
+/// ARGV[4]: the mode, ARGV[5]: the TTL of a floor. Modes:
+/// - `put`: a reader fills the cache with the row it read;
+/// - `floor`: the projector, before committing a change, lowers the entry to a body-less *floor*
+///   at the new revision (remembering with `hot` whether it was cached), so reads miss and no
+///   reader can store an older revision;
+/// - `refresh`: the projector, after the commit, writes the new body where the movie was cached
+///   (a body or a hot floor); elsewhere it leaves a floor.
 ///
-/// An entry without `body` is a *floor*: the projector's refresh of a movie nobody has cached
-/// records only the newest revision, so no reader can then store an older one, while the next
-/// reader still misses and fills the cache with a body of that revision or newer.
-///
-/// Returns 1 when a body was written, 2 when only a floor was written or raised, 0 when the entry
-/// already holds a newer revision, or the same revision with a body.
+/// Returns 1 when a body was written, 2 when a floor was written, 0 when the entry already holds a
+/// newer revision, or the same revision with a body (or, for `floor`, the same floor).
 const PUT_SCRIPT: &str = r"
 local incoming = tonumber(ARGV[1])
-local refresh = ARGV[4] == 'refresh'
+local mode = ARGV[4]
 local kind = redis.call('TYPE', KEYS[1]).ok
-local has_body = false
+local has_body, hot = false, false
 if kind == 'hash' then
   local current = tonumber(redis.call('HGET', KEYS[1], 'rev'))
   has_body = redis.call('HEXISTS', KEYS[1], 'body') == 1
-  if current ~= nil and (current > incoming or (current == incoming and has_body)) then
+  hot = redis.call('HEXISTS', KEYS[1], 'hot') == 1
+  if current ~= nil and (current > incoming or (current == incoming and (has_body or mode == 'floor'))) then
     return 0
   end
 end
 -- Start from an empty key: a value of another type or shape (say, a left-over of an older
 -- release) is only a stale cache entry.
 redis.call('DEL', KEYS[1])
-if refresh and not has_body then
-  redis.call('HSET', KEYS[1], 'rev', ARGV[1])
+if mode == 'floor' or (mode == 'refresh' and not has_body and not hot) then
+  if mode == 'floor' and (has_body or hot) then
+    redis.call('HSET', KEYS[1], 'rev', ARGV[1], 'hot', '1')
+  else
+    redis.call('HSET', KEYS[1], 'rev', ARGV[1])
+  end
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   return 2
 end
@@ -170,12 +176,19 @@ impl Cache {
         self.write(movie_id, revision, body, "put").await == Some(1)
     }
 
-    /// The projector's refresh after a commit: a cached movie gets the new body; a movie nobody
-    /// has cached gets only a floor at this revision (so a reader that read the row before the
-    /// commit cannot store it), and the next read misses and fills the cache. Returns whether a
-    /// body was written.
+    /// The projector's refresh after a commit: a movie that was cached (a body, or a floor that
+    /// replaced one) gets the new body; a movie nobody has cached gets only a floor at this
+    /// revision (so a reader that read the row before the commit cannot store it), and the next
+    /// read misses and fills the cache. Returns whether a body was written.
     pub async fn refresh_movie(&self, movie_id: Uuid, revision: i64, body: &str) -> bool {
         self.write(movie_id, revision, body, "refresh").await == Some(1)
+    }
+
+    /// The projector's step before committing a change: the entry becomes a body-less floor at
+    /// the new revision, so reads miss (and fill from the new row once it is committed) and no
+    /// reader can store an older revision. Returns whether the floor was written.
+    pub async fn floor_movie(&self, movie_id: Uuid, revision: i64) -> bool {
+        self.write(movie_id, revision, "", "floor").await == Some(2)
     }
 
     async fn write(&self, movie_id: Uuid, revision: i64, body: &str, mode: &str) -> Option<i64> {
@@ -702,6 +715,34 @@ mod tests {
         assert!(cache.refresh_movie(id, 4, "{\"v\":4}").await);
         assert_eq!(cache.get_movie(id).await.as_deref(), Some("{\"v\":4}"));
         assert!(!cache.refresh_movie(id, 4, "{\"v\":4}").await, "the same revision again changes nothing");
+        cleanup(&mut raw(&url).await, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn a_floor_before_the_commit_hides_the_old_body_and_the_refresh_fills_it_again() {
+        let (url, prefix) = (redis_url(), unique_prefix());
+        let cache = cache_at(&url, &prefix);
+        let id = Uuid::now_v7();
+        assert!(cache.put_movie(id, 5, "{\"v\":5}").await);
+        assert!(cache.floor_movie(id, 6).await, "the projector floors before its commit");
+        assert_eq!(cache.get_movie(id).await, None, "no read serves the replaced body");
+        assert!(!cache.put_movie(id, 5, "{\"v\":5}").await, "a reader of the old row cannot put it back");
+        assert!(cache.refresh_movie(id, 6, "{\"v\":6}").await, "the movie was cached: refreshed");
+        assert_eq!(cache.get_movie(id).await.as_deref(), Some("{\"v\":6}"));
+        assert!(!cache.floor_movie(id, 6).await, "a floor never lowers an entry already at that revision");
+        cleanup(&mut raw(&url).await, &prefix).await;
+    }
+
+    #[tokio::test]
+    async fn a_floor_on_an_uncached_movie_stays_cold_and_lets_the_next_reader_fill_it() {
+        let (url, prefix) = (redis_url(), unique_prefix());
+        let cache = cache_at(&url, &prefix);
+        let id = Uuid::now_v7();
+        assert!(cache.floor_movie(id, 3).await);
+        assert!(!cache.refresh_movie(id, 3, "{\"v\":3}").await, "nobody cached it: it stays a floor");
+        assert_eq!(cache.get_movie(id).await, None);
+        assert!(cache.put_movie(id, 3, "{\"v\":3}").await, "the next reader fills it");
+        assert_eq!(cache.get_movie(id).await.as_deref(), Some("{\"v\":3}"));
         cleanup(&mut raw(&url).await, &prefix).await;
     }
 }

@@ -1,7 +1,11 @@
-//! Keeps the movie-details cache fresh: after the catalogue projection commits, every movie it
-//! changed is refreshed in Redis at its new revision (a compare-and-set): a cached entry gets the
-//! new body, an uncached one a floor, so a reader racing with an older row can never put it back.
-//! Refreshing rather than deleting is what closes that race.
+//! Keeps the movie-details cache from serving what the catalogue projection replaces.
+//!
+//! Before a batch commits, every movie it changed is lowered in Redis to a body-less *floor* at
+//! the row's new revision: from then on reads miss, and no reader can store a revision older than
+//! the floor. So once the checkpoint has passed a command, no plain read shows the state before it.
+//! After the commit, movies that were cached are refreshed with their new body (a compare-and-set
+//! on the revision), so popular entries stay warm. Deleting instead would let a reader that read
+//! the old row put it back.
 
 use projections::catalogue::{self, CatalogueReader};
 use projections::engine::{BoxFuture, Listener, Touched};
@@ -18,12 +22,24 @@ pub struct CacheRefresher {
 }
 
 impl Listener for CacheRefresher {
+    fn committing<'a>(&'a self, projection: &'a str, touched: &'a Touched) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if projection != catalogue::NAME {
+                return;
+            }
+            for (movie, revision) in &touched.movies {
+                self.cache.floor_movie(*movie, *revision).await;
+            }
+        })
+    }
+
     fn committed<'a>(&'a self, projection: &'a str, touched: &'a Touched) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if projection != catalogue::NAME || touched.movies.is_empty() {
                 return;
             }
-            match self.catalogue.movies_by_id(&touched.movies).await {
+            let ids: Vec<_> = touched.movies.iter().map(|(id, _)| *id).collect();
+            match self.catalogue.movies_by_id(&ids).await {
                 Ok(rows) => {
                     for row in rows {
                         self.cache

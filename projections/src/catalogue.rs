@@ -342,7 +342,7 @@ async fn apply_batch(
     fold(&mut rows, changes)?;
     write(conn, &rows, true).await?;
     for id in &rows.dirty_movies {
-        touched.movie(*id);
+        touched.movie(*id, rows.movies[id].revision);
     }
     Ok(())
 }

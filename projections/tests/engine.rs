@@ -89,6 +89,21 @@ async fn recorded(pool: &PgPool) -> Vec<(i64, i64)> {
     sqlx::query_as("select position, xid from read.seen order by ord").fetch_all(pool).await.unwrap()
 }
 
+/// Catches up until the recorder has seen `count` events. The horizon is cluster-wide: a write
+/// transaction of a test running in parallel (in another database) can hold a batch back for a
+/// moment, so one catch-up may stop short.
+async fn catch_up_to(engine: &Engine, pool: &PgPool, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        engine.catch_up("recorder").await.unwrap();
+        if recorded(pool).await.len() >= count {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the recorder never reached {count} events");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn an_event_committed_late_is_not_skipped_as_a_naive_reader_skips_it(pool: PgPool) {
     // Arrange: A appends first but commits last; B appends after A and commits at once.
@@ -107,7 +122,7 @@ async fn an_event_committed_late_is_not_skipped_as_a_naive_reader_skips_it(pool:
     let held_back = engine.catch_up("recorder").await.unwrap();
     a.commit().await.unwrap();
     naive_read(&pool, &mut naive_after, &mut naive_seen).await;
-    engine.catch_up("recorder").await.unwrap();
+    catch_up_to(&engine, &pool, 2).await;
 
     // Assert
     assert_eq!(naive_seen, vec![late], "the naive reader skipped the late commit for good");
@@ -200,7 +215,19 @@ async fn a_batch_and_its_checkpoint_commit_together_and_a_second_process_waits_i
     assert_eq!(engine.run_batch(&Recorder).await.unwrap(), BatchOutcome::Busy);
     holder.rollback().await.unwrap();
 
-    assert_eq!(engine.run_batch(&Recorder).await.unwrap(), BatchOutcome::Applied(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match engine.run_batch(&Recorder).await.unwrap() {
+            BatchOutcome::Applied(0) | BatchOutcome::Busy => {
+                assert!(std::time::Instant::now() < deadline, "the event was never applied");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            applied => {
+                assert_eq!(applied, BatchOutcome::Applied(1));
+                break;
+            }
+        }
+    }
     assert_eq!(engine.run_batch(&Recorder).await.unwrap(), BatchOutcome::Applied(0));
     let (position,): (i64,) =
         sqlx::query_as("select last_position from projection_checkpoint where name = 'recorder'")

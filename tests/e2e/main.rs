@@ -10,4 +10,6 @@ mod authorization;
 mod catalogue;
 mod conventions;
 mod process;
+mod read_side;
 mod renting;
+mod resilience;

@@ -77,19 +77,25 @@ impl StoredEvent {
     }
 }
 
-/// What a batch changed that caches outside the database must hear about after the commit.
+/// What a batch changed that caches outside the database must hear about.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Touched {
-    /// Movies whose details row changed.
-    pub movies: Vec<Uuid>,
+    /// Movies whose details row changed, with the row's new revision.
+    pub movies: Vec<(Uuid, i64)>,
 }
 
 impl Touched {
-    /// Notes a changed movie.
-    pub fn movie(&mut self, id: Uuid) {
-        if !self.movies.contains(&id) {
-            self.movies.push(id);
+    /// Notes a changed movie and its row's new revision.
+    pub fn movie(&mut self, id: Uuid, revision: i64) {
+        match self.movies.iter_mut().find(|(m, _)| *m == id) {
+            Some((_, known)) => *known = (*known).max(revision),
+            None => self.movies.push((id, revision)),
         }
+    }
+
+    /// Whether nothing was noted.
+    pub fn is_empty(&self) -> bool {
+        self.movies.is_empty()
     }
 }
 

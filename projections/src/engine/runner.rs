@@ -12,8 +12,12 @@ use super::feed::{checkpoint, ensure_checkpoints, read_batch, Checkpoint};
 use super::{Projection, ProjectionError, Touched};
 use crate::store::EVENTS_CHANNEL;
 
-/// Told, after a batch commits, what it changed (e.g. to refresh a cache).
+/// Told what a batch changed, around its commit (e.g. to keep a cache from serving stale rows).
 pub trait Listener: Send + Sync + 'static {
+    /// Called just before the commit of a batch that changed something, while its transaction
+    /// still holds the projection's lock: a cache must stop serving what the batch replaces.
+    fn committing<'a>(&'a self, projection: &'a str, touched: &'a Touched) -> super::BoxFuture<'a, ()>;
+
     /// Called after the commit of a batch that changed something.
     fn committed<'a>(&'a self, projection: &'a str, touched: &'a Touched) -> super::BoxFuture<'a, ()>;
 }
@@ -156,11 +160,13 @@ impl Engine {
         let mut touched = Touched::default();
         projection.apply_batch(&mut tx, &events, &mut touched).await?;
         save_checkpoint(&mut tx, projection.name(), to).await?;
+        let listener = self.listener.as_ref().filter(|_| !touched.is_empty());
+        if let Some(listener) = listener {
+            listener.committing(projection.name(), &touched).await;
+        }
         tx.commit().await?;
-        if let Some(listener) = &self.listener {
-            if touched != Touched::default() {
-                listener.committed(projection.name(), &touched).await;
-            }
+        if let Some(listener) = listener {
+            listener.committed(projection.name(), &touched).await;
         }
         Ok(BatchOutcome::Applied(events.len()))
     }
