@@ -29,7 +29,7 @@ raw_rate=$(awk -v n="$events" -v s="$raw_secs" 'BEGIN { print n / s }')
 
 printf '\n| what | events | seconds | events/s | ratio to raw read |\n| --- | ---: | ---: | ---: | ---: |\n'
 printf '| raw log read (COPY, projection order) | %d | %.2f | %.0f | 1.00 |\n' "$events" "$raw_secs" "$raw_rate"
-$bin rebuild | while read -r name _ _ _ n _ secs _ _; do
+$bin rebuild | while read -r name _ _ n _ _ secs _; do
   name=${name%:}
   rate=$(awk -v n="$n" -v s="$secs" 'BEGIN { print n / s }')
   printf '| rebuild %s | %d | %.2f | %.0f | %.2f |\n' "$name" "$n" "$secs" "$rate" "$(awk -v r="$rate" -v w="$raw_rate" 'BEGIN { print r / w }')"
