@@ -1,7 +1,6 @@
 //! Resilience of the read side: several processes on one database, a crash between append and
 //! projection, cache freshness under concurrent reads, and a Redis outage.
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,43 +27,9 @@ impl Peer {
     /// Starts `moviestore serve` with this database and Redis key prefix; blocks until it prints
     /// its `listening on http://ADDR` line.
     fn start(database_url: &str, redis_prefix: &str) -> Self {
-        let verbose = std::env::var("TEST_LOG").is_ok();
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("MOVIESTORE_ADDR", "127.0.0.1:0")
-            .env("MOVIESTORE_REDIS_PREFIX", redis_prefix)
-            .env("MOVIESTORE_DB_MAX_CONNECTIONS", "8")
-            .env("MOVIESTORE_ARGON2_MEMORY_KIB", "512")
-            .env("MOVIESTORE_ARGON2_ITERATIONS", "1")
-            .env("RUST_LOG", if verbose { "info" } else { "error" })
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(if verbose { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .expect("start a second moviestore");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading after the address, so the process never blocks on a full pipe.
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(address) = line.split("listening on ").nth(1) {
-                        let _ = tx.send(address.trim().to_string());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(address) => Self { child, address },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the second moviestore did not print its listening line in time");
-            }
-        }
+        let options = Options { extra_env: vec![("MOVIESTORE_REDIS_PREFIX".into(), redis_prefix.into())] };
+        let (child, address) = wait_for_listening(start(database_url, &options));
+        Self { child, address }
     }
 }
 

@@ -280,7 +280,8 @@ pub fn movie_body(title: &str, categories: &[Uuid]) -> Value {
     })
 }
 
-fn start(database_url: &str, options: &Options) -> Child {
+/// Starts `moviestore serve` against a database (options' environment wins over the defaults).
+pub fn start(database_url: &str, options: &Options) -> Child {
     let verbose = std::env::var("TEST_LOG").is_ok();
     let mut command = Command::new(binary());
     command
@@ -303,7 +304,8 @@ fn start(database_url: &str, options: &Options) -> Child {
     command.spawn().expect("start moviestore")
 }
 
-fn wait_for_listening(mut child: Child) -> (Child, String) {
+/// Waits for the `listening on http://ADDR` line; returns the process and the address.
+pub fn wait_for_listening(mut child: Child) -> (Child, String) {
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
