@@ -236,3 +236,88 @@ async fn a_batch_and_its_checkpoint_commit_together_and_a_second_process_waits_i
             .unwrap();
     assert_eq!(recorded(&pool).await.last().unwrap().0, position);
 }
+
+/// Fails every batch while `failing` is set, then records like [`Recorder`].
+struct Flaky {
+    failing: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl Projection for Flaky {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["seen"]
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [StoredEvent],
+        touched: &'a mut Touched,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        use std::sync::atomic::Ordering;
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(ProjectionError::Decode("the handler is broken".into())) });
+        }
+        Recorder.apply_batch(conn, events, touched)
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool) {
+    use std::sync::atomic::Ordering;
+    // Arrange
+    setup(&pool).await;
+    let flaky = Arc::new(Flaky { failing: true.into(), attempts: 0.into() });
+    let config = EngineConfig {
+        batch_size: 100,
+        poll_interval: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+    };
+    let engine = Engine::new(pool.clone(), vec![flaky.clone()], config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+    let mut tx = pool.begin().await.unwrap();
+    append(&mut tx).await;
+    append(&mut tx).await;
+    tx.commit().await.unwrap();
+
+    // Act + Assert: the error is reported while the batch keeps being retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = projections::engine::checkpoints(&pool).await.unwrap();
+        let recorder = status.iter().find(|s| s.name == "recorder").unwrap();
+        if recorder.state == "failing" && flaky.attempts.load(Ordering::SeqCst) >= 3 {
+            assert_eq!(recorder.last_error.as_deref(), Some("decode: the handler is broken"));
+            assert_eq!(recorder.position, 0, "nothing was skipped past the failing batch");
+            assert_eq!(recorder.lag_events, 2);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the failure was never reported: {status:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(recorded(&pool).await.is_empty());
+
+    // Once the handler works again, the same events are applied and the error is cleared.
+    flaky.failing.store(false, Ordering::SeqCst);
+    loop {
+        let status = projections::engine::checkpoints(&pool).await.unwrap();
+        let recorder = status.iter().find(|s| s.name == "recorder").unwrap().clone();
+        if recorded(&pool).await.len() == 2 && recorder.last_error.is_none() {
+            assert_eq!(recorder.state, "running");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the projection never recovered: {recorder:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    println!(
+        "failing batch: {} attempts, reported, then applied once",
+        flaky.attempts.load(Ordering::SeqCst)
+    );
+}
