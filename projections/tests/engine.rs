@@ -245,11 +245,11 @@ struct Flaky {
 
 impl Projection for Flaky {
     fn name(&self) -> &'static str {
-        "recorder"
+        Recorder.name()
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["seen"]
+        Recorder.tables()
     }
 
     fn apply_batch<'a>(

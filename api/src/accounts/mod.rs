@@ -8,7 +8,6 @@ mod token;
 mod validation;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -260,10 +259,5 @@ impl Accounts {
     /// Warms the dummy hash so the first unknown-user login is not faster than the rest.
     pub async fn warm_up(&self) {
         let _ = self.passwords.verify(SecretString::from("warm-up"), None).await;
-    }
-
-    /// How long a token lives.
-    pub fn token_ttl(&self) -> Duration {
-        self.config.token_ttl
     }
 }

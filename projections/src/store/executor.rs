@@ -112,17 +112,6 @@ impl EventStore {
         Self { pool, repo, retry: RetryPolicy::default() }
     }
 
-    /// The same store with another retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// The pool the store writes to.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Rebuilds an aggregate from its latest snapshot and the events after it.
     pub async fn load<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
     where
