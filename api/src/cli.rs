@@ -38,6 +38,13 @@ pub enum Command {
     /// Replay every read model into shadow tables and compare with the live ones; exit 1 on any
     /// difference.
     Verify,
+    /// Add the default catalogue (idempotent); `--movies N` also makes sure N generated movies
+    /// exist, for benchmarks.
+    Seed {
+        /// How many generated movies there should be (numbered 1 to N).
+        #[arg(long, default_value_t = 0)]
+        movies: u64,
+    },
     /// Create an account; the password is read from the first line of standard input.
     CreateUser {
         /// customer, admin, auditor or analyst.
@@ -64,6 +71,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Seed { movies } => seed(config, movies).await,
         Command::CreateUser { role, email, username } => create_user(config, &role, email, &username).await,
     }
 }
@@ -117,16 +125,18 @@ fn read_models(engine: &Engine, only: Option<&str>) -> anyhow::Result<Vec<Arc<dy
 struct Bar(indicatif::ProgressBar);
 
 impl Bar {
-    fn new(label: &str) -> Self {
+    fn new(label: &str, unit: &str) -> Self {
         let bar = if std::io::stderr().is_terminal() {
             indicatif::ProgressBar::new(0)
         } else {
             indicatif::ProgressBar::hidden()
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} events ({per_sec})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{msg:>12}} [{{bar:40}}] {{pos}}/{{len}} {unit} ({{per_sec}})"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_message(label.to_string());
         Self(bar)
@@ -140,11 +150,39 @@ impl projections::rebuild::Progress for Bar {
     }
 }
 
+impl crate::seed::SeedProgress for Bar {
+    fn advanced(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+async fn seed(config: Config, movies: u64) -> anyhow::Result<()> {
+    let pool = crate::db::connect(&config.database).await?;
+    crate::db::migrate(&pool).await?;
+    let store = projections::store::EventStore::new(pool.clone());
+    let bar = Bar::new("seed", "movies");
+    let started = std::time::Instant::now();
+    let report = crate::seed::seed(&pool, &store, movies, &bar).await?;
+    bar.0.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "seed: {} categories created, {} existed; {} movies added, {} existed ({secs:.1} s, {:.0} movies/s)",
+        report.categories_created,
+        report.categories_existing,
+        report.movies_added,
+        report.movies_existing,
+        report.movies_added as f64 / secs.max(1e-9)
+    );
+    pool.close().await;
+    Ok(())
+}
+
 async fn rebuild(config: Config, only: Option<String>) -> anyhow::Result<()> {
     let (pool, engine) = engine(&config).await?;
     for projection in read_models(&engine, only.as_deref())? {
         let name = projection.name();
-        let bar = Bar::new(name);
+        let bar = Bar::new(name, "events");
         let started = std::time::Instant::now();
         let done = projections::rebuild::rebuild(&pool, projection, &bar).await?;
         bar.0.finish_and_clear();
@@ -163,7 +201,7 @@ async fn verify(config: Config) -> anyhow::Result<()> {
     let mut differing = 0;
     for projection in read_models(&engine, None)? {
         let name = projection.name();
-        let bar = Bar::new(name);
+        let bar = Bar::new(name, "events");
         let diffs = projections::rebuild::verify(&pool, projection, &bar).await?;
         bar.0.finish_and_clear();
         if diffs.is_empty() {

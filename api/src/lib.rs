@@ -7,6 +7,7 @@
 //! - [`accounts`]: users, password hashing, tokens and the login throttle (plain tables).
 //! - [`commands`]: how domain refusals become HTTP answers.
 //! - [`error`], [`extract`], [`validate`]: problem+json errors, extractors, field validation.
+//! - [`seed`]: the default catalogue and generated ones, added through commands.
 //! - [`cli`]: the sub-commands.
 
 pub mod accounts;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod extract;
 pub mod refresh;
 pub mod routes;
+pub mod seed;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -114,3 +114,96 @@ async fn create_user_refuses_invalid_input_with_a_failing_exit_status(pool: PgPo
     let accounts: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(&pool).await.unwrap();
     assert_eq!(accounts, 0, "no account was made");
 }
+
+async fn count_events(pool: &PgPool, event_type: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from events where event_type = $1")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn last_position(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select coalesce(max(position), 0) from events").fetch_one(pool).await.unwrap()
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn seed_adds_the_default_catalogue_through_commands_once_and_generates_movies_on_request(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.admin().await;
+    // A category an admin made before seeding is reused, not duplicated (names are case-insensitive).
+    app.category("comedy").await;
+
+    // Act
+    let (ok, stdout, stderr) = run_cli(&app.database_url, &["seed", "--movies", "40"], "").await;
+
+    // Assert: every category and movie has its events, and the read side shows them.
+    assert!(ok, "seed failed: {stderr}");
+    assert!(stdout.contains("11 categories created, 1 existed"), "seed said: {stdout}");
+    assert_eq!(count_events(&pool, "CategoryCreated").await, 12);
+    let default_movies = api::seed::MOVIES.len() as i64;
+    assert_eq!(count_events(&pool, "MovieAdded").await, default_movies + 40);
+    let seen = format!("?min_position={}", last_position(&pool).await);
+    let categories =
+        expect_status(app.get(&format!("/api/v1/categories{seen}"), Some(&admin)).await, StatusCode::OK)
+            .await;
+    let items = categories["items"].as_array().unwrap();
+    assert_eq!(items.len(), 12, "{categories}");
+    let total: i64 = items.iter().map(|c| c["movie_count"].as_i64().unwrap()).sum();
+    let memberships: i64 = api::seed::MOVIES.iter().map(|m| m.categories.len() as i64).sum::<i64>()
+        + (1..=40).map(|n| if n % 3 == 0 { 2 } else { 1 }).sum::<i64>();
+    assert_eq!(total, memberships, "movie counts over all categories: {categories}");
+    let found = expect_status(
+        app.get(&format!("/api/v1/movies?q=lebow%20coen&min_position=0"), Some(&admin)).await,
+        StatusCode::OK,
+    )
+    .await;
+    let titles: Vec<&str> =
+        found["items"].as_array().unwrap().iter().map(|m| m["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["The Big Lebowski"]);
+    // The admin's own spelling of the category it made is kept.
+    assert_eq!(found["items"][0]["categories"], json!(["comedy", "Crime"]));
+    let documentaries =
+        expect_status(app.get("/api/v1/movies?category=documentary", Some(&admin)).await, StatusCode::OK)
+            .await;
+    let defaults: Vec<&str> = documentaries["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["title"].as_str().unwrap())
+        .filter(|title| api::seed::MOVIES.iter().any(|m| m.title == *title))
+        .collect();
+    assert_eq!(defaults, ["Hoop Dreams", "Man on Wire"], "the default documentaries, by title");
+    let generated = expect_status(
+        app.get("/api/v1/movies?q=generated%20movie&limit=100", Some(&admin)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(generated["items"].as_array().unwrap().len(), 40, "generated movies are searchable");
+
+    // A second run adds nothing; a larger --movies adds only the missing generated ones.
+    let events_before = last_position(&pool).await;
+    let (ok, stdout, stderr) = run_cli(&app.database_url, &["seed", "--movies", "40"], "").await;
+    assert!(ok, "second seed failed: {stderr}");
+    assert!(
+        stdout.contains("0 categories created, 12 existed; 0 movies added"),
+        "second seed said: {stdout}"
+    );
+    assert_eq!(last_position(&pool).await, events_before, "a repeated seed appends no event");
+    let (ok, stdout, stderr) = run_cli(&app.database_url, &["seed", "--movies", "45"], "").await;
+    assert!(ok, "third seed failed: {stderr}");
+    assert!(stdout.contains("5 movies added"), "third seed said: {stdout}");
+    assert_eq!(count_events(&pool, "MovieAdded").await, default_movies + 45);
+
+    // Seeded events say who made them: the system, under one correlation id per run.
+    let metadata: Vec<Value> =
+        sqlx::query_scalar("select metadata from events where event_type = 'MovieAdded' order by position")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(metadata.iter().all(|m| m["actor_id"].is_null()), "seeded by the system");
+    let runs: std::collections::HashSet<&str> =
+        metadata.iter().map(|m| m["correlation_id"].as_str().expect("correlation id")).collect();
+    assert_eq!(runs.len(), 2, "two seeds added movies: {runs:?}");
+}

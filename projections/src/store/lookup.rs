@@ -128,3 +128,57 @@ pub async fn category_names(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Option<St
         .map(|id| rows.iter().find(|(found, _)| found == id).map(|(_, name)| name.clone()))
         .collect())
 }
+
+/// The id of the category with this name (case-insensitive), when there is one.
+pub async fn category_id_by_name(pool: &PgPool, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select category_id from category_lookup where lower(name) = lower($1)")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Which of the given titles were ever added as a movie, with the release dates they were added
+/// with. Read from the log itself (not a read model), so it holds the moment an add has answered.
+pub async fn added_movies_titled(
+    pool: &PgPool,
+    titles: &[String],
+) -> Result<Vec<(String, chrono::NaiveDate)>, sqlx::Error> {
+    sqlx::query_as(
+        "select payload->>'title', (payload->>'release_date')::date
+           from events
+          where aggregate_type = 'movie' and event_type = 'MovieAdded'
+            and payload->>'title' = any($1)",
+    )
+    .bind(titles)
+    .fetch_all(pool)
+    .await
+}
+
+/// The numbers of the movies ever added whose storyline starts with `prefix` followed by a number
+/// and a colon (how generated catalogues mark their movies), read from the log.
+pub async fn added_movie_numbers(pool: &PgPool, prefix: &str) -> Result<Vec<i64>, sqlx::Error> {
+    let like = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let pattern = format!("^{}([0-9]+):", regex_escape(prefix));
+    sqlx::query_scalar(
+        "select ((regexp_match(payload->>'storyline', $2))[1])::bigint
+           from events
+          where aggregate_type = 'movie' and event_type = 'MovieAdded'
+            and payload->>'storyline' like $1
+            and payload->>'storyline' ~ $2",
+    )
+    .bind(like)
+    .bind(pattern)
+    .fetch_all(pool)
+    .await
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_alphanumeric() && c != ' ' {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
