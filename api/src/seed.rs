@@ -397,7 +397,7 @@ pub fn generated_movie(n: u64, categories: &[Uuid]) -> anyhow::Result<MovieDetai
     let rating = (n.wrapping_mul(7) % 101) as f64 / 10.0;
     let first = (n % categories.len() as u64) as usize;
     let mut ids = vec![categories[first]];
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         ids.push(categories[(first + 5) % categories.len()]);
     }
     details(&title, &storyline, release_date, rating, &director, ids)
