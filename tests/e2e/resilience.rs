@@ -18,18 +18,22 @@ use crate::read_side::{
 use crate::support::*;
 
 /// Another `moviestore serve` process, started by hand against an existing database; killed on drop.
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Peer {
     /// Starts `moviestore serve` with this database and Redis key prefix; blocks until it prints
     /// its `listening on http://ADDR` line.
-    fn start(database_url: &str, redis_prefix: &str) -> Self {
+    pub(crate) fn start(database_url: &str, redis_prefix: &str) -> Self {
         let options = Options { extra_env: vec![("MOVIESTORE_REDIS_PREFIX".into(), redis_prefix.into())] };
         let (child, address) = wait_for_listening(start(database_url, &options));
         Self { child, address }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -81,12 +85,12 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
 /// Runs `moviestore verify` against the database; returns (exit code, stdout).
-async fn verify(database_url: &str) -> (i32, String) {
+pub(crate) async fn verify(database_url: &str) -> (i32, String) {
     let child = tokio::process::Command::new(binary())
         .arg("verify")
         .env("DATABASE_URL", database_url)
@@ -106,7 +110,7 @@ async fn verify(database_url: &str) -> (i32, String) {
 }
 
 /// Registers a customer through the process at `base`; returns (id, token).
-async fn register(app: &TestApp, base: &str, username: &str) -> (Uuid, String) {
+pub(crate) async fn register(app: &TestApp, base: &str, username: &str) -> (Uuid, String) {
     let body =
         json!({"username": username, "email": format!("{username}@example.com"), "password": "password-123"});
     let response = send(app, base, Method::POST, "/api/v1/auth/register", None, Some(body)).await;

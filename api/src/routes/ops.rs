@@ -33,5 +33,10 @@ async fn ready(State(state): State<AppState>) -> Response {
         "redis": if redis { "up" } else { "down" },
         "projections": projectors,
     });
-    (status, Json(body)).into_response()
+    let mut response = (status, Json(body)).into_response();
+    if !postgres {
+        // Like every 503 of the API: a hint for load balancers and clients when to ask again.
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(1u64));
+    }
+    response
 }
