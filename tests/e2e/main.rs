@@ -10,6 +10,7 @@ mod authorization;
 mod catalogue;
 mod conventions;
 mod faults;
+mod model;
 mod operations;
 mod process;
 mod read_side;
