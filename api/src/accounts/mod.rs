@@ -170,6 +170,13 @@ impl Accounts {
         password: SecretString,
         client_addr: &str,
     ) -> Result<LoginOutcome, sqlx::Error> {
+        if validate_username(username).is_err() {
+            // No account can have this name (and PostgreSQL could not even store some of its
+            // characters, such as NUL): spend the time a real check takes, answer as for any
+            // unknown user, and count nothing.
+            self.passwords.verify(password, None).await?;
+            return Ok(LoginOutcome::InvalidCredentials);
+        }
         let key = username.to_lowercase();
         let window = self.config.login_window;
         let failures = store::recent_failures(&self.pool, &key, client_addr, window).await?;
