@@ -9,6 +9,7 @@ mod accounts;
 mod authorization;
 mod catalogue;
 mod conventions;
+mod openapi;
 mod operations;
 mod process;
 mod read_side;
