@@ -67,13 +67,20 @@ impl ApiRouter {
     /// The axum router: these routes, `/openapi.json` describing them (and itself and the docs)
     /// and `/docs`.
     pub fn into_router(self) -> Router<AppState> {
-        let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(self.0).split_for_parts();
-        let spec = finish(spec);
+        let (router, spec) = self.split();
         // No validator badge: it would fetch from the internet, and the page works offline.
         let config = Config::default().validator_url("none").display_request_duration(true);
         let docs: Router<AppState> =
             SwaggerUi::new(DOCS_PATH).external_url_unchecked(SPEC_PATH, spec).config(config).into();
         router.merge(docs.layer(axum::middleware::map_response(missing_file_as_problem)))
+    }
+}
+
+impl ApiRouter {
+    /// The routes and the document that describes them.
+    fn split(self) -> (Router<AppState>, Value) {
+        let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(self.0).split_for_parts();
+        (router, finish(spec))
     }
 }
 
@@ -316,5 +323,55 @@ fn add_docs_paths(spec: &mut Value) {
     );
     if let Some(paths) = spec["paths"].as_object_mut() {
         paths.extend(docs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa_axum::routes;
+
+    use super::*;
+
+    #[utoipa::path(get, path = "/things", responses((status = 200, description = "The things.")))]
+    async fn list() {}
+
+    #[utoipa::path(post, path = "/things", responses((status = 201, description = "Made.")))]
+    async fn make() {}
+
+    #[utoipa::path(delete, path = "/other", responses((status = 204, description = "Gone.")))]
+    async fn other() {}
+
+    #[test]
+    #[should_panic(expected = "one routes!(...) per path")]
+    fn one_registration_naming_two_paths_is_refused() {
+        let _ = ApiRouter::new().routes(routes!(list, other));
+    }
+
+    #[test]
+    fn every_operation_gets_the_request_id_the_idempotency_key_of_commands_and_the_503() {
+        let (_, spec) = ApiRouter::new().routes(routes!(list, make)).split();
+        let parameters = |method: &str| -> Vec<String> {
+            spec["paths"]["/things"][method]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .map(|p| p["$ref"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(parameters("get"), ["#/components/parameters/RequestId"]);
+        assert_eq!(
+            parameters("post"),
+            ["#/components/parameters/RequestId", "#/components/parameters/IdempotencyKey"]
+        );
+        for (method, status) in [("get", "200"), ("post", "201")] {
+            let responses = &spec["paths"]["/things"][method]["responses"];
+            assert_eq!(responses["503"]["$ref"], "#/components/responses/Unavailable", "{method}");
+            assert_eq!(
+                responses[status]["headers"]["x-request-id"]["$ref"], "#/components/headers/x-request-id",
+                "{method}"
+            );
+        }
+        assert!(spec["paths"]["/openapi.json"]["get"].is_object());
+        assert!(spec["paths"]["/docs"]["get"].is_object());
     }
 }
