@@ -360,3 +360,179 @@ async fn the_docs_page_renders_every_operation_offline_in_headless_chromium(pool
     );
     assert_eq!(rendered, documented, "every documented operation is rendered, and only those");
 }
+
+/// Checks a JSON value against a schema of the spec as far as the shape goes: objects have every
+/// required property and none the schema does not name, arrays' items and nested objects
+/// likewise, and JSON types match. Returns what differs.
+fn shape_errors(spec: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let schema = resolve(spec, schema);
+    if schema.get("allOf").is_some() {
+        // The parts of a flattened struct together make one object.
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        merge_parts(spec, schema, &mut properties, &mut required);
+        let object = serde_json::json!({ "type": "object", "properties": properties, "required": required });
+        return shape_errors(spec, &object, value, at);
+    }
+    if let Some(choices) = schema["oneOf"].as_array() {
+        let fits = choices.iter().any(|choice| shape_errors(spec, choice, value, at).is_empty());
+        return if fits { vec![] } else { vec![format!("{at}: {value} fits none of {choices:?}")] };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let actual = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    if !types.is_empty() && !types.contains(&actual) && !(actual == "integer" && types.contains(&"number")) {
+        return vec![format!("{at}: {actual} where the schema says {types:?}")];
+    }
+    let mut errors = Vec::new();
+    match value {
+        Value::Object(object) => {
+            let properties = schema["properties"].as_object().cloned().unwrap_or_default();
+            for name in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if !object.contains_key(name) {
+                    errors.push(format!("{at}: missing {name}"));
+                }
+            }
+            for (name, field) in object {
+                match properties.get(name) {
+                    Some(property) => {
+                        errors.extend(shape_errors(spec, property, field, &format!("{at}.{name}")))
+                    }
+                    None if schema.get("additionalProperties").is_some() => {}
+                    None => errors.push(format!("{at}: {name} is not in the schema")),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                errors.extend(shape_errors(spec, &schema["items"], item, &format!("{at}[{i}]")));
+            }
+        }
+        _ => {}
+    }
+    errors
+}
+
+/// Collects the properties of an object schema and of every part of its `allOf`, recursively.
+fn merge_parts(
+    spec: &Value,
+    schema: &Value,
+    properties: &mut serde_json::Map<String, Value>,
+    required: &mut Vec<Value>,
+) {
+    let schema = resolve(spec, schema);
+    properties.extend(schema["properties"].as_object().cloned().unwrap_or_default());
+    required.extend(schema["required"].as_array().cloned().unwrap_or_default());
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        merge_parts(spec, part, properties, required);
+    }
+}
+
+/// Asserts the answer has the status and the shape the spec gives that operation's answer.
+async fn assert_documented(spec: &Value, method: &str, path: &str, response: reqwest::Response) -> Value {
+    let status = response.status().as_u16().to_string();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let body: Value = response.json().await.expect("a JSON answer");
+    let documented = spec["paths"][path][method]["responses"]
+        .get(&status)
+        .unwrap_or_else(|| panic!("{method} {path} documents {status}; got {body}"));
+    let media = content_type.split(';').next().unwrap_or_default().replace('/', "~1");
+    let schema = resolve(spec, documented)
+        .pointer(&format!("/content/{media}/schema"))
+        .unwrap_or_else(|| panic!("{method} {path} {status} documents {content_type}"));
+    let errors = shape_errors(spec, schema, &body, "body");
+    assert!(errors.is_empty(), "{method} {path} {status}: {errors:#?}\n{body}");
+    body
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn answers_have_exactly_the_shape_the_spec_documents(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let spec = spec(&app).await;
+    let admin = app.admin().await;
+    let category = app.category("Drama").await;
+
+    // Act / Assert
+    let register = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            Some(serde_json::json!({"username": "greg", "email": "greg@example.com", "password": "password-123"})),
+        )
+        .await;
+    let registered = assert_documented(&spec, "post", "/api/v1/auth/register", register).await;
+    let token = registered["token"].as_str().unwrap().to_string();
+    let login = app
+        .post(
+            "/api/v1/auth/login",
+            None,
+            Some(serde_json::json!({"username": "greg", "password": "password-123"})),
+        )
+        .await;
+    assert_documented(&spec, "post", "/api/v1/auth/login", login).await;
+    let added = app.post("/api/v1/movies", Some(&admin), Some(movie_body("Heat", &[category]))).await;
+    let movie = uuid(&assert_documented(&spec, "post", "/api/v1/movies", added).await["id"]);
+    let renamed = app
+        .patch(&format!("/api/v1/categories/{category}"), Some(&admin), serde_json::json!({"name": "Crime"}))
+        .await;
+    assert_documented(&spec, "patch", "/api/v1/categories/{id}", renamed).await;
+    let changed = app
+        .patch(&format!("/api/v1/movies/{movie}"), Some(&admin), serde_json::json!({"director": null}))
+        .await;
+    assert_documented(&spec, "patch", "/api/v1/movies/{id}", changed).await;
+    let rented = app.post(&format!("/api/v1/movies/{movie}/rent"), Some(&token), None).await;
+    let rental =
+        uuid(&assert_documented(&spec, "post", "/api/v1/movies/{id}/rent", rented).await["rental_id"]);
+    let returned = app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&token), None).await;
+    let position =
+        assert_documented(&spec, "post", "/api/v1/rentals/{id}/return", returned).await["position"].clone();
+    let fresh = format!("min_position={position}");
+    let reads = [
+        ("/api/v1/me", format!("/api/v1/me?{fresh}")),
+        ("/api/v1/categories", format!("/api/v1/categories?{fresh}")),
+        ("/api/v1/movies", format!("/api/v1/movies?available=any&{fresh}")),
+        ("/api/v1/movies/{id}", format!("/api/v1/movies/{movie}?{fresh}")),
+        ("/api/v1/movies/{id}", format!("/api/v1/movies/{movie}")),
+        ("/api/v1/rentals", format!("/api/v1/rentals?{fresh}")),
+        ("/api/v1/rentals/{id}", format!("/api/v1/rentals/{rental}?{fresh}")),
+    ];
+    for (path, url) in reads {
+        assert_documented(&spec, "get", path, app.get(&url, Some(&token)).await).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let charged = loop {
+        let url = format!("/api/v1/rentals/{rental}");
+        let rental = expect_status(app.get(&url, Some(&token)).await, StatusCode::OK).await;
+        if rental["status"] == "charged" {
+            break rental;
+        }
+        assert!(Instant::now() < deadline, "the rental is charged in time: {rental}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let amount = serde_json::json!({ "amount_cents": charged["charge"]["amount_cents"] });
+    let paid = app.post(&format!("/api/v1/rentals/{rental}/pay"), Some(&token), Some(amount)).await;
+    assert_documented(&spec, "post", "/api/v1/rentals/{id}/pay", paid).await;
+    let listed = app.get("/api/v1/admin/projections", Some(&admin)).await;
+    assert_documented(&spec, "get", "/api/v1/admin/projections", listed).await;
+    let rebuilding = app.post("/api/v1/admin/projections/rentals/rebuild", Some(&admin), None).await;
+    assert_documented(&spec, "post", "/api/v1/admin/projections/{name}/rebuild", rebuilding).await;
+    assert_documented(&spec, "get", "/health", app.get("/health", None).await).await;
+    assert_documented(&spec, "get", "/ready", app.get("/ready", None).await).await;
+    let unknown = app.get(&format!("/api/v1/movies/{}", Uuid::now_v7()), Some(&token)).await;
+    assert_documented(&spec, "get", "/api/v1/movies/{id}", unknown).await;
+    let invalid = app.post("/api/v1/movies", Some(&admin), Some(serde_json::json!({"title": ""}))).await;
+    assert_documented(&spec, "post", "/api/v1/movies", invalid).await;
+}
