@@ -392,7 +392,9 @@ fn shape_errors(spec: &Value, schema: &Value, value: &Value, at: &str) -> Vec<St
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    if !types.is_empty() && !types.contains(&actual) && !(actual == "integer" && types.contains(&"number")) {
+    let fits =
+        types.is_empty() || types.contains(&actual) || (actual == "integer" && types.contains(&"number"));
+    if !fits {
         return vec![format!("{at}: {actual} where the schema says {types:?}")];
     }
     let mut errors = Vec::new();
