@@ -74,9 +74,7 @@ impl ApiRouter {
             SwaggerUi::new(DOCS_PATH).external_url_unchecked(SPEC_PATH, spec).config(config).into();
         router.merge(docs.layer(axum::middleware::map_response(missing_file_as_problem)))
     }
-}
 
-impl ApiRouter {
     /// The routes and the document that describes them.
     fn split(self) -> (Router<AppState>, Value) {
         let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(self.0).split_for_parts();
