@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 tokio::task_local! {
     /// The request id of the request being served, so errors can name it.
@@ -111,25 +111,46 @@ impl ApiError {
     }
 }
 
+/// An RFC 9457 problem document, the body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `/problems/<slug>`; the slug is stable (`not-available`, `charge-pending`, ...).
+    #[serde(rename = "type")]
+    #[schema(example = "/problems/not-available")]
+    pub kind: String,
+    /// The status's reason phrase.
+    #[schema(example = "Conflict")]
+    pub title: String,
+    /// The HTTP status.
+    #[schema(example = 409)]
+    pub status: u16,
+    /// What went wrong, for people.
+    pub detail: String,
+    /// The request's `x-request-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// 422 only: every invalid or missing field (`body` for the body as a whole) → messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::HashMap<String, Vec<String>>>)]
+    pub errors: Option<FieldErrors>,
+}
+
 /// Writes a problem document. Also used by layers (timeouts, panics) that have no `ApiError`.
 pub fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
     problem_with(status, kind, detail, None)
 }
 
 fn problem_with(status: StatusCode, kind: &str, detail: &str, errors: Option<&FieldErrors>) -> Response {
-    let mut body = json!({
-        "type": format!("/problems/{kind}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
-        body["request_id"] = json!(request_id);
-    }
-    if let Some(errors) = errors {
-        body["errors"] = json!(errors);
-    }
-    let mut response = (status, body.to_string()).into_response();
+    let body = Problem {
+        kind: format!("/problems/{kind}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail: detail.to_string(),
+        request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        errors: errors.cloned(),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }

@@ -7,6 +7,7 @@
 //! - [`accounts`]: users, password hashing, tokens and the login throttle (plain tables).
 //! - [`commands`]: how domain refusals become HTTP answers.
 //! - [`error`], [`extract`], [`validate`]: problem+json errors, extractors, field validation.
+//! - [`openapi`]: the OpenAPI 3.1 spec, built from the route registrations, and the docs page.
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
 //! - [`cli`]: the sub-commands.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod refresh;
 pub mod routes;
 pub mod seed;

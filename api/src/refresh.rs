@@ -42,9 +42,7 @@ impl Listener for CacheRefresher {
             match self.catalogue.movies_by_id(&ids).await {
                 Ok(rows) => {
                     for row in rows {
-                        self.cache
-                            .refresh_movie(row.movie_id, row.revision, &views::movie(&row).to_string())
-                            .await;
+                        self.cache.refresh_movie(row.movie_id, row.revision, &views::movie_json(&row)).await;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "could not refresh cached movie details; the TTL will"),

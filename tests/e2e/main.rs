@@ -11,6 +11,7 @@ mod catalogue;
 mod conventions;
 mod faults;
 mod model;
+mod openapi;
 mod operations;
 mod process;
 mod read_side;

@@ -22,7 +22,7 @@ use crate::config::AuthConfig;
 use crate::error::ApiError;
 
 /// An account's role; one per account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Role {
@@ -51,7 +51,7 @@ impl std::str::FromStr for Role {
 }
 
 /// An account as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     /// Id.
     #[sqlx(rename = "user_id")]
@@ -67,7 +67,7 @@ pub struct User {
 }
 
 /// A new token, shown to its owner once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
     /// The opaque token.
     pub token: String,

@@ -5,24 +5,27 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{patch, post};
-use axum::{Json, Router};
+use axum::Json;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
+use utoipa_axum::routes;
 
+use super::schemas::{LoginRequest, PasswordChange, RegisterRequest, Registered, RoleChange};
 use crate::accounts::{validate_email, validate_password, validate_username, LoginOutcome, Role};
+use crate::accounts::{IssuedToken, User};
 use crate::error::ApiError;
 use crate::extract::{Admin, AuthUser, Body, PathId};
+use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited};
+use crate::openapi::{Unauthorized, UnsupportedMediaType, ValidationFailed};
 use crate::state::AppState;
 use crate::validate::{parse, Fields};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/me/password", post(change_password))
-        .route("/api/v1/admin/users/{id}", patch(set_role))
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(change_password))
+        .routes(routes!(set_role))
 }
 
 fn checked(
@@ -39,6 +42,19 @@ fn secret(value: &serde_json::Value) -> Result<SecretString, String> {
     parse::string(value).map(SecretString::from)
 }
 
+/// Register a customer account
+///
+/// Creates a customer and logs them in.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "accounts",
+    request_body(content = RegisterRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The account and its first token.", body = Registered),
+        (status = 409, description = "`username-taken` or `email-taken` (case-insensitive).",
+            body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn register(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let mut f = Fields::new(body.required_object()?, &["username", "email", "password"]);
     let username = f.required("username", checked(validate_username));
@@ -54,10 +70,25 @@ async fn register(State(state): State<AppState>, body: Body) -> Result<Response,
     };
     let user = state.accounts.create(&username, Some(&email), &password, Role::Customer).await?;
     let issued = state.accounts.issue_token(user.id).await?;
-    let body = json!({ "user": user, "token": issued.token, "expires_at": issued.expires_at });
+    let body = Registered { user, token: issued.token, expires_at: issued.expires_at };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// Log in
+///
+/// An unknown user and a wrong password get the same 401. After 10 failed logins for one
+/// username from one client address within 5 minutes, further attempts get 429 until the window
+/// passes.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "accounts",
+    request_body(content = LoginRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new token.", body = IssuedToken),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
+    ))]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -77,11 +108,31 @@ async fn login(
     }
 }
 
+/// Log out
+///
+/// The token used stops working at once, in every process.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "accounts", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out."),
+        (status = 401, response = Unauthorized),
+    ))]
 async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode, ApiError> {
     state.accounts.logout(&caller.token_hash).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Change the caller's password
+///
+/// Every other token of the account is revoked.
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "accounts", security(("bearer" = [])),
+    request_body(content = PasswordChange, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Changed."),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn change_password(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -117,6 +168,19 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Set an account's role (admin)
+#[utoipa::path(patch, path = "/api/v1/admin/users/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The account's id.")),
+    request_body(content = RoleChange, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account.", body = User),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn set_role(
     State(state): State<AppState>,
     Admin(_caller): Admin,

@@ -4,34 +4,42 @@
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use projections::catalogue::{self, MovieFilter};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::reads::{page, read_your_writes, Params};
+use super::schemas::{Categories, Movie, MoviePage, MovieQuery, ReadYourWrites};
 use super::views;
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PathId};
+use crate::openapi::{ApiRouter, NotFound, Unauthorized, ValidationFailed};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/categories", get(categories))
-        .route("/api/v1/movies", get(movies))
-        .route("/api/v1/movies/{id}", get(movie))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(categories)).routes(routes!(movies)).routes(routes!(movie))
 }
 
+/// Every category, ordered by name
+///
+/// `movie_count` counts movies not retired.
+#[utoipa::path(get, path = "/api/v1/categories", tag = "catalogue", security(("bearer" = [])),
+    params(ReadYourWrites),
+    responses(
+        (status = 200, description = "The categories.", body = Categories),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn categories(
     State(state): State<AppState>,
     _caller: AuthUser,
     params: Params,
 ) -> Result<Response, ApiError> {
     read_your_writes(&state, &params, &[catalogue::NAME]).await?;
-    let items = state.catalogue.categories().await?;
-    Ok(Json(json!({ "items": items })).into_response())
+    let items = state.catalogue.categories().await?.iter().map(views::category).collect();
+    Ok(Json(Categories { items }).into_response())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +50,16 @@ struct MovieCursor {
 
 const MAX_SEARCH_WORDS: usize = 10;
 
+/// A page of movies, ordered by title, then id
+///
+/// Retired movies are never listed.
+#[utoipa::path(get, path = "/api/v1/movies", tag = "catalogue", security(("bearer" = [])),
+    params(MovieQuery, ReadYourWrites),
+    responses(
+        (status = 200, description = "A page.", body = MoviePage),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn movies(
     State(state): State<AppState>,
     _caller: AuthUser,
@@ -70,7 +88,7 @@ async fn movies(
             Err(_) => match state.catalogue.category_by_name(raw).await? {
                 Some(id) => Some(id),
                 // No such category: nothing is in it.
-                None => return Ok(Json(json!({ "items": [], "next_cursor": null })).into_response()),
+                None => return Ok(Json(MoviePage { items: Vec::new(), next_cursor: None }).into_response()),
             },
         },
     };
@@ -79,6 +97,18 @@ async fn movies(
     Ok(page(rows, limit, |m| MovieCursor { t: m.title.clone(), i: m.movie_id }, views::movie_summary))
 }
 
+/// One movie, also a retired one
+///
+/// Served from the Redis cache when warm (`x-cache: hit`), else from PostgreSQL (`miss`).
+#[utoipa::path(get, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The movie's id."), ReadYourWrites),
+    responses(
+        (status = 200, description = "The movie.", body = Movie,
+            headers(("x-cache" = String, description = "`hit` or `miss`."))),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn movie(
     State(state): State<AppState>,
     _caller: AuthUser,
@@ -92,7 +122,7 @@ async fn movie(
         }
     }
     let row = state.catalogue.movie(id).await?.ok_or(ApiError::NotFound("movie"))?;
-    let body = views::movie(&row).to_string();
+    let body = views::movie_json(&row);
     state.cache.put_movie(id, row.revision, &body).await;
     Ok(json_with_cache(body, "miss"))
 }

@@ -3,22 +3,29 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{patch, post};
-use axum::{Json, Router};
+use axum::Json;
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
 use projections::store::lookup;
-use serde_json::json;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::schemas::{self, CategoryChanged};
 use super::{with_location, with_position};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Admin, Body, PathId};
+use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
+use crate::openapi::{UnsupportedMediaType, ValidationFailed};
 use crate::state::AppState;
 use crate::validate::{parse, Fields};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/categories", post(create)).route("/api/v1/categories/{id}", patch(rename))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(create)).routes(routes!(rename))
+}
+
+fn changed(id: Uuid, name: Option<String>, movie_count: i64, position: i64) -> Json<CategoryChanged> {
+    let category = schemas::Category { id, name: name.unwrap_or_default(), movie_count };
+    Json(CategoryChanged { category, position })
 }
 
 fn name_from(body: &Body) -> Result<CategoryName, ApiError> {
@@ -28,6 +35,21 @@ fn name_from(body: &Body) -> Result<CategoryName, ApiError> {
     Ok(name.expect("finish() fails when a required field is missing"))
 }
 
+/// Create a category (admin)
+#[utoipa::path(post, path = "/api/v1/categories", tag = "catalogue", security(("bearer" = [])),
+    request_body(content = schemas::CategoryName, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; `Location` names it.", body = CategoryChanged,
+            headers(("x-position" = i64, description = "The command's position."),
+                ("Location" = String, description = "The category's URL."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, description = "`name-taken`: a category has that name (case-insensitive).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn create(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -40,11 +62,27 @@ async fn create(
         .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &caller.metadata())
         .await?;
     let name = done.state.name.as_ref().map(|n| n.as_str().to_string());
-    let body = json!({ "id": id, "name": name, "movie_count": 0, "position": done.position });
-    let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
+    let body = changed(id, name, 0, done.position);
+    let response = with_position(done.position, (StatusCode::CREATED, body));
     Ok(with_location(format!("/api/v1/categories/{id}"), response))
 }
 
+/// Rename a category (admin)
+#[utoipa::path(patch, path = "/api/v1/categories/{id}", tag = "catalogue", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The category's id.")),
+    request_body(content = schemas::CategoryName, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Renamed.", body = CategoryChanged,
+            headers(("x-position" = i64, description = "The command's position."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`name-taken`: another category has that name (case-insensitive).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn rename(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -58,6 +96,5 @@ async fn rename(
         .await?;
     let movie_count = lookup::category_movie_count(&state.db, id).await?;
     let name = done.state.name.as_ref().map(|n| n.as_str().to_string());
-    let body = json!({ "id": id, "name": name, "movie_count": movie_count, "position": done.position });
-    Ok(with_position(done.position, Json(body)))
+    Ok(with_position(done.position, changed(id, name, movie_count, done.position)))
 }

@@ -1,6 +1,10 @@
 //! The HTTP surface: one module per resource, each with its `router()`, merged here.
 //! Handlers parse the request, call a service (the command executor, accounts, a lookup) and
 //! answer as API.md says. No SQL here.
+//!
+//! Every handler carries `#[utoipa::path(...)]` and is added with
+//! `.routes(utoipa_axum::routes!(handler))`: that one registration routes it and documents it in
+//! `/openapi.json` (see [`crate::openapi`]).
 
 mod accounts;
 mod admin;
@@ -11,17 +15,19 @@ mod ops;
 mod reads;
 mod rental_reads;
 mod rentals;
+pub mod schemas;
 pub(crate) mod views;
 
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+use crate::openapi::ApiRouter;
 use crate::state::AppState;
 
-/// Every route of the API.
+/// Every route of the API, with `/openapi.json` describing them and `/docs`.
 pub fn router() -> Router<AppState> {
-    Router::new()
+    ApiRouter::new()
         .merge(ops::router())
         .merge(accounts::router())
         .merge(categories::router())
@@ -30,6 +36,7 @@ pub fn router() -> Router<AppState> {
         .merge(catalogue_reads::router())
         .merge(rental_reads::router())
         .merge(admin::router())
+        .into_router()
 }
 
 /// The header that carries a command's position (the only place a 204 has it).

@@ -4,26 +4,25 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{patch, post};
-use axum::{Json, Router};
+use axum::Json;
 use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, Director, Rating, Storyline, Title};
 use projections::store::{lookup, Committed};
-use serde_json::{json, Value};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::schemas::{self, MovieChanged, MovieFields, MovieSummary, RentRequest, Rented};
 use super::{with_location, with_position};
 use crate::accounts::Role;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Admin, Body, PathId, Renter};
+use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
+use crate::openapi::{UnsupportedMediaType, ValidationFailed};
 use crate::state::AppState;
 use crate::validate::{parse, Fields};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/movies", post(add))
-        .route("/api/v1/movies/{id}", patch(update).delete(retire))
-        .route("/api/v1/movies/{id}/rent", post(rent))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(add)).routes(routes!(update, retire)).routes(routes!(rent))
 }
 
 const MOVIE_FIELDS: &[&str] = &["title", "storyline", "release_date", "rating", "director", "category_ids"];
@@ -63,27 +62,47 @@ async fn check_categories(
 }
 
 /// The contract's `Movie`, from the aggregate's state.
-async fn movie_body(state: &AppState, id: Uuid, done: &Committed<Movie>) -> Result<Value, ApiError> {
+async fn movie_body(
+    state: &AppState,
+    id: Uuid,
+    done: &Committed<Movie>,
+) -> Result<Json<MovieChanged>, ApiError> {
     let movie = &done.state;
     let details = movie.details.as_ref().ok_or(ApiError::NotFound("movie"))?;
     let categories: Vec<String> =
         lookup::category_names(&state.db, details.category_ids.ids()).await?.into_iter().flatten().collect();
-    Ok(json!({
-        "id": id,
-        "title": details.title,
-        "release_date": details.release_date,
-        "rating": details.rating,
-        "categories": categories,
-        "available": movie.available(),
-        "storyline": details.storyline,
-        "director": details.director,
-        "retired": movie.retired,
-        "times_rented": movie.times_rented,
-        "version": done.version,
-        "position": done.position,
-    }))
+    let summary = MovieSummary {
+        id,
+        title: details.title.as_str().to_string(),
+        release_date: details.release_date,
+        rating: details.rating.value(),
+        categories,
+        available: movie.available(),
+    };
+    let movie = schemas::Movie {
+        summary,
+        storyline: details.storyline.as_str().to_string(),
+        director: details.director.as_ref().map(|d| d.as_str().to_string()),
+        retired: movie.retired,
+        times_rented: i64::try_from(movie.times_rented).unwrap_or(i64::MAX),
+        version: done.version,
+    };
+    Ok(Json(MovieChanged { movie, position: done.position }))
 }
 
+/// Add a movie (admin)
+#[utoipa::path(post, path = "/api/v1/movies", tag = "catalogue", security(("bearer" = [])),
+    request_body(content = MovieFields, content_type = "application/json",
+        description = "`title`, `release_date`, `rating` and `category_ids` are required."),
+    responses(
+        (status = 201, description = "Added; `Location` names it.", body = MovieChanged,
+            headers(("x-position" = i64, description = "The command's position."), ("Location" = String, description = "The movie's URL."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) -> Result<Response, ApiError> {
     let mut f = Fields::new(body.required_object()?, MOVIE_FIELDS);
     let given = changes_from(&mut f);
@@ -113,10 +132,29 @@ async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) ->
         .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &caller.metadata())
         .await?;
     let body = movie_body(&state, id, &done).await?;
-    let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
+    let response = with_position(done.position, (StatusCode::CREATED, body));
     Ok(with_location(format!("/api/v1/movies/{id}"), response))
 }
 
+/// Change a movie (admin)
+///
+/// Any of the movie's fields; at least one.
+#[utoipa::path(patch, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The movie's id.")),
+    request_body(content = MovieFields, content_type = "application/json",
+        description = "Any of the fields, at least one."),
+    responses(
+        (status = 200, description = "Changed.", body = MovieChanged,
+            headers(("x-position" = i64, description = "The command's position."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`retired`: the movie is retired; `conflict`: concurrent updates, retry.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn update(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -135,9 +173,25 @@ async fn update(
         .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &caller.metadata())
         .await?;
     let body = movie_body(&state, id, &done).await?;
-    Ok(with_position(done.position, Json(body)))
+    Ok(with_position(done.position, body))
 }
 
+/// Retire a movie (admin)
+///
+/// Kept in history, never listed again, not rentable.
+#[utoipa::path(delete, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The movie's id.")),
+    responses(
+        (status = 204, description = "Retired.", headers(("x-position" = i64, description = "The command's position."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`not-available` while rented; `retired` when already retired.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn retire(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -150,6 +204,26 @@ async fn retire(
     Ok(with_position(done.position, StatusCode::NO_CONTENT))
 }
 
+/// Rent a movie (customer, or admin for a customer)
+///
+/// Each movie has one copy: of any number of simultaneous rents of one movie, exactly one gets
+/// 201. A customer sends no body; an admin names the customer and may back-date the rent.
+#[utoipa::path(post, path = "/api/v1/movies/{id}/rent", tag = "renting", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The movie's id.")),
+    request_body(content = Option<RentRequest>, content_type = "application/json",
+        description = "Admins only (403 for anyone else)."),
+    responses(
+        (status = 201, description = "Rented; `Location` names the rental.", body = Rented,
+            headers(("x-position" = i64, description = "The command's position."), ("Location" = String, description = "The rental's URL."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`not-available`: rented or retired.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn rent(
     State(state): State<AppState>,
     Renter(caller): Renter,
@@ -184,13 +258,7 @@ async fn rent(
     let rental_id = Uuid::now_v7();
     let command = MovieCommand::RentMovie { rental_id, customer_id, rented_at, now };
     let done = state.store.execute::<Movie>(&movie_id.to_string(), command, &caller.metadata()).await?;
-    let body = json!({
-        "rental_id": rental_id,
-        "movie_id": movie_id,
-        "customer_id": customer_id,
-        "rented_at": rented_at,
-        "position": done.position,
-    });
+    let body = Rented { rental_id, movie_id, customer_id, rented_at, position: done.position };
     let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
     Ok(with_location(format!("/api/v1/rentals/{rental_id}"), response))
 }

@@ -3,36 +3,45 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Json;
+use utoipa_axum::routes;
 
+use super::schemas::{Health, ProjectorReadiness, Readiness};
+use crate::openapi::ApiRouter;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(health)).routes(routes!(ready))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/health", tag = "operations", responses(
+    (status = 200, description = "The process runs.", body = Health),
+))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok".into() })
 }
 
-/// 200 when PostgreSQL answers, else 503; the body tells each dependency's state.
+/// Readiness: 200 when PostgreSQL answers, else 503; the body tells each dependency's state.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "PostgreSQL answers.", body = Readiness),
+    (status = 503, description = "PostgreSQL does not answer (`status` `unavailable`).", body = Readiness),
+))]
 async fn ready(State(state): State<AppState>) -> Response {
     let (projections, redis) = tokio::join!(projections::engine::checkpoints(&state.db), state.cache.is_up());
     let postgres = projections.is_ok();
-    let projectors: Vec<_> = projections
+    let projections = projections
         .unwrap_or_default()
         .into_iter()
-        .map(|p| json!({ "name": p.name, "state": p.state, "lag_events": p.lag_events }))
+        .map(|p| ProjectorReadiness { name: p.name, state: p.state, lag_events: p.lag_events })
         .collect();
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "status": if postgres { "ready" } else { "unavailable" },
-        "postgres": if postgres { "up" } else { "down" },
-        "redis": if redis { "up" } else { "down" },
-        "projections": projectors,
-    });
+    let body = Readiness {
+        status: if postgres { "ready" } else { "unavailable" }.into(),
+        postgres: if postgres { "up" } else { "down" }.into(),
+        redis: if redis { "up" } else { "down" }.into(),
+        projections,
+    };
     let mut response = (status, Json(body)).into_response();
     if !postgres {
         // Like every 503 of the API: a hint for load balancers and clients when to ask again.

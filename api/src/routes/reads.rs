@@ -103,11 +103,11 @@ pub async fn read_your_writes(
 
 /// The contract's page, `{"items": [...], "next_cursor": ...}`, from rows fetched with one extra
 /// row when there is a next page; the cursor is made from the last row shown.
-pub fn page<T, C: Serialize>(
+pub fn page<T, C: Serialize, V: Serialize>(
     mut rows: Vec<T>,
     limit: i64,
     cursor_of: impl Fn(&T) -> C,
-    view: impl Fn(&T) -> serde_json::Value,
+    view: impl Fn(&T) -> V,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let more = rows.len() as i64 > limit;

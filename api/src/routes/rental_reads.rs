@@ -2,32 +2,40 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use projections::rentals::{self, RentalFilter};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::reads::{page, read_your_writes, Params};
+use super::schemas::{Me, Money, ReadYourWrites, Rental, RentalPage, RentalQuery};
 use super::views;
 use crate::accounts::Role;
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PathId};
+use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/rentals", get(list))
-        .route("/api/v1/rentals/{id}", get(one))
-        .route("/api/v1/me", get(me))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(list)).routes(routes!(one)).routes(routes!(me))
 }
 
 fn sees_everyone(caller: &AuthUser) -> bool {
     matches!(caller.user.role, Role::Admin | Role::Auditor)
 }
 
+/// One rental (its renter, an admin or an auditor)
+#[utoipa::path(get, path = "/api/v1/rentals/{id}", tag = "renting", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The rental's id."), ReadYourWrites),
+    responses(
+        (status = 200, description = "The rental.", body = Rental),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn one(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -51,6 +59,17 @@ struct RentalCursor {
     i: Uuid,
 }
 
+/// A page of rentals, newest `rented_at` first
+///
+/// The caller's own; admins and auditors see everyone's.
+#[utoipa::path(get, path = "/api/v1/rentals", tag = "renting", security(("bearer" = [])),
+    params(RentalQuery, ReadYourWrites),
+    responses(
+        (status = 200, description = "A page.", body = RentalPage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -> Result<Response, ApiError> {
     let limit = params.limit()?;
     let after: Option<RentalCursor> = params.cursor()?;
@@ -75,10 +94,17 @@ async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -
     Ok(page(rows, limit, |r| RentalCursor { r: r.rented_at, i: r.rental_id }, views::rental))
 }
 
+/// The caller's account, with what they owe
+#[utoipa::path(get, path = "/api/v1/me", tag = "accounts", security(("bearer" = [])),
+    params(ReadYourWrites),
+    responses(
+        (status = 200, description = "The account and `balance_due`, the sum of charges assessed and not yet paid.", body = Me),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn me(State(state): State<AppState>, caller: AuthUser, params: Params) -> Result<Response, ApiError> {
     read_your_writes(&state, &params, &[rentals::NAME]).await?;
     let due = state.rentals.balance_due(caller.user.id).await?;
-    let mut body = serde_json::to_value(&caller.user).map_err(|e| ApiError::Internal(e.into()))?;
-    body["balance_due"] = json!({ "amount_cents": due, "currency": state.price_plan.currency });
-    Ok(Json(body).into_response())
+    let balance_due = Money { amount_cents: due, currency: state.price_plan.currency.clone() };
+    Ok(Json(Me { user: caller.user, balance_due }).into_response())
 }

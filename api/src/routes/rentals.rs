@@ -5,24 +5,24 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use domain::movie::{Movie, MovieCommand};
 use domain::rental::{Rental, RentalCommand, RentalStatus};
 use projections::store::lookup::{self, RentalRef};
-use serde_json::{json, Value};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::schemas::{self, Charge, Payment, RentalChanged, ReturnRequest};
 use super::with_position;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{AuthUser, Body, PathId, Renter};
+use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
+use crate::openapi::{UnsupportedMediaType, ValidationFailed};
 use crate::state::AppState;
 use crate::validate::{parse, Fields};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/rentals/{id}/return", post(return_movie))
-        .route("/api/v1/rentals/{id}/pay", post(pay))
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(return_movie)).routes(routes!(pay))
 }
 
 /// The rental, when it exists and the caller may act on it. An unknown rental is reported only
@@ -46,10 +46,36 @@ async fn movie_title(state: &AppState, movie_id: Uuid) -> Result<Option<String>,
     Ok(movie.state.details.map(|d| d.title.as_str().to_string()))
 }
 
-fn status_name(status: RentalStatus) -> Value {
-    serde_json::to_value(status).unwrap_or(Value::Null)
+fn status_name(status: RentalStatus) -> String {
+    match status {
+        RentalStatus::Active => "active",
+        RentalStatus::Returned => "returned",
+        RentalStatus::Charged => "charged",
+        RentalStatus::Paid => "paid",
+    }
+    .to_string()
 }
 
+/// Return a rented movie (the renter, or an admin)
+///
+/// The charge is assessed asynchronously after the return; read the rental with
+/// `?min_position=` the answer's `position` to see it.
+#[utoipa::path(post, path = "/api/v1/rentals/{id}/return", tag = "renting", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The rental's id.")),
+    request_body(content = Option<ReturnRequest>, content_type = "application/json",
+        description = "Admins only (403 for a customer who sends `returned_at`)."),
+    responses(
+        (status = 200, description = "Returned (`status` `returned`).", body = RentalChanged,
+            headers(("x-position" = i64, description = "The command's position."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`not-active`: already returned.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn return_movie(
     State(state): State<AppState>,
     Renter(caller): Renter,
@@ -74,21 +100,39 @@ async fn return_movie(
     let done =
         state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.metadata()).await?;
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
-    let body = json!({
-        "id": rental_id,
-        "movie_id": rental.movie_id,
-        "movie_title": title,
-        "customer_id": rental.customer_id,
-        "rented_at": rental.rented_at,
-        "returned_at": returned_at,
-        "status": status_name(RentalStatus::Returned),
-        "charge": null,
-        "paid_at": null,
-        "position": done.position,
-    });
-    Ok(with_position(done.position, Json(body)))
+    let rental = schemas::Rental {
+        id: rental_id,
+        movie_id: rental.movie_id,
+        movie_title: title.unwrap_or_default(),
+        customer_id: rental.customer_id,
+        rented_at: rental.rented_at,
+        returned_at: Some(returned_at),
+        status: status_name(RentalStatus::Returned),
+        charge: None,
+        paid_at: None,
+    };
+    Ok(with_position(done.position, Json(RentalChanged { rental, position: done.position })))
 }
 
+/// Pay for a returned rental (the renter, or an admin)
+///
+/// The amount must be exactly the charge.
+#[utoipa::path(post, path = "/api/v1/rentals/{id}/pay", tag = "renting", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The rental's id.")),
+    request_body(content = Payment, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Paid (`status` `paid`).", body = RentalChanged,
+            headers(("x-position" = i64, description = "The command's position."))),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`not-returned` (still active), `charge-pending` (returned, the charge \
+            is not computed yet: retry) or `already-paid`.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+    ))]
 async fn pay(
     State(state): State<AppState>,
     Renter(caller): Renter,
@@ -119,17 +163,20 @@ async fn pay(
     let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.metadata()).await?;
     let title = movie_title(&state, rental.movie_id).await?;
     let r = &done.state;
-    let body = json!({
-        "id": rental_id,
-        "movie_id": rental.movie_id,
-        "movie_title": title,
-        "customer_id": rental.customer_id,
-        "rented_at": r.rented_at,
-        "returned_at": r.returned_at,
-        "status": r.status().map(status_name),
-        "charge": r.charge,
-        "paid_at": r.paid_at,
-        "position": done.position,
-    });
-    Ok(with_position(done.position, Json(body)))
+    let rental = schemas::Rental {
+        id: rental_id,
+        movie_id: rental.movie_id,
+        movie_title: title.unwrap_or_default(),
+        customer_id: rental.customer_id,
+        rented_at: r.rented_at.unwrap_or(rental.rented_at),
+        returned_at: r.returned_at,
+        status: r.status().map(status_name).unwrap_or_default(),
+        charge: r.charge.as_ref().map(|c| Charge {
+            days: i64::from(c.days),
+            amount_cents: c.amount_cents,
+            currency: c.currency.clone(),
+        }),
+        paid_at: r.paid_at,
+    };
+    Ok(with_position(done.position, Json(RentalChanged { rental, position: done.position })))
 }

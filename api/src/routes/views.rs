@@ -1,49 +1,61 @@
-//! The JSON shapes of the contract, built from read-model rows.
+//! The contract's shapes, built from read-model rows.
 
-use projections::catalogue::MovieRow;
+use projections::catalogue::{CategoryRow, MovieRow};
 use projections::rentals::RentalRow;
-use serde_json::{json, Value};
+
+use super::schemas::{Category, Charge, Movie, MovieSummary, Rental};
 
 /// `MovieSummary`.
-pub fn movie_summary(row: &MovieRow) -> Value {
-    json!({
-        "id": row.movie_id,
-        "title": row.title,
-        "release_date": row.release_date,
-        "rating": f64::from(row.rating_tenths) / 10.0,
-        "categories": row.category_names,
-        "available": row.available,
-    })
+pub fn movie_summary(row: &MovieRow) -> MovieSummary {
+    MovieSummary {
+        id: row.movie_id,
+        title: row.title.clone(),
+        release_date: row.release_date,
+        rating: f64::from(row.rating_tenths) / 10.0,
+        categories: row.category_names.clone(),
+        available: row.available,
+    }
 }
 
 /// `Movie`: the summary plus storyline, director, retired, times rented and stream version.
-pub fn movie(row: &MovieRow) -> Value {
-    let mut body = movie_summary(row);
-    body["storyline"] = json!(row.storyline);
-    body["director"] = json!(row.director);
-    body["retired"] = json!(row.retired);
-    body["times_rented"] = json!(row.times_rented);
-    body["version"] = json!(row.version);
-    body
+pub fn movie(row: &MovieRow) -> Movie {
+    Movie {
+        summary: movie_summary(row),
+        storyline: row.storyline.clone(),
+        director: row.director.clone(),
+        retired: row.retired,
+        times_rented: row.times_rented,
+        version: row.version,
+    }
+}
+
+/// A category of the listing.
+pub fn category(row: &CategoryRow) -> Category {
+    Category { id: row.id, name: row.name.clone(), movie_count: i64::from(row.movie_count) }
 }
 
 /// `Rental`.
-pub fn rental(row: &RentalRow) -> Value {
+pub fn rental(row: &RentalRow) -> Rental {
     let charge = match (row.charge_days, row.charge_cents, &row.currency) {
         (Some(days), Some(amount_cents), Some(currency)) => {
-            json!({ "days": days, "amount_cents": amount_cents, "currency": currency })
+            Some(Charge { days: i64::from(days), amount_cents, currency: currency.clone() })
         }
-        _ => Value::Null,
+        _ => None,
     };
-    json!({
-        "id": row.rental_id,
-        "movie_id": row.movie_id,
-        "movie_title": row.movie_title,
-        "customer_id": row.customer_id,
-        "rented_at": row.rented_at,
-        "returned_at": row.returned_at,
-        "status": row.status,
-        "charge": charge,
-        "paid_at": row.paid_at,
-    })
+    Rental {
+        id: row.rental_id,
+        movie_id: row.movie_id,
+        movie_title: row.movie_title.clone(),
+        customer_id: row.customer_id,
+        rented_at: row.rented_at,
+        returned_at: row.returned_at,
+        status: row.status.clone(),
+        charge,
+        paid_at: row.paid_at,
+    }
+}
+
+/// `Movie` as the JSON text the cache keeps.
+pub fn movie_json(row: &MovieRow) -> String {
+    serde_json::to_string(&movie(row)).expect("a movie serializes")
 }

@@ -1,0 +1,426 @@
+//! The contract's JSON shapes as types (API.md's `User`, `Movie`, `MovieSummary`, `Rental`,
+//! `Money`, pages, ...): handlers answer with them and the OpenAPI spec describes them, so the
+//! two cannot disagree. Request bodies are parsed field by field (`crate::validate`, so a 422
+//! names every invalid field); the request types here describe those bodies for the spec, and
+//! the parameter types describe query strings that [`super::reads::Params`] parses.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// An amount of money: integer minor units plus an ISO 4217 currency.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Money {
+    /// Minor units (cents).
+    pub amount_cents: i64,
+    /// ISO 4217 code.
+    #[schema(example = "EUR")]
+    pub currency: String,
+}
+
+/// The caller's own account with what they owe.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// The account.
+    #[serde(flatten)]
+    pub user: crate::accounts::User,
+    /// The sum of charges assessed and not yet paid.
+    pub balance_due: Money,
+}
+
+/// A new account and its first token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// The account.
+    pub user: crate::accounts::User,
+    /// The opaque token, shown once.
+    pub token: String,
+    /// When the token stops working (30 days).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A category in the listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Category {
+    /// Id.
+    pub id: Uuid,
+    /// Name, unique case-insensitively.
+    pub name: String,
+    /// Movies in it that are not retired.
+    pub movie_count: i64,
+}
+
+/// A category after a command, with the command's position.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryChanged {
+    /// The category.
+    #[serde(flatten)]
+    pub category: Category,
+    /// The global position of the command's last event.
+    pub position: i64,
+}
+
+/// Every category, ordered by name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Categories {
+    /// The categories.
+    pub items: Vec<Category>,
+}
+
+/// A movie in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovieSummary {
+    /// Id.
+    pub id: Uuid,
+    /// Title.
+    pub title: String,
+    /// Release date.
+    pub release_date: NaiveDate,
+    /// 0..=10, one decimal.
+    #[schema(example = 8.1)]
+    pub rating: f64,
+    /// Names of its categories.
+    pub categories: Vec<String>,
+    /// Whether it can be rented now.
+    pub available: bool,
+}
+
+/// A movie's details.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Movie {
+    /// What a listing shows.
+    #[serde(flatten)]
+    pub summary: MovieSummary,
+    /// Storyline (may be empty).
+    pub storyline: String,
+    /// Director, when known.
+    pub director: Option<String>,
+    /// Retired movies are kept in history, never listed and not rentable.
+    pub retired: bool,
+    /// How often it was rented.
+    pub times_rented: i64,
+    /// Its stream version.
+    pub version: i64,
+}
+
+/// A movie after a command, with the command's position.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MovieChanged {
+    /// The movie.
+    #[serde(flatten)]
+    pub movie: Movie,
+    /// The global position of the command's last event.
+    pub position: i64,
+}
+
+/// A page of movies, ordered by title, then id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MoviePage {
+    /// This page.
+    pub items: Vec<MovieSummary>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Where a rental is: `active → returned → charged → paid`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RentalStatus {
+    /// The copy is out.
+    Active,
+    /// The copy is back; the charge is not assessed yet.
+    Returned,
+    /// The charge is assessed and unpaid.
+    Charged,
+    /// The charge is paid.
+    Paid,
+}
+
+/// What a rental costs, assessed after the return.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Charge {
+    /// Started 24-hour periods between rent and return, at least 1.
+    pub days: i64,
+    /// Minor units (cents).
+    pub amount_cents: i64,
+    /// ISO 4217 code.
+    #[schema(example = "EUR")]
+    pub currency: String,
+}
+
+/// A rental.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rental {
+    /// Id.
+    pub id: Uuid,
+    /// The movie.
+    pub movie_id: Uuid,
+    /// The movie's title.
+    pub movie_title: String,
+    /// The customer.
+    pub customer_id: Uuid,
+    /// When it started.
+    pub rented_at: DateTime<Utc>,
+    /// When the copy came back.
+    pub returned_at: Option<DateTime<Utc>>,
+    /// Where it is in its life.
+    #[schema(value_type = RentalStatus)]
+    pub status: String,
+    /// The charge, once assessed.
+    pub charge: Option<Charge>,
+    /// When it was paid.
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// A rental after a command, with the command's position.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RentalChanged {
+    /// The rental.
+    #[serde(flatten)]
+    pub rental: Rental,
+    /// The global position of the command's last event.
+    pub position: i64,
+}
+
+/// A page of rentals, newest `rented_at` first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RentalPage {
+    /// This page.
+    pub items: Vec<Rental>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A rent's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rented {
+    /// The new rental.
+    pub rental_id: Uuid,
+    /// The movie.
+    pub movie_id: Uuid,
+    /// The customer.
+    pub customer_id: Uuid,
+    /// When it started.
+    pub rented_at: DateTime<Utc>,
+    /// The global position of the rent's event.
+    pub position: i64,
+}
+
+/// A projection's progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionProgress {
+    /// Projection name.
+    #[schema(example = "catalogue")]
+    pub name: String,
+    /// Position of the last event applied.
+    pub position: i64,
+    /// Events committed and not yet applied.
+    pub lag_events: i64,
+    /// Age of the oldest event not yet applied, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// `running`, `catching-up` or `failing`.
+    pub state: String,
+    /// The last error, while failing.
+    pub last_error: Option<String>,
+}
+
+/// Every projection's progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Projections {
+    /// One per projection, by name.
+    pub items: Vec<ProjectionProgress>,
+}
+
+/// A rebuild that has started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildStarted {
+    /// Projection name.
+    pub name: String,
+    /// Always `rebuilding`.
+    #[schema(example = "rebuilding")]
+    pub state: String,
+}
+
+/// Liveness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// A projector as readiness reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectorReadiness {
+    /// Projection name.
+    pub name: String,
+    /// `running`, `catching-up` or `failing`.
+    pub state: String,
+    /// Events committed and not yet applied.
+    pub lag_events: i64,
+}
+
+/// Readiness: each dependency's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: String,
+    /// `up` or `down`.
+    pub postgres: String,
+    /// `up` or `down` (the API serves from PostgreSQL while Redis is down).
+    pub redis: String,
+    /// Every projector (empty while PostgreSQL is down).
+    pub projections: Vec<ProjectorReadiness>,
+}
+
+/// `POST /api/v1/auth/register`.
+#[derive(ToSchema)]
+pub struct RegisterRequest {
+    /// 3..=150 of letters, digits and `.@+-_`; unique case-insensitively.
+    #[schema(min_length = 3, max_length = 150, pattern = r"^[A-Za-z0-9.@+\-_]+$")]
+    pub username: String,
+    /// Unique case-insensitively.
+    #[schema(format = "email")]
+    pub email: String,
+    /// 8..=128 characters.
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(ToSchema)]
+pub struct LoginRequest {
+    /// Username.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// `POST /api/v1/me/password`.
+#[derive(ToSchema)]
+pub struct PasswordChange {
+    /// The password now.
+    pub current_password: String,
+    /// 8..=128 characters, different from the current one.
+    #[schema(min_length = 8, max_length = 128)]
+    pub new_password: String,
+}
+
+/// An account's role.
+#[derive(ToSchema)]
+pub struct RoleChange {
+    /// The new role.
+    pub role: crate::accounts::Role,
+}
+
+/// A category's name.
+#[derive(ToSchema)]
+pub struct CategoryName {
+    /// 1..=100 characters, unique case-insensitively.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+}
+
+/// A movie's fields: all but `storyline` and `director` are required to add one; a change sends
+/// at least one of them.
+#[derive(ToSchema)]
+pub struct MovieFields {
+    /// 1..=200 characters.
+    #[schema(min_length = 1, max_length = 200)]
+    pub title: String,
+    /// 0..=2000 characters.
+    #[schema(max_length = 2000)]
+    pub storyline: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub release_date: NaiveDate,
+    /// 0..=10, one decimal.
+    #[schema(minimum = 0, maximum = 10, multiple_of = 0.1)]
+    pub rating: f64,
+    /// ..=200 characters; null or blank for none.
+    #[schema(max_length = 200)]
+    pub director: Option<String>,
+    /// 1..=5 existing categories.
+    #[schema(min_items = 1, max_items = 5)]
+    pub category_ids: Vec<Uuid>,
+}
+
+/// A rent's optional body: only an admin sends one, renting for a customer.
+#[derive(ToSchema)]
+pub struct RentRequest {
+    /// The customer (required from an admin; a customer may not send it: 403).
+    pub customer_id: Uuid,
+    /// A past start (admin only), not before the movie's previous return.
+    pub rented_at: Option<DateTime<Utc>>,
+}
+
+/// A return's optional body: only an admin sends one, back-dating the return.
+#[derive(ToSchema)]
+pub struct ReturnRequest {
+    /// A past return time, not before `rented_at` (admin only; a customer gets 403).
+    pub returned_at: Option<DateTime<Utc>>,
+}
+
+/// A payment: exactly the charge.
+#[derive(ToSchema)]
+pub struct Payment {
+    /// Must equal the charge's `amount_cents` (422 otherwise).
+    #[schema(minimum = 0)]
+    pub amount_cents: i64,
+}
+
+/// `?min_position=`, which every read accepts.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadYourWrites {
+    /// Answer only once every read model this endpoint reads has applied the event at this
+    /// position (a command's `position`); at most 2 s, then 503 with `Retry-After`. Skips the cache.
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+/// Whether the listing shows movies that are out.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    /// Only movies that can be rented now (the default).
+    True,
+    /// Only movies that are rented out.
+    False,
+    /// Both.
+    Any,
+}
+
+/// The movie listing's filters and paging.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MovieQuery {
+    /// A category's id or name (case-insensitive); an unknown name lists nothing.
+    pub category: Option<String>,
+    /// Words separated by spaces (at most 10, each ..=100 characters); every word must occur,
+    /// case-insensitively, in the title, storyline or director.
+    pub q: Option<String>,
+    /// `true` (default), `false` or `any`.
+    #[param(inline)]
+    pub available: Option<Availability>,
+    /// Page size, 1..=100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page (opaque; one that does not decode is 422).
+    pub cursor: Option<String>,
+}
+
+/// The rental listing's filters and paging.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RentalQuery {
+    /// Only rentals in this state.
+    pub status: Option<RentalStatus>,
+    /// Only this customer's (admin and auditor; a customer may name only themselves).
+    pub customer_id: Option<Uuid>,
+    /// Page size, 1..=100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page (opaque; one that does not decode is 422).
+    pub cursor: Option<String>,
+}
