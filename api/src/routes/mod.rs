@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod catalogue_reads;
 mod categories;
 mod movies;
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .merge(catalogue_reads::router())
         .merge(rental_reads::router())
         .merge(admin::router())
+        .merge(audit::router())
 }
 
 /// The header that carries a command's position (the only place a 204 has it).

@@ -37,8 +37,13 @@ impl Params {
 
     /// `cursor`: an opaque token this API gave out.
     pub fn cursor<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
-        let Some(raw) = self.get("cursor") else { return Ok(None) };
-        let invalid = || ApiError::field("cursor", "is not a cursor this API gave out");
+        self.opaque("cursor")
+    }
+
+    /// An opaque token this API gave out, in the parameter `name`.
+    pub fn opaque<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        let Some(raw) = self.get(name) else { return Ok(None) };
+        let invalid = || ApiError::field(name, "is not a cursor this API gave out");
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
         serde_json::from_slice(&bytes).map(Some).map_err(|_| invalid())
     }
