@@ -249,9 +249,10 @@ async fn export(
     let log = AuditLog::new(pool.clone());
     let start = match after {
         None | Some(0) => Checkpoint::default(),
-        Some(position) => {
-            log.checkpoint_at(position).await?.with_context(|| format!("--after {position}: no event has that position"))?
-        }
+        Some(position) => log
+            .checkpoint_at(position)
+            .await?
+            .with_context(|| format!("--after {position}: no event has that position"))?,
     };
     let filter = EventFilter { until, ..EventFilter::default() };
     let bar = Bar::new("export");

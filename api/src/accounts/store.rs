@@ -217,8 +217,11 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
         .bind(&tombstone)
         .execute(&mut *tx)
         .await?;
-    let tokens_revoked =
-        sqlx::query("delete from tokens where user_id = $1").bind(user_id).execute(&mut *tx).await?.rows_affected();
+    let tokens_revoked = sqlx::query("delete from tokens where user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     let login_failures_deleted = sqlx::query("delete from login_failures where username = $1")
         .bind(username_lower)
         .execute(&mut *tx)

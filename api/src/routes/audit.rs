@@ -87,8 +87,13 @@ fn filter(params: &Params) -> Result<EventFilter, ApiError> {
 /// what is released later; it is null only when the page is empty, i.e. nothing after `after`
 /// was released yet: a reader who follows `next_after` until null has read every event
 /// released by then.
-async fn events(State(state): State<AppState>, _caller: Auditor, params: Params) -> Result<Response, ApiError> {
-    let (limit, after, filter) = match (params.limit(), params.opaque::<FeedCursor>("after"), filter(&params)) {
+async fn events(
+    State(state): State<AppState>,
+    _caller: Auditor,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let (limit, after, filter) = match (params.limit(), params.opaque::<FeedCursor>("after"), filter(&params))
+    {
         (Ok(limit), Ok(after), Ok(filter)) => (limit, after, filter),
         (limit, after, filter) => return Err(merged([limit.err(), after.err(), filter.err()])),
     };

@@ -1,6 +1,6 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use cqrs_es::test::TestFramework;
 use cqrs_es::persist::SerializedEvent;
+use cqrs_es::test::TestFramework;
 use cqrs_es::{Aggregate, DomainEvent};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -474,7 +474,8 @@ fn a_rental_paid_of_version_1_gains_the_euro_currency_and_becomes_version_2() {
 
 #[test]
 fn current_payloads_and_other_event_types_are_left_as_they_are() {
-    let current = serde_json::json!({ "amount_cents": 350, "currency": "USD", "paid_at": "2026-01-05T10:00:00Z" });
+    let current =
+        serde_json::json!({ "amount_cents": 350, "currency": "USD", "paid_at": "2026-01-05T10:00:00Z" });
     let event = upcast("RentalPaid", RENTAL_PAID_VERSION, current.clone());
     assert_eq!(event.payload, current);
     let closed = serde_json::json!({ "returned_at": "2026-01-05T10:00:00Z" });
