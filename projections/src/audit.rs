@@ -147,13 +147,20 @@ pub struct Export {
     log: AuditLog,
     after: Checkpoint,
     filter: EventFilter,
+    page: i64,
     done: bool,
 }
 
 impl Export {
     /// The events after `after` that `filter` keeps.
     pub fn new(log: AuditLog, after: Checkpoint, filter: EventFilter) -> Self {
-        Self { log, after, filter, done: false }
+        Self { log, after, filter, page: EXPORT_PAGE, done: false }
+    }
+
+    /// Reads `page` events per query instead of [`EXPORT_PAGE`].
+    pub fn with_page_size(mut self, page: i64) -> Self {
+        self.page = page.max(1);
+        self
     }
 
     /// The next page as NDJSON lines, with its number of events; `None` once the end is reached.
@@ -161,8 +168,8 @@ impl Export {
         if self.done {
             return Ok(None);
         }
-        let events = self.log.page(self.after, EXPORT_PAGE, &self.filter).await?;
-        self.done = (events.len() as i64) < EXPORT_PAGE;
+        let events = self.log.page(self.after, self.page, &self.filter).await?;
+        self.done = (events.len() as i64) < self.page;
         let Some(last) = events.last() else { return Ok(None) };
         self.after = checkpoint_of(last);
         let chunk: String = events.iter().map(ndjson_line).collect();
