@@ -60,10 +60,10 @@ async fn read_until(log: &AuditLog, limit: i64, count: usize) -> Vec<i64> {
 async fn the_feed_holds_back_a_transaction_still_open_and_every_later_one_until_it_commits(pool: PgPool) {
     // Arrange: one committed event, then A opens and appends, then B appends and commits.
     let log = AuditLog::new(pool.clone());
-    let first = append(&mut *pool.acquire().await.unwrap()).await;
+    let first = append(&mut pool.acquire().await.unwrap()).await;
     let mut a = pool.begin().await.unwrap();
     let early = append(&mut a).await;
-    let late = append(&mut *pool.acquire().await.unwrap()).await;
+    let late = append(&mut pool.acquire().await.unwrap()).await;
 
     // Act
     let while_open = read_until(&log, 1, 1).await;
@@ -83,7 +83,7 @@ async fn the_export_reads_the_log_page_by_page_in_feed_order_and_stops_at_its_en
     let mut late = pool.begin().await.unwrap();
     sqlx::query("select pg_current_xact_id()").execute(&mut *late).await.unwrap();
     for _ in 0..22 {
-        append(&mut *pool.acquire().await.unwrap()).await;
+        append(&mut pool.acquire().await.unwrap()).await;
     }
     append(&mut late).await;
     late.commit().await.unwrap();

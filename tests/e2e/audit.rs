@@ -56,7 +56,7 @@ async fn feed_page(app: &TestApp, token: &str, query: &str) -> (Vec<Value>, Opti
             .await;
     let items = body["items"].as_array().cloned().expect("items");
     let next = body["next_after"].as_str().map(str::to_string);
-    assert!(next.is_some() == !items.is_empty(), "next_after is null exactly when the page is empty: {body}");
+    assert_eq!(next.is_none(), items.is_empty(), "next_after is null exactly when the page is empty: {body}");
     (items, next)
 }
 
