@@ -159,6 +159,7 @@ async fn paging_the_feed_in_tiny_pages_while_customers_rent_and_return_reads_eve
     let mut after: Option<String> = None;
     let mut requests = 0u32;
     let mut quiet = false;
+    let mut read_while_writing = 0;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let limit = 1 + requests % 3;
@@ -183,6 +184,9 @@ async fn paging_the_feed_in_tiny_pages_while_customers_rent_and_return_reads_eve
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
+        if writers.iter().any(|w| !w.is_finished()) {
+            read_while_writing += page.len();
+        }
         seen.extend(page);
         after = next;
     }
@@ -199,7 +203,12 @@ async fn paging_the_feed_in_tiny_pages_while_customers_rent_and_return_reads_eve
     assert_eq!(missing, 0, "missing events");
     assert_eq!(got, expected, "the feed's order is (transaction id, position)");
     assert!(expected.len() >= 4 * 6 * 5, "4 customers x 6 rentals x (2 movie + 3 rental events)");
-    println!("{} events read exactly once in {requests} requests of 1-3 events", got.len());
+    assert!(read_while_writing > 0, "some pages were read while the writers appended");
+    println!(
+        "{} events read exactly once in {requests} requests of 1-3 events, {read_while_writing} of them while \
+         the writers ran",
+        got.len()
+    );
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
