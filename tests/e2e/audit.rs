@@ -310,6 +310,7 @@ async fn a_rentals_stream_shows_its_life_with_the_actor_and_the_request_ids_that
         format!("/api/v1/audit/streams/movie/{rental}"),
         format!("/api/v1/audit/streams/video/{movie}"),
         "/api/v1/audit/streams/movie/not-a-uuid".to_string(),
+        "/api/v1/audit/streams/movie/%FF%FE".to_string(),
         format!("/api/v1/audit/streams/rental/{}/state", Uuid::now_v7()),
         format!("/api/v1/audit/streams/video/{movie}/state"),
         "/api/v1/audit/streams/movie/42/state".to_string(),

@@ -3,6 +3,7 @@
 //! `projections::audit`; nothing here writes.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -119,19 +120,24 @@ fn merged(problems: impl IntoIterator<Item = Option<ApiError>>) -> ApiError {
     ApiError::Validation(errors)
 }
 
-/// The stream a path names, or 404 (also for an unknown type or a malformed id).
-fn stream_path(stream_type: &str, id: &str) -> Result<(&'static str, String), ApiError> {
+/// The `{type}/{id}` of a stream path.
+type StreamPath = Result<Path<(String, String)>, PathRejection>;
+
+/// The stream a path names, or 404 (also for an unknown type, a malformed id or a path that does
+/// not decode).
+fn stream_path(path: StreamPath) -> Result<(&'static str, String), ApiError> {
+    let Path((stream_type, id)) = path.map_err(|_| ApiError::NotFound("stream"))?;
     let stream_type = STREAM_TYPES.iter().find(|t| **t == stream_type).ok_or(ApiError::NotFound("stream"))?;
-    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound("stream"))?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("stream"))?;
     Ok((stream_type, id.to_string()))
 }
 
 async fn stream(
     State(state): State<AppState>,
     _caller: Auditor,
-    Path((stream_type, id)): Path<(String, String)>,
+    path: StreamPath,
 ) -> Result<Response, ApiError> {
-    let (stream_type, id) = stream_path(&stream_type, &id)?;
+    let (stream_type, id) = stream_path(path)?;
     let events = AuditLog::new(state.db.clone()).stream(stream_type, &id, None).await?;
     if events.is_empty() {
         return Err(ApiError::NotFound("stream"));
@@ -143,7 +149,7 @@ async fn stream(
 async fn state_as_of(
     State(state): State<AppState>,
     _caller: Auditor,
-    Path((stream_type, id)): Path<(String, String)>,
+    path: StreamPath,
     params: Params,
 ) -> Result<Response, ApiError> {
     let as_of = match params.get("as_of") {
@@ -151,7 +157,7 @@ async fn state_as_of(
         Some(raw) => parse_time(raw)
             .ok_or_else(|| ApiError::field("as_of", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))?,
     };
-    let (stream_type, id) = stream_path(&stream_type, &id)?;
+    let (stream_type, id) = stream_path(path)?;
     let events = AuditLog::new(state.db.clone()).stream(stream_type, &id, Some(as_of)).await?;
     let rebuilt = match stream_type {
         "movie" => rebuild::<Movie>(&events, movie_view)?,
