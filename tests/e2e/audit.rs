@@ -505,19 +505,14 @@ async fn bad_cursors_limits_filters_and_times_are_422_naming_each_parameter(pool
     let app = TestApp::spawn(pool).await;
     let token = auditor(&app).await;
     app.category("Noir").await;
-    let garbage_cursor = {
-        use std::fmt::Write;
-        // Valid base64 of something that is not a cursor.
-        let mut text = String::new();
-        for byte in b"{\"nope\":1}" {
-            let _ = write!(text, "{byte:02x}");
-        }
-        text
-    };
-    let cases: [(&str, &[&str]); 13] = [
+    // Base64 of JSON that is not a cursor, and of a cursor with a negative transaction id.
+    let not_a_cursor = "eyJub3BlIjoxfQ"; // {"nope":1}
+    let negative = "eyJ4IjotMSwicCI6MH0"; // {"x":-1,"p":0}
+    let cases: [(&str, &[&str]); 14] = [
+        (&format!("after={negative}"), &["after"]),
         ("after=%%%", &["after"]),
         ("after=bm90LWEtY3Vyc29y", &["after"]),
-        (&format!("after={garbage_cursor}"), &["after"]),
+        (&format!("after={not_a_cursor}"), &["after"]),
         ("limit=0", &["limit"]),
         ("limit=101", &["limit"]),
         ("limit=ten", &["limit"]),

@@ -84,7 +84,7 @@ fn filter(params: &Params) -> Result<EventFilter, ApiError> {
     }
 }
 
-/// `next_after` is the position of the page's last event, so a reader can always come back for
+/// `next_after` encodes the feed place (transaction id, position) of the page's last event, so a reader can always come back for
 /// what is released later; it is null only when the page is empty, i.e. nothing after `after`
 /// was released yet: a reader who follows `next_after` until null has read every event
 /// released by then.
@@ -98,7 +98,11 @@ async fn events(
         (Ok(limit), Ok(after), Ok(filter)) => (limit, after, filter),
         (limit, after, filter) => return Err(merged([limit.err(), after.err(), filter.err()])),
     };
-    let after = after.map_or_else(Checkpoint::default, |c| Checkpoint { xid: c.x, position: c.p });
+    let after = match after {
+        None => Checkpoint::default(),
+        Some(FeedCursor { x, p }) if x >= 0 && p >= 0 => Checkpoint { xid: x, position: p },
+        Some(_) => return Err(ApiError::field("after", "is not a cursor this API gave out")),
+    };
     let rows = AuditLog::new(state.db.clone()).page(after, limit, &filter).await?;
     let next_after = rows.last().map(|last| {
         let checkpoint = audit::checkpoint_of(last);
