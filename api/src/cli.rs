@@ -10,7 +10,8 @@ use secrecy::SecretString;
 use crate::accounts::{validate_email, validate_password, validate_username, Accounts, Role};
 use crate::config::Config;
 use crate::startup::{shutdown_signal, App};
-use projections::engine::{Engine, Projection};
+use projections::audit::{AuditLog, Export};
+use projections::engine::{Checkpoint, Engine, EventFilter, Projection};
 
 /// The movie store: an event-sourced video club backend.
 #[derive(Debug, Parser)]
@@ -45,6 +46,22 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         movies: u64,
     },
+    /// Write the event log to standard output as NDJSON (one event a line, in the order the
+    /// projections read it), with a progress bar on stderr when it is a terminal.
+    Export {
+        /// Only events after the event at this position, in the log's order.
+        #[arg(long)]
+        after: Option<i64>,
+        /// Only events recorded before this time (RFC 3339).
+        #[arg(long, value_parser = parse_rfc3339)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Erase a person's personal data from the accounts (username, email, password hash, tokens,
+    /// login failures); the account id stays, so the history still refers to it.
+    EraseUser {
+        /// The username.
+        username: String,
+    },
     /// Create an account; the password is read from the first line of standard input.
     CreateUser {
         /// customer, admin, auditor or analyst.
@@ -73,7 +90,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Seed { movies } => seed(config, movies).await,
         Command::CreateUser { role, email, username } => create_user(config, &role, email, &username).await,
+        Command::Export { after, until } => export(config, after, until).await,
+        Command::EraseUser { username } => erase_user(config, &username).await,
     }
+}
+
+fn parse_rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-01-31T12:00:00Z"))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -248,5 +273,56 @@ async fn create_user(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", serde_json::to_string(&user)?);
+    Ok(())
+}
+
+async fn export(
+    config: Config,
+    after: Option<i64>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let pool = crate::db::connect(&config.database).await?;
+    crate::db::migrate(&pool).await?;
+    let log = AuditLog::new(pool.clone());
+    let start = match after {
+        None | Some(0) => Checkpoint::default(),
+        Some(position) => log
+            .checkpoint_at(position)
+            .await?
+            .with_context(|| format!("--after {position}: no event has that position"))?,
+    };
+    let filter = EventFilter { until, ..EventFilter::default() };
+    let bar = Bar::new("export", "events");
+    if !bar.0.is_hidden() {
+        bar.0.set_length(log.count().await?.max(0) as u64);
+    }
+    let mut export = Export::new(log, start, filter);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written = 0u64;
+    while let Some((chunk, events)) = export.next_chunk().await? {
+        out.write_all(chunk.as_bytes()).context("could not write to stdout")?;
+        written += events;
+        bar.0.set_position(written);
+    }
+    out.flush().context("could not write to stdout")?;
+    bar.0.finish_and_clear();
+    pool.close().await;
+    Ok(())
+}
+
+async fn erase_user(config: Config, username: &str) -> anyhow::Result<()> {
+    let pool = crate::db::connect(&config.database).await?;
+    crate::db::migrate(&pool).await?;
+    let accounts = Accounts::new(pool.clone(), &config.auth);
+    let Some(erased) = accounts.erase(username).await? else {
+        bail!("no account has the username {username:?}");
+    };
+    println!(
+        "erased account {}: username replaced by {}, email and password hash removed, {} token(s) revoked, \
+         {} login failure(s) deleted; its events keep the account id",
+        erased.user_id, erased.tombstone, erased.tokens_revoked, erased.login_failures_deleted
+    );
+    pool.close().await;
     Ok(())
 }

@@ -144,6 +144,10 @@ role_guard!(
     Admin, "this needs the admin role", Role::Admin
 );
 role_guard!(
+    /// A caller who may read the event history: an auditor or an admin.
+    Auditor, "this needs the auditor or admin role", Role::Auditor, Role::Admin
+);
+role_guard!(
     /// A caller who may rent: a customer, or an admin acting for one.
     Renter, "only customers and admins rent, return and pay", Role::Customer, Role::Admin
 );

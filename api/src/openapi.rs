@@ -120,7 +120,9 @@ async fn missing_file_as_problem(response: axum::response::Response) -> axum::re
         (name = "accounts", description = "Registering, tokens, the caller's account, roles."),
         (name = "catalogue", description = "Categories and movies: reads for every account, changes for admins."),
         (name = "renting", description = "Renting, returning and paying; one copy per movie."),
-        (name = "operations", description = "Health, readiness, projections, this description.")
+        (name = "audit", description = "The event log for auditors: feed, streams, state as of a time, export."),
+        (name = "analytics", description = "Business questions over the analytics read models, for analysts."),
+        (name = "operations", description = "Health, readiness, metrics, projections, this description.")
     )
 )]
 struct ApiDoc;

@@ -23,6 +23,12 @@ mod serde_util;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Every upcaster of the product's events, to run on a stored event before it is decoded (event
+/// type names are unique across streams, so one list serves every stream).
+pub fn upcasters() -> Vec<Box<dyn cqrs_es::persist::EventUpcaster>> {
+    rental::upcasters()
+}
+
 /// Who issues a command, as far as the domain's rules care: ownership checks let an admin act on
 /// behalf of any customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

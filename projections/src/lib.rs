@@ -9,9 +9,11 @@
 //! - [`catalogue`], [`rentals`]: read models (handler and reader in one module each).
 //! - [`payments`]: the process manager that opens and closes rentals (assessing charges).
 //! - [`rebuild`]: replaying read models into shadow tables, swapping them in, verifying them.
+//! - [`audit`]: the log as auditors read it: the filtered feed, streams, state as of a time.
 //!
 //! Nothing here knows about HTTP.
 
+pub mod audit;
 pub mod catalogue;
 pub mod engine;
 pub mod payments;

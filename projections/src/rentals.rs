@@ -211,7 +211,7 @@ fn fold(rows: &mut Rows, changes: Vec<Change>) {
                             rental.status = "charged".into();
                         }
                     }
-                    RentalEvent::RentalPaid { amount_cents, paid_at } => {
+                    RentalEvent::RentalPaid { amount_cents, paid_at, .. } => {
                         rental.paid_at = Some(paid_at);
                         rental.paid_cents = Some(amount_cents);
                         rental.status = "paid".into();

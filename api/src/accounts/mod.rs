@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use password::Passwords;
+pub use store::Erased;
 pub use validation::{validate_email, validate_password, validate_username};
 
 use crate::config::AuthConfig;
@@ -246,6 +247,13 @@ impl Accounts {
     /// An account by id.
     pub async fn find(&self, user_id: Uuid) -> Result<Option<User>, sqlx::Error> {
         store::user_by_id(&self.pool, user_id).await
+    }
+
+    /// Erases a person's personal data from the accounts tables (the right to erasure); the
+    /// account id stays, so the event history, which holds ids only, still refers to it.
+    /// `None` when no account has that username.
+    pub async fn erase(&self, username: &str) -> Result<Option<Erased>, sqlx::Error> {
+        store::erase_user(&self.pool, &username.to_lowercase()).await
     }
 
     /// Creates the bootstrap admin unless an account with that username exists.

@@ -185,3 +185,48 @@ pub(super) async fn clear_failures(
         .await?;
     Ok(())
 }
+
+/// What erasing a person's account did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// The account id, which stays: the history refers to it.
+    pub user_id: Uuid,
+    /// The username now held by the account.
+    pub tombstone: String,
+    /// Tokens revoked.
+    pub tokens_revoked: u64,
+    /// Login failures recorded for the old username, deleted.
+    pub login_failures_deleted: u64,
+}
+
+/// Replaces the username with a tombstone that names only the account id (`:` is not allowed in
+/// usernames, so no one can register it), removes the email and the password hash (an empty hash
+/// never verifies), revokes every token and deletes the login failures of the old name, in one
+/// transaction. `None` when no account has that username.
+pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Option<Erased>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let user_id: Option<Uuid> =
+        sqlx::query_scalar("select user_id from users where lower(username) = $1 for update")
+            .bind(username_lower)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(user_id) = user_id else { return Ok(None) };
+    let tombstone = format!("erased:{user_id}");
+    sqlx::query("update users set username = $2, email = null, password_hash = '' where user_id = $1")
+        .bind(user_id)
+        .bind(&tombstone)
+        .execute(&mut *tx)
+        .await?;
+    let tokens_revoked = sqlx::query("delete from tokens where user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let login_failures_deleted = sqlx::query("delete from login_failures where username = $1")
+        .bind(username_lower)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(Some(Erased { user_id, tombstone, tokens_revoked, login_failures_deleted }))
+}

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod admin;
+mod audit;
 mod catalogue_reads;
 mod categories;
 mod movies;
@@ -36,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .merge(catalogue_reads::router())
         .merge(rental_reads::router())
         .merge(admin::router())
+        .merge(audit::router())
         .into_router()
 }
 

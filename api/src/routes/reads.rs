@@ -37,8 +37,13 @@ impl Params {
 
     /// `cursor`: an opaque token this API gave out.
     pub fn cursor<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
-        let Some(raw) = self.get("cursor") else { return Ok(None) };
-        let invalid = || ApiError::field("cursor", "is not a cursor this API gave out");
+        self.opaque("cursor")
+    }
+
+    /// An opaque token this API gave out, in the parameter `name`.
+    pub fn opaque<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        let Some(raw) = self.get(name) else { return Ok(None) };
+        let invalid = || ApiError::field(name, "is not a cursor this API gave out");
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
         serde_json::from_slice(&bytes).map(Some).map_err(|_| invalid())
     }
@@ -93,12 +98,23 @@ pub async fn read_your_writes(
     if reached {
         Ok(true)
     } else {
-        Err(ApiError::rejected(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not-yet-consistent",
-            format!("the read models have not reached position {position} yet; retry shortly"),
-        ))
+        Err(not_yet(format!("the read models have not reached position {position} yet; retry shortly")))
     }
+}
+
+/// For reads of the log itself (the audit endpoints): waits, when the request asks for it, until
+/// the event at `min_position` is released to the log's readers in the projections' order.
+pub async fn log_released(state: &AppState, params: &Params) -> Result<(), ApiError> {
+    let Some(position) = params.min_position()? else { return Ok(()) };
+    if position == 0 || projections::engine::wait_for_release(&state.db, position, MIN_POSITION_WAIT).await? {
+        Ok(())
+    } else {
+        Err(not_yet(format!("the event at position {position} is not in the log yet; retry shortly")))
+    }
+}
+
+fn not_yet(message: String) -> ApiError {
+    ApiError::rejected(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not-yet-consistent", message)
 }
 
 /// The contract's page, `{"items": [...], "next_cursor": ...}`, from rows fetched with one extra

@@ -112,7 +112,8 @@ impl Aggregate for Rental {
                 if amount_cents != charge.amount_cents {
                     return Err(RentalError::WrongAmount { expected_cents: charge.amount_cents });
                 }
-                sink.write(RentalEvent::RentalPaid { amount_cents, paid_at }, self).await;
+                let currency = charge.currency.clone();
+                sink.write(RentalEvent::RentalPaid { amount_cents, currency, paid_at }, self).await;
             }
         }
         Ok(())

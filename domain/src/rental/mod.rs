@@ -14,4 +14,4 @@ mod tests;
 pub use aggregate::{Rental, RentalStatus};
 pub use command::RentalCommand;
 pub use error::RentalError;
-pub use event::RentalEvent;
+pub use event::{upcasters, RentalEvent, RENTAL_PAID_VERSION};

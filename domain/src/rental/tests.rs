@@ -1,6 +1,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use cqrs_es::persist::SerializedEvent;
 use cqrs_es::test::TestFramework;
-use cqrs_es::Aggregate;
+use cqrs_es::{Aggregate, DomainEvent};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -73,7 +74,7 @@ fn pay(amount_cents: i64, by: Actor) -> RentalCommand {
 }
 
 fn paid(amount_cents: i64) -> RentalEvent {
-    RentalEvent::RentalPaid { amount_cents, paid_at: paid_at() }
+    RentalEvent::RentalPaid { amount_cents, currency: "EUR".to_string(), paid_at: paid_at() }
 }
 
 fn replay(events: impl IntoIterator<Item = RentalEvent>) -> Rental {
@@ -436,4 +437,63 @@ proptest! {
         prop_assert_eq!(rental.status(), Some(RentalStatus::Charged));
         prop_assert_eq!(rental.returned_at, Some(returned_at));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versions
+// ---------------------------------------------------------------------------------------------
+
+fn upcast(event_type: &str, event_version: &str, payload: serde_json::Value) -> SerializedEvent {
+    let mut event = SerializedEvent::new(
+        "rental-1".to_string(),
+        4,
+        "rental".to_string(),
+        event_type.to_string(),
+        event_version.to_string(),
+        payload,
+        serde_json::Value::Null,
+    );
+    for upcaster in super::upcasters() {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            event = upcaster.upcast(event);
+        }
+    }
+    event
+}
+
+#[test]
+fn a_rental_paid_of_version_1_gains_the_euro_currency_and_becomes_version_2() {
+    let stored = serde_json::json!({ "amount_cents": 350, "paid_at": "2026-01-05T10:00:00Z" });
+    let event = upcast("RentalPaid", "1.0", stored);
+    assert_eq!(event.event_version, "2.0.0", "version {RENTAL_PAID_VERSION} in semantic form");
+    assert_eq!(
+        event.payload,
+        serde_json::json!({ "amount_cents": 350, "currency": "EUR", "paid_at": "2026-01-05T10:00:00Z" })
+    );
+}
+
+#[test]
+fn current_payloads_and_other_event_types_are_left_as_they_are() {
+    let current =
+        serde_json::json!({ "amount_cents": 350, "currency": "USD", "paid_at": "2026-01-05T10:00:00Z" });
+    let event = upcast("RentalPaid", RENTAL_PAID_VERSION, current.clone());
+    assert_eq!(event.payload, current);
+    let closed = serde_json::json!({ "returned_at": "2026-01-05T10:00:00Z" });
+    let event = upcast("RentalClosed", "1.0", closed.clone());
+    assert_eq!((event.event_version.as_str(), event.payload), ("1.0", closed));
+}
+
+#[test]
+fn a_payment_records_the_currency_of_its_charge_as_version_2() {
+    let p = parties();
+    let mut events = charged(&p);
+    if let Some(RentalEvent::ChargeAssessed { currency, .. }) = events.last_mut() {
+        *currency = "CHF".to_string();
+    }
+    let paid = RentalEvent::RentalPaid { amount_cents: 350, currency: "CHF".to_string(), paid_at: paid_at() };
+    assert_eq!(paid.event_version(), "2.0");
+    RentalTest::with(())
+        .given(events)
+        .when(pay(350, Actor::customer(p.customer)))
+        .then_expect_events(vec![paid]);
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 
 use super::StoredEvent;
 
@@ -23,7 +23,7 @@ pub async fn read_batch(
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read(conn, after, limit, "metadata").await
+    read(conn, after, limit, "metadata", &EventFilter::default()).await
 }
 
 /// [`read_batch`] without the metadata column (`null`), for replays of read models, which do not
@@ -33,7 +33,33 @@ pub async fn read_batch_without_metadata(
     after: Checkpoint,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read(conn, after, limit, "'null'::jsonb").await
+    read(conn, after, limit, "'null'::jsonb", &EventFilter::default()).await
+}
+
+/// [`read_batch`] keeping only the events `filter` matches: the same order and horizon, so a
+/// reader that pages with the last event's checkpoint never skips or repeats one.
+pub async fn read_filtered(
+    conn: &mut PgConnection,
+    after: Checkpoint,
+    limit: i64,
+    filter: &EventFilter,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    read(conn, after, limit, "metadata", filter).await
+}
+
+/// Which events a filtered read keeps; every `None` keeps all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Stream type (`movie`, `rental`, `category`).
+    pub stream_type: Option<String>,
+    /// Stream id.
+    pub stream_id: Option<String>,
+    /// Event type, e.g. `MovieRented`.
+    pub event_type: Option<String>,
+    /// Recorded at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Recorded before this time.
+    pub until: Option<DateTime<Utc>>,
 }
 
 async fn read(
@@ -41,21 +67,33 @@ async fn read(
     after: Checkpoint,
     limit: i64,
     metadata: &str,
+    filter: &EventFilter,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let mut query = QueryBuilder::<Postgres>::new(format!(
         "select position, transaction_id::text::bigint as xid, event_id, aggregate_type, aggregate_id,
                 sequence, event_type, event_version, payload, {metadata} as metadata, recorded_at
            from events
           where transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-            and (transaction_id, position) > ($1::text::xid8, $2)
-          order by transaction_id, position
-          limit $3"
-    ))
-    .bind(after.xid.to_string())
-    .bind(after.position)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+            and (transaction_id, position) > ("
+    ));
+    query.push_bind(after.xid.to_string()).push("::text::xid8, ").push_bind(after.position).push(")");
+    if let Some(stream_type) = &filter.stream_type {
+        query.push(" and aggregate_type = ").push_bind(stream_type.clone());
+    }
+    if let Some(stream_id) = &filter.stream_id {
+        query.push(" and aggregate_id = ").push_bind(stream_id.clone());
+    }
+    if let Some(event_type) = &filter.event_type {
+        query.push(" and event_type = ").push_bind(event_type.clone());
+    }
+    if let Some(since) = filter.since {
+        query.push(" and recorded_at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        query.push(" and recorded_at < ").push_bind(until);
+    }
+    query.push(" order by transaction_id, position limit ").push_bind(limit);
+    query.build_query_as().fetch_all(conn).await
 }
 
 /// Makes sure each projection has a checkpoint row.
@@ -127,10 +165,8 @@ pub async fn wait_for_position(
     position: i64,
     timeout: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let reached: Option<bool> = sqlx::query_scalar(
+    poll_until(timeout, || {
+        sqlx::query_scalar(
             "select bool_and((c.last_xid, c.last_position) >= (e.transaction_id::text::bigint, e.position))
                from events e
                cross join projection_checkpoint c
@@ -139,8 +175,36 @@ pub async fn wait_for_position(
         .bind(position)
         .bind(names)
         .fetch_one(pool)
-        .await?;
-        if reached == Some(true) {
+    })
+    .await
+}
+
+/// Waits until the event at `position` is released to readers of the log in the engine's order
+/// (its transaction is older than every running one), for at most `timeout`. `false` when it was
+/// not released in time, or there is no such event.
+pub async fn wait_for_release(pool: &PgPool, position: i64, timeout: Duration) -> Result<bool, sqlx::Error> {
+    poll_until(timeout, || {
+        sqlx::query_scalar(
+            "select bool_and(transaction_id < pg_snapshot_xmin(pg_current_snapshot()))
+               from events where position = $1",
+        )
+        .bind(position)
+        .fetch_one(pool)
+    })
+    .await
+}
+
+/// Asks `reached` with a growing pause (2 ms up to 50 ms) until it answers `Some(true)` or
+/// `timeout` passes.
+async fn poll_until<F, Fut>(timeout: Duration, mut reached: F) -> Result<bool, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<bool>, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if reached().await? == Some(true) {
             return Ok(true);
         }
         let now = tokio::time::Instant::now();

@@ -29,8 +29,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub use feed::{
-    checkpoint, checkpoints, ensure_checkpoints, read_batch, read_batch_without_metadata, wait_for_position,
-    Checkpoint, Status,
+    checkpoint, checkpoints, ensure_checkpoints, read_batch, read_batch_without_metadata, read_filtered,
+    wait_for_position, wait_for_release, Checkpoint, EventFilter, Status,
 };
 pub(crate) use runner::save_checkpoint as save;
 pub use runner::{BatchOutcome, Engine, EngineConfig, Listener};
@@ -71,7 +71,7 @@ impl StoredEvent {
 
     /// Decodes the payload into the stream's event type.
     pub fn decode<E: cqrs_es::DomainEvent>(&self) -> Result<E, ProjectionError> {
-        crate::store::decode_event(&self.event_type, &self.payload).map_err(|e| {
+        crate::store::decode_event(&self.event_type, &self.event_version, &self.payload).map_err(|e| {
             ProjectionError::Decode(format!("event at position {} ({}): {e}", self.position, self.event_type))
         })
     }

@@ -1,8 +1,18 @@
 //! How domain events are stored: the payload is the variant's fields alone (the variant's name
 //! is in `event_type`), so the audit log reads naturally and payloads can gain versions.
+//!
+//! Every path that turns a stored event back into a domain event (the aggregate loader, the
+//! projection engine, the audit's state as of a time) goes through [`decode_event`], which first
+//! runs the domain's upcasters, so an event stored in an older shape reads as the current one.
+//! Stored payloads are never rewritten.
 
+use std::sync::LazyLock;
+
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use cqrs_es::DomainEvent;
 use serde_json::{Map, Value};
+
+static UPCASTERS: LazyLock<Vec<Box<dyn EventUpcaster>>> = LazyLock::new(domain::upcasters);
 
 /// An event ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,10 +37,36 @@ pub fn encode_event<E: DomainEvent>(event: &E) -> Result<EncodedEvent, serde_jso
     Ok(EncodedEvent { event_type, event_version: event.event_version(), payload })
 }
 
-/// The inverse of [`encode_event`].
-pub fn decode_event<E: DomainEvent>(event_type: &str, payload: &Value) -> Result<E, serde_json::Error> {
+/// Brings a stored payload of `event_version` to its event type's current shape.
+pub fn upcast(event_type: &str, event_version: &str, payload: Value) -> Value {
+    if !UPCASTERS.iter().any(|u| u.can_upcast(event_type, event_version)) {
+        return payload;
+    }
+    let mut event = SerializedEvent::new(
+        String::new(),
+        0,
+        String::new(),
+        event_type.to_string(),
+        event_version.to_string(),
+        payload,
+        Value::Null,
+    );
+    for upcaster in UPCASTERS.iter() {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            event = upcaster.upcast(event);
+        }
+    }
+    event.payload
+}
+
+/// The inverse of [`encode_event`], for a payload stored in any version: upcast, then decode.
+pub fn decode_event<E: DomainEvent>(
+    event_type: &str,
+    event_version: &str,
+    payload: &Value,
+) -> Result<E, serde_json::Error> {
     let mut tagged = Map::with_capacity(1);
-    tagged.insert(event_type.to_string(), payload.clone());
+    tagged.insert(event_type.to_string(), upcast(event_type, event_version, payload.clone()));
     serde_json::from_value(Value::Object(tagged))
 }
 
@@ -38,6 +74,7 @@ pub fn decode_event<E: DomainEvent>(event_type: &str, payload: &Value) -> Result
 mod tests {
     use super::*;
     use domain::movie::MovieEvent;
+    use domain::rental::RentalEvent;
     use uuid::Uuid;
 
     #[test]
@@ -51,7 +88,8 @@ mod tests {
         assert_eq!(encoded.event_type, "MovieRented");
         assert_eq!(encoded.event_version, "1.0");
         assert!(encoded.payload.get("rental_id").is_some());
-        let back: MovieEvent = decode_event(&encoded.event_type, &encoded.payload).unwrap();
+        let back: MovieEvent =
+            decode_event(&encoded.event_type, &encoded.event_version, &encoded.payload).unwrap();
         assert_eq!(back, event);
     }
 
@@ -59,7 +97,19 @@ mod tests {
     fn an_event_without_fields_has_an_empty_object_as_payload() {
         let encoded = encode_event(&MovieEvent::MovieRetired {}).unwrap();
         assert_eq!(encoded.payload, serde_json::json!({}));
-        let back: MovieEvent = decode_event("MovieRetired", &encoded.payload).unwrap();
+        let back: MovieEvent = decode_event("MovieRetired", "1.0", &encoded.payload).unwrap();
         assert_eq!(back, MovieEvent::MovieRetired {});
+    }
+
+    #[test]
+    fn a_payment_stored_in_version_1_decodes_as_the_current_event() {
+        let paid_at = chrono::Utc::now();
+        let stored = serde_json::json!({ "amount_cents": 350, "paid_at": paid_at });
+        let back: RentalEvent = decode_event("RentalPaid", "1.0", &stored).unwrap();
+        assert_eq!(back, RentalEvent::RentalPaid { amount_cents: 350, currency: "EUR".into(), paid_at });
+        let current = encode_event(&back).unwrap();
+        assert_eq!(current.event_version, "2.0");
+        let again: RentalEvent = decode_event("RentalPaid", "2.0", &current.payload).unwrap();
+        assert_eq!(again, back);
     }
 }

@@ -340,7 +340,7 @@ fn apply_stored<A: Aggregate>(
     event: SerializedEvent,
 ) -> Result<(), CommandError<A::Error>> {
     let payload: &Value = &event.payload;
-    let decoded: A::Event = decode_event(&event.event_type, payload).map_err(|e| {
+    let decoded: A::Event = decode_event(&event.event_type, &event.event_version, payload).map_err(|e| {
         CommandError::Corrupt(format!(
             "{} {} #{}: {e}",
             event.aggregate_type, event.aggregate_id, event.sequence

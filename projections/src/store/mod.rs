@@ -14,7 +14,7 @@ mod executor;
 pub mod lookup;
 mod stream;
 
-pub use codec::{decode_event, encode_event, EncodedEvent};
+pub use codec::{decode_event, encode_event, upcast, EncodedEvent};
 pub use executor::{CommandError, Committed, EventStore, Metadata, RecordedEvent, RetryPolicy};
 pub use stream::{Loaded, StreamKind};
 

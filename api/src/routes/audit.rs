@@ -1,0 +1,386 @@
+//! The audit API (auditors and admins): the global event feed with filters, one stream's
+//! events, a stream's state as of a time, and the NDJSON export. Reads the log through
+//! `projections::audit`; nothing here writes.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use domain::category::Category;
+use domain::movie::Movie;
+use domain::rental::Rental;
+use projections::audit::{self, AuditLog, Export, Rebuilt, STREAM_TYPES};
+use projections::engine::{Checkpoint, EventFilter, StoredEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
+
+use super::reads::{cursor, log_released, Params};
+use super::schemas::ReadYourWrites;
+use crate::error::{ApiError, FieldErrors};
+use crate::extract::Auditor;
+use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
+use crate::state::AppState;
+
+pub fn router() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(events))
+        .routes(routes!(stream))
+        .routes(routes!(state_as_of))
+        .routes(routes!(export))
+}
+
+/// One event of the log, as stored (`payload` in its `schema_version`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Event {
+    /// The global position.
+    position: i64,
+    event_id: Uuid,
+    /// `movie`, `rental` or `category`.
+    stream_type: String,
+    stream_id: Uuid,
+    /// The event's sequence number in its stream, from 1.
+    version: i64,
+    /// The event type, e.g. `MovieRented`.
+    #[schema(rename = "type")]
+    kind: String,
+    schema_version: String,
+    recorded_at: DateTime<Utc>,
+    payload: Value,
+    metadata: EventMetadata,
+}
+
+/// Who and what caused an event.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct EventMetadata {
+    actor_id: Option<Uuid>,
+    request_id: Option<String>,
+    /// The request id of the client command that started the chain.
+    correlation_id: Option<String>,
+    /// The `event_id` a process manager reacted to; null for client commands.
+    causation_id: Option<Uuid>,
+}
+
+/// A page of the feed.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct EventPage {
+    items: Vec<Event>,
+    /// Pass as `after` for the next page; null when this page is empty (all released events read).
+    next_after: Option<String>,
+}
+
+/// Every event of one stream.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct StreamEvents {
+    items: Vec<Event>,
+}
+
+/// A stream's state rebuilt from its events up to `as_of`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct StreamState {
+    stream_type: String,
+    stream_id: Uuid,
+    version: i64,
+    as_of: DateTime<Utc>,
+    /// The aggregate's state (a movie's includes `available`).
+    state: Value,
+}
+
+/// The feed's paging and filters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct FeedQuery {
+    /// The `next_after` of the previous page; absent: from the start.
+    after: Option<String>,
+    /// 1..=100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// `movie`, `rental` or `category`.
+    stream_type: Option<String>,
+    stream_id: Option<Uuid>,
+    /// An event type, e.g. `MovieRented`.
+    #[param(rename = "type")]
+    kind: Option<String>,
+    /// Recorded at or after (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Recorded before (RFC 3339).
+    until: Option<DateTime<Utc>>,
+}
+
+/// The time a state is rebuilt at.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AsOfQuery {
+    /// RFC 3339; default now.
+    as_of: Option<DateTime<Utc>>,
+}
+
+/// `after`: where the previous page ended in the feed's order.
+#[derive(Serialize, Deserialize)]
+struct FeedCursor {
+    x: i64,
+    p: i64,
+}
+
+fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The feed's filters, every invalid one named.
+fn filter(params: &Params) -> Result<EventFilter, ApiError> {
+    let mut errors = FieldErrors::new();
+    let mut error = |field: &str, message: &str| {
+        errors.entry(field.to_string()).or_default().push(message.to_string());
+    };
+    let mut filter = EventFilter::default();
+    if let Some(raw) = params.get("stream_type") {
+        match STREAM_TYPES.iter().find(|t| **t == raw) {
+            Some(t) => filter.stream_type = Some((*t).to_string()),
+            None => error("stream_type", "must be movie, rental or category"),
+        }
+    }
+    if let Some(raw) = params.get("stream_id") {
+        match Uuid::parse_str(raw) {
+            Ok(id) => filter.stream_id = Some(id.to_string()),
+            Err(_) => error("stream_id", "must be a UUID"),
+        }
+    }
+    if let Some(raw) = params.get("type") {
+        if raw.is_empty() || raw.len() > 100 || !raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            error("type", "must be an event type name, e.g. MovieRented");
+        } else {
+            filter.event_type = Some(raw.to_string());
+        }
+    }
+    for (field, slot) in [("since", &mut filter.since), ("until", &mut filter.until)] {
+        if let Some(raw) = params.get(field) {
+            match parse_time(raw) {
+                Some(time) => *slot = Some(time),
+                None => error(field, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(filter)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// `next_after` encodes the feed place (transaction id, position) of the page's last event, so a reader can always come back for
+/// what is released later; it is null only when the page is empty, i.e. nothing after `after`
+/// was released yet: a reader who follows `next_after` until null has read every event
+/// released by then.
+#[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit", security(("bearer" = [])),
+    params(FeedQuery, ReadYourWrites),
+    responses(
+        (status = 200, description = "A page of the log in the projections' order.", body = EventPage),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn events(
+    State(state): State<AppState>,
+    _caller: Auditor,
+    params: Params,
+) -> Result<Response, ApiError> {
+    log_released(&state, &params).await?;
+    let (limit, after, filter) = match (params.limit(), params.opaque::<FeedCursor>("after"), filter(&params))
+    {
+        (Ok(limit), Ok(after), Ok(filter)) => (limit, after, filter),
+        (limit, after, filter) => return Err(merged([limit.err(), after.err(), filter.err()])),
+    };
+    let after = match after {
+        None => Checkpoint::default(),
+        Some(FeedCursor { x, p }) if x >= 0 && p >= 0 => Checkpoint { xid: x, position: p },
+        Some(_) => return Err(ApiError::field("after", "is not a cursor this API gave out")),
+    };
+    let rows = AuditLog::new(state.db.clone()).page(after, limit, &filter).await?;
+    let next_after = rows.last().map(|last| {
+        let checkpoint = audit::checkpoint_of(last);
+        cursor(&FeedCursor { x: checkpoint.xid, p: checkpoint.position })
+    });
+    let items: Vec<Value> = rows.iter().map(audit::event_json).collect();
+    Ok(Json(json!({ "items": items, "next_after": next_after })).into_response())
+}
+
+/// One 422 naming every invalid parameter.
+fn merged(problems: impl IntoIterator<Item = Option<ApiError>>) -> ApiError {
+    let mut errors = FieldErrors::new();
+    for problem in problems.into_iter().flatten() {
+        match problem {
+            ApiError::Validation(found) => errors.extend(found),
+            other => return other,
+        }
+    }
+    ApiError::Validation(errors)
+}
+
+/// The `{type}/{id}` of a stream path.
+type StreamPath = Result<Path<(String, String)>, PathRejection>;
+
+/// The stream a path names, or 404 (also for an unknown type, a malformed id or a path that does
+/// not decode).
+fn stream_path(path: StreamPath) -> Result<(&'static str, String), ApiError> {
+    let Path((stream_type, id)) = path.map_err(|_| ApiError::NotFound("stream"))?;
+    let stream_type = STREAM_TYPES.iter().find(|t| **t == stream_type).ok_or(ApiError::NotFound("stream"))?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("stream"))?;
+    Ok((stream_type, id.to_string()))
+}
+
+/// Every event of one stream, in stream order
+#[utoipa::path(get, path = "/api/v1/audit/streams/{type}/{id}", tag = "audit", security(("bearer" = [])),
+    params(
+        ("type" = String, Path, description = "`movie`, `rental` or `category`."),
+        ("id" = Uuid, Path, description = "The stream's id."),
+        ReadYourWrites,
+    ),
+    responses(
+        (status = 200, description = "The stream's events.", body = StreamEvents),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn stream(
+    State(state): State<AppState>,
+    _caller: Auditor,
+    path: StreamPath,
+    params: Params,
+) -> Result<Response, ApiError> {
+    log_released(&state, &params).await?;
+    let (stream_type, id) = stream_path(path)?;
+    let events = AuditLog::new(state.db.clone()).stream(stream_type, &id, None).await?;
+    if events.is_empty() {
+        return Err(ApiError::NotFound("stream"));
+    }
+    let items: Vec<Value> = events.iter().map(audit::event_json).collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// A stream's state as of a time, rebuilt through the domain's own `apply`
+#[utoipa::path(get, path = "/api/v1/audit/streams/{type}/{id}/state", tag = "audit", security(("bearer" = [])),
+    params(
+        ("type" = String, Path, description = "`movie`, `rental` or `category`."),
+        ("id" = Uuid, Path, description = "The stream's id."),
+        AsOfQuery,
+        ReadYourWrites,
+    ),
+    responses(
+        (status = 200, description = "The state.", body = StreamState),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn state_as_of(
+    State(state): State<AppState>,
+    _caller: Auditor,
+    path: StreamPath,
+    params: Params,
+) -> Result<Response, ApiError> {
+    log_released(&state, &params).await?;
+    let as_of = match params.get("as_of") {
+        None => Utc::now(),
+        Some(raw) => parse_time(raw)
+            .ok_or_else(|| ApiError::field("as_of", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))?,
+    };
+    let (stream_type, id) = stream_path(path)?;
+    let events = AuditLog::new(state.db.clone()).stream(stream_type, &id, Some(as_of)).await?;
+    let rebuilt = match stream_type {
+        "movie" => rebuild::<Movie>(&events, movie_view)?,
+        "rental" => rebuild::<Rental>(&events, rental_view)?,
+        _ => rebuild::<Category>(&events, category_view)?,
+    };
+    let (version, view) = rebuilt.ok_or(ApiError::NotFound("stream"))?;
+    Ok(Json(json!({
+        "stream_type": stream_type,
+        "stream_id": id,
+        "version": version,
+        "as_of": as_of.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        "state": view,
+    }))
+    .into_response())
+}
+
+fn rebuild<A: cqrs_es::Aggregate>(
+    events: &[StoredEvent],
+    view: fn(&A) -> Value,
+) -> Result<Option<(i64, Value)>, ApiError> {
+    let rebuilt = audit::fold::<A>(events).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(rebuilt.map(|Rebuilt { state, version }| (version, view(&state))))
+}
+
+fn movie_view(movie: &Movie) -> Value {
+    let mut view = movie.details.as_ref().map_or_else(|| json!({}), |details| json!(details));
+    view["retired"] = json!(movie.retired);
+    view["available"] = json!(movie.available());
+    view["rental"] = json!(movie.rental);
+    view["last_returned_at"] = json!(movie.last_returned_at);
+    view["times_rented"] = json!(movie.times_rented);
+    view
+}
+
+fn rental_view(rental: &Rental) -> Value {
+    json!({
+        "movie_id": rental.movie_id,
+        "customer_id": rental.customer_id,
+        "rented_at": rental.rented_at,
+        "returned_at": rental.returned_at,
+        "status": rental.status(),
+        "charge": rental.charge,
+        "paid_at": rental.paid_at,
+    })
+}
+
+fn category_view(category: &Category) -> Value {
+    json!({ "name": category.name })
+}
+
+/// The whole log as NDJSON, streamed a page at a time
+///
+/// One `Event` a line, in the feed's order.
+#[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", security(("bearer" = [])),
+    params(ReadYourWrites),
+    responses(
+        (status = 200, description = "NDJSON, one event a line.", body = String, content_type = "application/x-ndjson"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn export(
+    State(state): State<AppState>,
+    _caller: Auditor,
+    params: Params,
+) -> Result<Response, ApiError> {
+    log_released(&state, &params).await?;
+    let export = Export::new(AuditLog::new(state.db.clone()), Checkpoint::default(), EventFilter::default());
+    let mut response = Body::from_stream(ndjson_stream(export)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
+}
+
+/// The export's pages as a body stream; a database failure mid-way is logged and ends the
+/// stream abruptly, so the client sees a broken transfer rather than a short, valid-looking log.
+fn ndjson_stream(
+    export: Export,
+) -> impl futures_util::Stream<Item = Result<String, sqlx::Error>> + Send + 'static {
+    use futures_util::TryStreamExt;
+    futures_util::stream::try_unfold(export, |mut export| async move {
+        Ok(export.next_chunk().await?.map(|(chunk, _)| (chunk, export)))
+    })
+    .inspect_err(|error| tracing::error!(%error, "the export stopped"))
+}
