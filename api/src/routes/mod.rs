@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod analytics;
 mod catalogue_reads;
 mod categories;
 mod movies;
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .merge(rentals::router())
         .merge(catalogue_reads::router())
         .merge(rental_reads::router())
+        .merge(analytics::router())
         .merge(admin::router())
 }
 
