@@ -6,6 +6,7 @@
 mod support;
 
 mod accounts;
+mod analytics;
 mod authorization;
 mod catalogue;
 mod conventions;
