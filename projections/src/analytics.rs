@@ -142,9 +142,11 @@ fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
                 position: e.position,
                 event: e.decode()?,
             }),
-            "rental" => {
-                changes.push(Change::Rental { id: e.stream_uuid()?, position: e.position, event: e.decode()? })
-            }
+            "rental" => changes.push(Change::Rental {
+                id: e.stream_uuid()?,
+                position: e.position,
+                event: e.decode()?,
+            }),
             _ => {}
         }
     }
@@ -166,7 +168,9 @@ async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx:
                 MovieEvent::MovieRented { rental_id, .. } | MovieEvent::MovieReturned { rental_id, .. } => {
                     rental_ids.insert(*rental_id);
                 }
-                MovieEvent::MovieAdded { .. } | MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {
+                MovieEvent::MovieAdded { .. }
+                | MovieEvent::MovieUpdated { .. }
+                | MovieEvent::MovieRetired {} => {
                     movie_ids.insert(*id);
                 }
             },
@@ -215,7 +219,12 @@ fn apply_category(rows: &mut Rows, id: Uuid, position: i64, at: DateTime<Utc>, e
         CategoryEvent::CategoryCreated { name } => {
             rows.categories.entry(id).or_insert_with(|| {
                 rows.dirty_categories.insert(id);
-                CategoryState { category_id: id, name: name.as_str().to_string(), created_at: at, revision: position }
+                CategoryState {
+                    category_id: id,
+                    name: name.as_str().to_string(),
+                    created_at: at,
+                    revision: position,
+                }
             });
         }
         CategoryEvent::CategoryRenamed { name } => {
@@ -228,7 +237,14 @@ fn apply_category(rows: &mut Rows, id: Uuid, position: i64, at: DateTime<Utc>, e
     }
 }
 
-fn apply_movie(rows: &mut Rows, id: Uuid, sequence: i64, at: DateTime<Utc>, position: i64, event: MovieEvent) {
+fn apply_movie(
+    rows: &mut Rows,
+    id: Uuid,
+    sequence: i64,
+    at: DateTime<Utc>,
+    position: i64,
+    event: MovieEvent,
+) {
     match event {
         MovieEvent::MovieAdded { title, category_ids, .. } => {
             rows.movies.entry(id).or_insert_with(|| {
@@ -361,7 +377,8 @@ const WRITE_CHUNK: usize = 20_000;
 async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
     let on_conflict = |clause: &'static str| if upsert { clause } else { "" };
 
-    let categories: Vec<&CategoryState> = rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
+    let categories: Vec<&CategoryState> =
+        rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
     for chunk in categories.chunks(WRITE_CHUNK) {
         sqlx::query(&format!(
             "insert into analytics_category (category_id, name, created_at, revision)

@@ -40,7 +40,13 @@ impl Log {
         Self { pool: pool.clone(), sequences: HashMap::new() }
     }
 
-    async fn append<E: DomainEvent>(&mut self, stream_type: &str, id: Uuid, event: E, recorded_at: DateTime<Utc>) {
+    async fn append<E: DomainEvent>(
+        &mut self,
+        stream_type: &str,
+        id: Uuid,
+        event: E,
+        recorded_at: DateTime<Utc>,
+    ) {
         let sequence = self.sequences.entry(id).or_default();
         *sequence += 1;
         let encoded = encode_event(&event).unwrap();
@@ -94,7 +100,8 @@ impl Log {
     ) -> Uuid {
         let rental_id = Uuid::now_v7();
         let customer_id = Uuid::now_v7();
-        self.append("movie", movie, MovieEvent::MovieRented { rental_id, customer_id, rented_at }, rented_at).await;
+        self.append("movie", movie, MovieEvent::MovieRented { rental_id, customer_id, rented_at }, rented_at)
+            .await;
         let opened = RentalEvent::RentalOpened { movie_id: movie, customer_id, rented_at };
         self.append("rental", rental_id, opened, rented_at).await;
         let Some((returned_at, cents)) = returned else { return rental_id };
@@ -305,12 +312,14 @@ async fn top_movies_count_rentals_started_in_the_period_most_rented_first(pool: 
     log.rental(x.lebowski, at(7, 0), None, false).await;
     catch_up(&pool).await;
     let reader = AnalyticsReader::new(pool.clone());
-    let top = |movie_id: Uuid, title: &str, rentals: i64| TopMovieRow { movie_id, title: title.into(), rentals };
+    let top =
+        |movie_id: Uuid, title: &str, rentals: i64| TopMovieRow { movie_id, title: title.into(), rentals };
 
     // Act
     let all = reader.top_movies(Days::default(), 20).await.unwrap();
     let first = reader.top_movies(Days::default(), 1).await.unwrap();
-    let second_to_sixth = reader.top_movies(Days { from: Some(date(2)), to: Some(date(6)) }, 20).await.unwrap();
+    let second_to_sixth =
+        reader.top_movies(Days { from: Some(date(2)), to: Some(date(6)) }, 20).await.unwrap();
     let sixth = reader.top_movies(Days { from: Some(date(6)), to: Some(date(7)) }, 20).await.unwrap();
 
     // Assert
@@ -393,7 +402,9 @@ async fn as_analyst(pool: &PgPool, sql: &str) -> Result<(), String> {
     sqlx::query("set local role moviestore_analyst").execute(&mut *tx).await.unwrap();
     let result = sqlx::query(sql).fetch_all(&mut *tx).await;
     tx.rollback().await.unwrap();
-    result.map(|_| ()).map_err(|e| e.as_database_error().and_then(|d| d.code()).unwrap_or_default().to_string())
+    result
+        .map(|_| ())
+        .map_err(|e| e.as_database_error().and_then(|d| d.code()).unwrap_or_default().to_string())
 }
 
 async fn read_tables(pool: &PgPool) -> Vec<String> {
@@ -413,8 +424,16 @@ async fn the_analyst_role_reads_schema_read_and_nothing_else_also_after_rebuilds
     for expected in ["analytics_movie_day", "category", "movie", "rental"] {
         assert!(tables.contains(&expected.to_string()), "read.{expected} exists: {tables:?}");
     }
-    let private =
-        ["events", "snapshots", "users", "tokens", "login_failures", "category_lookup", "rental_lookup", "projection_checkpoint"];
+    let private = [
+        "events",
+        "snapshots",
+        "users",
+        "tokens",
+        "login_failures",
+        "category_lookup",
+        "rental_lookup",
+        "projection_checkpoint",
+    ];
     let check = |pool: PgPool, stage: &'static str| async move {
         for table in read_tables(&pool).await {
             let result = as_analyst(&pool, &format!("select * from read.{table} limit 1")).await;
@@ -436,9 +455,10 @@ async fn the_analyst_role_reads_schema_read_and_nothing_else_also_after_rebuilds
         rebuild::rebuild(&pool, projection.clone(), &()).await.unwrap();
     }
     check(pool.clone(), "rebuilt").await;
-    let login: bool = sqlx::query_scalar("select rolcanlogin from pg_roles where rolname = 'moviestore_analyst'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let login: bool =
+        sqlx::query_scalar("select rolcanlogin from pg_roles where rolname = 'moviestore_analyst'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(!login, "the role is NOLOGIN: an operator grants it to a login role");
 }

@@ -217,7 +217,8 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
     let mut paid = 0;
     for rental in &rentals {
         let charged =
-            wait_for_rental_status(&app, &app.address, &admin, *rental, "charged", Duration::from_secs(10)).await;
+            wait_for_rental_status(&app, &app.address, &admin, *rental, "charged", Duration::from_secs(10))
+                .await;
         if dice.between(0, 1) == 0 {
             let cents = charged["charge"]["amount_cents"].clone();
             let path = format!("/api/v1/rentals/{rental}/pay");
@@ -240,10 +241,12 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
     // Assert: revenue by movie and by day equal the charges exactly; by category, each category
     // counts every movie in it.
     let categories_of: HashMap<Uuid, Vec<Uuid>> = movies.iter().map(|(id, _, c)| (*id, c.clone())).collect();
-    let title_of: HashMap<String, String> = movies.iter().map(|(id, t, _)| (id.to_string(), t.clone())).collect();
+    let title_of: HashMap<String, String> =
+        movies.iter().map(|(id, t, _)| (id.to_string(), t.clone())).collect();
     let by_movie = |r: &Seen| vec![r.movie.to_string()];
     let by_day = |r: &Seen| vec![day_of(r.returned_at.unwrap()).to_string()];
-    let by_category = |r: &Seen| -> Vec<String> { categories_of[&r.movie].iter().map(Uuid::to_string).collect() };
+    let by_category =
+        |r: &Seen| -> Vec<String> { categories_of[&r.movie].iter().map(Uuid::to_string).collect() };
     assert_eq!(seen.len(), schedule.len(), "every rental is listed");
 
     let (movie_totals, movie_labels) = totals_of(&ask(query("movie", None, None)).await);
@@ -255,7 +258,8 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
     let (day_totals, day_labels) = totals_of(&days);
     assert_eq!(day_totals, expected_revenue(&seen, None, None, by_day), "seed {seed}: revenue by day");
     assert!(day_labels.iter().all(|(key, label)| key == label), "a day's label is its date");
-    let listed_days: Vec<&str> = days["items"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap()).collect();
+    let listed_days: Vec<&str> =
+        days["items"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap()).collect();
     assert!(listed_days.is_sorted(), "days come in date order: {listed_days:?}");
     let (category_totals, category_labels) = totals_of(&ask(query("category", None, None)).await);
     assert_eq!(
@@ -270,9 +274,7 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
     }
     let charges: i64 = seen.iter().filter_map(|r| r.charge).sum();
     let paid_charges: i64 = seen.iter().filter(|r| r.paid).filter_map(|r| r.charge).sum();
-    let sum = |totals: &Totals, i: usize| -> i64 {
-        totals.values().map(|t| [t.0, t.1, t.2][i]).sum()
-    };
+    let sum = |totals: &Totals, i: usize| -> i64 { totals.values().map(|t| [t.0, t.1, t.2][i]).sum() };
     assert_eq!((sum(&movie_totals, 1), sum(&movie_totals, 2)), (charges, paid_charges));
     assert_eq!((sum(&day_totals, 1), sum(&day_totals, 2)), (charges, paid_charges));
 
@@ -289,7 +291,9 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["rentals"].as_i64().unwrap(), m["title"].as_str().unwrap().to_string(), uuid(&m["movie_id"])))
+        .map(|m| {
+            (m["rentals"].as_i64().unwrap(), m["title"].as_str().unwrap().to_string(), uuid(&m["movie_id"]))
+        })
         .collect();
     assert_eq!(top, expected_top, "seed {seed}: top movies");
     let top3 = ask("/api/v1/analytics/top-movies?limit=3".into()).await;
@@ -302,7 +306,11 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
     let from = return_days[return_days.len() / 2] - Span::days(1);
     let to = from + Span::days(3);
     let (window_movies, _) = totals_of(&ask(query("movie", Some(from), Some(to))).await);
-    assert_eq!(window_movies, expected_revenue(&seen, Some(from), Some(to), by_movie), "seed {seed}: {from}..{to}");
+    assert_eq!(
+        window_movies,
+        expected_revenue(&seen, Some(from), Some(to), by_movie),
+        "seed {seed}: {from}..{to}"
+    );
     let (window_days, _) = totals_of(&ask(query("day", Some(from), Some(to))).await);
     assert_eq!(window_days, expected_revenue(&seen, Some(from), Some(to), by_day));
     assert!(window_days.keys().all(|d| *d >= from.to_string() && *d < to.to_string()), "{window_days:?}");
@@ -339,9 +347,11 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
             item["share"].as_f64().unwrap(),
         )
     };
-    let one_day = ask(format!("/api/v1/analytics/utilization?from={known_day}&to={}", known_day + Span::days(1))).await;
+    let one_day =
+        ask(format!("/api/v1/analytics/utilization?from={known_day}&to={}", known_day + Span::days(1))).await;
     assert_eq!(share_of_known(one_day), (43_200.0, 86_400.0, 0.5));
-    let two_days = ask(format!("/api/v1/analytics/utilization?from={known_day}&to={}", known_day + Span::days(2))).await;
+    let two_days =
+        ask(format!("/api/v1/analytics/utilization?from={known_day}&to={}", known_day + Span::days(2))).await;
     assert_eq!(share_of_known(two_days), (64_800.0, 172_800.0, 0.375));
     let (rented, period, share) = share_of_known(ask("/api/v1/analytics/utilization".into()).await);
     assert_eq!(rented, 64_800.0, "all time: the whole interval");
@@ -385,7 +395,8 @@ async fn analytics_answer_analysts_and_admins_only_and_name_every_invalid_parame
     for path in endpoints {
         assert_problem_in(app.get(path, None).await, 401, "unauthorized", &format!("{path} anonymous")).await;
         for (role, token) in [("customer", &customer), ("auditor", &auditor)] {
-            assert_problem_in(app.get(path, Some(token)).await, 403, "forbidden", &format!("{path} {role}")).await;
+            assert_problem_in(app.get(path, Some(token)).await, 403, "forbidden", &format!("{path} {role}"))
+                .await;
         }
         for (role, token) in [("analyst", &analyst), ("admin", &admin)] {
             let body = expect_status(app.get(path, Some(token)).await, StatusCode::OK).await;

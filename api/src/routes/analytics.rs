@@ -91,7 +91,11 @@ fn days(params: &Params, problems: &mut Problems) -> Result<Days, ApiError> {
     Ok(Days { from, to })
 }
 
-async fn revenue(State(state): State<AppState>, _caller: Analyst, params: Params) -> Result<Response, ApiError> {
+async fn revenue(
+    State(state): State<AppState>,
+    _caller: Analyst,
+    params: Params,
+) -> Result<Response, ApiError> {
     let mut problems = Problems::default();
     let group = match params.get("group_by") {
         Some("category") => Some(RevenueGroup::Category),
