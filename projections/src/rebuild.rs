@@ -4,8 +4,8 @@
 //! live ones, indexes included) in large batches, while the live tables keep serving. A rebuild
 //! then takes the projection's lock (the live runner pauses), applies what arrived meanwhile and,
 //! in the same transaction, moves the shadow tables into `read` in place of the live ones (with
-//! the live ones' grants) and moves the checkpoint. A verify instead catches the shadow up to exactly the live checkpoint and
-//! compares the tables row for row; it changes nothing.
+//! the live ones' grants) and moves the checkpoint. A verify instead catches the shadow up to
+//! exactly the live checkpoint and compares the tables row for row; it changes nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
