@@ -33,7 +33,7 @@ pub enum Command {
     Migrate,
     /// Rebuild read models from the log into shadow tables and swap them in (all, or one).
     Rebuild {
-        /// The read model to rebuild (`catalogue` or `rentals`); all when absent.
+        /// The read model to rebuild (`catalogue`, `rentals` or `analytics`); all when absent.
         projection: Option<String>,
     },
     /// Replay every read model into shadow tables and compare with the live ones; exit 1 on any

@@ -106,6 +106,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
         .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
     AppState {
         rentals: RentalsReader::new(pool.clone()),
+        analytics: projections::analytics::AnalyticsReader::new(pool.clone()),
         catalogue,
         cache,
         engine,

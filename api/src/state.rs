@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use projections::analytics::AnalyticsReader;
 use projections::catalogue::CatalogueReader;
 use projections::engine::Engine;
 use projections::rentals::RentalsReader;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub catalogue: CatalogueReader,
     /// The rental status read model.
     pub rentals: RentalsReader,
+    /// The analytics read model.
+    pub analytics: AnalyticsReader,
     /// The movie-details cache (Redis, connected lazily).
     pub cache: Cache,
     /// The projections (for operating them).

@@ -6,13 +6,14 @@
 //!   that retries on conflicts. It lives here, below the API, because the payments process
 //!   manager issues commands too.
 //! - [`engine`]: the projection engine: a gap-free, checkpointed feed of the global log.
-//! - [`catalogue`], [`rentals`]: read models (handler and reader in one module each).
+//! - [`catalogue`], [`rentals`], [`analytics`]: read models (handler and reader in one module each).
 //! - [`payments`]: the process manager that opens and closes rentals (assessing charges).
 //! - [`rebuild`]: replaying read models into shadow tables, swapping them in, verifying them.
 //! - [`audit`]: the log as auditors read it: the filtered feed, streams, state as of a time.
 //!
 //! Nothing here knows about HTTP.
 
+pub mod analytics;
 pub mod audit;
 pub mod catalogue;
 pub mod engine;
@@ -30,6 +31,7 @@ pub fn all(store: store::EventStore, plan: domain::price::PricePlan) -> Vec<Arc<
     vec![
         Arc::new(catalogue::Catalogue),
         Arc::new(rentals::Rentals),
+        Arc::new(analytics::Analytics),
         Arc::new(payments::Payments::new(store, plan)),
     ]
 }

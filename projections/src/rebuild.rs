@@ -3,9 +3,9 @@
 //! Both replay the whole log into a shadow schema (`read_shadow_<name>`, tables made `like` the
 //! live ones, indexes included) in large batches, while the live tables keep serving. A rebuild
 //! then takes the projection's lock (the live runner pauses), applies what arrived meanwhile and,
-//! in the same transaction, moves the shadow tables into `read` in place of the live ones and
-//! moves the checkpoint. A verify instead catches the shadow up to exactly the live checkpoint and
-//! compares the tables row for row; it changes nothing.
+//! in the same transaction, moves the shadow tables into `read` in place of the live ones (with
+//! the live ones' grants) and moves the checkpoint. A verify instead catches the shadow up to
+//! exactly the live checkpoint and compares the tables row for row; it changes nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -280,6 +280,33 @@ async fn fill_shadow(
     }
 }
 
+/// Gives the shadow table every privilege others hold on the live one (e.g. the analyst role's
+/// `select`). A table made `like` another does not copy its grants, and default privileges on
+/// schema `read` do not cover it either: they apply where a table is created, and the shadow is
+/// created in its own schema before it is moved into `read`.
+async fn copy_grants(conn: &mut PgConnection, table: &str, shadow: &str) -> Result<(), sqlx::Error> {
+    let grants: Vec<(String, String, bool)> = sqlx::query_as(
+        "select a.privilege_type,
+                case when a.grantee = 0 then 'public' else quote_ident(r.rolname) end,
+                a.is_grantable
+           from pg_class c
+           join pg_namespace n on n.oid = c.relnamespace
+           cross join lateral aclexplode(c.relacl) a
+           left join pg_roles r on r.oid = a.grantee
+          where n.nspname = 'read' and c.relname = $1 and a.grantee <> c.relowner",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (privilege, grantee, grantable) in grants {
+        let option = if grantable { " with grant option" } else { "" };
+        sqlx::query(&format!("grant {privilege} on {shadow}.{table} to {grantee}{option}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Rebuilds one read model into shadow tables and swaps them in atomically.
 pub async fn rebuild(
     pool: &PgPool,
@@ -309,6 +336,7 @@ pub async fn rebuild(
     }
     sqlx::query("set local search_path to public").execute(&mut *tx).await?;
     for table in projection.tables() {
+        copy_grants(&mut tx, table, &schema).await?;
         sqlx::query(&format!("drop table read.{table}")).execute(&mut *tx).await?;
         sqlx::query(&format!("alter table {schema}.{table} set schema read")).execute(&mut *tx).await?;
     }

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod admin;
+mod analytics;
 mod audit;
 mod catalogue_reads;
 mod categories;
@@ -36,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .merge(rentals::router())
         .merge(catalogue_reads::router())
         .merge(rental_reads::router())
+        .merge(analytics::router())
         .merge(admin::router())
         .merge(audit::router())
         .into_router()

@@ -1,0 +1,306 @@
+//! Analytics queries (analysts and admins): revenue grouped by category, movie or day, the most
+//! rented movies, and utilization. Each answers from the analytics read model only.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, NaiveDate, Utc};
+use projections::analytics::{self, Days, RevenueGroup};
+use serde_json::{json, Value};
+
+use super::reads::{read_your_writes, Params};
+use super::schemas::ReadYourWrites;
+use crate::accounts::Role;
+use crate::error::{ApiError, FieldErrors};
+use crate::extract::AuthUser;
+use crate::openapi::{ApiRouter, Forbidden, Unauthorized, ValidationFailed};
+use crate::state::AppState;
+use crate::validate::{self, parse};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
+
+pub fn router() -> ApiRouter {
+    ApiRouter::new().routes(routes!(revenue)).routes(routes!(top_movies)).routes(routes!(utilization))
+}
+
+/// A period of whole UTC days.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct Period {
+    /// First day counted, `YYYY-MM-DD` (UTC); absent: from the start.
+    from: Option<NaiveDate>,
+    /// First day not counted, `YYYY-MM-DD` (UTC); absent: until now.
+    to: Option<NaiveDate>,
+}
+
+/// How revenue is grouped.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct Grouping {
+    /// `category`, `movie` or `day`.
+    group_by: String,
+}
+
+/// How many movies.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct TopLimit {
+    /// 1..=100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+}
+
+/// Revenue of one group: charges assessed on the day of the return.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct RevenueRow {
+    /// The category id, the movie id or the date.
+    key: String,
+    /// The category's name, the movie's title or the date.
+    label: String,
+    /// Charges counted.
+    rentals: i64,
+    revenue_cents: i64,
+    /// Of those charges, what has been paid.
+    paid_cents: i64,
+}
+
+/// Revenue rows.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Revenue {
+    items: Vec<RevenueRow>,
+}
+
+/// A movie and how many rentals of it started in the period.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TopMovie {
+    movie_id: uuid::Uuid,
+    title: String,
+    rentals: i64,
+}
+
+/// The most rented movies.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TopMovies {
+    items: Vec<TopMovie>,
+}
+
+/// How much of the period a movie's copy was out.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MovieUtilization {
+    movie_id: uuid::Uuid,
+    title: String,
+    rented_seconds: f64,
+    period_seconds: f64,
+    /// `rented_seconds / period_seconds`.
+    share: f64,
+}
+
+/// Utilization per movie.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Utilization {
+    items: Vec<MovieUtilization>,
+}
+
+/// A caller with the analyst or admin role.
+struct Analyst;
+
+impl FromRequestParts<AppState> for Analyst {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = AuthUser::from_request_parts(parts, state).await?;
+        if matches!(caller.user.role, Role::Analyst | Role::Admin) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Forbidden("analytics need the analyst or admin role"))
+        }
+    }
+}
+
+/// Collects every invalid query parameter, so one 422 names them all.
+#[derive(Default)]
+struct Problems(FieldErrors);
+
+impl Problems {
+    fn take<T>(&mut self, result: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(ApiError::Validation(errors)) => {
+                for (field, messages) in errors {
+                    self.0.entry(field).or_default().extend(messages);
+                }
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn add(&mut self, field: &str, message: &str) {
+        self.0.entry(field.to_string()).or_default().push(message.to_string());
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+}
+
+/// A `YYYY-MM-DD` query parameter.
+fn date(params: &Params, name: &str) -> Result<Option<NaiveDate>, ApiError> {
+    let Some(raw) = params.get(name) else { return Ok(None) };
+    // chrono also takes one-digit months and days; the contract's format has exactly ten characters.
+    let parsed = if raw.len() == 10 { parse::date(&Value::String(raw.to_string())).ok() } else { None };
+    parsed.map(Some).ok_or_else(|| ApiError::field(name, "must be a date YYYY-MM-DD (UTC)"))
+}
+
+/// `from` (inclusive) and `to` (exclusive), checked together.
+fn days(params: &Params, problems: &mut Problems) -> Result<Days, ApiError> {
+    let from = problems.take(date(params, "from"))?.flatten();
+    let to = problems.take(date(params, "to"))?.flatten();
+    if let (Some(from), Some(to)) = (from, to) {
+        if to < from {
+            problems.add("to", "must not be before from");
+        }
+    }
+    Ok(Days { from, to })
+}
+
+/// Revenue by category, movie or day
+///
+/// A movie in several categories counts in each of them.
+#[utoipa::path(get, path = "/api/v1/analytics/revenue", tag = "analytics", security(("bearer" = [])),
+    params(Grouping, Period, ReadYourWrites),
+    responses(
+        (status = 200, description = "Revenue per group.", body = Revenue),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn revenue(
+    State(state): State<AppState>,
+    _caller: Analyst,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let mut problems = Problems::default();
+    let group = match params.get("group_by") {
+        Some("category") => Some(RevenueGroup::Category),
+        Some("movie") => Some(RevenueGroup::Movie),
+        Some("day") => Some(RevenueGroup::Day),
+        Some(_) => {
+            problems.add("group_by", "must be category, movie or day");
+            None
+        }
+        None => {
+            problems.add("group_by", "is required: category, movie or day");
+            None
+        }
+    };
+    let days = days(&params, &mut problems)?;
+    problems.take(params.min_position())?;
+    problems.finish()?;
+    let group = group.expect("validated above");
+    read_your_writes(&state, &params, &[analytics::NAME]).await?;
+    let items: Vec<Value> = state
+        .analytics
+        .revenue(group, days)
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "key": r.key,
+                "label": r.label,
+                "rentals": r.rentals,
+                "revenue_cents": r.revenue_cents,
+                "paid_cents": r.paid_cents,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// The most rented movies (rentals started in the period)
+#[utoipa::path(get, path = "/api/v1/analytics/top-movies", tag = "analytics", security(("bearer" = [])),
+    params(Period, TopLimit, ReadYourWrites),
+    responses(
+        (status = 200, description = "Most rented first.", body = TopMovies),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn top_movies(
+    State(state): State<AppState>,
+    _caller: Analyst,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let mut problems = Problems::default();
+    let days = days(&params, &mut problems)?;
+    let limit = problems.take(params.limit())?;
+    problems.take(params.min_position())?;
+    problems.finish()?;
+    let limit = limit.expect("validated above");
+    read_your_writes(&state, &params, &[analytics::NAME]).await?;
+    let items: Vec<Value> = state
+        .analytics
+        .top_movies(days, limit)
+        .await?
+        .into_iter()
+        .map(|m| json!({ "movie_id": m.movie_id, "title": m.title, "rentals": m.rentals }))
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// The share of the period each movie's copy was rented
+#[utoipa::path(get, path = "/api/v1/analytics/utilization", tag = "analytics", security(("bearer" = [])),
+    params(Period, ReadYourWrites),
+    responses(
+        (status = 200, description = "Utilization per movie.", body = Utilization),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn utilization(
+    State(state): State<AppState>,
+    _caller: Analyst,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let mut problems = Problems::default();
+    let days = days(&params, &mut problems)?;
+    problems.take(params.min_position())?;
+    problems.finish()?;
+    read_your_writes(&state, &params, &[analytics::NAME]).await?;
+    let now = validate::now();
+    let to: DateTime<Utc> = days.to_time().unwrap_or(now);
+    let from = match days.from_time() {
+        Some(from) => from,
+        None => state.analytics.origin().await?.unwrap_or(to).min(to),
+    };
+    let items: Vec<Value> = state
+        .analytics
+        .utilization(from, to, now)
+        .await?
+        .into_iter()
+        .map(|u| {
+            json!({
+                "movie_id": u.movie_id,
+                "title": u.title,
+                "rented_seconds": u.rented_seconds,
+                "period_seconds": u.period_seconds,
+                "share": u.share,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })).into_response())
+}

@@ -1,0 +1,672 @@
+//! The analytics read model: revenue (by category, by movie, by day), rentals started per movie
+//! and the rental intervals that utilization is computed from. Tables `read.analytics_category`
+//! and `read.analytics_movie` (the names, titles and categories this projection has seen, so it
+//! never reads another projection's tables), `read.analytics_rental` (one row per rental: its
+//! interval, charge and payment) and `read.analytics_movie_day` (per UTC day and movie: rentals
+//! started, charges assessed for the rentals returned that day, and what was paid of them). All
+//! SQL on them lives here; handlers write through unqualified names (the engine's `search_path`
+//! picks `read` or a rebuild's shadow schema), the reader names `read.` explicitly.
+//!
+//! Revenue counts a charge on the UTC day of the return; a movie in several categories counts in
+//! each of them (by the categories it has now). Per-day facts are only ever changed together with
+//! the rental row whose revision guards them, so applying an event twice changes nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use domain::category::CategoryEvent;
+use domain::movie::MovieEvent;
+use domain::rental::RentalEvent;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::engine::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
+
+/// The projection's name.
+pub const NAME: &str = "analytics";
+
+/// The analytics projection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Analytics;
+
+impl Projection for Analytics {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["analytics_category", "analytics_movie", "analytics_rental", "analytics_movie_day"]
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [StoredEvent],
+        _touched: &'a mut Touched,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(apply_batch(conn, events))
+    }
+
+    fn replay(&self) -> Option<Box<dyn Replay>> {
+        Some(Box::new(AnalyticsReplay(Rows::default())))
+    }
+}
+
+/// The analytics folded in memory from an empty state.
+struct AnalyticsReplay(Rows);
+
+impl Replay for AnalyticsReplay {
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        fold(&mut self.0, decode(events)?)
+    }
+
+    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            write(conn, &self.0, false).await?;
+            Ok(())
+        })
+    }
+}
+
+enum Change {
+    Category { id: Uuid, position: i64, at: DateTime<Utc>, event: CategoryEvent },
+    Movie { id: Uuid, sequence: i64, at: DateTime<Utc>, position: i64, event: MovieEvent },
+    Rental { id: Uuid, position: i64, event: RentalEvent },
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct CategoryState {
+    category_id: Uuid,
+    name: String,
+    created_at: DateTime<Utc>,
+    revision: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct MovieState {
+    movie_id: Uuid,
+    title: String,
+    category_ids: Vec<Uuid>,
+    added_at: DateTime<Utc>,
+    retired_at: Option<DateTime<Utc>>,
+    version: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct RentalState {
+    rental_id: Uuid,
+    movie_id: Uuid,
+    rented_at: DateTime<Utc>,
+    returned_at: Option<DateTime<Utc>>,
+    charge_cents: Option<i64>,
+    paid_cents: Option<i64>,
+    revision: i64,
+}
+
+/// Per-day facts of one movie: totals in a replay, increments in a live batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct DayFacts {
+    rentals_started: i32,
+    charges: i32,
+    revenue_cents: i64,
+    paid_cents: i64,
+}
+
+/// The rows a batch touches, loaded once, changed in memory, written back once. `days` holds
+/// what the batch adds to each (day, movie) row; in a replay from empty tables that is the total.
+#[derive(Default)]
+struct Rows {
+    categories: HashMap<Uuid, CategoryState>,
+    movies: HashMap<Uuid, MovieState>,
+    rentals: HashMap<Uuid, RentalState>,
+    days: HashMap<(NaiveDate, Uuid), DayFacts>,
+    dirty_categories: HashSet<Uuid>,
+    dirty_movies: HashSet<Uuid>,
+    dirty_rentals: HashSet<Uuid>,
+}
+
+fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
+    let mut changes = Vec::with_capacity(events.len());
+    for e in events {
+        match e.aggregate_type.as_str() {
+            "category" => changes.push(Change::Category {
+                id: e.stream_uuid()?,
+                position: e.position,
+                at: e.recorded_at,
+                event: e.decode()?,
+            }),
+            "movie" => changes.push(Change::Movie {
+                id: e.stream_uuid()?,
+                sequence: e.sequence,
+                at: e.recorded_at,
+                position: e.position,
+                event: e.decode()?,
+            }),
+            "rental" => changes.push(Change::Rental {
+                id: e.stream_uuid()?,
+                position: e.position,
+                event: e.decode()?,
+            }),
+            _ => {}
+        }
+    }
+    Ok(changes)
+}
+
+/// Loads the categories, movies and rentals the batch can change. Per-day rows are not loaded:
+/// the batch's increments are added to them when written.
+async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+    let mut category_ids = HashSet::new();
+    let mut movie_ids = HashSet::new();
+    let mut rental_ids = HashSet::new();
+    for change in changes {
+        match change {
+            Change::Category { id, .. } => {
+                category_ids.insert(*id);
+            }
+            Change::Movie { id, event, .. } => match event {
+                MovieEvent::MovieRented { rental_id, .. } | MovieEvent::MovieReturned { rental_id, .. } => {
+                    rental_ids.insert(*rental_id);
+                }
+                MovieEvent::MovieAdded { .. }
+                | MovieEvent::MovieUpdated { .. }
+                | MovieEvent::MovieRetired {} => {
+                    movie_ids.insert(*id);
+                }
+            },
+            Change::Rental { id, .. } => {
+                rental_ids.insert(*id);
+            }
+        }
+    }
+    let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
+    let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
+    let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
+    let categories = sqlx::query_as::<_, CategoryState>(
+        "select category_id, name, created_at, revision from analytics_category where category_id = any($1)",
+    )
+    .bind(&category_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let movies = sqlx::query_as::<_, MovieState>(
+        "select movie_id, title, category_ids, added_at, retired_at, version
+           from analytics_movie where movie_id = any($1)",
+    )
+    .bind(&movie_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let rentals = sqlx::query_as::<_, RentalState>(
+        "select rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision
+           from analytics_rental where rental_id = any($1)",
+    )
+    .bind(&rental_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Rows {
+        categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
+        movies: movies.into_iter().map(|m| (m.movie_id, m)).collect(),
+        rentals: rentals.into_iter().map(|r| (r.rental_id, r)).collect(),
+        ..Rows::default()
+    })
+}
+
+fn utc_day(at: DateTime<Utc>) -> NaiveDate {
+    at.date_naive()
+}
+
+fn apply_category(rows: &mut Rows, id: Uuid, position: i64, at: DateTime<Utc>, event: CategoryEvent) {
+    match event {
+        CategoryEvent::CategoryCreated { name } => {
+            rows.categories.entry(id).or_insert_with(|| {
+                rows.dirty_categories.insert(id);
+                CategoryState {
+                    category_id: id,
+                    name: name.as_str().to_string(),
+                    created_at: at,
+                    revision: position,
+                }
+            });
+        }
+        CategoryEvent::CategoryRenamed { name } => {
+            if let Some(category) = rows.categories.get_mut(&id).filter(|c| c.revision < position) {
+                category.name = name.as_str().to_string();
+                category.revision = position;
+                rows.dirty_categories.insert(id);
+            }
+        }
+    }
+}
+
+fn apply_movie(
+    rows: &mut Rows,
+    id: Uuid,
+    sequence: i64,
+    at: DateTime<Utc>,
+    position: i64,
+    event: MovieEvent,
+) {
+    match event {
+        MovieEvent::MovieAdded { title, category_ids, .. } => {
+            rows.movies.entry(id).or_insert_with(|| {
+                rows.dirty_movies.insert(id);
+                MovieState {
+                    movie_id: id,
+                    title: title.as_str().to_string(),
+                    category_ids: category_ids.ids().to_vec(),
+                    added_at: at,
+                    retired_at: None,
+                    version: sequence,
+                }
+            });
+        }
+        MovieEvent::MovieUpdated { title, category_ids, .. } => {
+            if title.is_none() && category_ids.is_none() {
+                return;
+            }
+            // Per-stream version guard: an event this row already reflects changes nothing.
+            let Some(movie) = rows.movies.get_mut(&id).filter(|m| m.version < sequence) else { return };
+            if let Some(title) = title {
+                movie.title = title.as_str().to_string();
+            }
+            if let Some(ids) = category_ids {
+                movie.category_ids = ids.ids().to_vec();
+            }
+            movie.version = sequence;
+            rows.dirty_movies.insert(id);
+        }
+        MovieEvent::MovieRetired {} => {
+            let Some(movie) = rows.movies.get_mut(&id).filter(|m| m.version < sequence) else { return };
+            movie.retired_at = Some(at);
+            movie.version = sequence;
+            rows.dirty_movies.insert(id);
+        }
+        MovieEvent::MovieRented { rental_id, rented_at, .. } => {
+            if rows.rentals.contains_key(&rental_id) {
+                return;
+            }
+            rows.rentals.insert(
+                rental_id,
+                RentalState {
+                    rental_id,
+                    movie_id: id,
+                    rented_at,
+                    returned_at: None,
+                    charge_cents: None,
+                    paid_cents: None,
+                    revision: position,
+                },
+            );
+            rows.dirty_rentals.insert(rental_id);
+            rows.days.entry((utc_day(rented_at), id)).or_default().rentals_started += 1;
+        }
+        MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+            if let Some(rental) = rows.rentals.get_mut(&rental_id).filter(|r| r.revision < position) {
+                rental.returned_at = Some(returned_at);
+                rental.revision = position;
+                rows.dirty_rentals.insert(rental_id);
+            }
+        }
+    }
+}
+
+fn apply_rental(rows: &mut Rows, id: Uuid, position: i64, event: RentalEvent) -> Result<(), ProjectionError> {
+    // The row was made from `MovieRented`, which comes first in the log.
+    let Some(rental) = rows.rentals.get_mut(&id).filter(|r| r.revision < position) else { return Ok(()) };
+    let returned_day = |rental: &RentalState| {
+        rental.returned_at.map(utc_day).ok_or_else(|| {
+            ProjectionError::Decode(format!("rental {id} was charged or paid before it was returned"))
+        })
+    };
+    match event {
+        RentalEvent::RentalOpened { .. } => return Ok(()),
+        RentalEvent::RentalClosed { returned_at } => {
+            rental.returned_at.get_or_insert(returned_at);
+        }
+        RentalEvent::ChargeAssessed { amount_cents, .. } => {
+            let day = returned_day(rental)?;
+            let facts = rows.days.entry((day, rental.movie_id)).or_default();
+            match rental.charge_cents.replace(amount_cents) {
+                None => {
+                    facts.charges += 1;
+                    facts.revenue_cents += amount_cents;
+                }
+                Some(earlier) => facts.revenue_cents += amount_cents - earlier,
+            }
+        }
+        RentalEvent::RentalPaid { amount_cents, .. } => {
+            let day = returned_day(rental)?;
+            let earlier = rental.paid_cents.replace(amount_cents).unwrap_or(0);
+            rows.days.entry((day, rental.movie_id)).or_default().paid_cents += amount_cents - earlier;
+        }
+    }
+    rental.revision = position;
+    rows.dirty_rentals.insert(id);
+    Ok(())
+}
+
+/// Changes the rows in memory, in log order.
+fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
+    for change in changes {
+        match change {
+            Change::Category { id, position, at, event } => apply_category(rows, id, position, at, event),
+            Change::Movie { id, sequence, at, position, event } => {
+                apply_movie(rows, id, sequence, at, position, event)
+            }
+            Change::Rental { id, position, event } => apply_rental(rows, id, position, event)?,
+        }
+    }
+    Ok(())
+}
+
+async fn apply_batch(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+    let changes = decode(events)?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut rows = load(conn, &changes).await?;
+    fold(&mut rows, changes)?;
+    write(conn, &rows, true).await?;
+    Ok(())
+}
+
+/// Rows per statement when writing back.
+const WRITE_CHUNK: usize = 20_000;
+
+/// Writes the changed rows: upserts (per-day rows add the batch's increments), or plain inserts
+/// into the empty tables of an in-memory replay (which have no unique index until the end).
+async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
+    let on_conflict = |clause: &'static str| if upsert { clause } else { "" };
+
+    let categories: Vec<&CategoryState> =
+        rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
+    for chunk in categories.chunks(WRITE_CHUNK) {
+        sqlx::query(&format!(
+            "insert into analytics_category (category_id, name, created_at, revision)
+             select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[]) {}",
+            on_conflict(
+                "on conflict (category_id) do update
+                    set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision"
+            )
+        ))
+        .bind(chunk.iter().map(|c| c.category_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|c| c.created_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|c| c.revision).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
+    for chunk in movies.chunks(WRITE_CHUNK) {
+        // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so
+        // each movie's category ids travel as a JSON array.
+        let ids = |m: &MovieState| -> serde_json::Value {
+            m.category_ids.iter().map(|id| id.to_string()).collect()
+        };
+        sqlx::query(&format!(
+            "insert into analytics_movie (movie_id, title, category_ids, added_at, retired_at, version)
+             select u.movie_id, u.title, array(select jsonb_array_elements_text(u.category_ids)::uuid),
+                    u.added_at, u.retired_at, u.version
+               from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
+                    as u(movie_id, title, category_ids, added_at, retired_at, version)
+             {}",
+            on_conflict(
+                "on conflict (movie_id) do update
+                    set title = excluded.title, category_ids = excluded.category_ids,
+                        added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version"
+            )
+        ))
+        .bind(chunk.iter().map(|m| m.movie_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|m| ids(m)).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|m| m.added_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|m| m.retired_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|m| m.version).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
+    for chunk in rentals.chunks(WRITE_CHUNK) {
+        sqlx::query(&format!(
+            "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision)
+             select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+                                  $6::bigint[], $7::bigint[])
+             {}",
+            on_conflict(
+                "on conflict (rental_id) do update
+                    set returned_at = excluded.returned_at, charge_cents = excluded.charge_cents,
+                        paid_cents = excluded.paid_cents, revision = excluded.revision"
+            )
+        ))
+        .bind(chunk.iter().map(|r| r.rental_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.movie_id).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.rented_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.returned_at).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let days: Vec<(&(NaiveDate, Uuid), &DayFacts)> =
+        rows.days.iter().filter(|(_, facts)| **facts != DayFacts::default()).collect();
+    for chunk in days.chunks(WRITE_CHUNK) {
+        sqlx::query(&format!(
+            "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents)
+             select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[])
+             {}",
+            on_conflict(
+                "on conflict (day, movie_id) do update
+                    set rentals_started = analytics_movie_day.rentals_started + excluded.rentals_started,
+                        charges = analytics_movie_day.charges + excluded.charges,
+                        revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
+                        paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents"
+            )
+        ))
+        .bind(chunk.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|((_, movie), _)| *movie).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, f)| f.rentals_started).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, f)| f.charges).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, f)| f.revenue_cents).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, f)| f.paid_cents).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// What revenue is grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevenueGroup {
+    /// One row per category (a movie counts in each of its categories).
+    Category,
+    /// One row per movie.
+    Movie,
+    /// One row per UTC day of return.
+    Day,
+}
+
+/// UTC days, `from` inclusive, `to` exclusive; `None` is unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Days {
+    /// First day counted.
+    pub from: Option<NaiveDate>,
+    /// First day not counted.
+    pub to: Option<NaiveDate>,
+}
+
+impl Days {
+    /// The start of `from`, UTC.
+    pub fn from_time(&self) -> Option<DateTime<Utc>> {
+        self.from.map(|d| d.and_time(NaiveTime::MIN).and_utc())
+    }
+
+    /// The start of `to`, UTC.
+    pub fn to_time(&self) -> Option<DateTime<Utc>> {
+        self.to.map(|d| d.and_time(NaiveTime::MIN).and_utc())
+    }
+}
+
+/// One revenue row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RevenueRow {
+    /// Category id, movie id or date (`YYYY-MM-DD`).
+    pub key: String,
+    /// Category name, movie title or date.
+    pub label: String,
+    /// Charges counted (rentals returned in the period).
+    pub rentals: i64,
+    /// Sum of those charges, in cents.
+    pub revenue_cents: i64,
+    /// What has been paid of them, in cents.
+    pub paid_cents: i64,
+}
+
+/// A movie and how often it was rented.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TopMovieRow {
+    /// The movie.
+    pub movie_id: Uuid,
+    /// Its current title.
+    pub title: String,
+    /// Rentals started in the period.
+    pub rentals: i64,
+}
+
+/// How much of a period a movie's copy was rented.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UtilizationRow {
+    /// The movie.
+    pub movie_id: Uuid,
+    /// Its current title.
+    pub title: String,
+    /// Time rented within the period, in seconds.
+    pub rented_seconds: f64,
+    /// The period's length, in seconds.
+    pub period_seconds: f64,
+    /// `rented_seconds / period_seconds` (0 for an empty period).
+    pub share: f64,
+}
+
+const REVENUE_SUMS: &str = "sum(d.charges)::bigint as rentals, sum(d.revenue_cents)::bigint as revenue_cents,
+     sum(d.paid_cents)::bigint as paid_cents";
+
+const DAY_RANGE: &str = "($1::date is null or d.day >= $1::date) and ($2::date is null or d.day < $2::date)";
+
+/// Reads the analytics.
+#[derive(Debug, Clone)]
+pub struct AnalyticsReader {
+    pool: PgPool,
+}
+
+impl AnalyticsReader {
+    /// A reader over the pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Charges assessed for rentals returned within `days`, grouped. Categories and movies come
+    /// by revenue (highest first), then label; days in date order.
+    pub async fn revenue(&self, group: RevenueGroup, days: Days) -> Result<Vec<RevenueRow>, sqlx::Error> {
+        let sql = match group {
+            RevenueGroup::Day => format!(
+                "select to_char(d.day, 'YYYY-MM-DD') as key, to_char(d.day, 'YYYY-MM-DD') as label, {REVENUE_SUMS}
+                   from read.analytics_movie_day d
+                  where {DAY_RANGE}
+                  group by d.day having sum(d.charges) > 0
+                  order by d.day"
+            ),
+            RevenueGroup::Movie => format!(
+                "select d.movie_id::text as key, coalesce(m.title, '') as label, {REVENUE_SUMS}
+                   from read.analytics_movie_day d
+                   left join read.analytics_movie m on m.movie_id = d.movie_id
+                  where {DAY_RANGE}
+                  group by d.movie_id, m.title having sum(d.charges) > 0
+                  order by revenue_cents desc, label, key"
+            ),
+            RevenueGroup::Category => format!(
+                "select c.category_id::text as key, coalesce(ac.name, '') as label, {REVENUE_SUMS}
+                   from read.analytics_movie_day d
+                   join read.analytics_movie m on m.movie_id = d.movie_id
+                   cross join lateral unnest(m.category_ids) as c(category_id)
+                   left join read.analytics_category ac on ac.category_id = c.category_id
+                  where {DAY_RANGE}
+                  group by c.category_id, ac.name having sum(d.charges) > 0
+                  order by revenue_cents desc, label, key"
+            ),
+        };
+        sqlx::query_as::<_, RevenueRow>(&sql).bind(days.from).bind(days.to).fetch_all(&self.pool).await
+    }
+
+    /// The movies with the most rentals started within `days`, most rented first (then by title).
+    pub async fn top_movies(&self, days: Days, limit: i64) -> Result<Vec<TopMovieRow>, sqlx::Error> {
+        sqlx::query_as::<_, TopMovieRow>(&format!(
+            "select d.movie_id, coalesce(m.title, '') as title, sum(d.rentals_started)::bigint as rentals
+               from read.analytics_movie_day d
+               left join read.analytics_movie m on m.movie_id = d.movie_id
+              where {DAY_RANGE}
+              group by d.movie_id, m.title having sum(d.rentals_started) > 0
+              order by rentals desc, title, d.movie_id
+              limit $3"
+        ))
+        .bind(days.from)
+        .bind(days.to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The earliest time the analytics know of: the first category, movie or rental.
+    pub async fn origin(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar(
+            "select least((select min(created_at) from read.analytics_category),
+                          (select min(added_at) from read.analytics_movie),
+                          (select min(rented_at) from read.analytics_rental))",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// How much of `[from, to)` each movie's copy was rented; an open rental counts until `now`.
+    /// Every movie in the catalogue during the period is listed (also at 0), and any other movie
+    /// rented in it; most rented first, then by title.
+    pub async fn utilization(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<UtilizationRow>, sqlx::Error> {
+        let rows: Vec<(Uuid, String, f64)> = sqlx::query_as(
+            "with rented as (
+                 select r.movie_id,
+                        sum(extract(epoch from least(coalesce(r.returned_at, $3), $2) - greatest(r.rented_at, $1)))
+                            as seconds
+                   from read.analytics_rental r
+                  where r.rented_at < $2 and least(coalesce(r.returned_at, $3), $2) > greatest(r.rented_at, $1)
+                  group by r.movie_id)
+             select m.movie_id, m.title, coalesce(x.seconds, 0)::float8 as rented_seconds
+               from read.analytics_movie m
+               left join rented x on x.movie_id = m.movie_id
+              where x.seconds > 0 or (m.added_at < $2 and (m.retired_at is null or m.retired_at >= $1))
+              order by rented_seconds desc, m.title, m.movie_id",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let period = ((to - from).num_microseconds().unwrap_or(0) as f64 / 1e6).max(0.0);
+        Ok(rows
+            .into_iter()
+            .map(|(movie_id, title, rented_seconds)| UtilizationRow {
+                movie_id,
+                title,
+                rented_seconds,
+                period_seconds: period,
+                share: if period > 0.0 { rented_seconds / period } else { 0.0 },
+            })
+            .collect())
+    }
+}
