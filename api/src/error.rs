@@ -14,6 +14,11 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+/// Marks an answer that invites the client to retry (rate limited, unavailable, a charge still
+/// pending, conflicts that outlived every retry): an idempotency record never keeps one.
+#[derive(Debug, Clone, Copy)]
+pub struct Retryable;
+
 /// Invalid fields: field name → messages.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
@@ -94,6 +99,17 @@ impl ApiError {
         }
     }
 
+    /// Whether the same request may well succeed if sent again shortly.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::TooManyRequests { .. } | Self::Unavailable => true,
+            Self::Rejected { kind, .. } => {
+                matches!(*kind, "charge-pending" | "conflict" | crate::idempotency::IN_PROGRESS)
+            }
+            _ => false,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Self::Validation(_) => "validation-failed",
@@ -169,6 +185,9 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
+        if self.is_retryable() {
+            response.extensions_mut().insert(Retryable);
         }
         response
     }

@@ -96,8 +96,8 @@ impl AuthUser {
 }
 
 /// The token from `Authorization: Bearer <token>` or `Authorization: Token <token>`.
-fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
@@ -108,8 +108,11 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let (user, token_hash) = state.accounts.authenticate(token).await?.ok_or(ApiError::Unauthorized)?;
+        if let Some(actor) = parts.extensions.get::<crate::access::ActorSlot>() {
+            actor.set(user.id);
+        }
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
         Ok(Self { user, token_hash, request_id })
     }

@@ -8,7 +8,10 @@
 //! - [`commands`]: how domain refusals become HTTP answers.
 //! - [`error`], [`extract`], [`validate`]: problem+json errors, extractors, field validation.
 //! - [`cli`]: the sub-commands.
+//! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
+//!   metrics, the Prometheus exporter, rate and concurrency limits, `Idempotency-Key`.
 
+pub mod access;
 pub mod accounts;
 pub mod cache;
 pub mod cli;
@@ -17,6 +20,9 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod limits;
+pub mod metrics;
 pub mod refresh;
 pub mod routes;
 pub mod startup;
