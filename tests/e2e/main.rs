@@ -11,6 +11,7 @@ mod catalogue;
 mod conventions;
 mod operations;
 mod process;
+mod production;
 mod read_side;
 mod renting;
 mod resilience;
