@@ -561,3 +561,131 @@ async fn json_logs_give_one_line_per_request_with_its_fields_and_never_a_token_o
     }
     println!("{} log lines, {} request lines, no secret", lines.len(), requests.len());
 }
+
+/// Retries a keyed call on `app` until it stops answering 409 `idempotency-in-progress` (the dead
+/// process's lease has run out); returns the in-progress answers seen and the final answer.
+async fn retry_until_the_lease_ends(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    key: &[u8],
+) -> (usize, (StatusCode, Option<String>, bool, String)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut in_progress = 0;
+    loop {
+        let answered = answer(keyed(app, Method::POST, path, Some(token), None, key).await).await;
+        if !(answered.0 == StatusCode::CONFLICT && answered.3.contains("/idempotency-in-progress")) {
+            return (in_progress, answered);
+        }
+        in_progress += 1;
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_key_whose_command_appended_is_never_run_again_even_when_the_process_died_before_answering(
+    pool: PgPool,
+) {
+    // Arrange: storing the answer takes a while and then fails, and the process is killed meanwhile,
+    // after its append transaction (events and idempotency mark) has committed.
+    let options = Options {
+        extra_env: vec![
+            ("MOVIESTORE_PROJECTORS".into(), "off".into()),
+            ("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "3".into()),
+        ],
+    };
+    let first = TestApp::spawn_with(pool.clone(), options.clone()).await;
+    let (_, customer) = first.customer("greg").await;
+    let drama = first.category("Drama").await;
+    let movie = first.movie("Heat", &[drama]).await;
+    let path = format!("/api/v1/movies/{movie}/rent");
+    sqlx::raw_sql(
+        "create function answer_never_stored() returns trigger language plpgsql as $$
+         begin
+           if new.status is not null then
+             perform pg_sleep(1.5);
+             raise exception 'the answer is never stored';
+           end if;
+           return new;
+         end $$;
+         create trigger answer_never_stored before update on idempotency
+            for each row execute function answer_never_stored();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (client, url, token) = (first.client.clone(), first.url(&path), customer.clone());
+    let call = tokio::spawn(async move {
+        let _ = client.post(url).bearer_auth(token).header("idempotency-key", "crash-1").send().await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let storing: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event = 'PgSleep'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if storing > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the answer was never being stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(first);
+    let _ = call.await;
+    let position: i64 = sqlx::query_scalar("select position from events where event_type = 'MovieRented'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql("drop trigger answer_never_stored on idempotency").execute(&pool).await.unwrap();
+    let second = TestApp::spawn_with(pool.clone(), options).await;
+
+    // Act
+    let (in_progress, after) = retry_until_the_lease_ends(&second, &path, &customer, b"crash-1").await;
+
+    // Assert
+    assert!(in_progress > 0, "while the dead process's lease runs, the key is in progress");
+    assert_eq!(after.0, StatusCode::CONFLICT, "{}", after.3);
+    assert!(after.3.contains("/idempotency-answer-lost"), "{}", after.3);
+    assert_eq!(after.1, Some(position.to_string()), "it names the position the command appended");
+    assert_eq!(rented_events(&pool, movie).await, 1, "the rent was not run a second time");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_claim_left_by_a_process_that_died_before_appending_is_run_once_its_lease_runs_out(pool: PgPool) {
+    // Arrange: the first call waits inside its append when its process is killed.
+    let options = Options {
+        extra_env: vec![
+            ("MOVIESTORE_PROJECTORS".into(), "off".into()),
+            ("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "1".into()),
+        ],
+    };
+    let first = TestApp::spawn_with(pool.clone(), options.clone()).await;
+    let (_, customer) = first.customer("greg").await;
+    let drama = first.category("Drama").await;
+    let movie = first.movie("Heat", &[drama]).await;
+    let path = format!("/api/v1/movies/{movie}/rent");
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table events in exclusive mode").execute(&mut *lock).await.unwrap();
+    let (client, url, token) = (first.client.clone(), first.url(&path), customer.clone());
+    let call = tokio::spawn(async move {
+        let _ = client.post(url).bearer_auth(token).header("idempotency-key", "orphan-1").send().await;
+    });
+    wait_until_an_append_waits(&pool).await;
+    drop(first);
+    let _ = call.await;
+    lock.rollback().await.unwrap();
+    let second = TestApp::spawn_with(pool.clone(), options).await;
+
+    // Act
+    let (in_progress, after) = retry_until_the_lease_ends(&second, &path, &customer, b"orphan-1").await;
+    let replay = answer(keyed(&second, Method::POST, &path, Some(&customer), None, b"orphan-1").await).await;
+
+    // Assert
+    assert!(in_progress > 0, "while the dead process's lease runs, the key is in progress");
+    assert_eq!(after.0, StatusCode::CREATED, "then the request runs: {}", after.3);
+    assert_eq!((replay.0, replay.3), (after.0, after.3), "and is answered from its record");
+    assert_eq!(rented_events(&pool, movie).await, 1, "the dead attempt appended nothing");
+}
