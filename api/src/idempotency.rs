@@ -57,7 +57,7 @@ fn valid_key(value: &HeaderValue) -> Option<String> {
 }
 
 /// Middleware: see the module documentation.
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if !matches!(*request.method(), Method::POST | Method::PATCH | Method::DELETE) {
         return next.run(request).await;
     }
@@ -69,7 +69,14 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
     let scope = match crate::extract::bearer_token(request.headers()) {
         None => "anonymous".to_string(),
         Some(token) => match state.accounts.authenticate(token).await {
-            Ok(Some((user, _))) => user.id.to_string(),
+            Ok(Some((user, token_hash))) => {
+                if let Some(actor) = request.extensions().get::<crate::access::ActorSlot>() {
+                    actor.set(user.id);
+                }
+                let scope = user.id.to_string();
+                request.extensions_mut().insert(crate::extract::Authenticated { user, token_hash });
+                scope
+            }
             Ok(None) => return next.run(request).await,
             Err(error) => return ApiError::from(error).into_response(),
         },
