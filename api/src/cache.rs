@@ -160,7 +160,17 @@ impl Cache {
     }
 
     /// The cached JSON body of a movie's details, or None on a miss, an error, or Redis down.
+    /// Counted in `cache_hits_total` and `cache_misses_total`.
     pub async fn get_movie(&self, movie_id: Uuid) -> Option<String> {
+        let body = self.lookup_movie(movie_id).await;
+        match body {
+            Some(_) => metrics::counter!("cache_hits_total").increment(1),
+            None => metrics::counter!("cache_misses_total").increment(1),
+        }
+        body
+    }
+
+    async fn lookup_movie(&self, movie_id: Uuid) -> Option<String> {
         let key = self.inner.key(movie_id);
         let Lease { generation, mut conn } = self.inner.connection().await?;
         let reply = bounded(redis::cmd("HGET").arg(&key).arg("body").query_async(&mut conn)).await;

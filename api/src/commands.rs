@@ -89,6 +89,10 @@ impl<E: DomainRejection> From<CommandError<E>> for ApiError {
             }
             CommandError::Database(e) => e.into(),
             CommandError::Corrupt(message) => ApiError::Internal(anyhow::anyhow!(message)),
+            CommandError::ClaimLost => conflict(
+                crate::idempotency::IN_PROGRESS,
+                "another request holds this Idempotency-Key; retry shortly".into(),
+            ),
         }
     }
 }

@@ -37,6 +37,19 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Request rate limit per client address.
+    pub rate_limit: RateLimit,
+    /// `MOVIESTORE_MAX_CONCURRENT_REQUESTS`: requests served at once; more get 503 (0: no cap).
+    pub max_concurrent_requests: usize,
+}
+
+/// A per-client-address token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// `MOVIESTORE_RATE_LIMIT_PER_SEC` (0: no limit).
+    pub per_second: u32,
+    /// `MOVIESTORE_RATE_LIMIT_BURST`.
+    pub burst: u32,
 }
 
 /// PostgreSQL settings.
@@ -138,6 +151,14 @@ impl Config {
                 request_timeout: Duration::from_secs(parsed("MOVIESTORE_REQUEST_TIMEOUT_SECS", 10)?),
                 max_body_bytes: 64 * 1024,
                 shutdown_grace: Duration::from_secs(10),
+                rate_limit: {
+                    let per_second = parsed("MOVIESTORE_RATE_LIMIT_PER_SEC", 2000)?;
+                    RateLimit {
+                        per_second,
+                        burst: parsed("MOVIESTORE_RATE_LIMIT_BURST", per_second.saturating_mul(2))?,
+                    }
+                },
+                max_concurrent_requests: parsed("MOVIESTORE_MAX_CONCURRENT_REQUESTS", 1024)?,
             },
             database: DatabaseConfig {
                 url: var("DATABASE_URL")
@@ -197,6 +218,11 @@ impl Config {
         }
         if self.http.request_timeout.is_zero() {
             bail!("MOVIESTORE_REQUEST_TIMEOUT_SECS must be at least 1");
+        }
+        if self.http.rate_limit.per_second > 0 && self.http.rate_limit.burst == 0 {
+            bail!(
+                "MOVIESTORE_RATE_LIMIT_BURST must be at least 1 while MOVIESTORE_RATE_LIMIT_PER_SEC is set"
+            );
         }
         let a = self.auth.argon2;
         if a.memory_kib < 8 * a.parallelism.max(1) || a.iterations == 0 || a.parallelism == 0 {

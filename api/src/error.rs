@@ -14,6 +14,11 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+/// Marks an answer that invites the client to retry (rate limited, unavailable, a charge still
+/// pending, conflicts that outlived every retry): an idempotency record never keeps one.
+#[derive(Debug, Clone, Copy)]
+pub struct Retryable;
+
 /// Invalid fields: field name → messages.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
@@ -91,6 +96,17 @@ impl ApiError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether the same request may well succeed if sent again shortly.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::TooManyRequests { .. } | Self::Unavailable => true,
+            Self::Rejected { kind, .. } => {
+                matches!(*kind, "charge-pending" | "conflict" | crate::idempotency::IN_PROGRESS)
+            }
+            _ => false,
         }
     }
 
@@ -190,6 +206,9 @@ impl IntoResponse for ApiError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
+        if self.is_retryable() {
+            response.extensions_mut().insert(Retryable);
         }
         response
     }

@@ -96,20 +96,36 @@ impl AuthUser {
 }
 
 /// The token from `Authorization: Bearer <token>` or `Authorization: Token <token>`.
-fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
     (known && !token.is_empty()).then_some(token)
 }
 
+/// A caller a middleware has already authenticated (the idempotency middleware needs the account
+/// before the handler runs), so the extractor does not look the token up twice.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    pub(crate) user: User,
+    pub(crate) token_hash: Vec<u8>,
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
-        let (user, token_hash) = state.accounts.authenticate(token).await?.ok_or(ApiError::Unauthorized)?;
+        let (user, token_hash) = match parts.extensions.get::<Authenticated>() {
+            Some(done) => (done.user.clone(), done.token_hash.clone()),
+            None => {
+                let token = bearer_token(&parts.headers).ok_or(ApiError::Unauthorized)?;
+                state.accounts.authenticate(token).await?.ok_or(ApiError::Unauthorized)?
+            }
+        };
+        if let Some(actor) = parts.extensions.get::<crate::access::ActorSlot>() {
+            actor.set(user.id);
+        }
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
         Ok(Self { user, token_hash, request_id })
     }

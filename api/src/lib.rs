@@ -10,7 +10,10 @@
 //! - [`openapi`]: the OpenAPI 3.1 spec, built from the route registrations, and the docs page.
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
 //! - [`cli`]: the sub-commands.
+//! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
+//!   metrics, the Prometheus exporter, rate and concurrency limits, `Idempotency-Key`.
 
+pub mod access;
 pub mod accounts;
 pub mod cache;
 pub mod cli;
@@ -19,6 +22,9 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
+pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod refresh;
 pub mod routes;

@@ -76,6 +76,7 @@ impl App {
         let pool = state.db.clone();
         let projectors =
             state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
+        let purge = tokio::spawn(crate::idempotency::purge_periodically(pool.clone(), shutdown.clone()));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = shutdown.clone();
         let server =
@@ -91,6 +92,7 @@ impl App {
                 tracing::warn!("projectors did not stop in time");
             }
         }
+        let _ = purge.await;
         pool.close().await;
         Ok(())
     }
@@ -123,12 +125,17 @@ pub fn engine(pool: &PgPool, store: &EventStore, plan: &domain::price::PricePlan
     Engine::new(pool.clone(), projections::all(store.clone(), plan.clone()), EngineConfig::default())
 }
 
-/// The router with its layers, outermost first: request id, tracing, sensitive headers, timeout,
-/// panic catching, reading the body; and the body limit.
+/// The router with its layers, outermost first: request id, the access log and HTTP metrics, rate
+/// and concurrency limits, tracing, sensitive headers, timeout, panic catching, reading the body,
+/// idempotency keys; and the body limit.
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.http.request_timeout;
+    crate::metrics::handle();
+    let limits = crate::limits::Limits::new(&state.config.http);
     let layers = ServiceBuilder::new()
         .layer(axum::middleware::from_fn(crate::extract::request_id))
+        .layer(axum::middleware::from_fn(crate::access::record))
+        .layer(axum::middleware::from_fn_with_state(limits, crate::limits::middleware))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
@@ -157,7 +164,8 @@ pub fn router(state: AppState) -> Router {
                 "an unexpected error occurred; it has been logged",
             )
         }))
-        .layer(axum::middleware::from_fn(crate::extract::read_body_first));
+        .layer(axum::middleware::from_fn(crate::extract::read_body_first))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware));
     crate::routes::router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -17,6 +17,7 @@ pub fn init(log: &LogConfig) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(std::io::stderr),

@@ -16,6 +16,7 @@ mod model;
 mod openapi;
 mod operations;
 mod process;
+mod production;
 mod read_side;
 mod renting;
 mod resilience;

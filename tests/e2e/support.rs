@@ -81,9 +81,23 @@ impl TestApp {
     }
 
     pub async fn spawn_with(pool: PgPool, options: Options) -> Self {
-        let database = pool.connect_options().get_database().expect("test database name").to_string();
-        let database_url = database_url(&database);
+        let database_url = Self::database_url_of(&pool);
         let child = start(&database_url, &options);
+        Self::attach(pool, database_url, child).await
+    }
+
+    /// [`TestApp::spawn_with`], with the process's standard error (its logs) written to `stderr`.
+    pub async fn spawn_with_stderr(pool: PgPool, options: Options, stderr: std::fs::File) -> Self {
+        let database_url = Self::database_url_of(&pool);
+        let child = command(&database_url, &options).stderr(stderr).spawn().expect("start moviestore");
+        Self::attach(pool, database_url, child).await
+    }
+
+    fn database_url_of(pool: &PgPool) -> String {
+        database_url(pool.connect_options().get_database().expect("test database name"))
+    }
+
+    async fn attach(pool: PgPool, database_url: String, child: Child) -> Self {
         let (child, address) =
             tokio::task::spawn_blocking(move || wait_for_listening(child)).await.expect("join");
         Self {
@@ -282,6 +296,11 @@ pub fn movie_body(title: &str, categories: &[Uuid]) -> Value {
 
 /// Starts `moviestore serve` against a database (options' environment wins over the defaults).
 pub fn start(database_url: &str, options: &Options) -> Child {
+    command(database_url, options).spawn().expect("start moviestore")
+}
+
+/// The command [`start`] runs.
+pub fn command(database_url: &str, options: &Options) -> Command {
     let verbose = std::env::var("TEST_LOG").is_ok();
     let mut command = Command::new(binary());
     command
@@ -301,7 +320,7 @@ pub fn start(database_url: &str, options: &Options) -> Child {
     for (key, value) in &options.extra_env {
         command.env(key, value);
     }
-    command.spawn().expect("start moviestore")
+    command
 }
 
 /// Waits for the `listening on http://ADDR` line; returns the process and the address.

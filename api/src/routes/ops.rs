@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and the Prometheus scrape (all unauthenticated).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +11,7 @@ use crate::openapi::ApiRouter;
 use crate::state::AppState;
 
 pub fn router() -> ApiRouter {
-    ApiRouter::new().routes(routes!(health)).routes(routes!(ready))
+    ApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
 }
 
 /// Liveness: 200 while the process runs.
@@ -48,4 +48,16 @@ async fn ready(State(state): State<AppState>) -> Response {
         response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(1u64));
     }
     response
+}
+
+/// Metrics in the Prometheus text format
+///
+/// Requests and latencies by route and status, commands and conflicts, cache hits and misses,
+/// projection position and lag, pool usage.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text.", body = String, content_type = "text/plain; version=0.0.4"),
+))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = crate::metrics::render(&state.db).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -1,7 +1,9 @@
-//! The command executor: load, handle, append, retry on conflict.
+//! The command executor: load, handle, append, retry on conflict. It also counts commands by
+//! outcome and conflicts by command (the `metrics` facade; the binary installs the exporter), and
+//! marks the request's idempotency claim, when there is one, in the append transaction.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
@@ -14,6 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::codec::{decode_event, encode_event};
+use super::idempotency::{self, CLAIM};
 use super::stream::{Loaded, StreamKind};
 use super::EVENTS_CHANNEL;
 
@@ -75,6 +78,22 @@ pub enum CommandError<E: std::error::Error> {
     /// A stored event or snapshot could not be read back.
     #[error("event store: {0}")]
     Corrupt(String),
+    /// The request's idempotency claim was taken over before its command could append (its lease
+    /// ran out): nothing was appended.
+    #[error("the idempotency key was claimed by another request")]
+    ClaimLost,
+}
+
+impl<E: std::error::Error> CommandError<E> {
+    /// The `outcome` label of the command counter.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Rejected(_) | Self::Unique(_) => "rejected",
+            Self::Conflict => "conflict",
+            Self::ClaimLost => "claim_lost",
+            Self::Database(_) | Self::Corrupt(_) => "error",
+        }
+    }
 }
 
 /// How conflicts are retried.
@@ -171,6 +190,32 @@ impl EventStore {
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
+        let name = A::command_name(&command);
+        let started = Instant::now();
+        let result = self.run::<A>(aggregate_id, command, metadata, name).await;
+        let outcome = match &result {
+            Ok(committed) if committed.events.is_empty() => "unchanged",
+            Ok(_) => "committed",
+            Err(error) => error.outcome(),
+        };
+        metrics::counter!("commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE, "command" => name)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn run<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+        name: &'static str,
+    ) -> Result<Committed<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
         let mut backoff = self.retry.base_backoff;
         for attempt in 0..=self.retry.retries {
             if attempt > 0 {
@@ -181,7 +226,11 @@ impl EventStore {
             }
             match self.attempt::<A>(aggregate_id, command.clone(), metadata).await? {
                 Attempt::Done(committed) => return Ok(committed),
-                Attempt::Conflict => continue,
+                Attempt::Conflict => {
+                    metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE, "command" => name)
+                        .increment(1);
+                    continue;
+                }
             }
         }
         Err(CommandError::Conflict)
@@ -218,6 +267,7 @@ impl EventStore {
             Err(AppendError::Unique(constraint)) => Err(CommandError::Unique(constraint)),
             Err(AppendError::Database(e)) => Err(CommandError::Database(e)),
             Err(AppendError::Encode(e)) => Err(CommandError::Corrupt(e.to_string())),
+            Err(AppendError::ClaimLost) => Err(CommandError::ClaimLost),
         }
     }
 
@@ -305,6 +355,14 @@ impl EventStore {
                 .await?;
             }
         }
+        // The idempotency record commits with the events, so a key whose command appended is never
+        // run again, whatever happens to the process after this commit.
+        if let Ok(claim) = CLAIM.try_with(Clone::clone) {
+            let last = recorded.last().map_or(0, |e| e.position);
+            if !idempotency::mark_appended(&mut tx, &claim, last).await? {
+                return Err(AppendError::ClaimLost);
+            }
+        }
         tx.commit().await?;
         Ok(recorded)
     }
@@ -353,6 +411,7 @@ fn apply_stored<A: Aggregate>(
 
 enum AppendError {
     Conflict,
+    ClaimLost,
     Unique(String),
     Database(sqlx::Error),
     Encode(serde_json::Error),

@@ -11,6 +11,7 @@
 
 mod codec;
 mod executor;
+pub mod idempotency;
 pub mod lookup;
 mod stream;
 

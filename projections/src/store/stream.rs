@@ -4,9 +4,9 @@
 use std::future::Future;
 
 use cqrs_es::Aggregate;
-use domain::category::{Category, CategoryEvent};
-use domain::movie::{Movie, MovieEvent};
-use domain::rental::Rental;
+use domain::category::{Category, CategoryCommand, CategoryEvent};
+use domain::movie::{Movie, MovieCommand, MovieEvent};
+use domain::rental::{Rental, RentalCommand};
 use sqlx::PgConnection;
 
 use super::lookup;
@@ -18,6 +18,9 @@ where
 {
     /// Write a snapshot whenever the stream's version crosses a multiple of this (`None`: never).
     const SNAPSHOT_EVERY: Option<i64> = None;
+
+    /// The command's name, a label of the command metrics (a bounded set: the variant).
+    fn command_name(command: &Self::Command) -> &'static str;
 
     /// Writes the synchronous lookup rows for events being appended, inside the append
     /// transaction, so that a lookup never disagrees with the log.
@@ -41,6 +44,16 @@ pub struct Loaded<A> {
 
 impl StreamKind for Movie {
     const SNAPSHOT_EVERY: Option<i64> = Some(20);
+
+    fn command_name(command: &MovieCommand) -> &'static str {
+        match command {
+            MovieCommand::AddMovie { .. } => "AddMovie",
+            MovieCommand::UpdateMovie { .. } => "UpdateMovie",
+            MovieCommand::RetireMovie => "RetireMovie",
+            MovieCommand::RentMovie { .. } => "RentMovie",
+            MovieCommand::ReturnMovie { .. } => "ReturnMovie",
+        }
+    }
 
     async fn write_lookups(
         conn: &mut PgConnection,
@@ -71,6 +84,13 @@ impl StreamKind for Movie {
 }
 
 impl StreamKind for Category {
+    fn command_name(command: &CategoryCommand) -> &'static str {
+        match command {
+            CategoryCommand::CreateCategory { .. } => "CreateCategory",
+            CategoryCommand::RenameCategory { .. } => "RenameCategory",
+        }
+    }
+
     async fn write_lookups(
         conn: &mut PgConnection,
         aggregate_id: &str,
@@ -85,4 +105,12 @@ impl StreamKind for Category {
     }
 }
 
-impl StreamKind for Rental {}
+impl StreamKind for Rental {
+    fn command_name(command: &RentalCommand) -> &'static str {
+        match command {
+            RentalCommand::OpenRental { .. } => "OpenRental",
+            RentalCommand::CloseRental { .. } => "CloseRental",
+            RentalCommand::PayRental { .. } => "PayRental",
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! `Idempotency-Key` on POST, PATCH and DELETE: a middleware that claims the key, runs the request
+//! with the claim in a task-local (so the command executor marks it in the append transaction),
+//! and stores the final answer; a repeat of the same request gets that answer, a different
+//! request under the same key 422, a repeat while the first still runs 409
+//! `idempotency-in-progress`.
+//!
+//! What is kept: 2xx and 4xx answers, except those that invite a retry ([`Retryable`]: 429, a
+//! pending charge, exhausted conflict retries). 5xx answers are not kept, so a retry after an
+//! outage runs again, unless the command had already appended (then it is never run again).
+//! Stored bodies are sealed (ChaCha20-Poly1305) with a key derived from the caller, the key and
+//! the whole request, so the tokens in register and login answers are not readable from the table
+//! by anyone who does not hold the request itself. The SQL lives in
+//! `projections::store::idempotency`.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use projections::store::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
+use rand::RngCore;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::error::{ApiError, Retryable};
+use crate::state::AppState;
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+
+/// The slug of the 409 for a key whose first request is still running.
+pub const IN_PROGRESS: &str = "idempotency-in-progress";
+
+/// Marks a replayed answer.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// How long a record is kept.
+pub const RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How often expired records are deleted.
+pub const PURGE_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// The headers kept with an answer (the rest describe the connection or the request).
+const KEPT_HEADERS: [&str; 3] = ["content-type", "location", crate::routes::POSITION_HEADER];
+
+/// The longest answer body kept (command answers are a few hundred bytes).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+fn valid_key(value: &HeaderValue) -> Option<String> {
+    let bytes = value.as_bytes();
+    let visible = (1..=255).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    visible.then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Middleware: see the module documentation.
+pub async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if !matches!(*request.method(), Method::POST | Method::PATCH | Method::DELETE) {
+        return next.run(request).await;
+    }
+    let Some(raw_key) = request.headers().get(HEADER).cloned() else {
+        return next.run(request).await;
+    };
+    // Scoped to the caller: their account, or the key alone for anonymous calls. A token that does
+    // not authenticate gets its 401 from the handler, with nothing recorded.
+    let scope = match crate::extract::bearer_token(request.headers()) {
+        None => "anonymous".to_string(),
+        Some(token) => match state.accounts.authenticate(token).await {
+            Ok(Some((user, token_hash))) => {
+                if let Some(actor) = request.extensions().get::<crate::access::ActorSlot>() {
+                    actor.set(user.id);
+                }
+                let scope = user.id.to_string();
+                request.extensions_mut().insert(crate::extract::Authenticated { user, token_hash });
+                scope
+            }
+            Ok(None) => return next.run(request).await,
+            Err(error) => return ApiError::from(error).into_response(),
+        },
+    };
+    let Some(key) = valid_key(&raw_key) else {
+        return ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")
+            .into_response();
+    };
+    let (parts, body) = request.into_parts();
+    // The body has been read (and bounded) by `read_body_first` already.
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::MalformedBody("the request body could not be read".into()).into_response();
+    };
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+    let seal_key = seal_key(&scope, &key, &method, &path, &body);
+    let body_hash = Sha256::digest(&body).to_vec();
+    let fingerprint =
+        Fingerprint { scope: &scope, key: &key, method: &method, path: &path, body_hash: &body_hash };
+    let lease = state.config.http.request_timeout + Duration::from_secs(5);
+    let outcome = match idempotency::claim(&state.db, &fingerprint, lease, RECORD_TTL).await {
+        Ok(outcome) => outcome,
+        Err(error) => return ApiError::from(error).into_response(),
+    };
+    match outcome {
+        ClaimOutcome::Claimed(claim) => {
+            let request = Request::from_parts(parts, Body::from(body));
+            run_claimed(&state.db, claim, &seal_key, next, request).await
+        }
+        ClaimOutcome::Replay(answer) => replay(answer, &seal_key),
+        ClaimOutcome::InProgress => {
+            let mut response = ApiError::rejected(
+                StatusCode::CONFLICT,
+                IN_PROGRESS,
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            )
+            .into_response();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(1u64));
+            response
+        }
+        ClaimOutcome::Mismatch => {
+            ApiError::field("Idempotency-Key", "was already used with another method, path or body")
+                .into_response()
+        }
+        ClaimOutcome::AnswerLost { position } => {
+            let mut response = ApiError::rejected(
+                StatusCode::CONFLICT,
+                "idempotency-answer-lost",
+                format!(
+                    "the request with this Idempotency-Key was carried out (position {position}) but its \
+                     answer was lost; read the resource to see its state"
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(crate::routes::POSITION_HEADER), HeaderValue::from(position));
+            response
+        }
+    }
+}
+
+/// Gives the claim up when the request never finished (timed out, panicked, client gone).
+struct ClaimGuard {
+    pool: PgPool,
+    claim: Option<Claim>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let (Some(claim), Ok(runtime)) = (self.claim.take(), tokio::runtime::Handle::try_current()) {
+            let pool = self.pool.clone();
+            runtime.spawn(async move {
+                if let Err(error) = idempotency::release(&pool, &claim).await {
+                    tracing::warn!(%error, "could not release an idempotency claim; its lease will expire");
+                }
+            });
+        }
+    }
+}
+
+async fn run_claimed(
+    pool: &PgPool,
+    claim: Claim,
+    seal_key: &LessSafeKey,
+    next: Next,
+    request: Request,
+) -> Response {
+    let mut guard = ClaimGuard { pool: pool.clone(), claim: Some(claim.clone()) };
+    let response = CLAIM.scope(claim.clone(), next.run(request)).await;
+    let status = response.status();
+    let kept = (status.is_success() || status.is_client_error())
+        && response.extensions().get::<Retryable>().is_none();
+    if !kept {
+        // Dropping the guard releases the claim: the key is free again unless events were appended.
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(body) => body,
+        Err(error) => {
+            return ApiError::Internal(anyhow::anyhow!("reading an answer to keep it: {error}"))
+                .into_response()
+        }
+    };
+    let headers: Vec<Value> = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| parts.headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| json!([name, v])))
+        .collect();
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let mut sealed = body.to_vec();
+    let answer = seal_key
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+        .ok()
+        .map(|()| StoredAnswer {
+            status: status.as_u16() as i16,
+            headers: Value::Array(headers),
+            nonce: nonce.to_vec(),
+            body: sealed,
+        });
+    match answer {
+        Some(answer) => match idempotency::complete(pool, &claim, &answer).await {
+            Ok(true) => guard.claim = None,
+            Ok(false) => tracing::warn!("an idempotency claim was lost before its answer was stored"),
+            Err(error) => tracing::warn!(%error, "could not store an idempotent answer"),
+        },
+        None => tracing::warn!("could not seal an idempotent answer"),
+    }
+    parts.extensions.remove::<Retryable>();
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn replay(answer: StoredAnswer, seal_key: &LessSafeKey) -> Response {
+    let nonce = <[u8; NONCE_LEN]>::try_from(answer.nonce.as_slice()).ok();
+    let mut sealed = answer.body;
+    let body = nonce.and_then(|nonce| {
+        seal_key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed)
+            .ok()
+            .map(|plain| Bytes::copy_from_slice(plain))
+    });
+    let (Some(body), Ok(status)) = (body, StatusCode::from_u16(answer.status as u16)) else {
+        return ApiError::Internal(anyhow::anyhow!("a stored idempotent answer does not open"))
+            .into_response();
+    };
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.remove(axum::http::header::CONTENT_TYPE);
+    for pair in answer.headers.as_array().into_iter().flatten() {
+        let (Some(name), Some(value)) = (pair[0].as_str(), pair[1].as_str()) else { continue };
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_str(value)) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(HeaderName::from_static(REPLAYED_HEADER), HeaderValue::from_static("true"));
+    response
+}
+
+/// The key a stored answer is sealed with: derived from everything that identifies the request,
+/// its body included, so only a caller who sends the same request again can open it.
+fn seal_key(scope: &str, key: &str, method: &str, path: &str, body: &[u8]) -> LessSafeKey {
+    let mut hasher = Sha256::new();
+    hasher.update(b"moviestore idempotent answer v1\0");
+    for part in [scope.as_bytes(), key.as_bytes(), method.as_bytes(), path.as_bytes()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.update(body);
+    let digest = hasher.finalize();
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &digest).expect("a 256-bit key"))
+}
+
+/// Deletes expired records every [`PURGE_EVERY`] until `shutdown`.
+pub async fn purge_periodically(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) {
+    const BATCH: i64 = 10_000;
+    loop {
+        loop {
+            match idempotency::purge_expired(&pool, BATCH).await {
+                Ok(n) if n == BATCH as u64 => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(deleted = n, "expired idempotency records deleted");
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete expired idempotency records");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_one_to_255_visible_ascii_characters() {
+        let ok = |s: &str| valid_key(&HeaderValue::from_str(s).unwrap()).is_some();
+        assert!(ok("a"));
+        assert!(ok(&"k".repeat(255)));
+        assert!(ok("order-42/retry#1~!"));
+        assert!(!ok(&"k".repeat(256)));
+        assert!(!ok("with space"));
+        assert!(!ok(""));
+        assert!(valid_key(&HeaderValue::from_bytes("clé".as_bytes()).unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_sealed_answer_opens_only_with_the_same_request() {
+        let key = seal_key("anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"p\"}");
+        let mut sealed = b"{\"token\":\"secret\"}".to_vec();
+        let nonce = [7u8; NONCE_LEN];
+        key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed).unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"secret"), "the body is not stored in clear");
+        let other = seal_key("anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"q\"}");
+        let mut copy = sealed.clone();
+        assert!(other.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut copy).is_err());
+        let same = seal_key("anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"p\"}");
+        let plain =
+            same.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed).unwrap();
+        assert_eq!(plain, b"{\"token\":\"secret\"}");
+    }
+}

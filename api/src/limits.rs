@@ -1,0 +1,112 @@
+//! Abuse limits in front of every route: a request rate limit per client address (a `governor`
+//! token bucket, 429 with `Retry-After`) and a cap on requests served at once (load shedding: 503
+//! with `Retry-After` rather than queueing without bound). `/health`, `/ready` and `/metrics` are
+//! exempt, so probes and scrapes still answer under load. The body limit (413), JSON-only bodies
+//! (415) and the login throttle live elsewhere (`startup`, `extract`, `accounts`).
+//!
+//! The client address is the TCP peer: behind a proxy every client shares the proxy's address, so
+//! there raise the limit or set it to 0 and limit at the proxy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::config::HttpConfig;
+use crate::error::{problem, ApiError};
+
+/// How often addresses whose bucket is full again are forgotten.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// The limits of one process; cheap to clone.
+#[derive(Clone)]
+pub struct Limits {
+    rate: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+fn exempt(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
+}
+
+impl Limits {
+    /// Limits as configured (0 disables each). Starts a task that forgets idle addresses, so the
+    /// limiter's memory stays bounded; it ends when the limits are dropped.
+    pub fn new(config: &HttpConfig) -> Self {
+        let rate = NonZeroU32::new(config.rate_limit.per_second).map(|per_second| {
+            let burst = NonZeroU32::new(config.rate_limit.burst).unwrap_or(per_second);
+            Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)))
+        });
+        if let Some(limiter) = &rate {
+            let weak = Arc::downgrade(limiter);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    loop {
+                        tokio::time::sleep(FORGET_EVERY).await;
+                        let Some(limiter) = weak.upgrade() else { return };
+                        limiter.retain_recent();
+                        limiter.shrink_to_fit();
+                    }
+                });
+            }
+        }
+        let in_flight = (config.max_concurrent_requests > 0)
+            .then(|| Arc::new(Semaphore::new(config.max_concurrent_requests)));
+        Self { rate, in_flight }
+    }
+}
+
+/// Middleware: the rate limit, then the concurrency cap.
+pub async fn middleware(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    if exempt(request.uri().path()) {
+        return next.run(request).await;
+    }
+    if let Some(limiter) = &limits.rate {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if let Some(peer) = peer {
+            if let Err(not_until) = limiter.check_key(&peer) {
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return ApiError::TooManyRequests { retry_after_secs: retry_after_secs.max(1) }
+                    .into_response();
+            }
+        }
+    }
+    let _permit = match &limits.in_flight {
+        None => None,
+        Some(semaphore) => match semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return overloaded(),
+        },
+    };
+    next.run(request).await
+}
+
+fn overloaded() -> Response {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the server is handling as many requests as it can; retry shortly",
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_operations_endpoints_are_exempt() {
+        assert!(exempt("/health") && exempt("/ready") && exempt("/metrics"));
+        assert!(!exempt("/api/v1/movies") && !exempt("/metrics/x") && !exempt("/"));
+    }
+}

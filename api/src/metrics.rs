@@ -1,0 +1,77 @@
+//! The Prometheus exporter: installs the process's `metrics` recorder once, and renders
+//! `GET /metrics`, refreshing at scrape time what is read rather than counted (projection
+//! progress and lag, from the same query as `/api/v1/admin/projections`, and the pool's usage).
+//!
+//! What is counted elsewhere: HTTP requests and latencies (`access`), commands and conflicts (the
+//! command executor), cache hits and misses (`cache`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+/// Latency buckets, in seconds, of every `*_duration_seconds` histogram.
+const DURATION_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The process's exporter, installed on first use (the recorder is global to the process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &DURATION_BUCKETS)
+            .expect("the buckets are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only what it sees");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("http_requests_total", "HTTP requests answered, by route template, method and status");
+    describe_histogram!("http_request_duration_seconds", Unit::Seconds, "HTTP request latency");
+    describe_counter!("commands_total", "commands run, by aggregate, command and outcome");
+    describe_histogram!("command_duration_seconds", Unit::Seconds, "command latency, retries included");
+    describe_counter!("command_conflicts_total", "concurrent appends to the same stream, each retried");
+    describe_counter!("cache_hits_total", "movie details served from Redis");
+    describe_counter!("cache_misses_total", "movie details not in Redis (or Redis down)");
+    describe_gauge!("projection_position", "the last position a projection has applied");
+    describe_gauge!("projection_lag_events", "events a projection has not applied yet");
+    describe_gauge!(
+        "projection_lag_seconds",
+        Unit::Seconds,
+        "age of the oldest event a projection has not applied"
+    );
+    describe_gauge!("db_pool_size", "connections open in the pool");
+    describe_gauge!("db_pool_idle", "idle connections in the pool");
+    describe_gauge!("db_pool_max", "the pool's maximum size");
+}
+
+/// The scrape: refreshes the gauges read at scrape time, then renders every metric. Projection
+/// gauges are left as they were when PostgreSQL does not answer.
+pub async fn render(pool: &PgPool) -> String {
+    let handle = handle();
+    match projections::engine::checkpoints(pool).await {
+        Ok(statuses) => {
+            for status in statuses {
+                let name = status.name;
+                metrics::gauge!("projection_position", "projection" => name.clone())
+                    .set(status.position as f64);
+                metrics::gauge!("projection_lag_events", "projection" => name.clone())
+                    .set(status.lag_events as f64);
+                metrics::gauge!("projection_lag_seconds", "projection" => name).set(status.lag_seconds);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "projection progress unavailable for /metrics"),
+    }
+    metrics::gauge!("db_pool_size").set(f64::from(pool.size()));
+    metrics::gauge!("db_pool_idle").set(pool.num_idle() as f64);
+    metrics::gauge!("db_pool_max").set(f64::from(pool.options().get_max_connections()));
+    handle.run_upkeep();
+    handle.render()
+}
