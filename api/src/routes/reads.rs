@@ -73,6 +73,17 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
             axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
                 .await
                 .map_err(|_| ApiError::MalformedBody("the query string could not be parsed".into()))?;
+        // No text a read model holds can contain NUL (PostgreSQL cannot store it), and letting
+        // one through would fail the query instead of answering.
+        let mut errors = crate::error::FieldErrors::new();
+        for (name, value) in &map {
+            if value.contains('\0') {
+                errors.entry(name.clone()).or_default().push("must not contain NUL characters".into());
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
         Ok(Self(map))
     }
 }

@@ -1,0 +1,234 @@
+//! Hostile input, by hand: deeply nested and oversized JSON, invalid UTF-8, huge query strings,
+//! SQL and Lua injection strings in every text field, negative and overflowing numbers, path
+//! traversal in ids. Every answer must be a 4xx problem document (or a success that stored the
+//! text verbatim), never a 5xx, and the server must stay healthy.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::support::*;
+
+/// Strings that break naive SQL, Lua, JSON, HTML or path handling.
+const NASTY: &[&str] = &[
+    "'; drop table events; --",
+    "\" or 1=1 --",
+    "') or ('a'='a",
+    "%' or title like '%",
+    "\\'; select pg_sleep(5); --",
+    "]] redis.call('flushall') [[",
+    "'); redis.call('del', KEYS[1]); return ('",
+    "<script>alert(1)</script>",
+    "../../../../etc/passwd",
+    "%00%2e%2e%2f",
+    "\u{0}\u{1}\u{7f}",
+    "\u{202e}gnp.exe",
+    "😀🎬🍿",
+    "${jndi:ldap://x}",
+    "{{7*7}}",
+];
+
+/// Tallies answers: every status seen and whether each answer kept the conventions.
+#[derive(Default)]
+struct Tally {
+    requests: usize,
+    by_status: std::collections::BTreeMap<u16, usize>,
+    server_errors: Vec<String>,
+    not_problems: Vec<String>,
+}
+
+impl Tally {
+    async fn check(&mut self, what: &str, response: reqwest::Response) -> (u16, Value) {
+        self.requests += 1;
+        let status = response.status().as_u16();
+        *self.by_status.entry(status).or_default() += 1;
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let text = response.text().await.unwrap_or_default();
+        if status >= 500 {
+            self.server_errors.push(format!("{what}: {status} {text}"));
+        }
+        if status >= 400 {
+            let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if content_type != "application/problem+json" || !problem["type"].is_string() {
+                self.not_problems.push(format!("{what}: {status} {content_type} {text}"));
+            }
+            let leaks = ["sqlx", "SQLSTATE", "syntax error", "panicked", "ERR ", "stack backtrace"];
+            if leaks.iter().any(|leak| text.contains(leak)) {
+                self.server_errors.push(format!("{what}: leaks internals: {text}"));
+            }
+        }
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn assert_clean(&self, app_name: &str) {
+        assert!(self.server_errors.is_empty(), "{app_name}: {:#?}", self.server_errors);
+        assert!(self.not_problems.is_empty(), "{app_name}: {:#?}", self.not_problems);
+    }
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn hostile_bodies_query_strings_and_paths_get_problem_documents_and_never_a_5xx(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let (_, customer) = app.customer("victim").await;
+    let category = app.category("Drama").await;
+    let movie = app.movie("Heat", &[category]).await;
+    let mut tally = Tally::default();
+
+    // Deeply nested JSON (a parser that recurses without a limit would overflow its stack).
+    for depth in [64usize, 1_000, 20_000] {
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        for path in ["/api/v1/movies", "/api/v1/categories", "/api/v1/auth/login"] {
+            let response =
+                app.raw(Method::POST, path, Some(&admin), Some("application/json"), body.clone()).await;
+            let (status, _) = tally.check(&format!("nested {depth} at {path}"), response).await;
+            assert!(matches!(status, 413 | 422), "nested {depth} at {path}: {status}");
+        }
+        let object = format!("{}1{}", "{\"a\":".repeat(depth.min(10_000)), "}".repeat(depth.min(10_000)));
+        let response =
+            app.raw(Method::POST, "/api/v1/movies", Some(&admin), Some("application/json"), object).await;
+        tally.check(&format!("nested object {depth}"), response).await;
+    }
+
+    // Invalid UTF-8, a byte-order mark, NUL bytes, a huge number, a duplicate key.
+    let raw_bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid UTF-8", b"{\"name\": \"\xff\xfe\xfd\"}".to_vec()),
+        ("a lone surrogate escape", br#"{"name": "\ud800"}"#.to_vec()),
+        ("a byte-order mark", b"\xef\xbb\xbf{\"name\": \"Noir\"}".to_vec()),
+        ("a NUL escape", br#"{"name": "No\u0000ir"}"#.to_vec()),
+        ("a huge number", format!("{{\"name\": {}}}", "9".repeat(5_000)).into_bytes()),
+        ("a duplicate key", br#"{"name": "Noir", "name": "Noir 2"}"#.to_vec()),
+        ("trailing garbage", br#"{"name": "Noir"} x"#.to_vec()),
+    ];
+    for (case, body) in raw_bodies {
+        let response = app
+            .client
+            .post(app.url("/api/v1/categories"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        tally.check(case, response).await;
+    }
+
+    // Injection strings in every text field: refused as invalid or stored verbatim, never run.
+    for (i, nasty) in NASTY.iter().enumerate() {
+        let name = format!("{nasty} {i}");
+        let response = app.post("/api/v1/categories", Some(&admin), Some(json!({"name": name}))).await;
+        let (status, body) = tally.check(&format!("category name {nasty:?}"), response).await;
+        if status == 201 {
+            assert_eq!(body["name"], name, "stored verbatim");
+        }
+        let movie_body = json!({
+            "title": format!("{nasty} {i}"), "storyline": nasty, "director": nasty,
+            "release_date": "1999-01-01", "rating": 5.0, "category_ids": [category],
+        });
+        let response = app.post("/api/v1/movies", Some(&admin), Some(movie_body)).await;
+        let (status, body) = tally.check(&format!("movie fields {nasty:?}"), response).await;
+        if status == 201 {
+            assert_eq!(body["storyline"], *nasty, "stored verbatim");
+            let details = app
+                .get(
+                    &format!(
+                        "/api/v1/movies/{}?min_position={}",
+                        body["id"].as_str().unwrap(),
+                        body["position"]
+                    ),
+                    Some(&customer),
+                )
+                .await;
+            let (status, _) = tally.check("details of a nasty movie", details).await;
+            assert_eq!(status, 200);
+        }
+        for query in ["q", "category", "cursor", "available", "limit", "status", "min_position"] {
+            let url =
+                reqwest::Url::parse_with_params(&app.url("/api/v1/movies"), &[(query, *nasty)]).unwrap();
+            let response = app.client.get(url).bearer_auth(&customer).send().await.unwrap();
+            tally.check(&format!("?{query}={nasty:?}"), response).await;
+        }
+        let login = json!({"username": nasty, "password": nasty});
+        let response = app.post("/api/v1/auth/login", None, Some(login)).await;
+        let (status, _) = tally.check(&format!("login as {nasty:?}"), response).await;
+        assert!(matches!(status, 401 | 422 | 429), "login {nasty:?}: {status}");
+        let register = json!({"username": nasty, "email": nasty, "password": nasty});
+        let response = app.post("/api/v1/auth/register", None, Some(register)).await;
+        let (status, _) = tally.check(&format!("register as {nasty:?}"), response).await;
+        assert_eq!(status, 422, "register {nasty:?}");
+    }
+    // The log and the tables are intact: the search for a quote found the movie, nothing dropped.
+    let events: i64 = sqlx::query_scalar("select count(*) from events").fetch_one(&app.pool).await.unwrap();
+    assert!(events > NASTY.len() as i64, "events survive: {events}");
+
+    // Negative and overflowing numbers.
+    let numbers =
+        [json!(-1), json!(-0.0), json!(10.05), json!(1e308), json!(i64::MIN), json!(u64::MAX), json!("NaN")];
+    for rating in numbers.iter() {
+        let body = json!({"title": "Numbers", "release_date": "1999-01-01", "rating": rating, "category_ids": [category]});
+        let response = app.post("/api/v1/movies", Some(&admin), Some(body)).await;
+        tally.check(&format!("rating {rating}"), response).await;
+    }
+    let rental = app.rent(movie, &customer).await;
+    app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&customer), None).await;
+    for amount in numbers.iter() {
+        let response = app
+            .post(
+                &format!("/api/v1/rentals/{rental}/pay"),
+                Some(&customer),
+                Some(json!({"amount_cents": amount})),
+            )
+            .await;
+        let (status, _) = tally.check(&format!("amount {amount}"), response).await;
+        assert!(matches!(status, 409 | 422), "amount {amount}: {status}");
+    }
+    for limit in ["-1", "0", "101", "99999999999999999999", "1e3", "0x10"] {
+        let response = app.get(&format!("/api/v1/movies?limit={limit}"), Some(&customer)).await;
+        let (status, _) = tally.check(&format!("limit {limit}"), response).await;
+        assert_eq!(status, 422, "limit {limit}");
+    }
+    for position in ["-1", "99999999999999999999", "abc"] {
+        let response = app.get(&format!("/api/v1/movies?min_position={position}"), Some(&customer)).await;
+        tally.check(&format!("min_position {position}"), response).await;
+    }
+
+    // A huge query string and path traversal in ids.
+    let huge = "a".repeat(60_000);
+    let response = app.get(&format!("/api/v1/movies?q={huge}"), Some(&customer)).await;
+    tally.check("a 60 kB query string", response).await;
+    let words = vec!["ab"; 5_000].join("%20");
+    let response = app.get(&format!("/api/v1/movies?q={words}"), Some(&customer)).await;
+    tally.check("5000 search words", response).await;
+    for id in
+        ["..%2F..%2Fetc%2Fpasswd", "%2e%2e", "00000000-0000-0000-0000-000000000000", "1%20or%201=1", "%00"]
+    {
+        for path in [
+            format!("/api/v1/movies/{id}"),
+            format!("/api/v1/movies/{id}/rent"),
+            format!("/api/v1/rentals/{id}"),
+            format!("/api/v1/categories/{id}"),
+        ] {
+            let method = if path.ends_with("/rent") { Method::POST } else { Method::GET };
+            let response = app.request(method.clone(), &path, Some(&customer), None).await;
+            let (status, _) = tally.check(&format!("{method} {path}"), response).await;
+            assert!((403..=405).contains(&status), "{method} {path}: {status}");
+        }
+    }
+
+    // Assert: no 5xx, every error a problem document, and the server still healthy.
+    tally.assert_clean("hostile input");
+    let health = app.get("/health", None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+    let still = app.get(&format!("/api/v1/movies/{movie}"), Some(&customer)).await;
+    assert_eq!(still.status(), StatusCode::OK);
+    println!(
+        "hostile input: {} requests, answers by status {:?}, 0 server errors, every error problem+json",
+        tally.requests, tally.by_status
+    );
+}
