@@ -445,11 +445,17 @@ async fn analytics_answer_analysts_and_admins_only_and_name_every_invalid_parame
             assert_eq!(body, json!({"items": []}), "{path} as {role}: nothing rented yet");
         }
     }
-    // A position the log never reached: 503 once the wait runs out.
-    let waiting =
-        app.get("/api/v1/analytics/revenue?group_by=day&min_position=999999999", Some(&analyst)).await;
+    // A position given out but never committed: 503 once the wait runs out; one beyond the log: 422.
+    let given: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('events', 'position'))")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let path = format!("/api/v1/analytics/revenue?group_by=day&min_position={given}");
+    let waiting = app.get(&path, Some(&analyst)).await;
     assert!(waiting.headers().contains_key("retry-after"), "503 carries Retry-After");
     assert_problem(waiting, 503, "not-yet-consistent").await;
+    let path = format!("/api/v1/analytics/revenue?group_by=day&min_position={}", given + 1000);
+    assert_invalid(app.get(&path, Some(&analyst)).await, &["min_position"], "beyond the log").await;
 
     // Role before query: a customer with an invalid query is refused, not told about the query.
     let refused = app.get("/api/v1/analytics/revenue?group_by=week", Some(&customer)).await;

@@ -100,7 +100,7 @@ pub async fn read_your_writes(
     params: &Params,
     projections: &[&str],
 ) -> Result<bool, ApiError> {
-    let Some(position) = params.min_position()? else { return Ok(false) };
+    let Some(position) = given_out(state, params).await? else { return Ok(false) };
     if position == 0 {
         return Ok(true);
     }
@@ -116,12 +116,22 @@ pub async fn read_your_writes(
 /// For reads of the log itself (the audit endpoints): waits, when the request asks for it, until
 /// the event at `min_position` is released to the log's readers in the projections' order.
 pub async fn log_released(state: &AppState, params: &Params) -> Result<(), ApiError> {
-    let Some(position) = params.min_position()? else { return Ok(()) };
+    let Some(position) = given_out(state, params).await? else { return Ok(()) };
     if position == 0 || projections::engine::wait_for_release(&state.db, position, MIN_POSITION_WAIT).await? {
         Ok(())
     } else {
         Err(not_yet(format!("the event at position {position} is not in the log yet; retry shortly")))
     }
+}
+
+/// `min_position`, refused (422) when no event was ever given that position: only positions that
+/// commands answered can be waited for.
+async fn given_out(state: &AppState, params: &Params) -> Result<Option<i64>, ApiError> {
+    let Some(position) = params.min_position()? else { return Ok(None) };
+    if position > 0 && !projections::engine::position_given_out(&state.db, position).await? {
+        return Err(ApiError::field("min_position", "is beyond the end of the log: no command answered it"));
+    }
+    Ok(Some(position))
 }
 
 fn not_yet(message: String) -> ApiError {

@@ -375,6 +375,7 @@ pub struct Payment {
 pub struct ReadYourWrites {
     /// Answer only once every read model this endpoint reads has applied the event at this
     /// position (a command's `position`); at most 2 s, then 503 with `Retry-After`. Skips the cache.
+    /// A position no command was ever given (beyond the end of the log) is 422.
     #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }

@@ -179,6 +179,17 @@ pub async fn wait_for_position(
     .await
 }
 
+/// Whether `position` was ever given out to an event (committed, running or rolled back): a
+/// position beyond that was never a command's answer, so waiting for it would be pointless.
+pub async fn position_given_out(pool: &PgPool, position: i64) -> Result<bool, sqlx::Error> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "select pg_sequence_last_value(pg_get_serial_sequence('events', 'position')::regclass)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(last.is_some_and(|last| position <= last))
+}
+
 /// Waits until the event at `position` is released to readers of the log in the engine's order
 /// (its transaction is older than every running one), for at most `timeout`. `false` when it was
 /// not released in time, or there is no such event.

@@ -29,8 +29,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub use feed::{
-    checkpoint, checkpoints, ensure_checkpoints, read_batch, read_batch_without_metadata, read_filtered,
-    wait_for_position, wait_for_release, Checkpoint, EventFilter, Status,
+    checkpoint, checkpoints, ensure_checkpoints, position_given_out, read_batch, read_batch_without_metadata,
+    read_filtered, wait_for_position, wait_for_release, Checkpoint, EventFilter, Status,
 };
 pub(crate) use runner::save_checkpoint as save;
 pub use runner::{BatchOutcome, Engine, EngineConfig, Listener};
