@@ -33,7 +33,8 @@ pub struct Limits {
     in_flight: Option<Arc<Semaphore>>,
 }
 
-fn exempt(path: &str) -> bool {
+/// Operations endpoints, which neither limit applies to.
+pub fn is_exempt(path: &str) -> bool {
     matches!(path, "/health" | "/ready" | "/metrics")
 }
 
@@ -66,7 +67,7 @@ impl Limits {
 
 /// Middleware: the rate limit, then the concurrency cap.
 pub async fn middleware(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    if exempt(request.uri().path()) {
+    if is_exempt(request.uri().path()) {
         return next.run(request).await;
     }
     if let Some(limiter) = &limits.rate {
@@ -106,7 +107,7 @@ mod tests {
 
     #[test]
     fn only_operations_endpoints_are_exempt() {
-        assert!(exempt("/health") && exempt("/ready") && exempt("/metrics"));
-        assert!(!exempt("/api/v1/movies") && !exempt("/metrics/x") && !exempt("/"));
+        assert!(is_exempt("/health") && is_exempt("/ready") && is_exempt("/metrics"));
+        assert!(!is_exempt("/api/v1/movies") && !is_exempt("/metrics/x") && !is_exempt("/"));
     }
 }

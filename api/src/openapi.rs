@@ -237,8 +237,9 @@ fn finish(spec: utoipa::openapi::OpenApi) -> Value {
     );
     add_docs_paths(&mut spec);
     let paths = spec["paths"].as_object_mut().expect("the document has paths");
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else { continue };
+        let rate_limited = !crate::limits::is_exempt(path);
         for (method, operation) in item.iter_mut() {
             let Some(operation) = operation.as_object_mut() else { continue };
             let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
@@ -251,6 +252,23 @@ fn finish(spec: utoipa::openapi::OpenApi) -> Value {
             let responses = operation.entry("responses").or_insert_with(|| json!({}));
             let Some(responses) = responses.as_object_mut() else { continue };
             responses.entry("503").or_insert_with(|| json!({ "$ref": "#/components/responses/Unavailable" }));
+            if rate_limited {
+                responses
+                    .entry("429")
+                    .or_insert_with(|| json!({ "$ref": "#/components/responses/RateLimited" }));
+            }
+            if matches!(method.as_str(), "post" | "patch" | "delete") {
+                // What an Idempotency-Key can answer on any command.
+                responses
+                    .entry("422")
+                    .or_insert_with(|| json!({ "$ref": "#/components/responses/ValidationFailed" }));
+                responses.entry("409").or_insert_with(|| {
+                    json!({
+                        "description": "`idempotency-in-progress`: a request with this Idempotency-Key is still running.",
+                        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
+                    })
+                });
+            }
             for response in responses.values_mut() {
                 if let Some(response) = response.as_object_mut().filter(|r| !r.contains_key("$ref")) {
                     let headers = response.entry("headers").or_insert_with(|| json!({}));

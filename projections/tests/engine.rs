@@ -321,3 +321,30 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
         flaky.attempts.load(Ordering::SeqCst)
     );
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_position_whose_append_rolled_back_is_released_once_the_transactions_before_it_end(pool: PgPool) {
+    // A position taken by an append that is still running cannot be released yet...
+    let mut running = pool.begin().await.unwrap();
+    sqlx::query("select pg_current_xact_id()").execute(&mut *running).await.unwrap();
+    let held: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('events', 'position'))")
+        .fetch_one(&mut *running)
+        .await
+        .unwrap();
+    let short = Duration::from_millis(300);
+    assert!(!projections::engine::wait_for_release(&pool, held, short).await.unwrap());
+    assert!(!projections::engine::wait_for_position(&pool, &["catalogue"], held, short).await.unwrap());
+
+    // ...and once it rolls back, nothing can ever commit there: both waits end at once.
+    running.rollback().await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(projections::engine::wait_for_release(&pool, held, Duration::from_secs(5)).await.unwrap());
+    assert!(projections::engine::wait_for_position(&pool, &["catalogue"], held, Duration::from_secs(5))
+        .await
+        .unwrap());
+    assert!(started.elapsed() < Duration::from_secs(5), "released without running out the wait");
+
+    // A position never given out is not one.
+    assert!(!projections::engine::position_given_out(&pool, held + 1).await.unwrap());
+    assert!(projections::engine::position_given_out(&pool, held).await.unwrap());
+}

@@ -158,22 +158,34 @@ pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
 
 /// Waits until every named projection has applied the event at `position`: its checkpoint has
 /// passed `(transaction id of that event, position)`. `Ok(false)` when `timeout` runs out first.
-/// A position no event holds (never committed) is waited for until the timeout.
+/// A position no event holds (its append rolled back) is reached once every transaction that was
+/// running at the start has ended and the projections have applied what those committed.
 pub async fn wait_for_position(
     pool: &PgPool,
     names: &[&str],
     position: i64,
     timeout: Duration,
 ) -> Result<bool, sqlx::Error> {
+    let running_before = fence_if_missing(pool, position).await?;
     poll_until(timeout, || {
+        // A position with no event (its append rolled back) is reached once every transaction
+        // that could have held it has ended and the projections have applied all they committed.
         sqlx::query_scalar(
-            "select bool_and((c.last_xid, c.last_position) >= (e.transaction_id::text::bigint, e.position))
-               from events e
-               cross join projection_checkpoint c
-              where e.position = $1 and c.name = any($2)",
+            "select case
+                 when exists (select 1 from events where position = $1) then
+                   (select bool_and((c.last_xid, c.last_position) >= (e.transaction_id::text::bigint, e.position))
+                      from events e cross join projection_checkpoint c
+                     where e.position = $1 and c.name = any($2))
+                 when pg_snapshot_xmin(pg_current_snapshot())::text::bigint >= $3 then
+                   not exists (select 1 from events e join projection_checkpoint c on c.name = any($2)
+                                where e.transaction_id::text::bigint < $3
+                                  and (e.transaction_id::text::bigint, e.position) > (c.last_xid, c.last_position))
+                 else false
+               end",
         )
         .bind(position)
         .bind(names)
+        .bind(running_before)
         .fetch_one(pool)
     })
     .await
@@ -191,18 +203,39 @@ pub async fn position_given_out(pool: &PgPool, position: i64) -> Result<bool, sq
 }
 
 /// Waits until the event at `position` is released to readers of the log in the engine's order
-/// (its transaction is older than every running one), for at most `timeout`. `false` when it was
-/// not released in time, or there is no such event.
+/// (its transaction is older than every running one), for at most `timeout`; a position with no
+/// event (its append rolled back) is released once every transaction running at the start has
+/// ended. `false` when that did not happen in time.
 pub async fn wait_for_release(pool: &PgPool, position: i64, timeout: Duration) -> Result<bool, sqlx::Error> {
+    let running_before = fence_if_missing(pool, position).await?;
     poll_until(timeout, || {
         sqlx::query_scalar(
-            "select bool_and(transaction_id < pg_snapshot_xmin(pg_current_snapshot()))
-               from events where position = $1",
+            "select case
+                 when exists (select 1 from events where position = $1) then
+                   (select transaction_id < pg_snapshot_xmin(pg_current_snapshot()) from events where position = $1)
+                 else pg_snapshot_xmin(pg_current_snapshot())::text::bigint >= $2
+               end",
         )
         .bind(position)
+        .bind(running_before)
         .fetch_one(pool)
     })
     .await
+}
+
+/// When no committed event holds `position` yet, a fence: a transaction id newer than every
+/// transaction that can hold it (taken by assigning one; only on this rare path). Once every
+/// transaction below the fence has ended, an event still missing never will be there. Where the
+/// event exists the fence is not needed (`i64::MAX`).
+async fn fence_if_missing(pool: &PgPool, position: i64) -> Result<i64, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from events where position = $1)")
+        .bind(position)
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        return Ok(i64::MAX);
+    }
+    sqlx::query_scalar("select pg_current_xact_id()::text::bigint").fetch_one(pool).await
 }
 
 /// Asks `reached` with a growing pause (2 ms up to 50 ms) until it answers `Some(true)` or
