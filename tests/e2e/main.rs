@@ -12,6 +12,7 @@ mod authorization;
 mod catalogue;
 mod conventions;
 mod faults;
+mod fuzz;
 mod hostile;
 mod model;
 mod openapi;
