@@ -185,3 +185,261 @@ async fn a_customer_cannot_act_for_someone_else_or_back_date(pool: PgPool) {
     let again = app.post(&return_path, Some(&maude_token), None).await;
     assert_problem(again, 403, "forbidden").await;
 }
+
+/// The callers of the matrix, in its column order.
+const CALLERS: [&str; 6] = ["anonymous", "customer", "other customer", "auditor", "analyst", "admin"];
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn every_endpoint_answers_each_kind_of_caller_as_the_contract_says(pool: PgPool) {
+    // Arrange: the owner has an active rental; bodies are chosen so that a caller who may act
+    // gets past role and ownership and stops at the body (422) or the resource (404), changing
+    // nothing, while a caller who may not gets 401 or 403.
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let (owner_id, owner) = app.customer("owner").await;
+    let (_, other) = app.customer("other").await;
+    let (_, auditor) = app.staff("audrey", "auditor").await;
+    let (_, analyst) = app.staff("annie", "analyst").await;
+    let category = app.category("Drama").await;
+    let movie = app.movie("Heat", &[category]).await;
+    let rental = app.rent(movie, &owner).await;
+    let unknown = Uuid::now_v7();
+    let tokens =
+        [None, Some(owner.clone()), Some(other.clone()), Some(auditor), Some(analyst), Some(admin.clone())];
+    let bad = json!({"unexpected": 1});
+    // (method, path, template in the spec, body, expected status per caller in CALLERS order)
+    type Row = (Method, String, &'static str, Option<Value>, [u16; 6]);
+    let rows: Vec<Row> = vec![
+        (Method::GET, "/health".into(), "/health", None, [200, 200, 200, 200, 200, 200]),
+        (Method::GET, "/ready".into(), "/ready", None, [200, 200, 200, 200, 200, 200]),
+        (Method::GET, "/metrics".into(), "/metrics", None, [200, 200, 200, 200, 200, 200]),
+        (Method::GET, "/openapi.json".into(), "/openapi.json", None, [200, 200, 200, 200, 200, 200]),
+        (Method::GET, "/docs".into(), "/docs", None, [200, 200, 200, 200, 200, 200]),
+        (Method::GET, "/docs/index.css".into(), "/docs/{file}", None, [200, 200, 200, 200, 200, 200]),
+        (Method::POST, "/api/v1/auth/register".into(), "/api/v1/auth/register", Some(bad.clone()), [422; 6]),
+        (Method::POST, "/api/v1/auth/login".into(), "/api/v1/auth/login", Some(bad.clone()), [422; 6]),
+        (Method::GET, "/api/v1/me".into(), "/api/v1/me", None, [401, 200, 200, 200, 200, 200]),
+        (
+            Method::POST,
+            "/api/v1/me/password".into(),
+            "/api/v1/me/password",
+            Some(bad.clone()),
+            [401, 422, 422, 422, 422, 422],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/admin/users/{owner_id}"),
+            "/api/v1/admin/users/{id}",
+            Some(bad.clone()),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (
+            Method::GET,
+            "/api/v1/categories".into(),
+            "/api/v1/categories",
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/categories".into(),
+            "/api/v1/categories",
+            Some(bad.clone()),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/categories/{category}"),
+            "/api/v1/categories/{id}",
+            Some(bad.clone()),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (Method::GET, "/api/v1/movies".into(), "/api/v1/movies", None, [401, 200, 200, 200, 200, 200]),
+        (
+            Method::GET,
+            format!("/api/v1/movies/{movie}"),
+            "/api/v1/movies/{id}",
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/movies".into(),
+            "/api/v1/movies",
+            Some(bad.clone()),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/movies/{movie}"),
+            "/api/v1/movies/{id}",
+            Some(bad.clone()),
+            [401, 403, 403, 403, 403, 422],
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/movies/{unknown}"),
+            "/api/v1/movies/{id}",
+            None,
+            [401, 403, 403, 403, 403, 404],
+        ),
+        // An admin renting must name the customer: without a body it is 422.
+        (
+            Method::POST,
+            format!("/api/v1/movies/{unknown}/rent"),
+            "/api/v1/movies/{id}/rent",
+            None,
+            [401, 404, 404, 403, 403, 422],
+        ),
+        (Method::GET, "/api/v1/rentals".into(), "/api/v1/rentals", None, [401, 200, 200, 200, 200, 200]),
+        (
+            Method::GET,
+            format!("/api/v1/rentals/{rental}"),
+            "/api/v1/rentals/{id}",
+            None,
+            [401, 200, 403, 200, 403, 200],
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/rentals/{rental}/return"),
+            "/api/v1/rentals/{id}/return",
+            Some(bad.clone()),
+            [401, 422, 403, 403, 403, 422],
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/rentals/{rental}/pay"),
+            "/api/v1/rentals/{id}/pay",
+            Some(bad.clone()),
+            [401, 422, 403, 403, 403, 422],
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit/events".into(),
+            "/api/v1/audit/events",
+            None,
+            [401, 403, 403, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/audit/streams/movie/{movie}"),
+            "/api/v1/audit/streams/{type}/{id}",
+            None,
+            [401, 403, 403, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/audit/streams/movie/{movie}/state"),
+            "/api/v1/audit/streams/{type}/{id}/state",
+            None,
+            [401, 403, 403, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit/export".into(),
+            "/api/v1/audit/export",
+            None,
+            [401, 403, 403, 200, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/analytics/revenue?group_by=day".into(),
+            "/api/v1/analytics/revenue",
+            None,
+            [401, 403, 403, 403, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/analytics/top-movies".into(),
+            "/api/v1/analytics/top-movies",
+            None,
+            [401, 403, 403, 403, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/analytics/utilization".into(),
+            "/api/v1/analytics/utilization",
+            None,
+            [401, 403, 403, 403, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/projections".into(),
+            "/api/v1/admin/projections",
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/projections/no-such/rebuild".into(),
+            "/api/v1/admin/projections/{name}/rebuild",
+            None,
+            [401, 403, 403, 403, 403, 404],
+        ),
+    ];
+
+    // Act / Assert
+    let mut mismatches = Vec::new();
+    for (method, path, _, body, expected) in &rows {
+        for (i, token) in tokens.iter().enumerate() {
+            let response = app.request(method.clone(), path, token.as_deref(), body.clone()).await;
+            let status = response.status().as_u16();
+            if status != expected[i] {
+                let text = response.text().await.unwrap_or_default();
+                mismatches.push(format!(
+                    "{method} {path} as {}: {status}, expected {} ({text})",
+                    CALLERS[i], expected[i]
+                ));
+            }
+        }
+    }
+    // Logout, last: every caller with a token ends a second token of its own.
+    let mut logouts = 0;
+    for (i, (username, password)) in [
+        ("owner", "password-123"),
+        ("other", "password-123"),
+        ("audrey", "password-123"),
+        ("annie", "password-123"),
+        (ADMIN_USERNAME, ADMIN_PASSWORD),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spare = app.login(username, password).await;
+        let status = app.post("/api/v1/auth/logout", Some(&spare), None).await.status().as_u16();
+        if status != 204 {
+            mismatches
+                .push(format!("POST /api/v1/auth/logout as {}: {status}, expected 204", CALLERS[i + 1]));
+        }
+        logouts += 1;
+    }
+    let anonymous = app.post("/api/v1/auth/logout", None, None).await.status().as_u16();
+    if anonymous != 401 {
+        mismatches.push(format!("POST /api/v1/auth/logout as anonymous: {anonymous}, expected 401"));
+    }
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+
+    // The matrix covers every operation of the spec, and nothing the spec lacks.
+    let spec = expect_status(app.get("/openapi.json", None).await, StatusCode::OK).await;
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "patch", "put", "delete"].contains(&method.as_str()) {
+                documented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let mut covered: Vec<String> =
+        rows.iter().map(|(m, _, template, _, _)| format!("{m} {template}")).collect();
+    covered.push("POST /api/v1/auth/logout".into());
+    covered.sort();
+    covered.dedup();
+    documented.sort();
+    assert_eq!(covered, documented, "the matrix and the spec list the same operations");
+    println!(
+        "authorization matrix: {} operations x {} callers = {} answers as the contract says, 0 mismatches",
+        documented.len(),
+        CALLERS.len(),
+        rows.len() * CALLERS.len() + logouts + 1
+    );
+}
