@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::read_side::{last_position, wait_for_projections};
+use crate::read_side::{last_position, wait_for_projections, wait_for_rental_status};
 use crate::resilience::verify;
 use crate::support::*;
 
@@ -178,11 +178,17 @@ async fn run_case(app: &TestApp, case: usize, ops: &[Op]) -> usize {
                 let index = rental % model.rentals.len();
                 let r = model.rentals[index].clone();
                 if r.state == State::Returned && model.may_act(by, &r) {
-                    // The charge is assessed asynchronously: wait for it, so the answer is determined.
-                    let path =
-                        format!("/api/v1/rentals/{}?min_position={}", r.id, last_position(&app.pool).await);
-                    let view = expect_status(app.get(&path, Some(&admin)).await, StatusCode::OK).await;
-                    assert_eq!(view["status"], "charged", "{context}: {view}");
+                    // The charge is assessed asynchronously, after the return's own event: wait
+                    // for it, so the answer is determined.
+                    wait_for_rental_status(
+                        app,
+                        &app.address,
+                        &admin,
+                        r.id,
+                        "charged",
+                        Duration::from_secs(10),
+                    )
+                    .await;
                 }
                 let expected_charge = r.returned_at.map(|_| model.charge(&r));
                 let amount = match (right_amount, expected_charge) {
