@@ -164,6 +164,10 @@ role_guard!(
     Auditor, "this needs the auditor or admin role", Role::Auditor, Role::Admin
 );
 role_guard!(
+    /// A caller who may read analytics: an analyst or an admin.
+    Analyst, "analytics need the analyst or admin role", Role::Analyst, Role::Admin
+);
+role_guard!(
     /// A caller who may rent: a customer, or an admin acting for one.
     Renter, "only customers and admins rent, return and pay", Role::Customer, Role::Admin
 );

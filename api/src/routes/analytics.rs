@@ -1,19 +1,17 @@
 //! Analytics queries (analysts and admins): revenue grouped by category, movie or day, the most
 //! rented movies, and utilization. Each answers from the analytics read model only.
 
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use projections::analytics::{self, Days, RevenueGroup};
 use serde_json::{json, Value};
 
-use super::reads::{read_your_writes, Params};
+use super::reads::{read_your_writes, Params, Problems};
 use super::schemas::ReadYourWrites;
-use crate::accounts::Role;
-use crate::error::{ApiError, FieldErrors};
-use crate::extract::AuthUser;
+use crate::error::ApiError;
+use crate::extract::Analyst;
 use crate::openapi::{ApiRouter, Forbidden, Unauthorized, ValidationFailed};
 use crate::state::AppState;
 use crate::validate::{self, parse};
@@ -109,53 +107,6 @@ struct MovieUtilization {
 #[allow(dead_code)]
 struct Utilization {
     items: Vec<MovieUtilization>,
-}
-
-/// A caller with the analyst or admin role.
-struct Analyst;
-
-impl FromRequestParts<AppState> for Analyst {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let caller = AuthUser::from_request_parts(parts, state).await?;
-        if matches!(caller.user.role, Role::Analyst | Role::Admin) {
-            Ok(Self)
-        } else {
-            Err(ApiError::Forbidden("analytics need the analyst or admin role"))
-        }
-    }
-}
-
-/// Collects every invalid query parameter, so one 422 names them all.
-#[derive(Default)]
-struct Problems(FieldErrors);
-
-impl Problems {
-    fn take<T>(&mut self, result: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
-        match result {
-            Ok(value) => Ok(Some(value)),
-            Err(ApiError::Validation(errors)) => {
-                for (field, messages) in errors {
-                    self.0.entry(field).or_default().extend(messages);
-                }
-                Ok(None)
-            }
-            Err(other) => Err(other),
-        }
-    }
-
-    fn add(&mut self, field: &str, message: &str) {
-        self.0.entry(field.to_string()).or_default().push(message.to_string());
-    }
-
-    fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Validation(self.0))
-        }
-    }
 }
 
 /// A `YYYY-MM-DD` query parameter.

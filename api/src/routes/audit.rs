@@ -21,9 +21,9 @@ use uuid::Uuid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
-use super::reads::{cursor, log_released, Params};
+use super::reads::{cursor, log_released, Params, Problems};
 use super::schemas::ReadYourWrites;
-use crate::error::{ApiError, FieldErrors};
+use crate::error::ApiError;
 use crate::extract::Auditor;
 use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
 use crate::state::AppState;
@@ -140,11 +140,8 @@ fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The feed's filters, every invalid one named.
-fn filter(params: &Params) -> Result<EventFilter, ApiError> {
-    let mut errors = FieldErrors::new();
-    let mut error = |field: &str, message: &str| {
-        errors.entry(field.to_string()).or_default().push(message.to_string());
-    };
+fn filter(params: &Params, problems: &mut Problems) -> EventFilter {
+    let mut error = |field: &str, message: &str| problems.add(field, message);
     let mut filter = EventFilter::default();
     if let Some(raw) = params.get("stream_type") {
         match STREAM_TYPES.iter().find(|t| **t == raw) {
@@ -173,11 +170,7 @@ fn filter(params: &Params) -> Result<EventFilter, ApiError> {
             }
         }
     }
-    if errors.is_empty() {
-        Ok(filter)
-    } else {
-        Err(ApiError::Validation(errors))
-    }
+    filter
 }
 
 /// `next_after` encodes the feed place (transaction id, position) of the page's last event, so a reader can always come back for
@@ -198,11 +191,12 @@ async fn events(
     params: Params,
 ) -> Result<Response, ApiError> {
     log_released(&state, &params).await?;
-    let (limit, after, filter) = match (params.limit(), params.opaque::<FeedCursor>("after"), filter(&params))
-    {
-        (Ok(limit), Ok(after), Ok(filter)) => (limit, after, filter),
-        (limit, after, filter) => return Err(merged([limit.err(), after.err(), filter.err()])),
-    };
+    let mut problems = Problems::default();
+    let limit = problems.take(params.limit())?;
+    let after = problems.take(params.opaque::<FeedCursor>("after"))?.flatten();
+    let filter = filter(&params, &mut problems);
+    problems.finish()?;
+    let limit = limit.expect("validated above");
     let after = match after {
         None => Checkpoint::default(),
         Some(FeedCursor { x, p }) if x >= 0 && p >= 0 => Checkpoint { xid: x, position: p },
@@ -215,18 +209,6 @@ async fn events(
     });
     let items: Vec<Value> = rows.iter().map(audit::event_json).collect();
     Ok(Json(json!({ "items": items, "next_after": next_after })).into_response())
-}
-
-/// One 422 naming every invalid parameter.
-fn merged(problems: impl IntoIterator<Item = Option<ApiError>>) -> ApiError {
-    let mut errors = FieldErrors::new();
-    for problem in problems.into_iter().flatten() {
-        match problem {
-            ApiError::Validation(found) => errors.extend(found),
-            other => return other,
-        }
-    }
-    ApiError::Validation(errors)
 }
 
 /// The `{type}/{id}` of a stream path.

@@ -88,6 +88,40 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
     }
 }
 
+/// Collects every invalid query parameter, so one 422 names them all.
+#[derive(Default)]
+pub struct Problems(crate::error::FieldErrors);
+
+impl Problems {
+    /// The value, or `None` with its field errors kept (other errors pass through).
+    pub fn take<T>(&mut self, result: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(ApiError::Validation(errors)) => {
+                for (field, messages) in errors {
+                    self.0.entry(field).or_default().extend(messages);
+                }
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// One more invalid field.
+    pub fn add(&mut self, field: &str, message: &str) {
+        self.0.entry(field.to_string()).or_default().push(message.to_string());
+    }
+
+    /// 422 naming every kept field, if any.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+}
+
 /// Encodes a cursor.
 pub fn cursor<T: Serialize>(value: &T) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
