@@ -126,22 +126,7 @@ fn expected_revenue(
 
 /// Runs the binary's CLI against the database; returns (exit code, stdout and stderr).
 async fn cli(database_url: &str, args: &[&str]) -> (i32, String) {
-    let child = tokio::process::Command::new(binary())
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "error")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start moviestore");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command finished in time")
-        .expect("wait");
-    let text =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
+    cli_status(database_url, args).await
 }
 
 fn query(group_by: &str, from: Option<NaiveDate>, to: Option<NaiveDate>) -> String {

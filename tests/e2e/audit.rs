@@ -4,7 +4,6 @@
 //! erasing a person's account data.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -105,21 +104,7 @@ async fn auditor(app: &TestApp) -> String {
 
 /// Runs `moviestore ARGS` against the app's database; returns (success, stdout, stderr).
 async fn run_cli(app: &TestApp, args: &[&str]) -> (bool, String, String) {
-    let child = tokio::process::Command::new(binary())
-        .args(args)
-        .env("DATABASE_URL", &app.database_url)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start moviestore");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command finished in time")
-        .expect("wait");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
+    crate::support::run_cli(&app.database_url, args, "").await
 }
 
 /// Rents, returns and waits for the charge; returns the rental id.

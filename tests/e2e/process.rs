@@ -1,12 +1,8 @@
 //! The process: start, SIGTERM, CLI.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -18,31 +14,6 @@ async fn sigterm_stops_the_server_cleanly(pool: PgPool) {
     assert_eq!(health.status(), reqwest::StatusCode::OK);
     let status = app.shutdown().await;
     assert!(status.success(), "exit status {status:?}");
-}
-
-/// Runs `moviestore ARGS` against a database with `stdin` as its input; returns (success, stdout, stderr).
-async fn run_cli(database_url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = tokio::process::Command::new(binary())
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("MOVIESTORE_ARGON2_MEMORY_KIB", "512")
-        .env("MOVIESTORE_ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start moviestore");
-    let mut input = child.stdin.take().expect("stdin");
-    // The command may exit before reading its input; a broken pipe is fine then.
-    let _ = input.write_all(stdin.as_bytes()).await;
-    drop(input);
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the command finished in time")
-        .expect("wait");
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]

@@ -89,24 +89,9 @@ pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
-/// Runs `moviestore verify` against the database; returns (exit code, stdout).
+/// Runs `moviestore verify` against the database; returns (exit code, stdout and stderr).
 pub(crate) async fn verify(database_url: &str) -> (i32, String) {
-    let child = tokio::process::Command::new(binary())
-        .arg("verify")
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start moviestore verify");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("verify finished in time")
-        .expect("wait");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code().unwrap_or_else(|| panic!("verify was killed; stderr: {stderr}")), stdout + &stderr)
+    cli_status(database_url, &["verify"]).await
 }
 
 /// Registers a customer through the process at `base`; returns (id, token).

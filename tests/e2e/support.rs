@@ -426,3 +426,44 @@ pub async fn assert_invalid(response: Response, fields: &[&str], context: &str) 
     assert_eq!(error_fields(&problem), expected, "{context}: {problem}");
     problem
 }
+
+/// Runs `moviestore ARGS` against a database with `stdin` as its input, for at most 60 s.
+async fn run_binary(database_url: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(binary())
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("MOVIESTORE_ARGON2_MEMORY_KIB", "512")
+        .env("MOVIESTORE_ARGON2_ITERATIONS", "1")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start moviestore");
+    let mut input = child.stdin.take().expect("stdin");
+    // The command may exit before reading its input; a broken pipe is fine then.
+    let _ = input.write_all(stdin.as_bytes()).await;
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the command finished in time")
+        .expect("wait")
+}
+
+/// Runs a sub-command; returns (success, stdout, stderr).
+pub async fn run_cli(database_url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let output = run_binary(database_url, args, stdin).await;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Runs a sub-command with no input; returns (exit code, stdout then stderr). Panics when the
+/// command was killed rather than exiting.
+pub async fn cli_status(database_url: &str, args: &[&str]) -> (i32, String) {
+    let output = run_binary(database_url, args, "").await;
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    let code = output.status.code().unwrap_or_else(|| panic!("moviestore {args:?} was killed: {text}"));
+    (code, text)
+}
