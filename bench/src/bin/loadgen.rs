@@ -1,0 +1,672 @@
+//! The load generator: a fixed number of connections, each driven by one worker that runs a
+//! scenario modelled on real use, for a duration or a number of requests; then a table of
+//! throughput and latency percentiles per endpoint (route template) and the error count.
+//!
+//! Scenarios:
+//! - `browse`: list by category, search, details, weighted 2:2:4;
+//! - `details`: details of a small set of movies, which the cache holds after the warm-up;
+//! - `rent`: rent, return and pay cycles, each worker on a movie of its own;
+//! - `accounts`: register, log in, log out;
+//! - `mixed`: 70% browse, 20% rent cycles, 8% `GET /me`, 2% account cycles;
+//! - `bare`: `GET {base}/` with no setup (for the `bare` server, the cached-read limit).
+//!
+//! Exits 1 when any answer was unexpected. `charge-pending` on a payment is expected (the
+//! charge is assessed asynchronously after the return): it is retried and counted apart.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use moviestore_bench::{markdown, tsv, Recorder};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Browse,
+    Details,
+    Rent,
+    Accounts,
+    Mixed,
+    Bare,
+}
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load generator for the moviestore API")]
+struct Args {
+    /// The server, without `/api/v1`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Concurrent connections, one worker each.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds to run (default 10 when `--requests` is not given).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Requests to send in all (a rent or account cycle counts as its three requests).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Admin username, used to create movies when too few are available for rent cycles.
+    #[arg(long, env = "MOVIESTORE_BENCH_ADMIN_USER")]
+    admin_user: Option<String>,
+    #[arg(long, env = "MOVIESTORE_BENCH_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Customers registered for the run; workers share them round-robin.
+    #[arg(long, default_value_t = 8)]
+    customers: usize,
+    /// Movies whose details are read (the first ones of the catalogue, not used for renting).
+    #[arg(long, default_value_t = 100)]
+    hot_movies: usize,
+    /// Also write the table as tab-separated lines to this file.
+    #[arg(long)]
+    tsv: Option<PathBuf>,
+}
+
+const PASSWORD: &str = "bench-password-1";
+/// Unexpected answers printed to stderr (the rest are only counted).
+const SHOWN_ERRORS: usize = 5;
+
+const CATEGORY_LIST: &str = "GET /api/v1/movies?category";
+const SEARCH: &str = "GET /api/v1/movies?q";
+const DETAILS: &str = "GET /api/v1/movies/{id}";
+const RENT: &str = "POST /api/v1/movies/{id}/rent";
+const RETURN: &str = "POST /api/v1/rentals/{id}/return";
+const PAY: &str = "POST /api/v1/rentals/{id}/pay";
+const RENTAL: &str = "GET /api/v1/rentals/{id}";
+const REGISTER: &str = "POST /api/v1/auth/register";
+const LOGIN: &str = "POST /api/v1/auth/login";
+const LOGOUT: &str = "POST /api/v1/auth/logout";
+const ME: &str = "GET /api/v1/me";
+const BARE: &str = "GET /";
+
+/// When the run ends: a deadline, a number of requests, or both.
+struct Budget {
+    deadline: Option<Instant>,
+    remaining: Option<AtomicU64>,
+}
+
+impl Budget {
+    /// Claims `n` requests; false once the run is over.
+    fn take(&self, n: u64) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        match &self.remaining {
+            None => true,
+            Some(left) => {
+                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(n)).is_ok()
+            }
+        }
+    }
+}
+
+/// What every worker reads.
+struct Shared {
+    api: String,
+    base: String,
+    scenario: Scenario,
+    budget: Budget,
+    customers: Vec<String>,
+    categories: Vec<String>,
+    words: Vec<String>,
+    hot: Vec<String>,
+    shown: AtomicUsize,
+}
+
+/// One worker's connection, randomness and records.
+struct Worker {
+    client: Client,
+    shared: Arc<Shared>,
+    rng: u64,
+    rec: Recorder,
+    token: String,
+    movie: Option<String>,
+}
+
+/// An answer: status, whether the cache served it, the body, the time it took.
+struct Answer {
+    status: StatusCode,
+    cache_hit: Option<bool>,
+    body: Value,
+    latency: Duration,
+}
+
+fn client() -> anyhow::Result<Client> {
+    Ok(Client::builder()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+async fn send(
+    client: &Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> reqwest::Result<Answer> {
+    let mut req = client.request(method, url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    let start = Instant::now();
+    let resp = req.send().await?;
+    let status = resp.status();
+    let cache_hit = resp.headers().get("x-cache").map(|v| v.as_bytes() == b"hit");
+    let bytes = resp.bytes().await?;
+    let latency = start.elapsed();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer { status, cache_hit, body, latency })
+}
+
+/// The problem type's slug of an error answer (`.../charge-pending` gives `charge-pending`).
+fn slug(body: &Value) -> &str {
+    body.get("type").and_then(Value::as_str).and_then(|t| t.rsplit('/').next()).unwrap_or("")
+}
+
+fn str_field(body: &Value, field: &str) -> anyhow::Result<String> {
+    body.get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("no {field:?} in {body}"))
+}
+
+impl Worker {
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: enough to pick operations and targets.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<'a>(&mut self, list: &'a [String]) -> &'a str {
+        let i = (self.next_random() % list.len() as u64) as usize;
+        &list[i]
+    }
+
+    /// Sends one request and records it under `endpoint`: `Some` for a status in `ok`, `None`
+    /// (an error) otherwise.
+    async fn call(
+        &mut self,
+        endpoint: &'static str,
+        method: Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        ok: &[StatusCode],
+    ) -> Option<Answer> {
+        match send(&self.client, method, url, token, body).await {
+            Ok(answer) if ok.contains(&answer.status) => {
+                self.rec.ok(endpoint, answer.latency);
+                Some(answer)
+            }
+            Ok(answer) => {
+                self.fail(endpoint, &format!("{} {}", answer.status, answer.body));
+                None
+            }
+            Err(e) => {
+                self.fail(endpoint, &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, endpoint: &'static str, what: &str) {
+        self.rec.error(endpoint);
+        if self.shared.shown.fetch_add(1, Ordering::Relaxed) < SHOWN_ERRORS {
+            eprintln!("unexpected answer from {endpoint}: {what}");
+        }
+    }
+
+    async fn run(mut self) -> Recorder {
+        loop {
+            let more = match self.shared.scenario {
+                Scenario::Browse => self.browse().await,
+                Scenario::Details => self.details().await,
+                Scenario::Rent => self.rent_cycle().await,
+                Scenario::Accounts => self.account_cycle().await,
+                Scenario::Mixed => self.mixed().await,
+                Scenario::Bare => self.bare().await,
+            };
+            if !more {
+                return self.rec;
+            }
+        }
+    }
+
+    async fn browse(&mut self) -> bool {
+        if !self.shared.budget.take(1) {
+            return false;
+        }
+        let shared = Arc::clone(&self.shared);
+        let token = self.token.clone();
+        match self.next_random() % 8 {
+            0 | 1 => {
+                let category = self.pick(&shared.categories).to_owned();
+                let url = format!("{}/movies?category={category}", shared.api);
+                self.call(CATEGORY_LIST, Method::GET, &url, Some(&token), None, &[StatusCode::OK]).await;
+            }
+            2 | 3 => {
+                let mut q = self.pick(&shared.words).to_owned();
+                if self.next_random().is_multiple_of(2) {
+                    q.push('+');
+                    q.push_str(self.pick(&shared.words));
+                }
+                let url = format!("{}/movies?q={q}", shared.api);
+                self.call(SEARCH, Method::GET, &url, Some(&token), None, &[StatusCode::OK]).await;
+            }
+            _ => return self.details_once().await,
+        }
+        true
+    }
+
+    async fn details(&mut self) -> bool {
+        if !self.shared.budget.take(1) {
+            return false;
+        }
+        self.details_once().await
+    }
+
+    async fn details_once(&mut self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let token = self.token.clone();
+        let movie = self.pick(&shared.hot).to_owned();
+        let url = format!("{}/movies/{movie}", shared.api);
+        if let Some(answer) =
+            self.call(DETAILS, Method::GET, &url, Some(&token), None, &[StatusCode::OK]).await
+        {
+            self.rec.count(if answer.cache_hit == Some(true) { "cache hits" } else { "cache misses" });
+        }
+        true
+    }
+
+    async fn bare(&mut self) -> bool {
+        if !self.shared.budget.take(1) {
+            return false;
+        }
+        let url = format!("{}/", self.shared.base);
+        self.call(BARE, Method::GET, &url, None, None, &[StatusCode::OK]).await;
+        true
+    }
+
+    async fn me(&mut self) -> bool {
+        if !self.shared.budget.take(1) {
+            return false;
+        }
+        let url = format!("{}/me", self.shared.api);
+        let token = self.token.clone();
+        self.call(ME, Method::GET, &url, Some(&token), None, &[StatusCode::OK]).await;
+        true
+    }
+
+    /// Rent, return and pay the worker's own movie. A cycle that fails part-way returns the
+    /// movie if it can, so the next cycle finds it available.
+    async fn rent_cycle(&mut self) -> bool {
+        if !self.shared.budget.take(3) {
+            return false;
+        }
+        let Some(movie) = self.movie.clone() else { return false };
+        let api = self.shared.api.clone();
+        let token = self.token.clone();
+        let rent = format!("{api}/movies/{movie}/rent");
+        let Some(rented) =
+            self.call(RENT, Method::POST, &rent, Some(&token), None, &[StatusCode::CREATED]).await
+        else {
+            return true;
+        };
+        let Ok(rental) = str_field(&rented.body, "rental_id") else {
+            self.fail(RENT, "no rental_id in the answer");
+            return true;
+        };
+        let back = format!("{api}/rentals/{rental}/return");
+        if self.call(RETURN, Method::POST, &back, Some(&token), None, &[StatusCode::OK]).await.is_none() {
+            return true;
+        }
+        self.commands(2);
+        self.pay(&api, &rental, &token).await;
+        true
+    }
+
+    /// Pays the rental's charge (one day at the default price plan, else what the rental says),
+    /// retrying while the charge is pending.
+    async fn pay(&mut self, api: &str, rental: &str, token: &str) {
+        let url = format!("{api}/rentals/{rental}/pay");
+        let mut amount = 100;
+        let started = Instant::now();
+        loop {
+            let body = json!({ "amount_cents": amount });
+            let answer = match send(&self.client, Method::POST, &url, Some(token), Some(&body)).await {
+                Ok(answer) => answer,
+                Err(e) => return self.fail(PAY, &e.to_string()),
+            };
+            match answer.status {
+                StatusCode::OK => {
+                    self.rec.ok(PAY, answer.latency);
+                    self.commands(1);
+                    self.rec.count("cycles");
+                    return;
+                }
+                StatusCode::CONFLICT
+                    if slug(&answer.body) == "charge-pending"
+                        && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    self.rec.retry(PAY);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                StatusCode::UNPROCESSABLE_ENTITY if amount == 100 => {
+                    // Another price plan: pay what the rental was charged.
+                    self.rec.retry(PAY);
+                    let read = format!("{api}/rentals/{rental}");
+                    let Some(r) =
+                        self.call(RENTAL, Method::GET, &read, Some(token), None, &[StatusCode::OK]).await
+                    else {
+                        return;
+                    };
+                    match r.body.pointer("/charge/amount_cents").and_then(Value::as_i64) {
+                        Some(charged) if charged != 100 => amount = charged,
+                        _ => return self.fail(PAY, &format!("422 {}", answer.body)),
+                    }
+                }
+                status => return self.fail(PAY, &format!("{status} {}", answer.body)),
+            }
+        }
+    }
+
+    fn commands(&mut self, n: u64) {
+        self.rec.add("commands", n);
+    }
+
+    async fn account_cycle(&mut self) -> bool {
+        if !self.shared.budget.take(3) {
+            return false;
+        }
+        let api = self.shared.api.clone();
+        let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
+        let register =
+            json!({ "username": name, "email": format!("{name}@example.com"), "password": PASSWORD });
+        let url = format!("{api}/auth/register");
+        if self
+            .call(REGISTER, Method::POST, &url, None, Some(&register), &[StatusCode::CREATED])
+            .await
+            .is_none()
+        {
+            return true;
+        }
+        let url = format!("{api}/auth/login");
+        let login = json!({ "username": name, "password": PASSWORD });
+        let Some(answer) = self.call(LOGIN, Method::POST, &url, None, Some(&login), &[StatusCode::OK]).await
+        else {
+            return true;
+        };
+        let Ok(token) = str_field(&answer.body, "token") else {
+            self.fail(LOGIN, "no token in the answer");
+            return true;
+        };
+        let url = format!("{api}/auth/logout");
+        if self
+            .call(LOGOUT, Method::POST, &url, Some(&token), None, &[StatusCode::NO_CONTENT])
+            .await
+            .is_some()
+        {
+            self.rec.count("cycles");
+        }
+        true
+    }
+
+    async fn mixed(&mut self) -> bool {
+        match self.next_random() % 100 {
+            0..70 => self.browse().await,
+            70..90 => self.rent_cycle().await,
+            90..98 => self.me().await,
+            _ => self.account_cycle().await,
+        }
+    }
+}
+
+/// Setup through the API: customers, categories, search words, hot movies and movies to rent.
+struct Setup {
+    client: Client,
+    api: String,
+}
+
+impl Setup {
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        ok: StatusCode,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.api);
+        let answer = send(&self.client, method.clone(), &url, token, body)
+            .await
+            .with_context(|| format!("{method} {url}"))?;
+        if answer.status != ok {
+            bail!("{method} {path}: {} {}", answer.status, answer.body);
+        }
+        Ok(answer.body)
+    }
+
+    async fn register(&self) -> anyhow::Result<String> {
+        let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
+        let body = json!({ "username": name, "email": format!("{name}@example.com"), "password": PASSWORD });
+        let answer =
+            self.expect(Method::POST, "/auth/register", None, Some(&body), StatusCode::CREATED).await?;
+        str_field(&answer, "token")
+    }
+
+    async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
+        let body = json!({ "username": username, "password": password });
+        str_field(
+            &self.expect(Method::POST, "/auth/login", None, Some(&body), StatusCode::OK).await?,
+            "token",
+        )
+    }
+
+    /// Up to `n` movie ids from `GET /movies` with `query`, following cursors, skipping `skip`.
+    async fn movies(
+        &self,
+        token: &str,
+        query: &str,
+        n: usize,
+        skip: &HashSet<String>,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        while found.len() < n {
+            let mut path = format!("/movies?limit=100&{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.expect(Method::GET, &path, Some(token), None, StatusCode::OK).await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                let (id, title) = (str_field(item, "id")?, str_field(item, "title")?);
+                if found.len() < n && !skip.contains(&id) {
+                    found.push((id, title));
+                }
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Makes `n` movies through the admin API, in the first category.
+    async fn create_movies(&self, admin: &str, category: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tag = uuid::Uuid::now_v7().simple().to_string();
+            let body = json!({
+                "title": format!("Bench Reel {tag}"),
+                "storyline": "A movie made for rent cycles of the load generator.",
+                "release_date": "2001-01-01",
+                "rating": 5.0,
+                "director": "Bench Director",
+                "category_ids": [category],
+            });
+            ids.push(str_field(
+                &self.expect(Method::POST, "/movies", Some(admin), Some(&body), StatusCode::CREATED).await?,
+                "id",
+            )?);
+        }
+        Ok(ids)
+    }
+}
+
+/// Words of three or more letters from the titles, lowercased, for searches.
+fn search_words(titles: &[String]) -> Vec<String> {
+    let mut words: Vec<String> = titles
+        .iter()
+        .flat_map(|t| t.split_whitespace())
+        .filter(|w| w.len() >= 3 && w.chars().all(char::is_alphabetic))
+        .map(str::to_lowercase)
+        .collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let base = args.base.trim_end_matches('/').to_owned();
+    let api = format!("{base}/api/v1");
+    let setup = Setup { client: client()?, api: api.clone() };
+    let needs_catalogue = !matches!(args.scenario, Scenario::Bare | Scenario::Accounts);
+    let needs_rentals = matches!(args.scenario, Scenario::Rent | Scenario::Mixed);
+
+    let mut customers = Vec::new();
+    let (mut categories, mut words, mut hot, mut to_rent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if args.scenario != Scenario::Bare {
+        let wanted = args.customers.clamp(1, args.connections);
+        let tasks: Vec<_> = (0..wanted)
+            .map(|_| {
+                let setup = Setup { client: setup.client.clone(), api: api.clone() };
+                tokio::spawn(async move { setup.register().await })
+            })
+            .collect();
+        for task in tasks {
+            customers.push(task.await??);
+        }
+    }
+    if needs_catalogue {
+        let token = &customers[0];
+        let listed = setup.expect(Method::GET, "/categories", Some(token), None, StatusCode::OK).await?;
+        categories = listed["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["id"].as_str().map(str::to_owned))
+            .collect();
+        if categories.is_empty() {
+            bail!("the catalogue has no categories; run `moviestore seed` first");
+        }
+        if needs_rentals {
+            let found = setup.movies(token, "available=true", args.connections, &HashSet::new()).await?;
+            to_rent = found.into_iter().map(|(id, _)| id).collect();
+            if to_rent.len() < args.connections {
+                let missing = args.connections - to_rent.len();
+                let (Some(user), Some(password)) = (&args.admin_user, &args.admin_password) else {
+                    bail!(
+                        "{} available movies for {} connections; give admin credentials to create the rest",
+                        to_rent.len(),
+                        args.connections
+                    );
+                };
+                let admin = setup.login(user, password).await?;
+                to_rent.extend(setup.create_movies(&admin, &categories[0], missing).await?);
+            }
+        }
+        let skip: HashSet<String> = to_rent.iter().cloned().collect();
+        let found = setup.movies(token, "available=any", args.hot_movies.max(1), &skip).await?;
+        if found.is_empty() {
+            bail!("no movies to read; run `moviestore seed` first");
+        }
+        let titles: Vec<String> = found.iter().map(|(_, t)| t.clone()).collect();
+        words = search_words(&titles);
+        hot = found.into_iter().map(|(id, _)| id).collect();
+        // Warm the cache, as a running store's popular movies are.
+        for id in &hot {
+            setup.expect(Method::GET, &format!("/movies/{id}"), Some(token), None, StatusCode::OK).await?;
+        }
+    }
+
+    let duration = args.duration.or(if args.requests.is_none() { Some(10.0) } else { None });
+    let budget = Budget {
+        deadline: duration.map(|s| Instant::now() + Duration::from_secs_f64(s)),
+        remaining: args.requests.map(AtomicU64::new),
+    };
+    let shared = Arc::new(Shared {
+        api,
+        base,
+        scenario: args.scenario,
+        budget,
+        customers,
+        categories,
+        words,
+        hot,
+        shown: AtomicUsize::new(0),
+    });
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let worker = Worker {
+            client: client()?,
+            shared: Arc::clone(&shared),
+            rng: 0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0001),
+            rec: Recorder::default(),
+            token: shared.customers.get(i % shared.customers.len().max(1)).cloned().unwrap_or_default(),
+            movie: to_rent.get(i).cloned(),
+        };
+        workers.push(tokio::spawn(worker.run()));
+    }
+    let mut all = Recorder::default();
+    for worker in workers {
+        all.merge(worker.await?);
+    }
+    let elapsed = started.elapsed();
+
+    let rows = all.summary(elapsed);
+    println!(
+        "scenario {:?}, {} connections, {:.1} s\n",
+        args.scenario,
+        args.connections,
+        elapsed.as_secs_f64()
+    );
+    print!("{}", markdown(&rows));
+    let counts = &all.counts;
+    for (name, n) in counts {
+        println!("{name}: {n} ({:.1}/s)", *n as f64 / elapsed.as_secs_f64());
+    }
+    if let Some(path) = &args.tsv {
+        let mut out = tsv(&rows);
+        for (name, n) in counts {
+            out.push_str(&format!("count:{name}\t{n}\t{:.1}\n", *n as f64 / elapsed.as_secs_f64()));
+        }
+        out.push_str(&format!("elapsed\t{:.3}\n", elapsed.as_secs_f64()));
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let errors = all.errors();
+    if errors > 0 {
+        eprintln!("{errors} unexpected answers");
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Benchmarks of moviestore: latency records and the report the load generator prints.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// What one endpoint saw during a run: every successful latency, the failures, and the
+/// answers the scenario expects and retries (such as `charge-pending` on a payment).
+#[derive(Debug, Default, Clone)]
+pub struct Endpoint {
+    /// Latencies of the answers that counted, in microseconds.
+    pub latencies_us: Vec<u64>,
+    /// Answers the scenario did not expect (transport errors, unexpected statuses).
+    pub errors: u64,
+    /// Answers the scenario expected and retried; not errors, not in the latencies.
+    pub retries: u64,
+}
+
+/// Latencies by endpoint (its route template), as one worker or the whole run saw them.
+#[derive(Debug, Default, Clone)]
+pub struct Recorder {
+    pub endpoints: BTreeMap<&'static str, Endpoint>,
+    /// Named counters beside the requests (cycles, cache hits, ...).
+    pub counts: BTreeMap<&'static str, u64>,
+}
+
+impl Recorder {
+    pub fn ok(&mut self, endpoint: &'static str, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.endpoints.entry(endpoint).or_default().latencies_us.push(us);
+    }
+
+    pub fn error(&mut self, endpoint: &'static str) {
+        self.endpoints.entry(endpoint).or_default().errors += 1;
+    }
+
+    pub fn retry(&mut self, endpoint: &'static str) {
+        self.endpoints.entry(endpoint).or_default().retries += 1;
+    }
+
+    pub fn count(&mut self, name: &'static str) {
+        self.add(name, 1);
+    }
+
+    pub fn add(&mut self, name: &'static str, n: u64) {
+        *self.counts.entry(name).or_default() += n;
+    }
+
+    pub fn merge(&mut self, other: Recorder) {
+        for (name, n) in other.counts {
+            *self.counts.entry(name).or_default() += n;
+        }
+        for (name, theirs) in other.endpoints {
+            let ours = self.endpoints.entry(name).or_default();
+            ours.latencies_us.extend(theirs.latencies_us);
+            ours.errors += theirs.errors;
+            ours.retries += theirs.retries;
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.endpoints.values().map(|e| e.errors).sum()
+    }
+
+    /// One row per endpoint plus a total, over `elapsed`.
+    pub fn summary(&self, elapsed: Duration) -> Vec<Row> {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let mut rows: Vec<Row> = self
+            .endpoints
+            .iter()
+            .map(|(name, e)| Row::new((*name).to_owned(), &e.latencies_us, e.errors, e.retries, secs))
+            .collect();
+        let all: Vec<u64> = self.endpoints.values().flat_map(|e| e.latencies_us.iter().copied()).collect();
+        let retries = self.endpoints.values().map(|e| e.retries).sum();
+        rows.push(Row::new("total".to_owned(), &all, self.errors(), retries, secs));
+        rows
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub endpoint: String,
+    pub requests: u64,
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub errors: u64,
+    pub retries: u64,
+}
+
+impl Row {
+    fn new(endpoint: String, latencies_us: &[u64], errors: u64, retries: u64, secs: f64) -> Self {
+        let mut sorted = latencies_us.to_vec();
+        sorted.sort_unstable();
+        let ms = |q: f64| percentile(&sorted, q).map_or(0.0, |us| us as f64 / 1000.0);
+        Row {
+            endpoint,
+            requests: sorted.len() as u64,
+            per_sec: sorted.len() as f64 / secs,
+            p50_ms: ms(50.0),
+            p90_ms: ms(90.0),
+            p99_ms: ms(99.0),
+            max_ms: ms(100.0),
+            errors,
+            retries,
+        }
+    }
+}
+
+/// The nearest-rank percentile `q` (0..=100) of ascending `sorted` values; `None` when empty.
+pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The rows as a Markdown table.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| endpoint | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | retries |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            r.endpoint, r.requests, r.per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.errors, r.retries
+        );
+    }
+    out
+}
+
+/// The rows as tab-separated lines (with a header) for scripts.
+pub fn tsv(rows: &[Row]) -> String {
+    let mut out =
+        String::from("endpoint\trequests\tper_sec\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors\tretries\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{:.1}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}",
+            r.endpoint, r.requests, r.per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.errors, r.retries
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 50.0), Some(50));
+        assert_eq!(percentile(&values, 90.0), Some(90));
+        assert_eq!(percentile(&values, 99.0), Some(99));
+        assert_eq!(percentile(&values, 100.0), Some(100));
+        assert_eq!(percentile(&values, 0.0), Some(1));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[1, 2, 3], 50.0), Some(2));
+    }
+
+    #[test]
+    fn merged_recorders_sum_up_and_total_covers_every_endpoint() {
+        let mut a = Recorder::default();
+        a.ok("GET /x", Duration::from_millis(1));
+        a.ok("GET /x", Duration::from_millis(3));
+        a.retry("POST /y");
+        let mut b = Recorder::default();
+        b.ok("GET /x", Duration::from_millis(2));
+        b.ok("POST /y", Duration::from_millis(10));
+        b.error("POST /y");
+        a.count("cycles");
+        b.count("cycles");
+        a.merge(b);
+        assert_eq!(a.counts["cycles"], 2);
+        let rows = a.summary(Duration::from_secs(2));
+        assert_eq!(rows.len(), 3);
+        let x = &rows[0];
+        assert_eq!((x.endpoint.as_str(), x.requests, x.errors), ("GET /x", 3, 0));
+        assert!((x.per_sec - 1.5).abs() < 1e-9);
+        assert!((x.p50_ms - 2.0).abs() < 1e-9 && (x.max_ms - 3.0).abs() < 1e-9);
+        let y = &rows[1];
+        assert_eq!((y.requests, y.errors, y.retries), (1, 1, 1));
+        let total = &rows[2];
+        assert_eq!(
+            (total.endpoint.as_str(), total.requests, total.errors, total.retries),
+            ("total", 4, 1, 1)
+        );
+        assert!((total.max_ms - 10.0).abs() < 1e-9);
+        assert_eq!(a.errors(), 1);
+    }
+}
