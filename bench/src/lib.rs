@@ -70,11 +70,18 @@ impl Recorder {
             .iter()
             .map(|(name, e)| Row::new((*name).to_owned(), &e.latencies_us, e.errors, e.retries, secs))
             .collect();
-        let all: Vec<u64> = self.endpoints.values().flat_map(|e| e.latencies_us.iter().copied()).collect();
-        let retries = self.endpoints.values().map(|e| e.retries).sum();
+        let requests = || self.endpoints.iter().filter(|(name, _)| !is_derived(name)).map(|(_, e)| e);
+        let all: Vec<u64> = requests().flat_map(|e| e.latencies_us.iter().copied()).collect();
+        let retries = requests().map(|e| e.retries).sum();
         rows.push(Row::new("total".to_owned(), &all, self.errors(), retries, secs));
         rows
     }
+}
+
+/// A name in parentheses is a derived timing (spanning several requests), not an endpoint: it is
+/// reported on its own line and left out of the total.
+pub fn is_derived(name: &str) -> bool {
+    name.starts_with('(')
 }
 
 /// One line of the report.
@@ -175,20 +182,22 @@ mod tests {
         let mut b = Recorder::default();
         b.ok("GET /x", Duration::from_millis(2));
         b.ok("POST /y", Duration::from_millis(10));
+        b.ok("(y to z)", Duration::from_millis(50));
         b.error("POST /y");
         a.count("cycles");
         b.count("cycles");
         a.merge(b);
         assert_eq!(a.counts["cycles"], 2);
         let rows = a.summary(Duration::from_secs(2));
-        assert_eq!(rows.len(), 3);
-        let x = &rows[0];
+        assert_eq!(rows.len(), 4);
+        assert_eq!((rows[0].endpoint.as_str(), rows[0].requests), ("(y to z)", 1));
+        let x = &rows[1];
         assert_eq!((x.endpoint.as_str(), x.requests, x.errors), ("GET /x", 3, 0));
         assert!((x.per_sec - 1.5).abs() < 1e-9);
         assert!((x.p50_ms - 2.0).abs() < 1e-9 && (x.max_ms - 3.0).abs() < 1e-9);
-        let y = &rows[1];
+        let y = &rows[2];
         assert_eq!((y.requests, y.errors, y.retries), (1, 1, 1));
-        let total = &rows[2];
+        let total = &rows[3];
         assert_eq!(
             (total.endpoint.as_str(), total.requests, total.errors, total.retries),
             ("total", 4, 1, 1)

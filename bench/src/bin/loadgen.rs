@@ -84,6 +84,9 @@ const LOGIN: &str = "POST /api/v1/auth/login";
 const LOGOUT: &str = "POST /api/v1/auth/logout";
 const ME: &str = "GET /api/v1/me";
 const BARE: &str = "GET /";
+/// From the return's answer to the accepted payment: the time the payments process manager
+/// takes to charge the return, plus at most one retry pause. Not a request of its own.
+const CHARGE_LAG: &str = "(return answered -> paid)";
 
 /// When the run ends: a deadline, a number of requests, or both.
 struct Budget {
@@ -339,10 +342,11 @@ impl Worker {
     }
 
     /// Pays the rental's charge (one day at the default price plan, else what the rental says),
-    /// retrying while the charge is pending.
+    /// retrying while the charge is pending, with pauses from 1 ms doubling up to 10 ms.
     async fn pay(&mut self, api: &str, rental: &str, token: &str) {
         let url = format!("{api}/rentals/{rental}/pay");
         let mut amount = 100;
+        let mut pause = Duration::from_millis(1);
         let started = Instant::now();
         loop {
             let body = json!({ "amount_cents": amount });
@@ -353,6 +357,7 @@ impl Worker {
             match answer.status {
                 StatusCode::OK => {
                     self.rec.ok(PAY, answer.latency);
+                    self.rec.ok(CHARGE_LAG, started.elapsed());
                     self.commands(1);
                     self.rec.count("cycles");
                     return;
@@ -362,7 +367,8 @@ impl Worker {
                         && started.elapsed() < Duration::from_secs(10) =>
                 {
                     self.rec.retry(PAY);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(10));
                 }
                 StatusCode::UNPROCESSABLE_ENTITY if amount == 100 => {
                     // Another price plan: pay what the rental was charged.
