@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Benchmark run: our figures beside the machine's limits, measured in the same run.
+#
+#   bench/run.sh             MOVIES=100000 movies, DURATION=20 s per measurement, CONNECTIONS=64
+#   SMOKE=1 bench/run.sh     50 movies, 2 s per measurement: checks that everything runs
+#
+# Makes a scratch database (moviestore_bench, dropped and created), seeds it, starts
+# `moviestore serve` without rate or concurrency limits, measures the limits (pgbench appends of
+# event-shaped rows one per transaction, pgbench index lookups, redis-benchmark GET, a bare axum
+# server doing one Redis GET under the same load generator), runs the scenarios, and prints one
+# Markdown table of figures, limits and ratios. Exits 1 when any scenario saw an unexpected answer.
+# Other knobs: ACCOUNT_CONNECTIONS (8; password hashing makes account calls CPU-bound),
+# BENCH_DATABASE_BASE (postgres://postgres@127.0.0.1:5432), REDIS_HOST/REDIS_PORT (127.0.0.1/6379).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${SMOKE:-}" ]; then
+  movies=${MOVIES:-50}
+  secs=${DURATION:-2}
+  redis_requests=20000
+else
+  movies=${MOVIES:-100000}
+  secs=${DURATION:-20}
+  redis_requests=500000
+fi
+conns=${CONNECTIONS:-64}
+account_conns=${ACCOUNT_CONNECTIONS:-8}
+base=${BENCH_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
+redis_host=${REDIS_HOST:-127.0.0.1}
+redis_port=${REDIS_PORT:-6379}
+db=moviestore_bench
+prefix=moviestore-bench:
+
+export DATABASE_URL="$base/$db"
+export REDIS_URL="redis://$redis_host:$redis_port"
+export RUST_LOG=warn
+export PGOPTIONS="-c client_min_messages=warning"
+export MOVIESTORE_ADDR=127.0.0.1:0
+export MOVIESTORE_RATE_LIMIT_PER_SEC=0
+export MOVIESTORE_MAX_CONCURRENT_REQUESTS=0
+export MOVIESTORE_REDIS_PREFIX=$prefix
+export MOVIESTORE_BENCH_ADMIN_USER=bench-admin
+export MOVIESTORE_BENCH_ADMIN_PASSWORD=bench-admin-password
+export MOVIESTORE_ADMIN="$MOVIESTORE_BENCH_ADMIN_USER:$MOVIESTORE_BENCH_ADMIN_PASSWORD"
+
+out=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  redis-cli -h "$redis_host" -p "$redis_port" --scan --pattern "$prefix*" |
+    xargs -r redis-cli -h "$redis_host" -p "$redis_port" del >/dev/null
+  rm -rf "$out"
+}
+trap cleanup EXIT
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Starts a server writing to $out/$1.log; sets $url from its `listening on` line.
+start() {
+  local name=$1
+  shift
+  "$@" >"$out/$name.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 1 100); do
+    url=$(grep -o 'listening on http://[0-9.:]*' "$out/$name.log" | head -n 1 | sed 's/listening on //' || true)
+    [ -n "$url" ] && return 0
+    sleep 0.1
+  done
+  echo "$name did not start:" >&2
+  cat "$out/$name.log" >&2
+  exit 1
+}
+
+# field FILE ROW COLUMN: a value from a loadgen --tsv file.
+field() {
+  awk -F'\t' -v row="$2" -v col="$3" '
+    NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+    $1 == row { print $c[col]; found = 1 }
+    END { if (!found) print "" }' "$1"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+num() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.0f", a }'; }
+ms() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.2f ms", a }'; }
+
+log "building"
+cargo build --release -q -p api -p moviestore-bench
+bin=target/release/moviestore
+loadgen=target/release/loadgen
+
+log "scratch database $db, Redis prefix $prefix"
+psql -q "$base/postgres" -c "drop database if exists $db" -c "create database $db"
+redis-cli -h "$redis_host" -p "$redis_port" --scan --pattern "$prefix*" |
+  xargs -r redis-cli -h "$redis_host" -p "$redis_port" del >/dev/null
+$bin migrate >/dev/null
+
+start serve $bin serve
+api=$url
+serve_pid=${pids[-1]}
+log "serve at $api; seeding $movies movies"
+seed_start=$(date +%s.%N)
+$bin seed --movies "$movies" 2>&1 | tail -n 1 >&2
+admin=$(curl -sf "$api/api/v1/auth/login" -H 'content-type: application/json' \
+  -d "{\"username\":\"$MOVIESTORE_BENCH_ADMIN_USER\",\"password\":\"$MOVIESTORE_BENCH_ADMIN_PASSWORD\"}" | jq -r .token)
+for _ in $(seq 1 600); do
+  lag=$(curl -sf "$api/api/v1/admin/projections" -H "authorization: Bearer $admin" | jq '[.items[].lag_events] | max')
+  [ "$lag" = "0" ] && break
+  sleep 0.5
+done
+[ "$lag" = "0" ] || { echo "projections did not catch up (lag $lag events)" >&2; exit 1; }
+events=$(psql -tA "$DATABASE_URL" -c "select count(*) from events")
+log "seeded and projected $events events in $(awk -v a="$seed_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+
+log "limit: pgbench appends, $conns clients, $secs s"
+psql -q "$DATABASE_URL" -c "drop table if exists bench_append" \
+  -c "create table bench_append (like events including defaults including identity including indexes)"
+pgbench -n -c "$conns" -j 2 -T "$secs" -f bench/append.sql "$DATABASE_URL" >"$out/append.txt" 2>&1
+append_tps=$(awk '/^tps = / { print $3 }' "$out/append.txt")
+rows=$(psql -tA "$DATABASE_URL" -c "select count(*) from bench_append")
+
+log "limit: pgbench index lookups, $conns clients, $secs s"
+pgbench -n -c "$conns" -j 2 -T "$secs" -D rows="$rows" -f bench/select.sql "$DATABASE_URL" >"$out/select.txt" 2>&1
+select_tps=$(awk '/^tps = / { print $3 }' "$out/select.txt")
+psql -q "$DATABASE_URL" -c "drop table bench_append"
+
+log "limit: redis-benchmark GET, $conns clients, $redis_requests requests"
+redis_rps=$(redis-benchmark -h "$redis_host" -p "$redis_port" -t get -c "$conns" -n "$redis_requests" -q |
+  tr '\r' '\n' | awk '/^GET: [0-9]/ { print $2 }' | tail -n 1)
+
+log "limit: bare axum + Redis GET under loadgen, $conns connections, $secs s"
+start bare target/release/bare --addr 127.0.0.1:0 --redis "$REDIS_URL" --key "${prefix}bare"
+bare_pid=${pids[-1]}
+failed=()
+$loadgen --base "$url" --scenario bare --connections "$conns" --duration "$secs" --tsv "$out/bare.tsv" ||
+  failed+=(bare)
+kill "$bare_pid"
+
+scenario() {
+  local name=$1 connections=$2
+  log "scenario $name, $connections connections, $secs s"
+  $loadgen --base "$api" --scenario "$name" --connections "$connections" --duration "$secs" \
+    --tsv "$out/$name.tsv" || failed+=("$name")
+}
+scenario details "$conns"
+scenario browse "$conns"
+scenario rent "$conns"
+scenario accounts "$account_conns"
+scenario mixed "$conns"
+rss_kib=$(ps -o rss= -p "$serve_pid" | tr -d ' ')
+
+commands=$(field "$out/rent.tsv" count:commands per_sec)
+details_rps=$(field "$out/details.tsv" total per_sec)
+bare_rps=$(field "$out/bare.tsv" total per_sec)
+
+echo
+echo "## Figures ($movies generated movies, $events events after seeding, $conns connections, $secs s each)"
+echo
+echo "| figure | ours | limit | ratio | goal |"
+echo "| --- | ---: | ---: | ---: | --- |"
+echo "| commands/s in rent → return → pay cycles vs raw one-row appends/s (pgbench) | $(num "$commands") | $(num "$append_tps") | $(ratio "$commands" "$append_tps") | ≥ 0.6 |"
+echo "| cached details req/s vs bare axum + Redis GET req/s | $(num "$details_rps") | $(num "$bare_rps") | $(ratio "$details_rps" "$bare_rps") | ≥ 0.6 |"
+echo "| cached details p99 (bare: $(ms "$(field "$out/bare.tsv" total p99_ms)")) | $(ms "$(field "$out/details.tsv" total p99_ms)") | | | < 5 ms |"
+echo "| search p99 (browse) | $(ms "$(field "$out/browse.tsv" 'GET /api/v1/movies?q' p99_ms)") | | | < 20 ms |"
+echo "| category list p99 (browse) | $(ms "$(field "$out/browse.tsv" 'GET /api/v1/movies?category' p99_ms)") | | | < 20 ms |"
+echo "| rent → return → pay cycles/s | $(num "$(field "$out/rent.tsv" count:cycles per_sec)") | | | |"
+echo "| return answered → payment accepted, p50 / p99 (rent) | $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p50_ms)") / $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p99_ms)") | | | |"
+echo "| cache hits / details reads (details) | $(field "$out/details.tsv" 'count:cache hits' requests) / $(field "$out/details.tsv" total requests) | | | |"
+echo "| serve RSS after the run | $(awk -v k="$rss_kib" 'BEGIN { printf "%.1f MB", k / 1024 }') | | | < 64 MB at 1k connections |"
+echo
+echo "Limits: pgbench one-row appends $(num "$append_tps") tx/s; pgbench index lookups $(num "$select_tps") tx/s;"
+echo "redis-benchmark GET $(num "$redis_rps") req/s; bare axum + Redis GET $(num "$bare_rps") req/s (all at $conns clients)."
+echo
+echo "## Scenarios"
+echo
+echo "| scenario | connections | requests | req/s | p50 ms | p99 ms | errors | expected retries |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+for name in bare details browse rent accounts mixed; do
+  f="$out/$name.tsv"
+  [ -f "$f" ] || continue
+  c=$conns
+  [ "$name" = accounts ] && c=$account_conns
+  echo "| $name | $c | $(field "$f" total requests) | $(num "$(field "$f" total per_sec)") | $(field "$f" total p50_ms) | $(field "$f" total p99_ms) | $(field "$f" total errors) | $(field "$f" total retries) |"
+done
+echo
+echo "Per endpoint:"
+for name in details browse rent accounts mixed; do
+  f="$out/$name.tsv"
+  [ -f "$f" ] || continue
+  echo
+  echo "$name:"
+  echo
+  echo "| endpoint | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | retries |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  awk -F'\t' 'NR > 1 && $1 !~ /^(count:|elapsed)/ && $1 != "total" {
+    printf "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }' "$f"
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo
+  echo "unexpected answers in: ${failed[*]}" >&2
+  exit 1
+fi
