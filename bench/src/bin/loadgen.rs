@@ -342,7 +342,8 @@ impl Worker {
     }
 
     /// Pays the rental's charge (one day at the default price plan, else what the rental says),
-    /// retrying while the charge is pending, with pauses from 1 ms doubling up to 10 ms.
+    /// retrying while the charge is pending, with pauses from 1 ms doubling up to 50 ms (shorter
+    /// pauses from many workers become a load of their own).
     async fn pay(&mut self, api: &str, rental: &str, token: &str) {
         let url = format!("{api}/rentals/{rental}/pay");
         let mut amount = 100;
@@ -368,7 +369,7 @@ impl Worker {
                 {
                     self.rec.retry(PAY);
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(10));
+                    pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 StatusCode::UNPROCESSABLE_ENTITY if amount == 100 => {
                     // Another price plan: pay what the rental was charged.
