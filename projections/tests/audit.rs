@@ -8,23 +8,11 @@ use domain::rental::{Rental, RentalStatus};
 use projections::audit::{self, AuditLog, Export};
 use projections::engine::{Checkpoint, EventFilter, StoredEvent};
 use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Appends one category event inside `conn` (raw, to control commit order); returns its position.
-async fn append(conn: &mut PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
-                             event_id)
-         values ('category', $1, 1, 'CategoryCreated', '1.0', '{\"name\": \"x\"}', '{}', $2)
-         returning position",
-    )
-    .bind(Uuid::now_v7().to_string())
-    .bind(Uuid::now_v7())
-    .fetch_one(conn)
-    .await
-    .unwrap()
-}
+mod common;
+use common::append;
 
 /// Every position in the projections' order.
 async fn log_order(pool: &PgPool) -> Vec<i64> {

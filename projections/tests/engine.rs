@@ -7,7 +7,9 @@ use projections::engine::{
     BatchOutcome, BoxFuture, Engine, EngineConfig, Projection, ProjectionError, StoredEvent, Touched,
 };
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
+
+mod common;
+use common::append;
 
 /// Records every event it is given; a repeat violates the primary key and fails the batch.
 struct Recorder;
@@ -54,21 +56,6 @@ async fn setup(pool: &PgPool) {
 fn engine(pool: &PgPool, batch_size: i64) -> Engine {
     let config = EngineConfig { batch_size, poll_interval: Duration::from_millis(5), ..Default::default() };
     Engine::new(pool.clone(), vec![Arc::new(Recorder)], config)
-}
-
-/// Appends one category event inside `conn`'s transaction (raw, to control commit order).
-async fn append(conn: &mut PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
-                             event_id)
-         values ('category', $1, 1, 'CategoryCreated', '1.0', '{\"name\": \"x\"}', '{}', $2)
-         returning position",
-    )
-    .bind(Uuid::now_v7().to_string())
-    .bind(Uuid::now_v7())
-    .fetch_one(conn)
-    .await
-    .unwrap()
 }
 
 /// What a naive `position > n` reader collects.

@@ -17,11 +17,9 @@ use crate::read_side::{send, wait_for_projections, wait_for_rental_status};
 use crate::resilience::{free_port, register, verify, Peer};
 use crate::support::*;
 
-/// The status and, for a problem, its slug (the last segment of `type`).
+/// The status and, for a problem, its slug.
 async fn outcome(response: reqwest::Response) -> (u16, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    let slug = body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or_default().to_string();
+    let (status, slug, _) = answer(response).await;
     (status, slug)
 }
 

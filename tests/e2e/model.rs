@@ -97,18 +97,6 @@ fn time_of(value: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(value.as_str().expect("a time")).expect("RFC 3339").with_timezone(&Utc)
 }
 
-/// The status and slug of an answer, and its body.
-async fn answer(response: reqwest::Response) -> (u16, String, Value) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    let slug = if status >= 400 {
-        body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or_default().to_string()
-    } else {
-        String::new()
-    };
-    (status, slug, body)
-}
-
 /// Runs one generated sequence against the service and the model; returns the steps sent.
 async fn run_case(app: &TestApp, case: usize, ops: &[Op]) -> usize {
     let admin = app.admin().await;

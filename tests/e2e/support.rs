@@ -410,6 +410,19 @@ pub async fn assert_problem_in(response: Response, status: u16, slug: &str, cont
     body
 }
 
+/// An answer's status, its problem slug (the last segment of `type`; empty for a success) and
+/// its JSON body (Null when there is none).
+pub async fn answer(response: Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let slug = if status >= 400 {
+        body["type"].as_str().and_then(|t| t.rsplit('/').next()).unwrap_or_default().to_string()
+    } else {
+        String::new()
+    };
+    (status, slug, body)
+}
+
 /// The fields a 422 names in `errors`, sorted.
 pub fn error_fields(problem: &Value) -> Vec<String> {
     let mut fields: Vec<String> =
