@@ -10,7 +10,8 @@
 # server doing one Redis GET under the same load generator), runs the scenarios, and prints one
 # Markdown table of figures, limits and ratios. Exits 1 when any scenario saw an unexpected answer.
 # Other knobs: ACCOUNT_CONNECTIONS (8; password hashing makes account calls CPU-bound),
-# BENCH_DATABASE_BASE (postgres://postgres@127.0.0.1:5432), REDIS_HOST/REDIS_PORT (127.0.0.1/6379).
+# BENCH_DATABASE_BASE (postgres://postgres@127.0.0.1:5432), BENCH_DATABASE (moviestore_bench),
+# BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +29,8 @@ account_conns=${ACCOUNT_CONNECTIONS:-8}
 base=${BENCH_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 redis_host=${REDIS_HOST:-127.0.0.1}
 redis_port=${REDIS_PORT:-6379}
-db=moviestore_bench
-prefix=moviestore-bench:
+db=${BENCH_DATABASE:-moviestore_bench}
+prefix=${BENCH_REDIS_PREFIX:-moviestore-bench:}
 
 export DATABASE_URL="$base/$db"
 export REDIS_URL="redis://$redis_host:$redis_port"
