@@ -205,30 +205,31 @@ async fn seed(config: Config, movies: u64) -> anyhow::Result<()> {
 
 async fn rebuild(config: Config, only: Option<String>) -> anyhow::Result<()> {
     let (pool, engine) = engine(&config).await?;
-    for projection in read_models(&engine, only.as_deref())? {
-        let name = projection.name();
-        let bar = Bar::new(name, "events");
-        let started = std::time::Instant::now();
-        let done = projections::rebuild::rebuild(&pool, projection, &bar).await?;
-        bar.0.finish_and_clear();
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{name}: rebuilt from {} events in {secs:.2} s ({:.0} events/s)",
-            done.events,
-            done.events as f64 / secs.max(1e-9)
-        );
-    }
+    let chosen = read_models(&engine, only.as_deref())?;
+    let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
+    let bar = Bar::new(&names.join(", "), "events");
+    let started = std::time::Instant::now();
+    let done = projections::rebuild::rebuild_many(&pool, &chosen, &bar).await?;
+    bar.0.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let events = done.iter().map(|d| d.events).max().unwrap_or(0);
+    println!(
+        "{}: rebuilt from {events} events in {secs:.2} s ({:.0} events/s)",
+        names.join(", "),
+        events as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 
 async fn verify(config: Config) -> anyhow::Result<()> {
     let (pool, engine) = engine(&config).await?;
+    let chosen = read_models(&engine, None)?;
+    let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
+    let bar = Bar::new(&names.join(", "), "events");
+    let all = projections::rebuild::verify_many(&pool, &chosen, &bar).await?;
+    bar.0.finish_and_clear();
     let mut differing = 0;
-    for projection in read_models(&engine, None)? {
-        let name = projection.name();
-        let bar = Bar::new(name, "events");
-        let diffs = projections::rebuild::verify(&pool, projection, &bar).await?;
-        bar.0.finish_and_clear();
+    for (name, diffs) in names.iter().zip(all) {
         if diffs.is_empty() {
             println!("{name}: live tables equal a replay of the log");
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sqlx::{PgConnection, PgPool};
 
 use crate::engine::{
-    checkpoint, ensure_checkpoints, read_batch, Checkpoint, Projection, ProjectionError, Touched,
+    checkpoint, ensure_checkpoints, read_batch, Checkpoint, Projection, ProjectionError, Replay, Touched,
 };
 
 /// Events per batch when replaying through `apply_batch`.
@@ -63,6 +63,7 @@ fn lock_sql() -> &'static str {
 /// A shadow schema being filled: its tables keep only their primary keys while the log is
 /// replayed (maintaining trigram and array indexes row by row is what makes a replay slow); the
 /// other indexes are built once, in bulk, before the shadow is compared or swapped in.
+#[derive(Clone)]
 struct Shadow {
     schema: String,
     deferred_indexes: Vec<String>,
@@ -221,63 +222,163 @@ async fn count_events(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(n as u64)
 }
 
-/// Replays from the start into a fresh shadow schema in large batches, each its own transaction,
-/// up to the horizon (or `until`).
-async fn fill_shadow(
+/// A read model's shadow, filled up to `at` with `events` events.
+struct Filled {
+    shadow: Shadow,
+    at: Checkpoint,
+    events: u64,
+}
+
+/// Replays the log from the start into a fresh shadow schema for each projection, up to the
+/// horizon (or that projection's `until`). Projections with an in-memory replay share one read of
+/// the log: each batch is read and decoded from the wire once and folded by every projection, in
+/// parallel, then each writes its rows on a connection of its own, at the same time as the others.
+/// The others replay through `apply_batch` in large batches, each its own transaction.
+async fn fill_shadows(
     pool: &PgPool,
-    projection: &dyn Projection,
-    until: Option<Checkpoint>,
+    projections: &[Arc<dyn Projection>],
+    untils: &[Option<Checkpoint>],
     progress: &dyn Progress,
-) -> Result<(Shadow, Checkpoint, u64), ProjectionError> {
-    let replay = projection.replay();
-    let shadow = create_shadow(pool, projection, replay.is_some()).await?;
-    let schema = shadow.schema.clone();
+) -> Result<Vec<Filled>, ProjectionError> {
     let total = count_events(pool).await?;
-    let mut at = Checkpoint::default();
-    let mut applied = 0u64;
-    if let Some(mut replay) = replay {
-        // Fold the whole log in memory, then write each row once. A reader task fetches the next
-        // batch while this one is folded.
-        let (tx_batches, mut batches) = tokio::sync::mpsc::channel(2);
-        let reader = tokio::spawn(read_ahead(pool.clone(), until, tx_batches));
-        let mut folding = Duration::ZERO;
-        while let Some(events) = batches.recv().await {
-            let events = events?;
-            let Some(last) = events.last() else { break };
-            at = Checkpoint { xid: last.xid, position: last.position };
-            let started = Instant::now();
-            replay.apply(&events)?;
-            folding += started.elapsed();
-            applied += events.len() as u64;
-            progress.advanced(applied, total.max(applied));
+    let mut filled = Vec::with_capacity(projections.len());
+    let mut replays = Vec::new();
+    for (i, projection) in projections.iter().enumerate() {
+        let replay = projection.replay();
+        let shadow = create_shadow(pool, projection.as_ref(), replay.is_some()).await?;
+        filled.push(Filled { shadow, at: Checkpoint::default(), events: 0 });
+        if let Some(replay) = replay {
+            replays.push((i, replay));
         }
-        let reading = reader.await.map_err(|e| ProjectionError::Decode(format!("reader task: {e}")))?;
+    }
+    let in_memory: Vec<usize> = replays.iter().map(|(i, _)| *i).collect();
+    if !replays.is_empty() {
+        let members = in_memory.clone();
+        // Read as far as the furthest member needs (to the horizon if any member does).
+        let read_until = members.iter().map(|&i| untils[i]).try_fold(Checkpoint::default(), |far, until| {
+            until.map(|until| far.max(until))
+        });
+        let folded = replay_together(pool, replays, untils, read_until, total, progress).await?;
+        let mut writers = tokio::task::JoinSet::new();
+        for (i, (mut replay, at, events, fold_ms)) in members.into_iter().zip(folded) {
+            filled[i].at = at;
+            filled[i].events = events;
+            let (pool, schema, name) = (pool.clone(), filled[i].shadow.schema.clone(), projections[i].name());
+            writers.spawn(async move {
+                let started = Instant::now();
+                let mut tx = pool.begin().await?;
+                sqlx::query(&format!("set local search_path to {schema}, public")).execute(&mut *tx).await?;
+                replay.flush(&mut tx).await?;
+                tx.commit().await?;
+                tracing::info!(
+                    projection = name,
+                    events,
+                    fold_ms,
+                    write_ms = started.elapsed().as_millis() as u64,
+                    "replayed in memory"
+                );
+                Ok::<_, ProjectionError>(())
+            });
+        }
+        while let Some(written) = writers.join_next().await {
+            written.map_err(|e| ProjectionError::Decode(format!("writer task: {e}")))??;
+        }
+    }
+    for (i, projection) in projections.iter().enumerate() {
+        if in_memory.contains(&i) {
+            continue;
+        }
+        let schema = filled[i].shadow.schema.clone();
+        loop {
+            let mut tx = pool.begin().await?;
+            let (next, n) =
+                replay_into(&mut tx, projection.as_ref(), &schema, filled[i].at, untils[i], REPLAY_BATCH).await?;
+            tx.commit().await?;
+            filled[i].at = next;
+            filled[i].events += n;
+            progress.advanced(filled[i].events, total.max(filled[i].events));
+            if n < REPLAY_BATCH as u64 {
+                break;
+            }
+        }
+    }
+    Ok(filled)
+}
+
+/// A folded replay: its rows, the checkpoint it reached, the events it applied, and the
+/// milliseconds spent folding.
+type Folded = (Box<dyn Replay>, Checkpoint, u64, u64);
+
+/// One reader task fetches the log in large batches (up to `read_until`, or the horizon); every
+/// replay folds each batch, up to its own `until`, on a blocking thread of its own.
+async fn replay_together(
+    pool: &PgPool,
+    replays: Vec<(usize, Box<dyn Replay>)>,
+    untils: &[Option<Checkpoint>],
+    read_until: Option<Checkpoint>,
+    total: u64,
+    progress: &dyn Progress,
+) -> Result<Vec<Folded>, ProjectionError> {
+    let (tx_batches, mut batches) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(read_ahead(pool.clone(), read_until, tx_batches));
+    let mut feeds = Vec::with_capacity(replays.len());
+    let mut folders = Vec::with_capacity(replays.len());
+    for (i, replay) in replays {
+        let (feed, received) = tokio::sync::mpsc::channel::<Arc<Vec<crate::engine::StoredEvent>>>(2);
+        feeds.push(feed);
+        folders.push(tokio::spawn(fold(replay, untils[i], received)));
+    }
+    let mut read = 0u64;
+    'reading: while let Some(events) = batches.recv().await {
+        let events = Arc::new(events?);
+        read += events.len() as u64;
+        for feed in &feeds {
+            // A folder that stopped has failed: stop reading and report its error below.
+            if feed.send(events.clone()).await.is_err() {
+                break 'reading;
+            }
+        }
+        progress.advanced(read, total.max(read));
+    }
+    drop(feeds);
+    drop(batches);
+    let reading = reader.await.map_err(|e| ProjectionError::Decode(format!("reader task: {e}")))?;
+    tracing::info!(events = read, read_ms = reading.as_millis() as u64, "log read for replay");
+    let mut folded = Vec::with_capacity(folders.len());
+    for folder in folders {
+        folded.push(folder.await.map_err(|e| ProjectionError::Decode(format!("fold task: {e}")))??);
+    }
+    Ok(folded)
+}
+
+/// Folds every batch received into `replay`, keeping only events up to `until`.
+async fn fold(
+    mut replay: Box<dyn Replay>,
+    until: Option<Checkpoint>,
+    mut batches: tokio::sync::mpsc::Receiver<Arc<Vec<crate::engine::StoredEvent>>>,
+) -> Result<Folded, ProjectionError> {
+    let (mut at, mut applied, mut folding) = (Checkpoint::default(), 0u64, Duration::ZERO);
+    while let Some(events) = batches.recv().await {
+        // The log comes in checkpoint order, so the events to keep are a prefix.
+        let keep = match until {
+            Some(until) => events.partition_point(|e| Checkpoint { xid: e.xid, position: e.position } <= until),
+            None => events.len(),
+        };
+        let Some(last) = events[..keep].last() else { continue };
+        at = Checkpoint { xid: last.xid, position: last.position };
+        applied += keep as u64;
         let started = Instant::now();
-        let mut tx = pool.begin().await?;
-        sqlx::query(&format!("set local search_path to {schema}, public")).execute(&mut *tx).await?;
-        replay.flush(&mut tx).await?;
-        tx.commit().await?;
-        tracing::info!(
-            projection = projection.name(),
-            events = applied,
-            read_ms = reading.as_millis() as u64,
-            fold_ms = folding.as_millis() as u64,
-            write_ms = started.elapsed().as_millis() as u64,
-            "replayed in memory"
-        );
-        return Ok((shadow, at, applied));
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let result = replay.apply(&events[..keep]);
+            (replay, result)
+        })
+        .await
+        .map_err(|e| ProjectionError::Decode(format!("fold task: {e}")))?;
+        replay = back;
+        result?;
+        folding += started.elapsed();
     }
-    loop {
-        let mut tx = pool.begin().await?;
-        let (next, n) = replay_into(&mut tx, projection, &schema, at, until, REPLAY_BATCH).await?;
-        tx.commit().await?;
-        at = next;
-        applied += n;
-        progress.advanced(applied, total.max(applied));
-        if n < REPLAY_BATCH as u64 {
-            return Ok((shadow, at, applied));
-        }
-    }
+    Ok((replay, at, applied, folding.as_millis() as u64))
 }
 
 /// Gives the shadow table every privilege others hold on the live one (e.g. the analyst role's
@@ -313,38 +414,67 @@ pub async fn rebuild(
     projection: Arc<dyn Projection>,
     progress: &dyn Progress,
 ) -> Result<Rebuilt, ProjectionError> {
-    if !projection.is_read_model() {
+    let mut done = rebuild_many(pool, &[projection], progress).await?;
+    Ok(done.remove(0))
+}
+
+/// Rebuilds several read models from one read of the log (see [`fill_shadows`]); each is then
+/// swapped in atomically on its own, in the order given.
+pub async fn rebuild_many(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    progress: &dyn Progress,
+) -> Result<Vec<Rebuilt>, ProjectionError> {
+    if let Some(manager) = projections.iter().find(|p| !p.is_read_model()) {
         return Err(ProjectionError::Decode(format!(
             "{} is not a read model and is never rebuilt",
-            projection.name()
+            manager.name()
         )));
     }
-    ensure_checkpoints(pool, &[projection.name()]).await?;
-    let (shadow, mut at, mut events) = fill_shadow(pool, projection.as_ref(), None, progress).await?;
-    let schema = shadow.schema.clone();
-    index_shadow(&mut *pool.acquire().await?, &shadow).await?;
-
-    let mut tx = pool.begin().await?;
-    sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
-    loop {
-        let (next, n) = replay_into(&mut tx, projection.as_ref(), &schema, at, None, REPLAY_BATCH).await?;
-        at = next;
-        events += n;
-        if n < REPLAY_BATCH as u64 {
-            break;
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    ensure_checkpoints(pool, &names).await?;
+    let filled = fill_shadows(pool, projections, &vec![None; projections.len()], progress).await?;
+    index_shadows(pool, &filled).await?;
+    let mut done = Vec::with_capacity(projections.len());
+    for (projection, Filled { shadow, mut at, mut events }) in projections.iter().zip(filled) {
+        let schema = shadow.schema;
+        let mut tx = pool.begin().await?;
+        sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
+        loop {
+            let (next, n) = replay_into(&mut tx, projection.as_ref(), &schema, at, None, REPLAY_BATCH).await?;
+            at = next;
+            events += n;
+            if n < REPLAY_BATCH as u64 {
+                break;
+            }
         }
+        sqlx::query("set local search_path to public").execute(&mut *tx).await?;
+        for table in projection.tables() {
+            copy_grants(&mut tx, table, &schema).await?;
+            sqlx::query(&format!("drop table read.{table}")).execute(&mut *tx).await?;
+            sqlx::query(&format!("alter table {schema}.{table} set schema read")).execute(&mut *tx).await?;
+        }
+        sqlx::query(&format!("drop schema {schema}")).execute(&mut *tx).await?;
+        crate::engine::save(&mut tx, projection.name(), at).await?;
+        tx.commit().await?;
+        progress.advanced(events, events);
+        done.push(Rebuilt { events, checkpoint: at });
     }
-    sqlx::query("set local search_path to public").execute(&mut *tx).await?;
-    for table in projection.tables() {
-        copy_grants(&mut tx, table, &schema).await?;
-        sqlx::query(&format!("drop table read.{table}")).execute(&mut *tx).await?;
-        sqlx::query(&format!("alter table {schema}.{table} set schema read")).execute(&mut *tx).await?;
+    Ok(done)
+}
+
+/// Builds every shadow's deferred indexes, the shadows at the same time on connections of their
+/// own.
+async fn index_shadows(pool: &PgPool, filled: &[Filled]) -> Result<(), ProjectionError> {
+    let mut builders = tokio::task::JoinSet::new();
+    for shadow in filled.iter().map(|f| f.shadow.clone()) {
+        let pool = pool.clone();
+        builders.spawn(async move { index_shadow(&mut *pool.acquire().await?, &shadow).await });
     }
-    sqlx::query(&format!("drop schema {schema}")).execute(&mut *tx).await?;
-    crate::engine::save(&mut tx, projection.name(), at).await?;
-    tx.commit().await?;
-    progress.advanced(events, events);
-    Ok(Rebuilt { events, checkpoint: at })
+    while let Some(built) = builders.join_next().await {
+        built.map_err(|e| ProjectionError::Decode(format!("index task: {e}")))??;
+    }
+    Ok(())
 }
 
 /// Replays one read model and compares it with the live tables at the same checkpoint.
@@ -353,40 +483,58 @@ pub async fn verify(
     projection: Arc<dyn Projection>,
     progress: &dyn Progress,
 ) -> Result<Vec<TableDiff>, ProjectionError> {
-    ensure_checkpoints(pool, &[projection.name()]).await?;
-    let live = {
-        let mut conn = pool.acquire().await?;
-        checkpoint(&mut conn, projection.name()).await?
-    };
-    // The live checkpoint only moves forward, so replaying up to it never overshoots.
-    let (shadow, mut at, _) = fill_shadow(pool, projection.as_ref(), Some(live), progress).await?;
-    let schema = shadow.schema.clone();
-    index_shadow(&mut *pool.acquire().await?, &shadow).await?;
+    let mut diffs = verify_many(pool, &[projection], progress).await?;
+    Ok(diffs.remove(0))
+}
 
-    let mut tx = pool.begin().await?;
-    sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
-    let live = checkpoint(&mut tx, projection.name()).await?;
-    loop {
-        let (next, n) =
-            replay_into(&mut tx, projection.as_ref(), &schema, at, Some(live), REPLAY_BATCH).await?;
-        at = next;
-        if n == 0 {
-            break;
+/// Replays several read models from one read of the log and compares each with its live tables
+/// at its own checkpoint; the differences of each, in the order given. Changes nothing.
+pub async fn verify_many(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    progress: &dyn Progress,
+) -> Result<Vec<Vec<TableDiff>>, ProjectionError> {
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    ensure_checkpoints(pool, &names).await?;
+    let mut lives = Vec::with_capacity(projections.len());
+    {
+        let mut conn = pool.acquire().await?;
+        for name in &names {
+            lives.push(Some(checkpoint(&mut conn, name).await?));
         }
     }
-    sqlx::query("set local search_path to public").execute(&mut *tx).await?;
-    let mut diffs = Vec::new();
-    for table in projection.tables() {
-        let count = |a: &str, b: &str| {
-            format!("select count(*) from (select * from {a}.{table} except all select * from {b}.{table}) d")
-        };
-        let only_live: i64 = sqlx::query_scalar(&count("read", &schema)).fetch_one(&mut *tx).await?;
-        let only_replayed: i64 = sqlx::query_scalar(&count(&schema, "read")).fetch_one(&mut *tx).await?;
-        if only_live != 0 || only_replayed != 0 {
-            diffs.push(TableDiff { table: format!("read.{table}"), only_live, only_replayed });
+    // A live checkpoint only moves forward, so replaying up to it never overshoots.
+    let filled = fill_shadows(pool, projections, &lives, progress).await?;
+    index_shadows(pool, &filled).await?;
+    let mut all = Vec::with_capacity(projections.len());
+    for (projection, Filled { shadow, mut at, .. }) in projections.iter().zip(filled) {
+        let schema = shadow.schema;
+        let mut tx = pool.begin().await?;
+        sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
+        let live = checkpoint(&mut tx, projection.name()).await?;
+        loop {
+            let (next, n) =
+                replay_into(&mut tx, projection.as_ref(), &schema, at, Some(live), REPLAY_BATCH).await?;
+            at = next;
+            if n == 0 {
+                break;
+            }
         }
+        sqlx::query("set local search_path to public").execute(&mut *tx).await?;
+        let mut diffs = Vec::new();
+        for table in projection.tables() {
+            let count = |a: &str, b: &str| {
+                format!("select count(*) from (select * from {a}.{table} except all select * from {b}.{table}) d")
+            };
+            let only_live: i64 = sqlx::query_scalar(&count("read", &schema)).fetch_one(&mut *tx).await?;
+            let only_replayed: i64 = sqlx::query_scalar(&count(&schema, "read")).fetch_one(&mut *tx).await?;
+            if only_live != 0 || only_replayed != 0 {
+                diffs.push(TableDiff { table: format!("read.{table}"), only_live, only_replayed });
+            }
+        }
+        tx.rollback().await?;
+        drop_shadow(pool, &schema).await?;
+        all.push(diffs);
     }
-    tx.rollback().await?;
-    drop_shadow(pool, &schema).await?;
-    Ok(diffs)
+    Ok(all)
 }

@@ -65,9 +65,82 @@ pub fn decode_event<E: DomainEvent>(
     event_version: &str,
     payload: &Value,
 ) -> Result<E, serde_json::Error> {
-    let mut tagged = Map::with_capacity(1);
-    tagged.insert(event_type.to_string(), upcast(event_type, event_version, payload.clone()));
-    serde_json::from_value(Value::Object(tagged))
+    if UPCASTERS.iter().any(|u| u.can_upcast(event_type, event_version)) {
+        let mut tagged = Map::with_capacity(1);
+        tagged.insert(event_type.to_string(), upcast(event_type, event_version, payload.clone()));
+        return serde_json::from_value(Value::Object(tagged));
+    }
+    // The current shape: deserialize as if from `{event_type: payload}`, without copying the
+    // payload into a tagged object first (the hot path of replays and of every projector).
+    E::deserialize(Tagged { variant: event_type, payload })
+}
+
+/// An externally tagged enum value whose tag and fields are stored apart.
+struct Tagged<'a> {
+    variant: &'a str,
+    payload: &'a Value,
+}
+
+impl<'de> serde::Deserializer<'de> for Tagged<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(self)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+    }
+}
+
+impl<'de> serde::de::EnumAccess<'de> for Tagged<'de> {
+    type Error = serde_json::Error;
+    type Variant = Fields<'de>;
+
+    fn variant_seed<S: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, Self::Variant), Self::Error> {
+        let variant = seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(self.variant))?;
+        Ok((variant, Fields(self.payload)))
+    }
+}
+
+/// The stored fields of a variant.
+struct Fields<'a>(&'a Value);
+
+impl<'de> serde::de::VariantAccess<'de> for Fields<'de> {
+    type Error = serde_json::Error;
+
+    fn unit_variant(self) -> Result<(), Self::Error> {
+        serde::Deserialize::deserialize(self.0)
+    }
+
+    fn newtype_variant_seed<S: serde::de::DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, Self::Error> {
+        seed.deserialize(self.0)
+    }
+
+    fn tuple_variant<V: serde::de::Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Self::Error> {
+        serde::Deserializer::deserialize_seq(self.0, visitor)
+    }
+
+    fn struct_variant<V: serde::de::Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        serde::Deserializer::deserialize_struct(self.0, "", fields, visitor)
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +172,32 @@ mod tests {
         assert_eq!(encoded.payload, serde_json::json!({}));
         let back: MovieEvent = decode_event("MovieRetired", "1.0", &encoded.payload).unwrap();
         assert_eq!(back, MovieEvent::MovieRetired {});
+    }
+
+    #[test]
+    fn decoding_in_place_agrees_with_decoding_a_tagged_copy() {
+        let rental_id = Uuid::now_v7();
+        let stored = [
+            ("MovieRented", serde_json::json!({"rental_id": rental_id, "customer_id": Uuid::now_v7(), "rented_at": chrono::Utc::now()})),
+            ("MovieRetired", serde_json::json!({})),
+            ("MovieRented", serde_json::json!({"rental_id": rental_id})),
+            ("MovieRented", serde_json::json!({"rental_id": "not a uuid", "customer_id": Uuid::now_v7(), "rented_at": chrono::Utc::now()})),
+            ("NoSuchEvent", serde_json::json!({})),
+            ("MovieRetired", serde_json::json!(7)),
+        ];
+        for (event_type, payload) in &stored {
+            let in_place = decode_event::<MovieEvent>(event_type, "1.0", payload);
+            let copied: Result<MovieEvent, _> =
+                serde_json::from_value(serde_json::json!({ *event_type: payload.clone() }));
+            match (&in_place, &copied) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{event_type} {payload}: in place {in_place:?}, copied {copied:?}"),
+            }
+        }
+        assert!(decode_event::<MovieEvent>("MovieRetired", "1.0", &serde_json::json!({})).is_ok());
+        assert!(decode_event::<MovieEvent>("NoSuchEvent", "1.0", &serde_json::json!({})).is_err());
+        assert!(decode_event::<MovieEvent>("MovieRented", "1.0", &serde_json::json!({"rental_id": rental_id})).is_err());
     }
 
     #[test]
