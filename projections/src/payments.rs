@@ -6,8 +6,9 @@
 //! A batch's commands run concurrently in lanes: the events of one rental always fall in the same
 //! lane and a lane issues its commands one after another, in log order, so a rental is opened
 //! before it is closed; different rentals share nothing and need no order. The batch (and so the
-//! checkpoint) completes only once every lane has succeeded; a failing lane fails the batch,
-//! which the engine retries, and the commands that had succeeded change nothing the second time.
+//! checkpoint) completes only once every command has succeeded; a refused command skips the rest
+//! of its own rental's steps and fails the batch, which the engine retries, and the commands that
+//! had succeeded change nothing the second time.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -129,10 +130,21 @@ impl Projection for Payments {
             for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
                 let this = self.clone();
                 running.spawn(async move {
+                    // A refused command stops its own rental (its later steps must wait for it),
+                    // not the lane's other rentals.
+                    let mut failed: Vec<Uuid> = Vec::new();
+                    let mut first_error = None;
                     for (step, metadata, position) in lane {
-                        this.issue(step, &metadata, position).await?;
+                        let rental_id = step.rental_id();
+                        if failed.contains(&rental_id) {
+                            continue;
+                        }
+                        if let Err(error) = this.issue(step, &metadata, position).await {
+                            failed.push(rental_id);
+                            first_error.get_or_insert(error);
+                        }
                     }
-                    Ok::<(), ProjectionError>(())
+                    first_error.map_or(Ok(()), Err)
                 });
             }
             // Every lane runs to its end (or its first failure) before the batch answers, so no
