@@ -772,18 +772,20 @@ async fn history(setup: &Setup, args: &Args, customer: &str, category: &str) -> 
         let path = format!("/movies/{movie}/rent");
         let rented = setup.expect(Method::POST, &path, Some(customer), None, StatusCode::CREATED).await?;
         let rental = str_field(&rented, "rental_id")?;
-        setup
+        let back = setup
             .expect(Method::POST, &format!("/rentals/{rental}/return"), Some(customer), None, StatusCode::OK)
             .await?;
-        anyhow::Ok(())
+        anyhow::Ok(back["position"].as_i64().unwrap_or(0))
     };
     let building = Instant::now();
+    let mut position = 0;
     for _ in 0..args.history_cycles {
-        cycle(long.clone()).await?;
+        position = cycle(long.clone()).await?;
     }
     let built = building.elapsed();
-    let details =
-        setup.expect(Method::GET, &format!("/movies/{long}"), Some(customer), None, StatusCode::OK).await?;
+    // Read once the catalogue has applied the last return, so the version is the stream's.
+    let path = format!("/movies/{long}?min_position={position}");
+    let details = setup.expect(Method::GET, &path, Some(customer), None, StatusCode::OK).await?;
     let version = details["version"].as_i64().unwrap_or(0);
 
     let mut rec = Recorder::default();
