@@ -11,7 +11,9 @@
 # Markdown table of figures, limits and ratios. Exits 1 when any scenario saw an unexpected answer.
 # Other knobs: ACCOUNT_CONNECTIONS (8; password hashing makes account calls CPU-bound),
 # BENCH_DATABASE_BASE (postgres://postgres@127.0.0.1:5432), BENCH_DATABASE (moviestore_bench),
-# BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379).
+# BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379), HISTORY_CYCLES
+# (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (200
+# measured cycles on it and as many on a fresh movie).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +21,14 @@ if [ -n "${SMOKE:-}" ]; then
   movies=${MOVIES:-50}
   secs=${DURATION:-2}
   redis_requests=20000
+  history_cycles=${HISTORY_CYCLES:-25}
+  history_samples=${HISTORY_SAMPLES:-10}
 else
   movies=${MOVIES:-100000}
   secs=${DURATION:-20}
   redis_requests=500000
+  history_cycles=${HISTORY_CYCLES:-5000}
+  history_samples=${HISTORY_SAMPLES:-200}
 fi
 conns=${CONNECTIONS:-64}
 account_conns=${ACCOUNT_CONNECTIONS:-8}
@@ -103,12 +109,17 @@ seed_start=$(date +%s.%N)
 $bin seed --movies "$movies" 2>&1 | tail -n 1 >&2
 admin=$(curl -sf "$api/api/v1/auth/login" -H 'content-type: application/json' \
   -d "{\"username\":\"$MOVIESTORE_BENCH_ADMIN_USER\",\"password\":\"$MOVIESTORE_BENCH_ADMIN_PASSWORD\"}" | jq -r .token)
-for _ in $(seq 1 600); do
-  lag=$(curl -sf "$api/api/v1/admin/projections" -H "authorization: Bearer $admin" | jq '[.items[].lag_events] | max')
-  [ "$lag" = "0" ] && break
-  sleep 0.5
-done
-[ "$lag" = "0" ] || { echo "projections did not catch up (lag $lag events)" >&2; exit 1; }
+# Waits until every projection has applied every committed event.
+caught_up() {
+  for _ in $(seq 1 600); do
+    lag=$(curl -sf "$api/api/v1/admin/projections" -H "authorization: Bearer $admin" | jq '[.items[].lag_events] | max')
+    [ "$lag" = "0" ] && return 0
+    sleep 0.5
+  done
+  echo "projections did not catch up (lag $lag events)" >&2
+  exit 1
+}
+caught_up
 events=$(psql -tA "$DATABASE_URL" -c "select count(*) from events")
 log "seeded and projected $events events in $(awk -v a="$seed_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 
@@ -147,9 +158,38 @@ scenario browse "$conns"
 scenario rent "$conns"
 scenario accounts "$account_conns"
 scenario mixed "$conns"
+
+# Commands that do not wait for the charge. Append transactions in the window are counted in the
+# log (every distinct transaction that recorded an event in it: HTTP commands and the payments
+# process manager's); the projections' commit lag comes from /metrics before and after, once they
+# have caught up with everything the scenario appended.
+caught_up
+curl -sf "$api/metrics" >"$out/metrics-before.txt"
+window_start=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
+scenario commands "$conns"
+window_end=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
+caught_up
+curl -sf "$api/metrics" >"$out/metrics-after.txt"
+target/release/lag "$out/metrics-before.txt" "$out/metrics-after.txt" >"$out/lag.tsv"
+read -r append_txs window_secs < <(psql -tA -F ' ' "$DATABASE_URL" -c "
+  select count(distinct transaction_id), extract(epoch from '$window_end'::timestamptz - '$window_start'::timestamptz)
+    from events where recorded_at >= '$window_start' and recorded_at < '$window_end'")
+append_txps=$(awk -v n="$append_txs" -v s="$window_secs" 'BEGIN { if (s > 0) printf "%.1f", n / s }')
+
+log "scenario history: $history_cycles rent → return cycles on one movie, then $history_samples on it and on a fresh one"
+$loadgen --base "$api" --scenario history --connections 1 --history-cycles "$history_cycles" \
+  --samples "$history_samples" --tsv "$out/history.tsv" || failed+=(history)
 rss_kib=$(ps -o rss= -p "$serve_pid" | tr -d ' ')
+# lag_ms PROJECTION COLUMN: p50_ms or p99_ms of a projection's commit lag in the commands scenario.
+lag_ms() { awk -F'\t' -v p="$1" -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next } $1 == p { print $c[col] }' "$out/lag.tsv"; }
+lag_row() { echo "| commit → $1 commit lag p50 / p99 (commands) | $(ms "$(lag_ms "$1" p50_ms)") / $(ms "$(lag_ms "$1" p99_ms)") | | | p99 < 50 ms |"; }
+h() { field "$out/history.tsv" "$1" "$2"; }
 
 commands=$(field "$out/rent.tsv" count:commands per_sec)
+rent_long='POST /api/v1/movies/{id}/rent (long history)'
+rent_fresh='POST /api/v1/movies/{id}/rent (fresh movie)'
+return_long='POST /api/v1/rentals/{id}/return (long history)'
+return_fresh='POST /api/v1/rentals/{id}/return (fresh movie)'
 details_rps=$(field "$out/details.tsv" total per_sec)
 bare_rps=$(field "$out/bare.tsv" total per_sec)
 
@@ -163,6 +203,14 @@ echo "| cached details req/s vs bare axum + Redis GET req/s | $(num "$details_rp
 echo "| cached details p99 (bare: $(ms "$(field "$out/bare.tsv" total p99_ms)")) | $(ms "$(field "$out/details.tsv" total p99_ms)") | | | < 5 ms |"
 echo "| search p99 (browse) | $(ms "$(field "$out/browse.tsv" 'GET /api/v1/movies?q' p99_ms)") | | | < 20 ms |"
 echo "| category list p99 (browse) | $(ms "$(field "$out/browse.tsv" 'GET /api/v1/movies?category' p99_ms)") | | | < 20 ms |"
+echo "| append transactions/s in the commands scenario (HTTP commands and the process manager's) vs raw one-row appends/s (pgbench) | $(num "$append_txps") | $(num "$append_tps") | $(ratio "$append_txps" "$append_tps") | ≥ 0.6 |"
+echo "| HTTP commands/s (commands: rent → return, paying earlier rentals) | $(num "$(field "$out/commands.tsv" count:commands per_sec)") | | | |"
+echo "| rent → return cycles/s (commands) | $(num "$(field "$out/commands.tsv" count:cycles per_sec)") | | | |"
+for p in catalogue rentals analytics payments; do lag_row "$p"; done
+echo "| rent p50 on a $(h 'count:history events' requests)-event movie vs a fresh one | $(ms "$(h "$rent_long" p50_ms)") | $(ms "$(h "$rent_fresh" p50_ms)") | $(ratio "$(h "$rent_long" p50_ms)" "$(h "$rent_fresh" p50_ms)") | ≤ 1.5 |"
+echo "| rent p99 on the long-history movie vs a fresh one | $(ms "$(h "$rent_long" p99_ms)") | $(ms "$(h "$rent_fresh" p99_ms)") | $(ratio "$(h "$rent_long" p99_ms)" "$(h "$rent_fresh" p99_ms)") | ≤ 1.5 |"
+echo "| return p50 on the long-history movie vs a fresh one | $(ms "$(h "$return_long" p50_ms)") | $(ms "$(h "$return_fresh" p50_ms)") | $(ratio "$(h "$return_long" p50_ms)" "$(h "$return_fresh" p50_ms)") | ≤ 1.5 |"
+echo "| return p99 on the long-history movie vs a fresh one | $(ms "$(h "$return_long" p99_ms)") | $(ms "$(h "$return_fresh" p99_ms)") | $(ratio "$(h "$return_long" p99_ms)" "$(h "$return_fresh" p99_ms)") | ≤ 1.5 |"
 echo "| rent → return → pay cycles/s | $(num "$(field "$out/rent.tsv" count:cycles per_sec)") | | | |"
 echo "| return answered → payment accepted, p50 / p99 (rent) | $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p50_ms)") / $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p99_ms)") | | | |"
 echo "| cache hits / details reads (details) | $(field "$out/details.tsv" 'count:cache hits' requests) / $(field "$out/details.tsv" total requests) | | | |"
@@ -175,7 +223,7 @@ echo "## Scenarios"
 echo
 echo "| scenario | connections | requests | req/s | p50 ms | p99 ms | errors | expected retries |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for name in bare details browse rent accounts mixed; do
+for name in bare details browse rent accounts mixed commands; do
   f="$out/$name.tsv"
   [ -f "$f" ] || continue
   c=$conns
@@ -184,7 +232,7 @@ for name in bare details browse rent accounts mixed; do
 done
 echo
 echo "Per endpoint:"
-for name in details browse rent accounts mixed; do
+for name in details browse rent accounts mixed commands history; do
   f="$out/$name.tsv"
   [ -f "$f" ] || continue
   echo

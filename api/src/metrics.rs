@@ -14,12 +14,21 @@ use sqlx::PgPool;
 const DURATION_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Buckets, in seconds, of the projections' commit lag: fine around the 50 ms goal, coarse up to
+/// the seconds a catching-up projection takes.
+const LAG_BUCKETS: [f64; 22] = [
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+    1.5, 2.0, 5.0, 10.0, 30.0,
+];
+
 /// The process's exporter, installed on first use (the recorder is global to the process).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &DURATION_BUCKETS)
+            .expect("the buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full(projections::engine::LAG_HISTOGRAM.into()), &LAG_BUCKETS)
             .expect("the buckets are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -46,6 +55,11 @@ fn describe() {
         "projection_lag_seconds",
         Unit::Seconds,
         "age of the oldest event a projection has not applied"
+    );
+    describe_histogram!(
+        projections::engine::LAG_HISTOGRAM,
+        Unit::Seconds,
+        "from an event's recording to the commit of the projection batch that applied it"
     );
     describe_gauge!("db_pool_size", "connections open in the pool");
     describe_gauge!("db_pool_idle", "idle connections in the pool");

@@ -156,6 +156,72 @@ pub fn tsv(rows: &[Row]) -> String {
     out
 }
 
+/// A histogram's cumulative buckets `(upper bound, count)` by the value of one label, read from a
+/// Prometheus text scrape: `name_bucket{...,label="x",...,le="0.05"} 12`. Bounds ascend, `+Inf`
+/// last.
+pub fn histogram_buckets(scrape: &str, name: &str, label: &str) -> BTreeMap<String, Vec<(f64, u64)>> {
+    let prefix = format!("{name}_bucket{{");
+    let mut found: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else { continue };
+        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+        let label_value = |key: &str| {
+            labels.split(',').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        let (Some(series), Some(le)) = (label_value(label), label_value("le")) else { continue };
+        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let Ok(count) = value.trim().parse::<f64>() else { continue };
+        if !bound.is_nan() {
+            found.entry(series).or_default().push((bound, count as u64));
+        }
+    }
+    for buckets in found.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    found
+}
+
+/// The observations between two scrapes of the same cumulative buckets: `after - before`, bound
+/// by bound (a bound missing from `before` counts 0 there).
+pub fn bucket_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    after
+        .iter()
+        .map(|&(bound, n)| {
+            let was = before.iter().find(|(b, _)| *b == bound).map_or(0, |(_, n)| *n);
+            (bound, n.saturating_sub(was))
+        })
+        .collect()
+}
+
+/// The quantile `q` (0..=1) of cumulative buckets, interpolated linearly inside the bucket that
+/// holds it (as Prometheus's `histogram_quantile` does); in the `+Inf` bucket, the highest finite
+/// bound. `None` without observations.
+pub fn bucket_quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for &(bound, cumulative) in buckets {
+        if cumulative as f64 >= rank && cumulative > below {
+            if bound.is_infinite() {
+                return Some(lower);
+            }
+            let share = (rank - below as f64) / (cumulative - below) as f64;
+            return Some(lower + (bound - lower) * share.clamp(0.0, 1.0));
+        }
+        if bound.is_finite() {
+            lower = bound;
+        }
+        below = cumulative;
+    }
+    Some(lower)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +270,49 @@ mod tests {
         );
         assert!((total.max_ms - 10.0).abs() < 1e-9);
         assert_eq!(a.errors(), 1);
+    }
+
+    const SCRAPE: &str = "\
+# TYPE lag histogram
+lag_bucket{projection=\"a\",le=\"0.01\"} 10
+lag_bucket{projection=\"a\",le=\"0.05\"} 90
+lag_bucket{projection=\"a\",le=\"+Inf\"} 100
+lag_sum{projection=\"a\"} 3
+lag_bucket{le=\"0.01\",projection=\"b\"} 0
+lag_bucket{le=\"+Inf\",projection=\"b\"} 4
+other_bucket{projection=\"a\",le=\"0.01\"} 7
+";
+
+    #[test]
+    fn buckets_are_read_by_label_whatever_the_label_order() {
+        let found = histogram_buckets(SCRAPE, "lag", "projection");
+        assert_eq!(found.len(), 2);
+        assert_eq!(found["a"], vec![(0.01, 10), (0.05, 90), (f64::INFINITY, 100)]);
+        assert_eq!(found["b"], vec![(0.01, 0), (f64::INFINITY, 4)]);
+    }
+
+    #[test]
+    fn quantiles_come_from_the_delta_between_two_scrapes() {
+        let before = vec![(0.01, 10), (0.05, 90), (f64::INFINITY, 100)];
+        let after = vec![(0.01, 110), (0.05, 240), (f64::INFINITY, 300)];
+        let delta = bucket_delta(&before, &after);
+        assert_eq!(delta, vec![(0.01, 100), (0.05, 150), (f64::INFINITY, 200)]);
+        // 200 observations: the 50th percentile is the 100th, the last in the first bucket.
+        assert!((bucket_quantile(&delta, 0.5).unwrap() - 0.01).abs() < 1e-12);
+        // The 25th percentile is halfway through the first bucket (from 0).
+        assert!((bucket_quantile(&delta, 0.25).unwrap() - 0.005).abs() < 1e-12);
+        // The 62.5th (the 125th) is halfway through the second.
+        assert!((bucket_quantile(&delta, 0.625).unwrap() - 0.03).abs() < 1e-12);
+        // The 99th lies beyond every finite bound: the highest finite bound.
+        assert!((bucket_quantile(&delta, 0.99).unwrap() - 0.05).abs() < 1e-12);
+        assert_eq!(bucket_quantile(&bucket_delta(&after, &after), 0.5), None);
+        assert_eq!(bucket_quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn empty_buckets_before_the_quantile_are_skipped() {
+        let buckets = vec![(0.01, 0), (0.02, 0), (0.05, 4), (f64::INFINITY, 4)];
+        let p50 = bucket_quantile(&buckets, 0.5).unwrap();
+        assert!((p50 - 0.035).abs() < 1e-12, "{p50}");
     }
 }

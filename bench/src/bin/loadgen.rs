@@ -8,7 +8,13 @@
 //! - `rent`: rent, return and pay cycles, each worker on a movie of its own;
 //! - `accounts`: register, log in, log out;
 //! - `mixed`: 70% browse, 20% rent cycles, 8% `GET /me`, 2% account cycles;
-//! - `bare`: `GET {base}/` with no setup (for the `bare` server, the cached-read limit).
+//! - `bare`: `GET {base}/` with no setup (for the `bare` server, the cached-read limit);
+//! - `commands`: rent and return cycles, each worker on a movie of its own, that do not wait for
+//!   the charge: each cycle pays the oldest rental of the worker's earlier cycles instead (a
+//!   customer who pays later), so `charge-pending` only keeps that rental for the next cycle;
+//! - `history`: rent/return latency on a movie with a long history (`--history-cycles` cycles,
+//!   two events each, built first and not measured) against a fresh movie, `--samples` cycles on
+//!   each, alternating, on one connection (needs admin credentials to create both movies).
 //!
 //! Exits 1 when any answer was unexpected. `charge-pending` on a payment is expected (the
 //! charge is assessed asynchronously after the return): it is retried and counted apart.
@@ -33,6 +39,8 @@ enum Scenario {
     Accounts,
     Mixed,
     Bare,
+    Commands,
+    History,
 }
 
 #[derive(Parser)]
@@ -63,6 +71,12 @@ struct Args {
     /// Movies whose details are read (the first ones of the catalogue, not used for renting).
     #[arg(long, default_value_t = 100)]
     hot_movies: usize,
+    /// `history`: rent → return cycles that build the long-history movie before measuring.
+    #[arg(long, default_value_t = 5000)]
+    history_cycles: u64,
+    /// `history`: measured rent → return cycles on each of the two movies.
+    #[arg(long, default_value_t = 200)]
+    samples: u64,
     /// Also write the table as tab-separated lines to this file.
     #[arg(long)]
     tsv: Option<PathBuf>,
@@ -87,6 +101,10 @@ const BARE: &str = "GET /";
 /// From the return's answer to the accepted payment: the time the payments process manager
 /// takes to charge the return, plus at most one retry pause. Not a request of its own.
 const CHARGE_LAG: &str = "(return answered -> paid)";
+const RENT_FRESH: &str = "POST /api/v1/movies/{id}/rent (fresh movie)";
+const RETURN_FRESH: &str = "POST /api/v1/rentals/{id}/return (fresh movie)";
+const RENT_LONG: &str = "POST /api/v1/movies/{id}/rent (long history)";
+const RETURN_LONG: &str = "POST /api/v1/rentals/{id}/return (long history)";
 
 /// When the run ends: a deadline, a number of requests, or both.
 struct Budget {
@@ -130,6 +148,8 @@ struct Worker {
     rec: Recorder,
     token: String,
     movie: Option<String>,
+    /// `commands`: rentals returned and not paid yet, oldest first.
+    unpaid: std::collections::VecDeque<String>,
 }
 
 /// An answer: status, whether the cache served it, the body, the time it took.
@@ -241,6 +261,8 @@ impl Worker {
                 Scenario::Accounts => self.account_cycle().await,
                 Scenario::Mixed => self.mixed().await,
                 Scenario::Bare => self.bare().await,
+                Scenario::Commands => self.command_cycle().await,
+                Scenario::History => false,
             };
             if !more {
                 return self.rec;
@@ -387,6 +409,60 @@ impl Worker {
                 }
                 status => return self.fail(PAY, &format!("{status} {}", answer.body)),
             }
+        }
+    }
+
+    /// Rent and return the worker's own movie without waiting for the charge, then pay the oldest
+    /// rental of the earlier cycles once: accepted, it is done; `charge-pending`, it waits for the
+    /// next cycle. Each of the three counts as a command when accepted.
+    async fn command_cycle(&mut self) -> bool {
+        let requests = if self.unpaid.is_empty() { 2 } else { 3 };
+        if !self.shared.budget.take(requests) {
+            return false;
+        }
+        let Some(movie) = self.movie.clone() else { return false };
+        let api = self.shared.api.clone();
+        let token = self.token.clone();
+        let rent = format!("{api}/movies/{movie}/rent");
+        let Some(rented) =
+            self.call(RENT, Method::POST, &rent, Some(&token), None, &[StatusCode::CREATED]).await
+        else {
+            return true;
+        };
+        let Ok(rental) = str_field(&rented.body, "rental_id") else {
+            self.fail(RENT, "no rental_id in the answer");
+            return true;
+        };
+        self.commands(1);
+        let back = format!("{api}/rentals/{rental}/return");
+        if self.call(RETURN, Method::POST, &back, Some(&token), None, &[StatusCode::OK]).await.is_none() {
+            return true;
+        }
+        self.commands(1);
+        self.rec.count("cycles");
+        if let Some(owed) = self.unpaid.pop_front() {
+            self.pay_once(&api, &owed, &token).await;
+        }
+        self.unpaid.push_back(rental);
+        true
+    }
+
+    /// One payment of a rental's one-day charge (the default price plan): `charge-pending` puts
+    /// it back at the front of the queue, as an expected retry.
+    async fn pay_once(&mut self, api: &str, rental: &str, token: &str) {
+        let url = format!("{api}/rentals/{rental}/pay");
+        let body = json!({ "amount_cents": 100 });
+        match send(&self.client, Method::POST, &url, Some(token), Some(&body)).await {
+            Ok(answer) if answer.status == StatusCode::OK => {
+                self.rec.ok(PAY, answer.latency);
+                self.commands(1);
+            }
+            Ok(answer) if answer.status == StatusCode::CONFLICT && slug(&answer.body) == "charge-pending" => {
+                self.rec.retry(PAY);
+                self.unpaid.push_front(rental.to_owned());
+            }
+            Ok(answer) => self.fail(PAY, &format!("{} {}", answer.status, answer.body)),
+            Err(e) => self.fail(PAY, &e.to_string()),
         }
     }
 
@@ -557,7 +633,7 @@ async fn main() -> anyhow::Result<()> {
     let api = format!("{base}/api/v1");
     let setup = Setup { client: client()?, api: api.clone() };
     let needs_catalogue = !matches!(args.scenario, Scenario::Bare | Scenario::Accounts);
-    let needs_rentals = matches!(args.scenario, Scenario::Rent | Scenario::Mixed);
+    let needs_rentals = matches!(args.scenario, Scenario::Rent | Scenario::Mixed | Scenario::Commands);
 
     let mut customers = Vec::new();
     let (mut categories, mut words, mut hot, mut to_rent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -615,6 +691,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if args.scenario == Scenario::History {
+        return history(&setup, &args, &customers[0], &categories[0]).await;
+    }
+
     let duration = args.duration.or(if args.requests.is_none() { Some(10.0) } else { None });
     let budget = Budget {
         deadline: duration.map(|s| Instant::now() + Duration::from_secs_f64(s)),
@@ -641,6 +721,7 @@ async fn main() -> anyhow::Result<()> {
             rec: Recorder::default(),
             token: shared.customers.get(i % shared.customers.len().max(1)).cloned().unwrap_or_default(),
             movie: to_rent.get(i).cloned(),
+            unpaid: Default::default(),
         };
         workers.push(tokio::spawn(worker.run()));
     }
@@ -674,6 +755,77 @@ async fn main() -> anyhow::Result<()> {
     if errors > 0 {
         eprintln!("{errors} unexpected answers");
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The `history` scenario: builds a movie's history with `--history-cycles` rent → return cycles,
+/// then measures `--samples` cycles on it and on a fresh movie, alternating, on one connection.
+async fn history(setup: &Setup, args: &Args, customer: &str, category: &str) -> anyhow::Result<()> {
+    let (Some(user), Some(password)) = (&args.admin_user, &args.admin_password) else {
+        bail!("the history scenario creates its two movies: give admin credentials");
+    };
+    let admin = setup.login(user, password).await?;
+    let movies = setup.create_movies(&admin, category, 2).await?;
+    let (long, fresh) = (&movies[0], &movies[1]);
+    let cycle = |movie: String| async move {
+        let path = format!("/movies/{movie}/rent");
+        let rented = setup.expect(Method::POST, &path, Some(customer), None, StatusCode::CREATED).await?;
+        let rental = str_field(&rented, "rental_id")?;
+        let back = setup
+            .expect(Method::POST, &format!("/rentals/{rental}/return"), Some(customer), None, StatusCode::OK)
+            .await?;
+        anyhow::Ok(back["position"].as_i64().unwrap_or(0))
+    };
+    let building = Instant::now();
+    let mut position = 0;
+    for _ in 0..args.history_cycles {
+        position = cycle(long.clone()).await?;
+    }
+    let built = building.elapsed();
+    // Read once the catalogue has applied the last return, so the version is the stream's.
+    let path = format!("/movies/{long}?min_position={position}");
+    let details = setup.expect(Method::GET, &path, Some(customer), None, StatusCode::OK).await?;
+    let version = details["version"].as_i64().unwrap_or(0);
+
+    let mut rec = Recorder::default();
+    let started = Instant::now();
+    let timed = |url: String| async move {
+        let answer = send(&setup.client, Method::POST, &url, Some(customer), None).await?;
+        anyhow::Ok(answer)
+    };
+    for _ in 0..args.samples {
+        for (movie, rent_name, return_name) in
+            [(long, RENT_LONG, RETURN_LONG), (fresh, RENT_FRESH, RETURN_FRESH)]
+        {
+            let rented = timed(format!("{}/movies/{movie}/rent", setup.api)).await?;
+            if rented.status != StatusCode::CREATED {
+                rec.error(rent_name);
+                bail!("rent of {movie}: {} {}", rented.status, rented.body);
+            }
+            rec.ok(rent_name, rented.latency);
+            let rental = str_field(&rented.body, "rental_id")?;
+            let back = timed(format!("{}/rentals/{rental}/return", setup.api)).await?;
+            if back.status != StatusCode::OK {
+                rec.error(return_name);
+                bail!("return of {rental}: {} {}", back.status, back.body);
+            }
+            rec.ok(return_name, back.latency);
+        }
+    }
+    let elapsed = started.elapsed();
+    let rows = rec.summary(elapsed);
+    println!(
+        "scenario History, 1 connection, {:.1} s (the long history: {version} events, built in {:.1} s)\n",
+        elapsed.as_secs_f64(),
+        built.as_secs_f64()
+    );
+    print!("{}", markdown(&rows));
+    if let Some(path) = &args.tsv {
+        let mut out = tsv(&rows);
+        out.push_str(&format!("count:history events\t{version}\t0\n"));
+        out.push_str(&format!("elapsed\t{:.3}\n", elapsed.as_secs_f64()));
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub use feed::{
     read_filtered, wait_for_position, wait_for_release, Checkpoint, EventFilter, Status,
 };
 pub(crate) use runner::save_checkpoint as save;
-pub use runner::{BatchOutcome, Engine, EngineConfig, Listener};
+pub use runner::{BatchOutcome, Engine, EngineConfig, Listener, LAG_HISTOGRAM};
 
 /// An event as stored, with its place in the log.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]

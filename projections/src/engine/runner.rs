@@ -165,6 +165,7 @@ impl Engine {
             listener.committing(projection.name(), &touched).await;
         }
         tx.commit().await?;
+        observe_lag(projection.name(), &events);
         if let Some(listener) = listener {
             listener.committed(projection.name(), &touched).await;
         }
@@ -185,6 +186,23 @@ impl Engine {
                 BatchOutcome::Busy => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+    }
+}
+
+/// The histogram of the time from an event's recording to the commit of the batch that applied
+/// it, by projection: the read model's (or the process manager's) lag as a reader meets it.
+pub const LAG_HISTOGRAM: &str = "projection_commit_lag_seconds";
+
+/// Records, for each event of a batch just committed, how long after its `recorded_at` (taken
+/// inside its append transaction, just before that commits) the batch committed. The clocks are
+/// PostgreSQL's and this process's; on one machine they agree, and a negative difference counts
+/// as 0.
+fn observe_lag(projection: &'static str, events: &[super::StoredEvent]) {
+    let now = chrono::Utc::now();
+    let histogram = metrics::histogram!(LAG_HISTOGRAM, "projection" => projection);
+    for event in events {
+        let lag = (now - event.recorded_at).to_std().unwrap_or_default();
+        histogram.record(lag.as_secs_f64());
     }
 }
 
