@@ -787,7 +787,8 @@ async fn listings_page_alike_whether_matches_are_common_or_rare(pool: PgPool) {
     w.catch_up_all().await;
 
     // Act + Assert: every page, following the cursor, against the matches in title order.
-    let cases: Vec<(Option<Uuid>, Vec<&str>, Box<dyn Fn(u32) -> bool>)> = vec![
+    type Matches = Box<dyn Fn(u32) -> bool>;
+    let cases: Vec<(Option<Uuid>, Vec<&str>, Matches)> = vec![
         (None, vec!["common"], Box::new(|n| n % 3 == 0)),
         (None, vec!["rare"], Box::new(|n| n == 3 || n == 121)),
         (None, vec!["RARE", "common"], Box::new(|n| n == 3)),
