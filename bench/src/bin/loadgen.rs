@@ -69,7 +69,8 @@ struct Args {
     /// Open loop: start this many steps per second in all (a step is one request, or one rent or
     /// account cycle), on a fixed schedule (step `i` is due at `i / rate` s), with latency measured from the due time, so a slow answer delays
     /// no measurement (no coordinated omission). `--connections` caps how many are in flight; a
-    /// request sent more than 1 ms after its due time is counted as `started late`. Without it,
+    /// step no worker was free to take until more than 1 ms after its due time is counted as
+    /// `started late`. Without it,
     /// each worker sends its next request as soon as the last was answered (closed loop).
     #[arg(long)]
     rate: Option<f64>,
@@ -293,10 +294,12 @@ impl Worker {
         if self.shared.budget.deadline.is_some_and(|d| due >= d) {
             return false;
         }
-        tokio::time::sleep_until(due.into()).await;
+        // Late: no worker was free when the step fell due (the connection cap was reached or the
+        // generator fell behind); timer wake-ups, a millisecond coarse, are not counted.
         if Instant::now().saturating_duration_since(due) > LATE {
             self.rec.count("started late");
         }
+        tokio::time::sleep_until(due.into()).await;
         self.due = Some(due);
         true
     }
