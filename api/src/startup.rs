@@ -106,7 +106,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
     let cache = Cache::new(&config.redis);
     let engine = engine(&pool, &store, &plan)
         .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
-    AppState {
+    AppState::new(crate::state::Handles {
         rentals: RentalsReader::new(pool.clone()),
         analytics: projections::analytics::AnalyticsReader::new(pool.clone()),
         catalogue,
@@ -117,7 +117,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
         accounts,
         price_plan: Arc::new(plan),
         config: Arc::new(config),
-    }
+    })
 }
 
 /// The projection engine over every projection.

