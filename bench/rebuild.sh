@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 movies=${1:-111111}
 cycles=${2:-4}
 base=${BENCH_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
-db=moviestore_bench_rebuild
+db=${BENCH_REBUILD_DATABASE:-moviestore_bench_rebuild}
 export DATABASE_URL="$base/$db"
 export RUST_LOG=error
+export PGOPTIONS="-c client_min_messages=warning"
+trap 'psql -q "$base/postgres" -c "drop database if exists $db" || true' EXIT
 
 cargo build --release -q -p api
 bin=target/release/moviestore

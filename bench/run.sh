@@ -13,7 +13,8 @@
 # machine sustains, for search and category p99 without saturated cores.
 # Other knobs: ACCOUNT_CONNECTIONS (8; password hashing makes account calls CPU-bound),
 # BENCH_DATABASE_BASE (postgres://postgres@127.0.0.1:5432), BENCH_DATABASE (moviestore_bench),
-# BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379), HISTORY_CYCLES
+# BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379), REBUILD (0 skips
+# the rebuild benchmark), REBUILD_MOVIES (111111: 1,000,009 events; 1000 when SMOKE), HISTORY_CYCLES
 # (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (200
 # measured cycles on it and as many on a fresh movie).
 set -euo pipefail
@@ -25,12 +26,14 @@ if [ -n "${SMOKE:-}" ]; then
   redis_requests=20000
   history_cycles=${HISTORY_CYCLES:-25}
   history_samples=${HISTORY_SAMPLES:-10}
+  rebuild_movies=${REBUILD_MOVIES:-1000}
 else
   movies=${MOVIES:-100000}
   secs=${DURATION:-20}
   redis_requests=500000
   history_cycles=${HISTORY_CYCLES:-5000}
   history_samples=${HISTORY_SAMPLES:-200}
+  rebuild_movies=${REBUILD_MOVIES:-111111}
 fi
 conns=${CONNECTIONS:-64}
 account_conns=${ACCOUNT_CONNECTIONS:-8}
@@ -254,6 +257,17 @@ for name in details browse browse-rate rent accounts mixed commands history; do
   awk -F'\t' 'NR > 1 && $1 !~ /^(count:|elapsed)/ && $1 != "total" {
     printf "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }' "$f"
 done
+
+# The rebuild: its own scratch database with a synthetic log of rebuild_movies x 4 rent → return
+# cycles (1,000,009 events by default), every read model rebuilt beside the raw read of that log.
+# The serve process is stopped first so it does not share the cores.
+kill "$serve_pid" 2>/dev/null || true
+if [ "${REBUILD:-1}" != 0 ]; then
+  log "rebuild: $rebuild_movies movies x 4 cycles"
+  echo
+  echo "## Rebuild"
+  bench/rebuild.sh "$rebuild_movies" 4 || failed+=(rebuild)
+fi
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo
