@@ -16,7 +16,10 @@
 # BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379), REBUILD (0 skips
 # the rebuild benchmark), REBUILD_MOVIES (111111: 1,000,009 events; 1000 when SMOKE), HISTORY_CYCLES
 # (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (200
-# measured cycles on it and as many on a fresh movie).
+# measured cycles on it and as many on a fresh movie),
+# HOLD_CONNECTIONS (1000, 200 with SMOKE): idle keep-alive connections held open while serve's
+# memory is read (needs a file-descriptor limit above that: `ulimit -n`, raised here up to the hard
+# limit when too low).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +45,12 @@ base=${BENCH_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 redis_host=${REDIS_HOST:-127.0.0.1}
 redis_port=${REDIS_PORT:-6379}
 db=${BENCH_DATABASE:-moviestore_bench}
+if [ -n "${SMOKE:-}" ]; then hold_conns=${HOLD_CONNECTIONS:-200}; else hold_conns=${HOLD_CONNECTIONS:-1000}; fi
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((hold_conns + 256)) ]; then
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((hold_conns + 256)) ] ||
+    { echo "ulimit -n is $(ulimit -n): too low to hold $hold_conns connections" >&2; exit 1; }
+fi
 prefix=${BENCH_REDIS_PREFIX:-moviestore-bench:}
 
 export DATABASE_URL="$base/$db"
@@ -129,6 +138,10 @@ caught_up
 events=$(psql -tA "$DATABASE_URL" -c "select count(*) from events")
 log "seeded and projected $events events in $(awk -v a="$seed_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 
+# hold prints: connections, VmRSS KiB, VmHWM KiB, threads (of serve, read from /proc/PID/status).
+log "serve memory at $hold_conns held keep-alive connections, after seeding"
+mem_seeded=$(target/release/hold --base "$api" --connections "$hold_conns" --pid "$serve_pid")
+
 log "limit: pgbench appends, $conns clients, $secs s"
 psql -q "$DATABASE_URL" -c "drop table if exists bench_append" \
   -c "create table bench_append (like events including defaults including identity including indexes)"
@@ -189,6 +202,9 @@ log "scenario history: $history_cycles rent → return cycles on one movie, then
 $loadgen --base "$api" --scenario history --connections 1 --history-cycles "$history_cycles" \
   --samples "$history_samples" --tsv "$out/history.tsv" || failed+=(history)
 rss_kib=$(ps -o rss= -p "$serve_pid" | tr -d ' ')
+log "serve memory at $hold_conns held keep-alive connections, after the scenarios"
+mem_after=$(target/release/hold --base "$api" --connections "$hold_conns" --pid "$serve_pid")
+mb() { awk -v k="$(echo "$1" | cut -f "$2")" 'BEGIN { if (k == "") print "-"; else printf "%.1f MB", k / 1024 }'; }
 # lag_ms PROJECTION COLUMN: p50_ms or p99_ms of a projection's commit lag in the commands scenario.
 lag_ms() { awk -F'\t' -v p="$1" -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next } $1 == p { print $c[col] }' "$out/lag.tsv"; }
 lag_row() { echo "| commit → $1 commit lag p50 / p99 (commands) | $(ms "$(lag_ms "$1" p50_ms)") / $(ms "$(lag_ms "$1" p99_ms)") | | | p99 < 50 ms |"; }
@@ -229,6 +245,9 @@ echo "| rent → return → pay cycles/s | $(num "$(field "$out/rent.tsv" count:
 echo "| return answered → payment accepted, p50 / p99 (rent) | $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p50_ms)") / $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p99_ms)") | | | |"
 echo "| cache hits / details reads (details) | $(field "$out/details.tsv" 'count:cache hits' requests) / $(field "$out/details.tsv" total requests) | | | |"
 echo "| serve RSS after the run | $(awk -v k="$rss_kib" 'BEGIN { printf "%.1f MB", k / 1024 }') | | | < 64 MB at 1k connections |"
+echo "| serve RSS at $hold_conns held connections, after seeding ($(echo "$mem_seeded" | cut -f 4) threads) | $(mb "$mem_seeded" 2) | | | < 64 MB at 1k connections |"
+echo "| serve RSS at $hold_conns held connections, after the scenarios ($(echo "$mem_after" | cut -f 4) threads) | $(mb "$mem_after" 2) | | | < 64 MB at 1k connections |"
+echo "| serve peak RSS (VmHWM) after the scenarios | $(mb "$mem_after" 3) | | | |"
 echo
 echo "Limits: pgbench one-row appends $(num "$append_tps") tx/s; pgbench index lookups $(num "$select_tps") tx/s;"
 echo "redis-benchmark GET $(num "$redis_rps") req/s; bare axum + Redis GET $(num "$bare_rps") req/s (all at $conns clients)."

@@ -24,6 +24,41 @@ pub struct Config {
     /// `MOVIESTORE_PROJECTORS`: whether `serve` also advances the projections (`on`, the
     /// default) or only answers HTTP (`off`, when `worker` processes do it).
     pub run_projectors: bool,
+    /// The async runtime's thread counts.
+    pub runtime: RuntimeConfig,
+}
+
+/// Thread counts of the tokio runtime, chosen on purpose rather than left to tokio's defaults
+/// (its blocking pool may grow to 512 threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `MOVIESTORE_WORKER_THREADS`: threads running async tasks (default: the cores).
+    pub worker_threads: usize,
+    /// `MOVIESTORE_MAX_BLOCKING_THREADS`: most threads of the blocking pool (password hashing
+    /// and blocking file or DNS calls).
+    pub max_blocking_threads: usize,
+}
+
+/// The default of `MOVIESTORE_MAX_BLOCKING_THREADS`.
+pub const DEFAULT_MAX_BLOCKING_THREADS: usize = 16;
+
+/// The cores this process may use (1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl RuntimeConfig {
+    /// Reads the settings through `lookup` (the environment in [`Config::load`]).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            worker_threads: parsed_from(lookup, "MOVIESTORE_WORKER_THREADS", cores())?,
+            max_blocking_threads: parsed_from(
+                lookup,
+                "MOVIESTORE_MAX_BLOCKING_THREADS",
+                DEFAULT_MAX_BLOCKING_THREADS,
+            )?,
+        })
+    }
 }
 
 /// HTTP listener settings.
@@ -85,6 +120,14 @@ pub struct AuthConfig {
     pub login_max_failures: i64,
     /// The window they are counted in.
     pub login_window: Duration,
+    /// `MOVIESTORE_HASH_CONCURRENCY`: password hashes computed at once (default: the cores);
+    /// more logins wait their turn, so at most this many argon2 memory blocks exist at a time.
+    pub hash_concurrency: usize,
+}
+
+/// Reads `MOVIESTORE_HASH_CONCURRENCY` through `lookup`.
+pub fn hash_concurrency_from(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<usize> {
+    parsed_from(lookup, "MOVIESTORE_HASH_CONCURRENCY", cores())
 }
 
 /// Argon2id cost parameters.
@@ -135,7 +178,18 @@ fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    match var(name) {
+    parsed_from(&var, name, default)
+}
+
+fn parsed_from<T: std::str::FromStr>(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match lookup(name).filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
         Some(raw) => raw.trim().parse().map_err(|e| anyhow::anyhow!("{name}={raw:?} is not valid: {e}")),
     }
@@ -184,6 +238,7 @@ impl Config {
                 },
                 login_max_failures: 10,
                 login_window: Duration::from_secs(5 * 60),
+                hash_concurrency: hash_concurrency_from(&var)?,
             },
             log: LogConfig {
                 filter: var("RUST_LOG").unwrap_or_else(|| DEFAULT_LOG_FILTER.into()),
@@ -198,6 +253,7 @@ impl Config {
                 Some("off") | Some("false") => false,
                 Some(other) => bail!("MOVIESTORE_PROJECTORS={other:?} is not valid: use on or off"),
             },
+            runtime: RuntimeConfig::from_lookup(&var)?,
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
                 Some(raw) => {
@@ -228,11 +284,108 @@ impl Config {
         if a.memory_kib < 8 * a.parallelism.max(1) || a.iterations == 0 || a.parallelism == 0 {
             bail!("MOVIESTORE_ARGON2_* parameters are out of range");
         }
+        if self.auth.hash_concurrency == 0 {
+            bail!("MOVIESTORE_HASH_CONCURRENCY must be at least 1");
+        }
+        if self.runtime.worker_threads == 0 {
+            bail!("MOVIESTORE_WORKER_THREADS must be at least 1");
+        }
+        if self.runtime.max_blocking_threads < self.auth.hash_concurrency {
+            bail!("MOVIESTORE_MAX_BLOCKING_THREADS must be at least MOVIESTORE_HASH_CONCURRENCY");
+        }
         if let Some((user, _)) = &self.bootstrap_admin {
             if user.trim().is_empty() {
                 bail!("MOVIESTORE_ADMIN must be username:password");
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn runtime_sizes_default_to_the_cores_and_a_small_blocking_pool() {
+        let runtime = RuntimeConfig::from_lookup(&env(&[])).unwrap();
+        assert_eq!(runtime.worker_threads, cores());
+        assert_eq!(runtime.max_blocking_threads, DEFAULT_MAX_BLOCKING_THREADS);
+        assert_eq!(hash_concurrency_from(&env(&[])).unwrap(), cores());
+    }
+
+    #[test]
+    fn runtime_sizes_and_hash_concurrency_are_read_from_their_variables() {
+        let lookup = env(&[
+            ("MOVIESTORE_WORKER_THREADS", "3"),
+            ("MOVIESTORE_MAX_BLOCKING_THREADS", " 5 "),
+            ("MOVIESTORE_HASH_CONCURRENCY", "4"),
+        ]);
+        let runtime = RuntimeConfig::from_lookup(&lookup).unwrap();
+        assert_eq!(runtime, RuntimeConfig { worker_threads: 3, max_blocking_threads: 5 });
+        assert_eq!(hash_concurrency_from(&lookup).unwrap(), 4);
+    }
+
+    #[test]
+    fn a_malformed_size_names_its_variable() {
+        let error = RuntimeConfig::from_lookup(&env(&[("MOVIESTORE_WORKER_THREADS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("MOVIESTORE_WORKER_THREADS"), "{error}");
+        let error =
+            hash_concurrency_from(&env(&[("MOVIESTORE_HASH_CONCURRENCY", "-1")])).unwrap_err().to_string();
+        assert!(error.contains("MOVIESTORE_HASH_CONCURRENCY"), "{error}");
+    }
+
+    fn valid() -> Config {
+        Config {
+            http: HttpConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                request_timeout: Duration::from_secs(10),
+                max_body_bytes: 1024,
+                shutdown_grace: Duration::from_secs(1),
+                rate_limit: RateLimit { per_second: 0, burst: 0 },
+                max_concurrent_requests: 0,
+            },
+            database: DatabaseConfig {
+                url: "postgres://localhost/x".to_string().into(),
+                max_connections: 1,
+                acquire_timeout: Duration::from_secs(1),
+                run_migrations: false,
+            },
+            redis: RedisConfig { url: "redis://localhost".to_string().into(), key_prefix: "t:".into() },
+            auth: AuthConfig {
+                token_ttl: Duration::from_secs(60),
+                argon2: Argon2Params::default(),
+                login_max_failures: 1,
+                login_window: Duration::from_secs(1),
+                hash_concurrency: 2,
+            },
+            log: LogConfig { filter: DEFAULT_LOG_FILTER.into(), format: LogFormat::Pretty },
+            bootstrap_admin: None,
+            run_projectors: true,
+            runtime: RuntimeConfig { worker_threads: 2, max_blocking_threads: 2 },
+        }
+    }
+
+    #[test]
+    fn zero_sizes_and_a_blocking_pool_smaller_than_the_hash_bound_are_rejected() {
+        assert!(valid().validate().is_ok());
+        let mut c = valid();
+        c.auth.hash_concurrency = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("MOVIESTORE_HASH_CONCURRENCY"));
+        let mut c = valid();
+        c.runtime.worker_threads = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("MOVIESTORE_WORKER_THREADS"));
+        let mut c = valid();
+        c.auth.hash_concurrency = 3;
+        assert!(c.validate().unwrap_err().to_string().contains("MOVIESTORE_MAX_BLOCKING_THREADS"));
     }
 }

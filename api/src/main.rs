@@ -1,11 +1,22 @@
-//! `moviestore`: load the configuration, set up logging, run the sub-command.
+//! `moviestore`: load the configuration, set up logging, build the runtime with the configured
+//! thread counts, run the sub-command.
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// mimalloc instead of the system allocator: with glibc's malloc, the 19 MiB argon2 blocks of
+/// password hashing stay resident after they are freed (1.6 GB after ten seconds of logins in
+/// our measurements); mimalloc gives freed memory back to the system (README, "Decisions").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
     let cli = api::cli::Cli::parse();
     let config = api::config::Config::load()?;
     api::telemetry::init(&config.log);
-    api::cli::run(cli, config).await
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.worker_threads)
+        .max_blocking_threads(config.runtime.max_blocking_threads)
+        .enable_all()
+        .build()?
+        .block_on(api::cli::run(cli, config))
 }

@@ -129,7 +129,11 @@ pub struct Accounts {
 impl Accounts {
     /// The service over a pool.
     pub fn new(pool: PgPool, config: &AuthConfig) -> Self {
-        Self { pool, passwords: Passwords::new(config.argon2), config: Arc::new(config.clone()) }
+        Self {
+            pool,
+            passwords: Passwords::new(config.argon2, config.hash_concurrency),
+            config: Arc::new(config.clone()),
+        }
     }
 
     /// Creates an account; `password` is hashed with argon2id off the async threads.
