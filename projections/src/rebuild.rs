@@ -255,9 +255,10 @@ async fn fill_shadows(
     if !replays.is_empty() {
         let members = in_memory.clone();
         // Read as far as the furthest member needs (to the horizon if any member does).
-        let read_until = members.iter().map(|&i| untils[i]).try_fold(Checkpoint::default(), |far, until| {
-            until.map(|until| far.max(until))
-        });
+        let read_until = members
+            .iter()
+            .map(|&i| untils[i])
+            .try_fold(Checkpoint::default(), |far, until| until.map(|until| far.max(until)));
         let folded = replay_together(pool, replays, untils, read_until, total, progress).await?;
         let mut writers = tokio::task::JoinSet::new();
         for (i, (mut replay, at, events, fold_ms)) in members.into_iter().zip(folded) {
@@ -292,7 +293,8 @@ async fn fill_shadows(
         loop {
             let mut tx = pool.begin().await?;
             let (next, n) =
-                replay_into(&mut tx, projection.as_ref(), &schema, filled[i].at, untils[i], REPLAY_BATCH).await?;
+                replay_into(&mut tx, projection.as_ref(), &schema, filled[i].at, untils[i], REPLAY_BATCH)
+                    .await?;
             tx.commit().await?;
             filled[i].at = next;
             filled[i].events += n;
@@ -361,7 +363,9 @@ async fn fold(
     while let Some(events) = batches.recv().await {
         // The log comes in checkpoint order, so the events to keep are a prefix.
         let keep = match until {
-            Some(until) => events.partition_point(|e| Checkpoint { xid: e.xid, position: e.position } <= until),
+            Some(until) => {
+                events.partition_point(|e| Checkpoint { xid: e.xid, position: e.position } <= until)
+            }
             None => events.len(),
         };
         let Some(last) = events[..keep].last() else { continue };
@@ -441,7 +445,8 @@ pub async fn rebuild_many(
         let mut tx = pool.begin().await?;
         sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
         loop {
-            let (next, n) = replay_into(&mut tx, projection.as_ref(), &schema, at, None, REPLAY_BATCH).await?;
+            let (next, n) =
+                replay_into(&mut tx, projection.as_ref(), &schema, at, None, REPLAY_BATCH).await?;
             at = next;
             events += n;
             if n < REPLAY_BATCH as u64 {
@@ -524,7 +529,9 @@ pub async fn verify_many(
         let mut diffs = Vec::new();
         for table in projection.tables() {
             let count = |a: &str, b: &str| {
-                format!("select count(*) from (select * from {a}.{table} except all select * from {b}.{table}) d")
+                format!(
+                    "select count(*) from (select * from {a}.{table} except all select * from {b}.{table}) d"
+                )
             };
             let only_live: i64 = sqlx::query_scalar(&count("read", &schema)).fetch_one(&mut *tx).await?;
             let only_replayed: i64 = sqlx::query_scalar(&count(&schema, "read")).fetch_one(&mut *tx).await?;

@@ -927,6 +927,8 @@ async fn a_failing_lane_keeps_the_checkpoint_while_the_other_lanes_commands_stan
     assert_eq!(rental_stream(&pool, broken).await.len(), 1, "only the other opening");
     assert_eq!(settled, 3 * 11 + 1);
     assert_eq!(w.count(rental_events).await, settled);
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn listings_page_alike_whether_matches_are_common_or_rare(pool: PgPool) {
     // Arrange: 130 movies; "common" in every third storyline, "rare" in two, a category on every
@@ -940,7 +942,8 @@ async fn listings_page_alike_whether_matches_are_common_or_rare(pool: PgPool) {
         let common = if n % 3 == 0 { " common" } else { "" };
         let rare = if n == 3 || n == 121 { " rare" } else { "" };
         let categories = if n % 5 == 0 { vec![cat] } else { vec![other] };
-        let id = w.add_movie(&format!("Title {n:03}"), &format!("story{common}{rare}"), None, &categories).await;
+        let id =
+            w.add_movie(&format!("Title {n:03}"), &format!("story{common}{rare}"), None, &categories).await;
         movies.push((n, id));
     }
     w.catch_up_all().await;

@@ -126,11 +126,18 @@ impl<'de> serde::de::VariantAccess<'de> for Fields<'de> {
         serde::Deserialize::deserialize(self.0)
     }
 
-    fn newtype_variant_seed<S: serde::de::DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, Self::Error> {
+    fn newtype_variant_seed<S: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, Self::Error> {
         seed.deserialize(self.0)
     }
 
-    fn tuple_variant<V: serde::de::Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Self::Error> {
+    fn tuple_variant<V: serde::de::Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         serde::Deserializer::deserialize_seq(self.0, visitor)
     }
 
@@ -178,10 +185,16 @@ mod tests {
     fn decoding_in_place_agrees_with_decoding_a_tagged_copy() {
         let rental_id = Uuid::now_v7();
         let stored = [
-            ("MovieRented", serde_json::json!({"rental_id": rental_id, "customer_id": Uuid::now_v7(), "rented_at": chrono::Utc::now()})),
+            (
+                "MovieRented",
+                serde_json::json!({"rental_id": rental_id, "customer_id": Uuid::now_v7(), "rented_at": chrono::Utc::now()}),
+            ),
             ("MovieRetired", serde_json::json!({})),
             ("MovieRented", serde_json::json!({"rental_id": rental_id})),
-            ("MovieRented", serde_json::json!({"rental_id": "not a uuid", "customer_id": Uuid::now_v7(), "rented_at": chrono::Utc::now()})),
+            (
+                "MovieRented",
+                serde_json::json!({"rental_id": "not a uuid", "customer_id": Uuid::now_v7(), "rented_at": chrono::Utc::now()}),
+            ),
             ("NoSuchEvent", serde_json::json!({})),
             ("MovieRetired", serde_json::json!(7)),
         ];
@@ -197,7 +210,12 @@ mod tests {
         }
         assert!(decode_event::<MovieEvent>("MovieRetired", "1.0", &serde_json::json!({})).is_ok());
         assert!(decode_event::<MovieEvent>("NoSuchEvent", "1.0", &serde_json::json!({})).is_err());
-        assert!(decode_event::<MovieEvent>("MovieRented", "1.0", &serde_json::json!({"rental_id": rental_id})).is_err());
+        assert!(decode_event::<MovieEvent>(
+            "MovieRented",
+            "1.0",
+            &serde_json::json!({"rental_id": rental_id})
+        )
+        .is_err());
     }
 
     #[test]
