@@ -203,6 +203,16 @@ async fn every_endpoint_answers_each_kind_of_caller_as_the_contract_says(pool: P
     let category = app.category("Drama").await;
     let movie = app.movie("Heat", &[category]).await;
     let rental = app.rent(movie, &owner).await;
+    // The read models are eventually consistent, and the projectors' horizon is held back by other
+    // tests' transactions: wait until both show the movie and the rental, so that the rows below
+    // test authorization and not projection lag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for path in [format!("/api/v1/movies/{movie}"), format!("/api/v1/rentals/{rental}")] {
+        while app.get(&path, Some(&owner)).await.status() != StatusCode::OK {
+            assert!(std::time::Instant::now() < deadline, "{path} never became readable");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     let unknown = Uuid::now_v7();
     let tokens =
         [None, Some(owner.clone()), Some(other.clone()), Some(auditor), Some(analyst), Some(admin.clone())];
