@@ -74,6 +74,14 @@ impl App {
         let Self { listener, state } = self;
         let grace = state.config.http.shutdown_grace;
         let pool = state.db.clone();
+        if state.config.run_projectors {
+            // Every projection has its checkpoint row before the first request is served, so
+            // `/ready` lists them all from the start (the engine's task makes sure again).
+            let names: Vec<&str> = state.engine.projections().iter().map(|p| p.name()).collect();
+            if let Err(error) = projections::engine::ensure_checkpoints(&pool, &names).await {
+                tracing::warn!(%error, "could not create the projections' checkpoints yet");
+            }
+        }
         let projectors =
             state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
         let purge = tokio::spawn(crate::idempotency::purge_periodically(pool.clone(), shutdown.clone()));
