@@ -400,16 +400,7 @@ impl Worker {
         let Some(movie) = self.movie.clone() else { return false };
         let api = self.shared.api.clone();
         let token = self.token.clone();
-        let rent = format!("{api}/movies/{movie}/rent");
-        let Some(rented) =
-            self.call(RENT, Method::POST, &rent, Some(&token), None, &[StatusCode::CREATED]).await
-        else {
-            return true;
-        };
-        let Ok(rental) = str_field(&rented.body, "rental_id") else {
-            self.fail(RENT, "no rental_id in the answer");
-            return true;
-        };
+        let Some(rental) = self.rent(&api, &movie, &token).await else { return true };
         let back = format!("{api}/rentals/{rental}/return");
         if self.call(RETURN, Method::POST, &back, Some(&token), None, &[StatusCode::OK]).await.is_none() {
             return true;
@@ -468,6 +459,19 @@ impl Worker {
         }
     }
 
+    /// Rents `movie`; the new rental's id, or `None` once the failure is recorded.
+    async fn rent(&mut self, api: &str, movie: &str, token: &str) -> Option<String> {
+        let rent = format!("{api}/movies/{movie}/rent");
+        let rented = self.call(RENT, Method::POST, &rent, Some(token), None, &[StatusCode::CREATED]).await?;
+        match str_field(&rented.body, "rental_id") {
+            Ok(rental) => Some(rental),
+            Err(_) => {
+                self.fail(RENT, "no rental_id in the answer");
+                None
+            }
+        }
+    }
+
     /// Rent and return the worker's own movie without waiting for the charge, then pay the oldest
     /// rental of the earlier cycles once: accepted, it is done; `charge-pending`, it waits for the
     /// next cycle. Each of the three counts as a command when accepted.
@@ -479,16 +483,7 @@ impl Worker {
         let Some(movie) = self.movie.clone() else { return false };
         let api = self.shared.api.clone();
         let token = self.token.clone();
-        let rent = format!("{api}/movies/{movie}/rent");
-        let Some(rented) =
-            self.call(RENT, Method::POST, &rent, Some(&token), None, &[StatusCode::CREATED]).await
-        else {
-            return true;
-        };
-        let Ok(rental) = str_field(&rented.body, "rental_id") else {
-            self.fail(RENT, "no rental_id in the answer");
-            return true;
-        };
+        let Some(rental) = self.rent(&api, &movie, &token).await else { return true };
         self.commands(1);
         let back = format!("{api}/rentals/{rental}/return");
         if self.call(RETURN, Method::POST, &back, Some(&token), None, &[StatusCode::OK]).await.is_none() {
