@@ -123,6 +123,10 @@ pub struct AuthConfig {
     /// `MOVIESTORE_HASH_CONCURRENCY`: password hashes computed at once (default: the cores);
     /// more logins wait their turn, so at most this many argon2 memory blocks exist at a time.
     pub hash_concurrency: usize,
+    /// `MOVIESTORE_TOKEN_CACHE_SIZE`: tokens `serve` keeps in memory after authenticating them
+    /// (0: every request looks its token up in PostgreSQL). Revocations reach every process's
+    /// cache before they answer (see `accounts::TokenCache`).
+    pub token_cache_size: usize,
 }
 
 /// Reads `MOVIESTORE_HASH_CONCURRENCY` through `lookup`.
@@ -239,6 +243,10 @@ impl Config {
                 login_max_failures: 10,
                 login_window: Duration::from_secs(5 * 60),
                 hash_concurrency: hash_concurrency_from(&var)?,
+                token_cache_size: parsed(
+                    "MOVIESTORE_TOKEN_CACHE_SIZE",
+                    crate::accounts::token_cache::DEFAULT_CAPACITY,
+                )?,
             },
             log: LogConfig {
                 filter: var("RUST_LOG").unwrap_or_else(|| DEFAULT_LOG_FILTER.into()),
@@ -367,6 +375,7 @@ mod tests {
                 login_max_failures: 1,
                 login_window: Duration::from_secs(1),
                 hash_concurrency: 2,
+                token_cache_size: 10,
             },
             log: LogConfig { filter: DEFAULT_LOG_FILTER.into(), format: LogFormat::Pretty },
             bootstrap_admin: None,

@@ -49,6 +49,15 @@ fn describe() {
     describe_counter!("command_conflicts_total", "concurrent appends to the same stream, each retried");
     describe_counter!("cache_hits_total", "movie details served from Redis");
     describe_counter!("cache_misses_total", "movie details not in Redis (or Redis down)");
+    describe_counter!(
+        "token_cache_lookups_total",
+        "bearer tokens looked up in this process's token cache: hit, miss, or off (not a member)"
+    );
+    describe_histogram!(
+        "token_revocation_wait_seconds",
+        Unit::Seconds,
+        "how long a revoking request waited for every caching process to acknowledge"
+    );
     describe_gauge!("projection_position", "the last position a projection has applied");
     describe_gauge!("projection_lag_events", "events a projection has not applied yet");
     describe_gauge!(

@@ -85,6 +85,11 @@ impl App {
         let projectors =
             state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
         let purge = tokio::spawn(crate::idempotency::purge_periodically(pool.clone(), shutdown.clone()));
+        let tokens = tokio::spawn(crate::accounts::keep_membership(
+            pool.clone(),
+            state.accounts.token_cache().clone(),
+            shutdown.clone(),
+        ));
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = shutdown.clone();
         let server =
@@ -101,6 +106,7 @@ impl App {
             }
         }
         let _ = purge.await;
+        let _ = tokens.await;
         pool.close().await;
         Ok(())
     }

@@ -22,3 +22,4 @@ mod production;
 mod read_side;
 mod renting;
 mod resilience;
+mod revocation;

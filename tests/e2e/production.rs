@@ -83,19 +83,6 @@ async fn wait_until_appends_wait(pool: &PgPool, count: i64) {
     }
 }
 
-/// A metric's sample lines that carry every one of these label pairs.
-fn samples<'a>(scrape: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
-    scrape
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .collect()
-}
-
-fn value(sample: &str) -> f64 {
-    sample.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no value in {sample}"))
-}
-
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn the_metrics_scrape_shows_requests_latencies_commands_cache_projections_and_the_pool(pool: PgPool) {
     // Arrange

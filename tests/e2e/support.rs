@@ -480,3 +480,17 @@ pub async fn cli_status(database_url: &str, args: &[&str]) -> (i32, String) {
     let code = output.status.code().unwrap_or_else(|| panic!("moviestore {args:?} was killed: {text}"));
     (code, text)
 }
+
+/// A metric's sample lines that carry every one of these label pairs.
+pub fn samples<'a>(scrape: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str> {
+    scrape
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .collect()
+}
+
+/// The value of one sample line.
+pub fn value(sample: &str) -> f64 {
+    sample.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no value in {sample}"))
+}

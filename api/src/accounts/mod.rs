@@ -5,6 +5,7 @@
 mod password;
 mod store;
 mod token;
+pub mod token_cache;
 mod validation;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 
 pub use password::Passwords;
 pub use store::Erased;
+pub use token_cache::{keep_membership, TokenCache};
 pub use validation::{validate_email, validate_password, validate_username};
 
 use crate::config::AuthConfig;
@@ -124,6 +126,7 @@ pub struct Accounts {
     pool: PgPool,
     passwords: Passwords,
     config: Arc<AuthConfig>,
+    tokens: TokenCache,
 }
 
 impl Accounts {
@@ -133,7 +136,20 @@ impl Accounts {
             pool,
             passwords: Passwords::new(config.argon2, config.hash_concurrency),
             config: Arc::new(config.clone()),
+            tokens: TokenCache::new(config.token_cache_size),
         }
+    }
+
+    /// The token cache, which serves once [`keep_membership`] runs with it.
+    pub fn token_cache(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// After the commit of a revocation of `user_id`'s tokens: drops them here at once, then waits
+    /// until every other caching process has dropped them too.
+    async fn revoked(&self, user_id: Uuid, counter: i64) -> Result<(), sqlx::Error> {
+        self.tokens.revoke(user_id);
+        token_cache::wait_until_acknowledged(&self.pool, counter).await
     }
 
     /// Creates an account; `password` is hashed with argon2id off the async threads.
@@ -157,13 +173,24 @@ impl Accounts {
         Ok(IssuedToken { token, expires_at })
     }
 
-    /// The account a token belongs to, if the token is valid, with the token's digest.
+    /// The account a token belongs to, if the token is valid, with the token's digest: from the
+    /// token cache when it holds the token, else from PostgreSQL (filling the cache).
     pub async fn authenticate(&self, token: &str) -> Result<Option<(User, Vec<u8>)>, sqlx::Error> {
         if token.len() > 256 {
             return Ok(None);
         }
         let digest = token::digest(token);
-        Ok(store::user_by_token(&self.pool, &digest).await?.map(|user| (user, digest)))
+        if let Some(user) = self.tokens.get(&digest) {
+            return Ok(Some((user, digest)));
+        }
+        let ticket = self.tokens.ticket();
+        let Some((user, expires_at)) = store::user_by_token(&self.pool, &digest).await? else {
+            return Ok(None);
+        };
+        if let Some(ticket) = ticket {
+            self.tokens.fill(ticket, digest.clone(), user.clone(), expires_at);
+        }
+        Ok(Some((user, digest)))
     }
 
     /// Checks credentials. Unknown usernames are verified against a dummy hash so both failures
@@ -214,9 +241,12 @@ impl Accounts {
         }
     }
 
-    /// Revokes one token.
+    /// Revokes one token, in every process, before answering.
     pub async fn logout(&self, token_hash: &[u8]) -> Result<(), sqlx::Error> {
-        store::delete_token(&self.pool, token_hash).await
+        match store::delete_token(&self.pool, token_hash).await? {
+            Some((user_id, counter)) => self.revoked(user_id, counter).await,
+            None => Ok(()),
+        }
     }
 
     /// Whether `password` is the account's current password.
@@ -239,13 +269,18 @@ impl Accounts {
             return Ok(false);
         }
         let hash = self.passwords.hash(new).await?;
-        store::replace_password(&self.pool, user_id, &hash, keep_token).await?;
+        let counter = store::replace_password(&self.pool, user_id, &hash, keep_token).await?;
+        self.revoked(user_id, counter).await?;
         Ok(true)
     }
 
     /// Changes an account's role; `None` if there is no such account.
     pub async fn set_role(&self, user_id: Uuid, role: Role) -> Result<Option<User>, sqlx::Error> {
-        store::set_role(&self.pool, user_id, role).await
+        let Some((user, counter)) = store::set_role(&self.pool, user_id, role).await? else {
+            return Ok(None);
+        };
+        self.revoked(user_id, counter).await?;
+        Ok(Some(user))
     }
 
     /// An account by id.
@@ -257,7 +292,11 @@ impl Accounts {
     /// account id stays, so the event history, which holds ids only, still refers to it.
     /// `None` when no account has that username.
     pub async fn erase(&self, username: &str) -> Result<Option<Erased>, sqlx::Error> {
-        store::erase_user(&self.pool, &username.to_lowercase()).await
+        let erased = store::erase_user(&self.pool, &username.to_lowercase()).await?;
+        if let Some(erased) = &erased {
+            self.revoked(erased.user_id, erased.revocation).await?;
+        }
+        Ok(erased)
     }
 
     /// Creates the bootstrap admin unless an account with that username exists.

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::token_cache::announce;
 use super::{CreateError, Role, User};
 
 const USER_COLUMNS: &str = "user_id, username, email, role, created_at";
@@ -51,15 +52,26 @@ pub(super) async fn insert_token(
     Ok(())
 }
 
-pub(super) async fn user_by_token(pool: &PgPool, token_hash: &[u8]) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as(
-        "select u.user_id, u.username, u.email, u.role, u.created_at
+/// The account a live token belongs to, with the token's expiry.
+pub(super) async fn user_by_token(
+    pool: &PgPool,
+    token_hash: &[u8],
+) -> Result<Option<(User, DateTime<Utc>)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        user: User,
+        expires_at: DateTime<Utc>,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "select u.user_id, u.username, u.email, u.role, u.created_at, t.expires_at
            from tokens t join users u on u.user_id = t.user_id
           where t.token_hash = $1 and t.expires_at > now()",
     )
     .bind(token_hash)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(row.map(|row| (row.user, row.expires_at)))
 }
 
 pub(super) async fn user_by_id(pool: &PgPool, user_id: Uuid) -> Result<Option<User>, sqlx::Error> {
@@ -95,13 +107,14 @@ pub(super) async fn set_password_hash(pool: &PgPool, user_id: Uuid, hash: &str) 
     Ok(())
 }
 
-/// Sets the new hash and revokes every token of the account but `keep_token`, atomically.
+/// Sets the new hash and revokes every token of the account but `keep_token`, atomically; returns
+/// the revocation's counter.
 pub(super) async fn replace_password(
     pool: &PgPool,
     user_id: Uuid,
     hash: &str,
     keep_token: &[u8],
-) -> Result<(), sqlx::Error> {
+) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("update users set password_hash = $2 where user_id = $1")
         .bind(user_id)
@@ -113,20 +126,47 @@ pub(super) async fn replace_password(
         .bind(keep_token)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    let counter = announce(&mut tx, user_id).await?;
+    tx.commit().await?;
+    Ok(counter)
 }
 
-pub(super) async fn delete_token(pool: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from tokens where token_hash = $1").bind(token_hash).execute(pool).await?;
-    Ok(())
+/// Revokes one token; returns its account and the revocation's counter, `None` when there was no
+/// such token.
+pub(super) async fn delete_token(
+    pool: &PgPool,
+    token_hash: &[u8],
+) -> Result<Option<(Uuid, i64)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("delete from tokens where token_hash = $1 returning user_id")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(user_id) = owner else { return Ok(None) };
+    let counter = announce(&mut tx, user_id).await?;
+    tx.commit().await?;
+    Ok(Some((user_id, counter)))
 }
 
-pub(super) async fn set_role(pool: &PgPool, user_id: Uuid, role: Role) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as(&format!("update users set role = $2 where user_id = $1 returning {USER_COLUMNS}"))
-        .bind(user_id)
-        .bind(role)
-        .fetch_optional(pool)
-        .await
+/// Changes an account's role (what its tokens stand for); returns the account and the
+/// revocation's counter, `None` when there is no such account.
+pub(super) async fn set_role(
+    pool: &PgPool,
+    user_id: Uuid,
+    role: Role,
+) -> Result<Option<(User, i64)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let user: Option<User> =
+        sqlx::query_as(&format!("update users set role = $2 where user_id = $1 returning {USER_COLUMNS}"))
+            .bind(user_id)
+            .bind(role)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(user) = user else { return Ok(None) };
+    let counter = announce(&mut tx, user_id).await?;
+    tx.commit().await?;
+    Ok(Some((user, counter)))
 }
 
 /// Failures counted in the throttle's window.
@@ -197,6 +237,8 @@ pub struct Erased {
     pub tokens_revoked: u64,
     /// Login failures recorded for the old username, deleted.
     pub login_failures_deleted: u64,
+    /// The revocation's counter.
+    pub(super) revocation: i64,
 }
 
 /// Replaces the username with a tombstone that names only the account id (`:` is not allowed in
@@ -227,6 +269,7 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    let revocation = announce(&mut tx, user_id).await?;
     tx.commit().await?;
-    Ok(Some(Erased { user_id, tombstone, tokens_revoked, login_failures_deleted }))
+    Ok(Some(Erased { user_id, tombstone, tokens_revoked, login_failures_deleted, revocation }))
 }
