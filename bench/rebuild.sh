@@ -14,8 +14,14 @@ export RUST_LOG=error
 export PGOPTIONS="-c client_min_messages=warning"
 trap 'psql -q "$base/postgres" -c "drop database if exists $db" || true' EXIT
 
-cargo build --release -q -p api
-bin=target/release/moviestore
+# BENCH_PROFILE=dev: the debug build (for a smoke run; figures need the default, release).
+if [ "${BENCH_PROFILE:-release}" = release ]; then
+  cargo build --release -q -p api
+  bin=target/release/moviestore
+else
+  cargo build -q -p api
+  bin=target/debug/moviestore
+fi
 
 psql -q "$base/postgres" -c "drop database if exists $db" -c "create database $db"
 $bin migrate >/dev/null

@@ -3,6 +3,7 @@
 #
 #   bench/run.sh             MOVIES=100000 movies, DURATION=20 s per measurement, CONNECTIONS=64
 #   SMOKE=1 bench/run.sh     50 movies, 2 s per measurement: checks that everything runs
+#   SMOKE=1 BENCH_PROFILE=dev bench/run.sh   the same with the debug build (what CI runs)
 #
 # Makes a scratch database (moviestore_bench, dropped and created), seeds it, starts
 # `moviestore serve` without rate or concurrency limits, measures the limits (pgbench appends of
@@ -39,6 +40,10 @@ else
   rebuild_movies=${REBUILD_MOVIES:-111111}
 fi
 conns=${CONNECTIONS:-64}
+# BENCH_PROFILE=dev runs unoptimised binaries (CI's smoke run reuses the test build); figures
+# are only meaningful with the default, release.
+profile=${BENCH_PROFILE:-release}
+export BENCH_PROFILE=$profile
 account_conns=${ACCOUNT_CONNECTIONS:-8}
 browse_rate=${BROWSE_RATE:-500}
 base=${BENCH_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
@@ -105,10 +110,16 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
 num() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.0f", a }'; }
 ms() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.2f ms", a }'; }
 
-log "building"
-cargo build --release -q -p api -p moviestore-bench
-bin=target/release/moviestore
-loadgen=target/release/loadgen
+log "building ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release -q -p api -p moviestore-bench
+  bins=target/release
+else
+  cargo build -q -p api -p moviestore-bench
+  bins=target/debug
+fi
+bin=$bins/moviestore
+loadgen=$bins/loadgen
 
 log "scratch database $db, Redis prefix $prefix"
 psql -q "$base/postgres" -c "drop database if exists $db" -c "create database $db"
@@ -140,7 +151,7 @@ log "seeded and projected $events events in $(awk -v a="$seed_start" -v b="$(dat
 
 # hold prints: connections, VmRSS KiB, VmHWM KiB, threads (of serve, read from /proc/PID/status).
 log "serve memory at $hold_conns held keep-alive connections, after seeding"
-mem_seeded=$(target/release/hold --base "$api" --connections "$hold_conns" --pid "$serve_pid")
+mem_seeded=$($bins/hold --base "$api" --connections "$hold_conns" --pid "$serve_pid")
 
 log "limit: pgbench appends, $conns clients, $secs s"
 psql -q "$DATABASE_URL" -c "drop table if exists bench_append" \
@@ -159,7 +170,7 @@ redis_rps=$(redis-benchmark -h "$redis_host" -p "$redis_port" -t get -c "$conns"
   tr '\r' '\n' | awk '/^GET: [0-9]/ { print $2 }' | tail -n 1)
 
 log "limit: bare axum + Redis GET under loadgen, $conns connections, $secs s"
-start bare target/release/bare --addr 127.0.0.1:0 --redis "$REDIS_URL" --key "${prefix}bare"
+start bare $bins/bare --addr 127.0.0.1:0 --redis "$REDIS_URL" --key "${prefix}bare"
 bare_pid=${pids[-1]}
 failed=()
 $loadgen --base "$url" --scenario bare --connections "$conns" --duration "$secs" --tsv "$out/bare.tsv" ||
@@ -192,7 +203,7 @@ scenario commands "$conns"
 window_end=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
 caught_up
 curl -sf "$api/metrics" >"$out/metrics-after.txt"
-target/release/lag "$out/metrics-before.txt" "$out/metrics-after.txt" >"$out/lag.tsv"
+$bins/lag "$out/metrics-before.txt" "$out/metrics-after.txt" >"$out/lag.tsv"
 read -r append_txs window_secs < <(psql -tA -F ' ' "$DATABASE_URL" -c "
   select count(distinct transaction_id), extract(epoch from '$window_end'::timestamptz - '$window_start'::timestamptz)
     from events where recorded_at >= '$window_start' and recorded_at < '$window_end'")
@@ -203,7 +214,7 @@ $loadgen --base "$api" --scenario history --connections 1 --history-cycles "$his
   --samples "$history_samples" --tsv "$out/history.tsv" || failed+=(history)
 rss_kib=$(ps -o rss= -p "$serve_pid" | tr -d ' ')
 log "serve memory at $hold_conns held keep-alive connections, after the scenarios"
-mem_after=$(target/release/hold --base "$api" --connections "$hold_conns" --pid "$serve_pid")
+mem_after=$($bins/hold --base "$api" --connections "$hold_conns" --pid "$serve_pid")
 mb() { awk -v k="$(echo "$1" | cut -f "$2")" 'BEGIN { if (k == "") print "-"; else printf "%.1f MB", k / 1024 }'; }
 # lag_ms PROJECTION COLUMN: p50_ms or p99_ms of a projection's commit lag in the commands scenario.
 lag_ms() { awk -F'\t' -v p="$1" -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next } $1 == p { print $c[col] }' "$out/lag.tsv"; }
