@@ -85,6 +85,7 @@ impl App {
         let projectors =
             state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
         let purge = tokio::spawn(crate::idempotency::purge_periodically(pool.clone(), shutdown.clone()));
+        let upkeep = tokio::spawn(crate::metrics::upkeep_periodically(shutdown.clone()));
         let tokens = tokio::spawn(crate::accounts::keep_membership(
             pool.clone(),
             state.accounts.token_cache().clone(),
@@ -107,6 +108,7 @@ impl App {
         }
         let _ = purge.await;
         let _ = tokens.await;
+        let _ = upkeep.await;
         pool.close().await;
         Ok(())
     }
