@@ -106,6 +106,34 @@ field() {
     $1 == row { print $c[col]; found = 1 }
     END { if (!found) print "" }' "$1"
 }
+# cpu_ticks: CPU time (clock ticks) used so far by PostgreSQL's processes, by serve, by Redis, and
+# the machine's busy and total time, as one line: postgres serve redis busy total.
+cpu_ticks() {
+  local pg=0 srv=0 rds=0 line comm rest
+  for stat in /proc/[0-9]*/stat; do
+    read -r line <"$stat" 2>/dev/null || continue
+    comm=${line#*(}; comm=${comm%%)*}
+    rest=${line##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    case $comm in
+      postgres) pg=$((pg + ${12} + ${13})) ;;
+      moviestore) srv=$((srv + ${12} + ${13})) ;;
+      redis-server) rds=$((rds + ${12} + ${13})) ;;
+    esac
+  done
+  awk -v pg=$pg -v srv=$srv -v rds=$rds '/^cpu / {
+    busy = $2 + $3 + $4 + $7 + $8 + $9; print pg, srv, rds, busy, busy + $5 + $6; exit }' /proc/stat
+}
+# cpu_split BEFORE AFTER: the shares of the machine's time (both cores) over a window.
+cpu_split() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); t = y[5] - x[5]; if (t <= 0) { print "-"; exit }
+    pg = (y[1] - x[1]) / t * 100; srv = (y[2] - x[2]) / t * 100; rds = (y[3] - x[3]) / t * 100
+    busy = (y[4] - x[4]) / t * 100
+    printf "PostgreSQL %.0f%%, serve %.0f%%, Redis %.0f%%, load generator and the rest %.0f%%, idle %.0f%%",
+      pg, srv, rds, busy - pg - srv - rds, 100 - busy }'
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 num() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.0f", a }'; }
 ms() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.2f ms", a }'; }
@@ -183,7 +211,9 @@ scenario() {
   $loadgen --base "$api" --scenario "$name" --connections "$connections" --duration "$secs" \
     --tsv "$out/$name.tsv" || failed+=("$name")
 }
+cpu_before=$(cpu_ticks)
 scenario details "$conns"
+cpu_details=$(cpu_split "$cpu_before" "$(cpu_ticks)")
 scenario browse "$conns"
 log "scenario browse, open loop at $browse_rate req/s, at most $conns connections, $secs s"
 $loadgen --base "$api" --scenario browse --connections "$conns" --duration "$secs" --rate "$browse_rate" \
@@ -199,7 +229,9 @@ scenario mixed "$conns"
 caught_up
 curl -sf "$api/metrics" >"$out/metrics-before.txt"
 window_start=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
+cpu_before=$(cpu_ticks)
 scenario commands "$conns"
+cpu_commands=$(cpu_split "$cpu_before" "$(cpu_ticks)")
 window_end=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
 caught_up
 curl -sf "$api/metrics" >"$out/metrics-after.txt"
@@ -255,6 +287,8 @@ echo "| browse achieved req/s / started late (open loop at $browse_rate req/s) |
 echo "| rent → return → pay cycles/s | $(num "$(field "$out/rent.tsv" count:cycles per_sec)") | | | |"
 echo "| return answered → payment accepted, p50 / p99 (rent) | $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p50_ms)") / $(ms "$(field "$out/rent.tsv" '(return answered -> paid)' p99_ms)") | | | |"
 echo "| cache hits / details reads (details) | $(field "$out/details.tsv" 'count:cache hits' requests) / $(field "$out/details.tsv" total requests) | | | |"
+echo "| CPU during details (share of both cores) | $cpu_details | | | |"
+echo "| CPU during commands (share of both cores) | $cpu_commands | | | |"
 echo "| serve RSS after the run | $(awk -v k="$rss_kib" 'BEGIN { printf "%.1f MB", k / 1024 }') | | | < 64 MB at 1k connections |"
 echo "| serve RSS at $hold_conns held connections, after seeding ($(echo "$mem_seeded" | cut -f 4) threads) | $(mb "$mem_seeded" 2) | | | < 64 MB at 1k connections |"
 echo "| serve RSS at $hold_conns held connections, after the scenarios ($(echo "$mem_after" | cut -f 4) threads) | $(mb "$mem_after" 2) | | | < 64 MB at 1k connections |"
