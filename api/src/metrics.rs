@@ -64,8 +64,20 @@ fn describe() {
     describe_counter!("http_requests_total", "HTTP requests answered, by route template, method and status");
     describe_histogram!("http_request_duration_seconds", Unit::Seconds, "HTTP request latency");
     describe_counter!("commands_total", "commands run, by aggregate, command and outcome");
-    describe_histogram!("command_duration_seconds", Unit::Seconds, "command latency, retries included");
+    describe_histogram!(
+        "command_duration_seconds",
+        Unit::Seconds,
+        "command latency, retries included (in a batch: until the batch committed)"
+    );
     describe_counter!("command_conflicts_total", "concurrent appends to the same stream, each retried");
+    describe_counter!(
+        "command_batches_total",
+        "batches of commands (the payments process manager's), by aggregate and outcome"
+    );
+    describe_counter!(
+        "event_notifications_total",
+        "NOTIFYs sent to wake projectors (one per burst of commits)"
+    );
     describe_counter!("cache_hits_total", "movie details served from Redis");
     describe_counter!("cache_misses_total", "movie details not in Redis (or Redis down)");
     describe_counter!(

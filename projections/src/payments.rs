@@ -3,15 +3,16 @@
 //! per event, so both commands are idempotent in the aggregate. It is not a read model: it owns
 //! no table and is never rebuilt (a rebuild would re-issue its commands).
 //!
-//! A batch's commands run concurrently in lanes: the events of one rental always fall in the same
-//! lane and a lane issues its commands one after another, in log order, so a rental is opened
-//! before it is closed; different rentals share nothing and need no order. The batch (and so the
-//! checkpoint) completes only once every command has succeeded; a refused command skips the rest
-//! of its own rental's steps and fails the batch, which the engine retries, and the commands that
-//! had succeeded change nothing the second time.
+//! A batch's commands run through [`EventStore::execute_batch`], in chunks of at most
+//! [`MAX_COMMANDS_PER_APPEND`]: each chunk loads its rentals in one query and appends all its
+//! events in one transaction, followed by one notification. A rental's commands keep the log's
+//! order (an open and a close in one chunk run on the same in-memory aggregate; a later chunk
+//! starts from what the earlier one committed). The batch (and so the checkpoint) completes only
+//! once every command has succeeded; a refused command skips the rest of its own rental's steps
+//! and fails the batch, which the engine retries, and the commands that had succeeded change
+//! nothing the second time.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use domain::movie::MovieEvent;
@@ -22,34 +23,27 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::engine::{BoxFuture, Projection, ProjectionError, StoredEvent, Touched};
-use crate::store::{EventStore, Metadata};
+use crate::store::{BatchCommand, CommandOutcome, EventStore, Metadata};
 
 /// The process manager's name.
 pub const NAME: &str = "payments";
 
-/// Lanes of a batch by default: commands in flight at once. Each holds a pooled connection
-/// while it loads and appends, so this stays well below the pool's size.
-pub const DEFAULT_LANES: usize = 8;
+/// The most commands appended in one transaction. A chunk's transaction holds every projector
+/// behind it while it runs (they read only behind the oldest running transaction), so it is kept
+/// to a few hundred rows.
+pub const MAX_COMMANDS_PER_APPEND: usize = 250;
 
 /// The payments process manager.
 #[derive(Clone)]
 pub struct Payments {
     store: EventStore,
     plan: Arc<PricePlan>,
-    lanes: usize,
 }
 
 impl Payments {
-    /// Issues its commands through `store`, pricing with `plan`, in [`DEFAULT_LANES`] lanes.
+    /// Issues its commands through `store`, pricing with `plan`.
     pub fn new(store: EventStore, plan: PricePlan) -> Self {
-        Self { store, plan: Arc::new(plan), lanes: DEFAULT_LANES }
-    }
-
-    /// The same process manager with `lanes` lanes (at least 1; 1 issues a batch's commands one
-    /// after another).
-    pub fn with_lanes(mut self, lanes: usize) -> Self {
-        self.lanes = lanes.max(1);
-        self
+        Self { store, plan: Arc::new(plan) }
     }
 }
 
@@ -84,13 +78,6 @@ impl Step {
     }
 }
 
-/// The lane of a rental among `lanes`.
-fn lane_of(rental_id: Uuid, lanes: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
-    rental_id.hash(&mut hasher);
-    (hasher.finish() % lanes as u64) as usize
-}
-
 /// The metadata of a command caused by `event`: same actor, request and correlation; the event
 /// itself as the cause.
 fn caused_by(event: &StoredEvent) -> Metadata {
@@ -119,42 +106,41 @@ impl Projection for Payments {
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let mut lanes: Vec<Vec<(Step, Metadata, i64)>> = (0..self.lanes).map(|_| Vec::new()).collect();
+            let mut steps = Vec::new();
             for event in events {
                 if let Some(step) = Step::of(event)? {
-                    let lane = lane_of(step.rental_id(), self.lanes);
-                    lanes[lane].push((step, caused_by(event), event.position));
+                    steps.push((step, caused_by(event), event.position));
                 }
             }
-            let mut running = tokio::task::JoinSet::new();
-            for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
-                let this = self.clone();
-                running.spawn(async move {
-                    // A refused command stops its own rental (its later steps must wait for it),
-                    // not the lane's other rentals.
-                    let mut failed: Vec<Uuid> = Vec::new();
-                    let mut first_error = None;
-                    for (step, metadata, position) in lane {
-                        let rental_id = step.rental_id();
-                        if failed.contains(&rental_id) {
-                            continue;
-                        }
-                        if let Err(error) = this.issue(step, &metadata, position).await {
-                            failed.push(rental_id);
-                            first_error.get_or_insert(error);
-                        }
-                    }
-                    first_error.map_or(Ok(()), Err)
-                });
-            }
-            // Every lane runs to its end (or its first failure) before the batch answers, so no
-            // command of this batch is still in flight when the engine retries it.
+            // A refused command stops its own rental (its later steps must wait for it), in this
+            // chunk and the next ones, not the other rentals.
+            let mut failed: HashSet<Uuid> = HashSet::new();
             let mut first_error = None;
-            while let Some(joined) = running.join_next().await {
-                let outcome =
-                    joined.unwrap_or_else(|e| Err(ProjectionError::Command(format!("lane failed: {e}"))));
-                if let Err(error) = outcome {
-                    first_error.get_or_insert(error);
+            for chunk in steps.chunks(MAX_COMMANDS_PER_APPEND) {
+                let chunk: Vec<_> =
+                    chunk.iter().filter(|(step, ..)| !failed.contains(&step.rental_id())).collect();
+                if chunk.is_empty() {
+                    continue;
+                }
+                let commands =
+                    chunk.iter().map(|(step, metadata, _)| self.command(step, metadata.clone())).collect();
+                let outcomes = self.store.execute_batch::<Rental>(commands).await.map_err(|e| {
+                    let (first, last) = (chunk[0].2, chunk[chunk.len() - 1].2);
+                    ProjectionError::Command(format!(
+                        "{} rental commands for events {first}..={last}: {e}",
+                        chunk.len()
+                    ))
+                })?;
+                for ((step, _, position), outcome) in chunk.iter().zip(outcomes) {
+                    if let CommandOutcome::Failed(error) = outcome {
+                        let rental_id = step.rental_id();
+                        failed.insert(rental_id);
+                        first_error.get_or_insert_with(|| {
+                            ProjectionError::Command(format!(
+                                "rental {rental_id} for event {position}: {error}"
+                            ))
+                        });
+                    }
                 }
             }
             first_error.map_or(Ok(()), Err)
@@ -163,9 +149,9 @@ impl Projection for Payments {
 }
 
 impl Payments {
-    /// Issues the command of one step, in its own transaction.
-    async fn issue(&self, step: Step, metadata: &Metadata, position: i64) -> Result<(), ProjectionError> {
-        let (rental_id, command) = match step {
+    /// The command of one step, on its rental's stream.
+    fn command(&self, step: &Step, metadata: Metadata) -> BatchCommand<RentalCommand> {
+        let (rental_id, command) = match *step {
             Step::Open { rental_id, movie_id, customer_id, rented_at } => {
                 (rental_id, RentalCommand::OpenRental { movie_id, customer_id, rented_at })
             }
@@ -173,10 +159,6 @@ impl Payments {
                 (rental_id, RentalCommand::CloseRental { returned_at, plan: (*self.plan).clone() })
             }
         };
-        self.store
-            .execute::<Rental>(&rental_id.to_string(), command, metadata)
-            .await
-            .map(|_| ())
-            .map_err(|e| ProjectionError::Command(format!("rental {rental_id} for event {position}: {e}")))
+        BatchCommand { aggregate_id: rental_id.to_string(), command, metadata }
     }
 }

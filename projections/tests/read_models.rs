@@ -768,39 +768,38 @@ async fn the_price_table_holds_through_the_whole_pipeline(pool: PgPool) {
     assert_eq!(w.movie(movie).await.times_rented, 6);
 }
 
-/// The product's projections, with the payments process manager in `lanes` lanes.
-fn engine_with_lanes(pool: &PgPool, lanes: usize) -> Engine {
-    let store = EventStore::new(pool.clone());
-    Engine::new(
-        pool.clone(),
-        vec![
-            std::sync::Arc::new(catalogue::Catalogue),
-            std::sync::Arc::new(rentals::Rentals),
-            std::sync::Arc::new(projections::analytics::Analytics),
-            std::sync::Arc::new(payments::Payments::new(store, PricePlan::default()).with_lanes(lanes)),
-        ],
-        EngineConfig::default(),
-    )
+/// How long each rental of [`rentals_of`] lasts, and what it costs: 2, 3 and 4 started days.
+const DURATIONS: [(i64, i64); 3] = [(30, 200), (72, 300), (73, 350)];
+
+/// A rental made by [`rentals_of`].
+struct Made {
+    movie: Uuid,
+    rental: Uuid,
+    /// What its return costs.
+    cents: i64,
 }
 
-/// Rent → return cycles on `movies` movies, `cycles` each, by one customer; the rentals with
-/// their rent and return times, in log order.
-async fn rentals_of(w: &World, movies: usize, cycles: usize) -> Vec<(Uuid, Uuid)> {
+/// Rent → return cycles on `movies` movies, `cycles` each, by one customer, each rent and each
+/// return a client command of its own (its own request and correlation id); in log order.
+async fn rentals_of(w: &World, movies: usize, cycles: usize) -> Vec<Made> {
     let category = w.create_category("Drama").await;
     let customer = Uuid::now_v7();
-    let mut rentals = Vec::new();
+    let mut made = Vec::new();
     for i in 0..movies {
         let movie = w.add_movie(&format!("Film {i}"), "A story.", None, &[category]).await;
-        let mut at = days_ago(20);
-        for _ in 0..cycles {
-            let (rental, _) = w.rent(movie, customer, at).await;
-            let back = at + Duration::hours(30);
-            w.give_back(movie, rental, customer, back).await;
-            rentals.push((movie, rental));
+        let mut at = days_ago(40);
+        for c in 0..cycles {
+            let (hours, cents) = DURATIONS[(i + c) % DURATIONS.len()];
+            let (rental, _) =
+                w.rent_with(movie, customer, at, &meta(customer, &format!("rent-{i}-{c}"))).await;
+            let back = at + Duration::hours(hours);
+            let metadata = meta(customer, &format!("return-{i}-{c}"));
+            w.give_back_with(movie, rental, customer, back, &metadata).await;
+            made.push(Made { movie, rental, cents });
             at = back + Duration::hours(1);
         }
     }
-    rentals
+    made
 }
 
 /// A rental stream's event types in stream order, with the event each was caused by.
@@ -816,22 +815,26 @@ async fn rental_stream(pool: &PgPool, rental: Uuid) -> Vec<(String, Option<Strin
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn in_lanes_the_process_manager_opens_then_closes_every_rental_exactly_once(pool: PgPool) {
+async fn in_one_batch_the_process_manager_opens_closes_and_charges_every_rental_exactly_once(pool: PgPool) {
     // Arrange: 24 rentals, each rented and returned before the process manager runs, so one batch
-    // holds every rent and return, two per rental, spread over the lanes.
-    let mut w = World::new(&pool);
-    w.engine = engine_with_lanes(&pool, 4);
-    let rentals = rentals_of(&w, 8, 3).await;
+    // holds every rent and return: 48 commands, two per rental.
+    let w = World::new(&pool);
+    let made = rentals_of(&w, 8, 3).await;
+    // The horizon is cluster-wide: wait until no older transaction (another test's) holds the last
+    // event back, so the first batch sees the whole log.
+    let last = w.count("select max(position) from events").await;
+    let released = projections::engine::wait_for_release(&pool, last, std::time::Duration::from_secs(60));
+    assert!(released.await.unwrap(), "the log was released");
 
     // Act
     w.catch_up(payments::NAME).await;
 
-    // Assert: each rental opened, closed and charged once, in that order, each command caused by
-    // the movie event it answers.
-    for (movie, rental) in &rentals {
-        let caused_by = |event_type: &str| {
-            sqlx::query_scalar::<_, Uuid>(
-                "select event_id from events
+    // Assert: each rental opened, closed and charged once, in that order, each event caused by the
+    // movie event it answers and carrying that event's actor and correlation.
+    for Made { movie, rental, cents } in &made {
+        let cause = |event_type: &str| {
+            sqlx::query_as::<_, (Uuid, Value)>(
+                "select event_id, metadata from events
                   where aggregate_type = 'movie' and aggregate_id = $1 and event_type = $2
                     and payload->>'rental_id' = $3",
             )
@@ -840,37 +843,56 @@ async fn in_lanes_the_process_manager_opens_then_closes_every_rental_exactly_onc
             .bind(rental.to_string())
             .fetch_one(&pool)
         };
-        let rented = caused_by("MovieRented").await.unwrap().to_string();
-        let returned = caused_by("MovieReturned").await.unwrap().to_string();
-        assert_eq!(
-            rental_stream(&pool, *rental).await,
-            vec![
-                ("RentalOpened".to_string(), Some(rented)),
-                ("RentalClosed".to_string(), Some(returned.clone())),
-                ("ChargeAssessed".to_string(), Some(returned)),
-            ],
-            "rental {rental}"
-        );
+        let (rented, rent_meta) = cause("MovieRented").await.unwrap();
+        let (returned, return_meta) = cause("MovieReturned").await.unwrap();
+        let stream: Vec<(String, Value, Value)> = sqlx::query_as(
+            "select event_type, metadata, payload from events
+              where aggregate_type = 'rental' and aggregate_id = $1 order by sequence",
+        )
+        .bind(rental.to_string())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let types: Vec<&str> = stream.iter().map(|(t, ..)| t.as_str()).collect();
+        assert_eq!(types, ["RentalOpened", "RentalClosed", "ChargeAssessed"], "rental {rental}");
+        let causes = [(rented, &rent_meta), (returned, &return_meta), (returned, &return_meta)];
+        for ((event_type, metadata, _), (cause, cause_meta)) in stream.iter().zip(causes) {
+            let expected = serde_json::json!({
+                "actor_id": cause_meta["actor_id"],
+                "request_id": cause_meta["request_id"],
+                "correlation_id": cause_meta["correlation_id"],
+                "causation_id": cause.to_string(),
+            });
+            assert_eq!(metadata, &expected, "{event_type} of rental {rental}");
+        }
+        assert_eq!(stream[2].2["amount_cents"].as_i64(), Some(*cents), "rental {rental}");
     }
-    let charged = "select count(*) from events where event_type = 'ChargeAssessed' and (payload->>'amount_cents')::int = 200";
-    assert_eq!(w.count(charged).await, rentals.len() as i64, "30 hours: 2 days, 200 cents each");
+    let charged: i64 = made.iter().map(|m| m.cents).sum();
+    let assessed = "select coalesce(sum((payload->>'amount_cents')::bigint), 0)::bigint from events
+                     where event_type = 'ChargeAssessed'";
+    assert_eq!(w.count(assessed).await, charged);
+    // One batch of 48 commands: one append transaction.
+    let transactions = "select count(distinct transaction_id) from events where aggregate_type = 'rental'";
+    assert_eq!(w.count(transactions).await, 1, "every rental event in one append transaction");
 
     // Redelivering the whole batch issues nothing new.
     let rental_events = "select count(*) from events where aggregate_type = 'rental'";
-    assert_eq!(w.count(rental_events).await, 3 * rentals.len() as i64);
+    assert_eq!(w.count(rental_events).await, 3 * made.len() as i64);
     w.reset_checkpoint(payments::NAME).await;
     w.catch_up(payments::NAME).await;
-    assert_eq!(w.count(rental_events).await, 3 * rentals.len() as i64);
+    assert_eq!(w.count(rental_events).await, 3 * made.len() as i64);
+    assert_eq!(w.count(assessed).await, charged);
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn a_failing_lane_keeps_the_checkpoint_while_the_other_lanes_commands_stand(pool: PgPool) {
+async fn a_refused_command_fails_the_batch_and_keeps_the_checkpoint_while_the_other_rentals_stand(
+    pool: PgPool,
+) {
     // Arrange: 12 rentals; one rental's stream was opened differently beforehand (for another
     // movie), so the process manager's OpenRental for it is refused.
-    let mut w = World::new(&pool);
-    w.engine = engine_with_lanes(&pool, 4);
-    let rentals = rentals_of(&w, 4, 3).await;
-    let (_, broken) = rentals[5];
+    let w = World::new(&pool);
+    let made = rentals_of(&w, 4, 3).await;
+    let broken = made[5].rental;
     let other = RentalCommand::OpenRental {
         movie_id: Uuid::now_v7(),
         customer_id: Uuid::now_v7(),
@@ -892,7 +914,7 @@ async fn a_failing_lane_keeps_the_checkpoint_while_the_other_lanes_commands_stan
         }
     };
     let rental_events = "select count(*) from events where aggregate_type = 'rental'";
-    let others: Vec<Uuid> = rentals.iter().map(|(_, r)| *r).filter(|r| *r != broken).collect();
+    let others: Vec<Uuid> = made.iter().map(|m| m.rental).filter(|r| *r != broken).collect();
     let all_charged = || async {
         for rental in &others {
             if rental_stream(&pool, *rental).await.len() != 3 {

@@ -1,6 +1,8 @@
 //! The command executor: load, handle, append, retry on conflict. It also counts commands by
-//! outcome and conflicts by command (the `metrics` facade; the binary installs the exporter), and
-//! marks the request's idempotency claim, when there is one, in the append transaction.
+//! outcome and conflicts by command (the `metrics` facade; the binary installs the exporter),
+//! marks the request's idempotency claim, when there is one, in the append transaction, and, once
+//! the append has committed, tells the [`Notifier`] (which wakes projectors without the command
+//! waiting for it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +14,13 @@ use postgres_es::PostgresEventRepository;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::codec::{decode_event, encode_event};
 use super::idempotency::{self, CLAIM};
+use super::notifier::Notifier;
 use super::stream::{Loaded, StreamKind};
-use super::EVENTS_CHANNEL;
 
 /// Who and what caused an append; recorded with every event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -86,7 +88,7 @@ pub enum CommandError<E: std::error::Error> {
 
 impl<E: std::error::Error> CommandError<E> {
     /// The `outcome` label of the command counter.
-    fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> &'static str {
         match self {
             Self::Rejected(_) | Self::Unique(_) => "rejected",
             Self::Conflict => "conflict",
@@ -111,12 +113,13 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Loads and appends streams; cheap to clone.
+/// Loads and appends streams; cheap to clone (clones share one [`Notifier`]).
 #[derive(Clone)]
 pub struct EventStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
     repo: Arc<PostgresEventRepository>,
     retry: RetryPolicy,
+    pub(super) notifier: Notifier,
 }
 
 enum Attempt<A: Aggregate> {
@@ -125,10 +128,13 @@ enum Attempt<A: Aggregate> {
 }
 
 impl EventStore {
-    /// A store over the pool's `events` and `snapshots` tables.
+    /// A store over the pool's `events` and `snapshots` tables. Its notifier (one connection of
+    /// its own, outside the pool) starts with the first append and stops when the pool is closed
+    /// or the last clone of the store is dropped.
     pub fn new(pool: PgPool) -> Self {
         let repo = Arc::new(PostgresEventRepository::new(pool.clone()));
-        Self { pool, repo, retry: RetryPolicy::default() }
+        let notifier = Notifier::new(pool.clone());
+        Self { pool, repo, retry: RetryPolicy::default(), notifier }
     }
 
     /// Rebuilds an aggregate from its latest snapshot and the events after it.
@@ -264,7 +270,7 @@ impl EventStore {
         match self.append::<A>(aggregate_id, version, &events, &state, metadata).await {
             Ok(recorded) => {
                 let position = recorded.last().map_or(0, |e| e.position);
-                self.notify(position).await;
+                self.notifier.committed(position);
                 let version = version + events.len() as i64;
                 Ok(Attempt::Done(Committed { state, version, events: recorded, position }))
             }
@@ -288,78 +294,18 @@ impl EventStore {
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut ids = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let encoded = encode_event(event).map_err(AppendError::Encode)?;
-            sequences.push(version + 1 + i as i64);
-            types.push(encoded.event_type);
-            versions.push(encoded.event_version);
-            payloads.push(encoded.payload);
-            ids.push(Uuid::now_v7());
-        }
         let metadata = serde_json::to_value(metadata).map_err(AppendError::Encode)?;
+        let mut rows = Rows::default();
+        for (i, event) in events.iter().enumerate() {
+            rows.push(aggregate_id, version + 1 + i as i64, event, &metadata).map_err(AppendError::Encode)?;
+        }
         let new_version = version + events.len() as i64;
 
         let mut tx = self.pool.begin().await?;
-        let mut recorded: Vec<RecordedEvent> = sqlx::query_as::<_, (i64, Uuid, i64, String)>(
-            "insert into events
-                 (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                  metadata, event_id)
-             select $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $3, e.event_id
-               from unnest($4::bigint[], $5::text[], $6::text[], $7::jsonb[], $8::uuid[])
-                    with ordinality
-                    as e(sequence, event_type, event_version, payload, event_id, ord)
-              order by e.ord
-             returning position, event_id, sequence, event_type",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(&metadata)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(position, event_id, sequence, event_type)| RecordedEvent {
-            position,
-            event_id,
-            sequence,
-            event_type,
-        })
-        .collect();
+        let mut recorded = rows.insert(&mut tx, A::TYPE).await?;
         recorded.sort_by_key(|e| e.sequence);
-
         A::write_lookups(&mut tx, aggregate_id, events).await?;
-
-        if let Some(every) = A::SNAPSHOT_EVERY {
-            if new_version / every > version / every {
-                let payload = serde_json::to_value(state).map_err(AppendError::Encode)?;
-                sqlx::query(
-                    "insert into snapshots
-                         (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-                     values ($1, $2, $3, $4, $5)
-                     on conflict (aggregate_type, aggregate_id) do update
-                        set last_sequence = excluded.last_sequence,
-                            current_snapshot = excluded.current_snapshot,
-                            payload = excluded.payload
-                      where snapshots.last_sequence < excluded.last_sequence",
-                )
-                .bind(A::TYPE)
-                .bind(aggregate_id)
-                .bind(new_version)
-                .bind(new_version / every)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        write_snapshot(&mut tx, aggregate_id, version, new_version, state).await?;
         // The idempotency record commits with the events, so a key whose command appended is never
         // run again, whatever happens to the process after this commit.
         if let Ok(claim) = CLAIM.try_with(Clone::clone) {
@@ -382,39 +328,170 @@ impl EventStore {
         .await?;
         Ok(position.unwrap_or(0))
     }
-
-    /// Wakes projectors after a commit. Sent by the app rather than by a trigger: a NOTIFY inside
-    /// the append transaction takes a global lock at commit and would serialise every append. A
-    /// lost notification only delays projectors until their next poll.
-    async fn notify(&self, position: i64) {
-        if let Err(error) = sqlx::query("select pg_notify($1, $2)")
-            .bind(EVENTS_CHANNEL)
-            .bind(position.to_string())
-            .execute(&self.pool)
-            .await
-        {
-            tracing::warn!(%error, "could not notify projectors; they will poll");
-        }
-    }
 }
 
 fn apply_stored<A: Aggregate>(
     loaded: &mut Loaded<A>,
     event: SerializedEvent,
 ) -> Result<(), CommandError<A::Error>> {
-    let payload: &Value = &event.payload;
-    let decoded: A::Event = decode_event(&event.event_type, &event.event_version, payload).map_err(|e| {
-        CommandError::Corrupt(format!(
-            "{} {} #{}: {e}",
-            event.aggregate_type, event.aggregate_id, event.sequence
-        ))
-    })?;
-    loaded.state.apply(decoded);
-    loaded.version = event.sequence as i64;
+    let stored = StoredRow {
+        aggregate_id: &event.aggregate_id,
+        sequence: event.sequence as i64,
+        event_type: &event.event_type,
+        event_version: &event.event_version,
+        payload: &event.payload,
+    };
+    stored.apply_to(loaded)
+}
+
+/// A stored event as the loaders read it.
+pub(super) struct StoredRow<'a> {
+    pub(super) aggregate_id: &'a str,
+    pub(super) sequence: i64,
+    pub(super) event_type: &'a str,
+    pub(super) event_version: &'a str,
+    pub(super) payload: &'a Value,
+}
+
+impl StoredRow<'_> {
+    /// Decodes the event (upcasting an older version) and applies it.
+    pub(super) fn apply_to<A: Aggregate>(
+        &self,
+        loaded: &mut Loaded<A>,
+    ) -> Result<(), CommandError<A::Error>> {
+        let decoded: A::Event =
+            decode_event(self.event_type, self.event_version, self.payload).map_err(|e| {
+                CommandError::Corrupt(format!("{} {} #{}: {e}", A::TYPE, self.aggregate_id, self.sequence))
+            })?;
+        loaded.state.apply(decoded);
+        loaded.version = self.sequence;
+        Ok(())
+    }
+}
+
+/// Events ready to insert, column by column, in the order they are to take positions; each row
+/// has its own stream and metadata, so one insert serves one command or a batch of them.
+#[derive(Default)]
+pub(super) struct Rows {
+    aggregate_ids: Vec<String>,
+    sequences: Vec<i64>,
+    types: Vec<String>,
+    versions: Vec<String>,
+    payloads: Vec<Value>,
+    metadata: Vec<Value>,
+    ids: Vec<Uuid>,
+}
+
+impl Rows {
+    /// Adds one event; returns the id it will be stored under.
+    pub(super) fn push<E: cqrs_es::DomainEvent>(
+        &mut self,
+        aggregate_id: &str,
+        sequence: i64,
+        event: &E,
+        metadata: &Value,
+    ) -> Result<Uuid, serde_json::Error> {
+        let encoded = encode_event(event)?;
+        let id = Uuid::now_v7();
+        self.aggregate_ids.push(aggregate_id.to_string());
+        self.sequences.push(sequence);
+        self.types.push(encoded.event_type);
+        self.versions.push(encoded.event_version);
+        self.payloads.push(encoded.payload);
+        self.metadata.push(metadata.clone());
+        self.ids.push(id);
+        Ok(id)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Inserts every row in one statement, positions in the order the rows were pushed; returns
+    /// what was recorded (in no particular order) with each row's stream id.
+    pub(super) async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_type: &str,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let recorded = sqlx::query_as::<_, (i64, Uuid, i64, String)>(
+            "insert into events
+                 (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                  metadata, event_id)
+             select $1, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload,
+                    e.metadata, e.event_id
+               from unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
+                           $8::uuid[])
+                    with ordinality
+                    as e(aggregate_id, sequence, event_type, event_version, payload, metadata, event_id,
+                         ord)
+              order by e.ord
+             returning position, event_id, sequence, event_type",
+        )
+        .bind(aggregate_type)
+        .bind(&self.aggregate_ids)
+        .bind(&self.sequences)
+        .bind(&self.types)
+        .bind(&self.versions)
+        .bind(&self.payloads)
+        .bind(&self.metadata)
+        .bind(&self.ids)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|(position, event_id, sequence, event_type)| RecordedEvent {
+            position,
+            event_id,
+            sequence,
+            event_type,
+        })
+        .collect();
+        Ok(recorded)
+    }
+}
+
+/// Writes the stream's snapshot when the append took its version across a multiple of the
+/// kind's interval, from `state`: the state the sink already produced (never re-applied).
+pub(super) async fn write_snapshot<A>(
+    conn: &mut PgConnection,
+    aggregate_id: &str,
+    version: i64,
+    new_version: i64,
+    state: &A,
+) -> Result<(), AppendError>
+where
+    A: StreamKind,
+    A::Command: Clone + Send + Sync,
+{
+    let Some(every) = A::SNAPSHOT_EVERY else {
+        return Ok(());
+    };
+    if new_version / every <= version / every {
+        return Ok(());
+    }
+    let payload = serde_json::to_value(state).map_err(AppendError::Encode)?;
+    sqlx::query(
+        "insert into snapshots
+             (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         values ($1, $2, $3, $4, $5)
+         on conflict (aggregate_type, aggregate_id) do update
+            set last_sequence = excluded.last_sequence,
+                current_snapshot = excluded.current_snapshot,
+                payload = excluded.payload
+          where snapshots.last_sequence < excluded.last_sequence",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_id)
+    .bind(new_version)
+    .bind(new_version / every)
+    .bind(payload)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-enum AppendError {
+/// Why an append did not commit.
+pub(super) enum AppendError {
     Conflict,
     ClaimLost,
     Unique(String),

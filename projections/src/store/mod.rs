@@ -8,16 +8,25 @@
 //! multi-row `INSERT ... RETURNING position, event_id`, together with the lookup rows and the
 //! snapshot, in one transaction. A concurrent append to the same stream violates the primary key
 //! and surfaces as a conflict, which is retried against fresh state.
+//!
+//! [`EventStore::execute_batch`] runs many commands on streams of one kind the same way, as one
+//! unit: one load query, one append transaction (the payments process manager's path). After a
+//! commit the store wakes projectors through a notifier that coalesces bursts of commits into
+//! one `NOTIFY`, sent from a task of its own, so no command waits for it.
 
+mod batch;
 mod codec;
 mod executor;
 pub mod idempotency;
 pub mod lookup;
+mod notifier;
 mod stream;
 
+pub use batch::{BatchCommand, CommandOutcome};
 pub use codec::{decode_event, encode_event, upcast, EncodedEvent};
 pub use executor::{CommandError, Committed, EventStore, Metadata, RecordedEvent, RetryPolicy};
 pub use stream::{Loaded, StreamKind};
 
-/// The channel the app notifies, after an append commits, with the last position appended.
+/// The channel projectors listen on. After appends commit, the store's notifier sends the last
+/// position committed on it: once per burst of commits, not once per commit.
 pub const EVENTS_CHANNEL: &str = "moviestore_events";

@@ -1,0 +1,358 @@
+//! Many commands on streams of one kind as one unit: every stream loaded in one query, each
+//! command handled by its own aggregate, and every event appended in one transaction.
+//!
+//! This is the process manager's path: it reacts to hundreds of events at a time, each calling
+//! for one command on its own rental, and running each through [`EventStore::execute`] cost a load,
+//! an append transaction and a notification apiece. Here a batch costs one load query, one
+//! multi-row insert (each row with its own command's metadata) with the lookup rows and any
+//! snapshots, one commit and one notification.
+//!
+//! The rules are the executor's. Commands for the same stream are handled in the batch's order on
+//! one in-memory aggregate, which the sink has already brought up to date (events are never
+//! applied twice). A command the aggregate refuses appends nothing and stops the later commands
+//! of its stream (they are skipped), while the other streams' commands go on. Optimistic
+//! concurrency is still the primary key `(aggregate_type, aggregate_id, sequence)`: when the
+//! append meets a concurrent append to one of the streams (or a lookup's unique rule), nothing of
+//! the batch is kept and its commands run again one at a time through [`EventStore::execute`],
+//! which reloads and retries, so each command still gets the domain's own answer.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::executor::{
+    write_snapshot, AppendError, CommandError, EventStore, Metadata, RecordedEvent, Rows, StoredRow,
+};
+use super::idempotency::{self, CLAIM};
+use super::stream::{Loaded, StreamKind};
+
+/// One command of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchCommand<C> {
+    /// The stream it is for.
+    pub aggregate_id: String,
+    /// The command.
+    pub command: C,
+    /// Who and what caused it; recorded with each of its events.
+    pub metadata: Metadata,
+}
+
+/// What became of one command of a batch.
+#[derive(Debug)]
+pub enum CommandOutcome<E: std::error::Error> {
+    /// It committed with these events, in stream order (none when it changed nothing).
+    Appended(Vec<RecordedEvent>),
+    /// It did not commit: the aggregate refused it or, when the batch ran one command at a
+    /// time, its own run failed.
+    Failed(CommandError<E>),
+    /// It was not run: an earlier command of the batch for the same stream failed, and a
+    /// stream's commands only make sense in their order.
+    Skipped,
+}
+
+impl<E: std::error::Error> CommandOutcome<E> {
+    /// The `outcome` label of the command counter.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Appended(events) if events.is_empty() => "unchanged",
+            Self::Appended(_) => "committed",
+            Self::Failed(error) => error.outcome(),
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// A stream of the batch, as the commands handled so far leave it.
+struct Stream<'a, A: Aggregate> {
+    id: &'a str,
+    state: A,
+    /// Its version as loaded.
+    loaded: i64,
+    /// Its version after the commands that succeeded.
+    version: i64,
+    /// The events of those commands, in order.
+    events: Vec<A::Event>,
+    /// Whether one of its commands failed (its later ones are skipped).
+    failed: bool,
+}
+
+/// How the batch itself went.
+enum Ran<E: std::error::Error> {
+    /// Handled, and appended as one unit (or nothing to append).
+    Batched(Vec<CommandOutcome<E>>),
+    /// The append met a unique rule: nothing of it was kept.
+    Contended,
+}
+
+impl EventStore {
+    /// Runs `commands`, on streams of kind `A`, as one unit: one query loads every stream they
+    /// name (snapshot and later events), each command is handled in order by its own stream's
+    /// aggregate, and all resulting events, lookup rows and snapshots are appended in one
+    /// transaction, followed by one notification. Commands for the same stream see each other's
+    /// events, in the order given.
+    ///
+    /// The answer has one outcome per command, in order. A refused command appends nothing and
+    /// its stream's later commands are [`CommandOutcome::Skipped`]; the other commands still
+    /// commit. When the append meets a concurrent append to one of the streams (or a lookup's
+    /// unique rule), the whole batch runs again one command at a time through
+    /// [`EventStore::execute`], which retries conflicts. `Err`: the batch failed as a whole (the
+    /// database, a stored event that cannot be read) and nothing of it was appended.
+    ///
+    /// Every command is counted in `commands_total` by its outcome; `command_duration_seconds`
+    /// records, for each command run, the time until its batch committed (or failed).
+    #[tracing::instrument(skip_all, fields(stream = A::TYPE, commands = commands.len()))]
+    pub async fn execute_batch<A>(
+        &self,
+        commands: Vec<BatchCommand<A::Command>>,
+    ) -> Result<Vec<CommandOutcome<A::Error>>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let (batch, result) = match self.batch::<A>(&commands).await {
+            Ok(Ran::Batched(outcomes)) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                for (command, outcome) in commands.iter().zip(&outcomes) {
+                    record::<A>(&command.command, outcome, elapsed);
+                }
+                let appended =
+                    outcomes.iter().any(|o| matches!(o, CommandOutcome::Appended(e) if !e.is_empty()));
+                (if appended { "appended" } else { "unchanged" }, Ok(outcomes))
+            }
+            Ok(Ran::Contended) => {
+                tracing::debug!(
+                    "a stream of the batch changed meanwhile; running its commands one at a time"
+                );
+                ("one_by_one", Ok(self.one_by_one::<A>(commands).await))
+            }
+            Err(error) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                for command in &commands {
+                    let name = A::command_name(&command.command);
+                    metrics::counter!("commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => error.outcome())
+                        .increment(1);
+                    metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE, "command" => name)
+                        .record(elapsed);
+                }
+                ("error", Err(error))
+            }
+        };
+        metrics::counter!("command_batches_total", "aggregate" => A::TYPE, "outcome" => batch).increment(1);
+        result
+    }
+
+    async fn batch<A>(
+        &self,
+        commands: &[BatchCommand<A::Command>],
+    ) -> Result<Ran<A::Error>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        // The streams, in the order the batch first names them, and each command's stream.
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut ids: Vec<&str> = Vec::new();
+        let stream_of: Vec<usize> = commands
+            .iter()
+            .map(|c| {
+                *index.entry(c.aggregate_id.as_str()).or_insert_with(|| {
+                    ids.push(c.aggregate_id.as_str());
+                    ids.len() - 1
+                })
+            })
+            .collect();
+        let mut streams: Vec<Stream<'_, A>> = self
+            .load_many::<A>(&ids)
+            .await?
+            .into_iter()
+            .zip(&ids)
+            .map(|(Loaded { state, version }, id)| Stream {
+                id,
+                state,
+                loaded: version,
+                version,
+                events: Vec::new(),
+                failed: false,
+            })
+            .collect();
+
+        let corrupt = |e: serde_json::Error| CommandError::Corrupt(e.to_string());
+        let mut rows = Rows::default();
+        let mut command_of: HashMap<Uuid, usize> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for (i, (command, &s)) in commands.iter().zip(&stream_of).enumerate() {
+            let stream = &mut streams[s];
+            if stream.failed {
+                outcomes.push(CommandOutcome::Skipped);
+                continue;
+            }
+            // The sink applies each event as it is written: the state after the command, unless
+            // the aggregate refuses it after writing some, so keep the state before it.
+            let before = stream.state.clone();
+            let sink = EventSink::<A>::default();
+            if let Err(refusal) = stream.state.handle(command.command.clone(), &(), &sink).await {
+                stream.state = before;
+                stream.failed = true;
+                outcomes.push(CommandOutcome::Failed(CommandError::Rejected(refusal)));
+                continue;
+            }
+            let events = sink.collect().await;
+            if !events.is_empty() {
+                let metadata = serde_json::to_value(&command.metadata).map_err(corrupt)?;
+                for event in &events {
+                    stream.version += 1;
+                    let id = rows.push(stream.id, stream.version, event, &metadata).map_err(corrupt)?;
+                    command_of.insert(id, i);
+                }
+                stream.events.extend(events);
+            }
+            outcomes.push(CommandOutcome::Appended(Vec::new()));
+        }
+        if rows.is_empty() {
+            return Ok(Ran::Batched(outcomes));
+        }
+
+        let mut recorded = match self.append_batch(&rows, &streams).await {
+            Ok(recorded) => recorded,
+            Err(AppendError::Conflict | AppendError::Unique(_)) => return Ok(Ran::Contended),
+            Err(AppendError::Database(e)) => return Err(CommandError::Database(e)),
+            Err(AppendError::Encode(e)) => return Err(corrupt(e)),
+            Err(AppendError::ClaimLost) => return Err(CommandError::ClaimLost),
+        };
+        recorded.sort_by_key(|e| e.position);
+        if let Some(last) = recorded.last() {
+            self.notifier.committed(last.position);
+        }
+        for event in recorded {
+            let i = command_of.get(&event.event_id).copied();
+            if let Some(CommandOutcome::Appended(events)) = i.and_then(|i| outcomes.get_mut(i)) {
+                events.push(event);
+            }
+        }
+        Ok(Ran::Batched(outcomes))
+    }
+
+    /// Loads every stream named, in that order: snapshots (for kinds that take them) in one query,
+    /// then every stream's events after its snapshot in another.
+    async fn load_many<A>(&self, ids: &[&str]) -> Result<Vec<Loaded<A>>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut loaded: Vec<Loaded<A>> =
+            ids.iter().map(|_| Loaded { state: A::default(), version: 0 }).collect();
+        let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        if A::SNAPSHOT_EVERY.is_some() {
+            let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
+                "select aggregate_id, last_sequence, payload from snapshots
+                  where aggregate_type = $1 and aggregate_id = any($2)",
+            )
+            .bind(A::TYPE)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+            for (id, sequence, payload) in snapshots {
+                let Some(&i) = index.get(id.as_str()) else { continue };
+                loaded[i].state = serde_json::from_value(payload)
+                    .map_err(|e| CommandError::Corrupt(format!("snapshot of {id}: {e}")))?;
+                loaded[i].version = sequence;
+            }
+        }
+        let after: Vec<i64> = loaded.iter().map(|l| l.version).collect();
+        let events: Vec<(String, i64, String, String, Value)> = sqlx::query_as(
+            "select e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
+               from unnest($2::text[], $3::bigint[]) as s(aggregate_id, after)
+               join events e
+                 on e.aggregate_type = $1 and e.aggregate_id = s.aggregate_id and e.sequence > s.after
+              order by e.aggregate_id, e.sequence",
+        )
+        .bind(A::TYPE)
+        .bind(ids)
+        .bind(&after)
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, sequence, event_type, event_version, payload) in &events {
+            let Some(&i) = index.get(id.as_str()) else { continue };
+            let row = StoredRow { aggregate_id: id, sequence: *sequence, event_type, event_version, payload };
+            row.apply_to(&mut loaded[i])?;
+        }
+        Ok(loaded)
+    }
+
+    /// The batch's one transaction: every event, then each changed stream's lookup rows and
+    /// snapshot, and the request's idempotency claim when there is one.
+    async fn append_batch<A>(
+        &self,
+        rows: &Rows,
+        streams: &[Stream<'_, A>],
+    ) -> Result<Vec<RecordedEvent>, AppendError>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut tx = self.pool.begin().await?;
+        let recorded = rows.insert(&mut tx, A::TYPE).await?;
+        for stream in streams.iter().filter(|s| !s.events.is_empty()) {
+            A::write_lookups(&mut tx, stream.id, &stream.events).await?;
+            write_snapshot(&mut tx, stream.id, stream.loaded, stream.version, &stream.state).await?;
+        }
+        if let Ok(claim) = CLAIM.try_with(Clone::clone) {
+            let last = recorded.iter().map(|e| e.position).max().unwrap_or(0);
+            if !idempotency::mark_appended(&mut tx, &claim, last).await? {
+                return Err(AppendError::ClaimLost);
+            }
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// The fallback: each command through [`EventStore::execute`] (which counts it), in order,
+    /// skipping a stream's commands after one of them failed.
+    async fn one_by_one<A>(&self, commands: Vec<BatchCommand<A::Command>>) -> Vec<CommandOutcome<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for BatchCommand { aggregate_id, command, metadata } in commands {
+            if failed.contains(&aggregate_id) {
+                let outcome = CommandOutcome::Skipped;
+                record::<A>(&command, &outcome, 0.0);
+                outcomes.push(outcome);
+                continue;
+            }
+            match self.execute::<A>(&aggregate_id, command, &metadata).await {
+                Ok(committed) => outcomes.push(CommandOutcome::Appended(committed.events)),
+                Err(error) => {
+                    failed.insert(aggregate_id);
+                    outcomes.push(CommandOutcome::Failed(error));
+                }
+            }
+        }
+        outcomes
+    }
+}
+
+/// Counts one command of a batch; its duration only when it ran.
+fn record<A>(command: &A::Command, outcome: &CommandOutcome<A::Error>, elapsed: f64)
+where
+    A: StreamKind,
+    A::Command: Clone + Send + Sync,
+{
+    let name = A::command_name(command);
+    metrics::counter!("commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome.label())
+        .increment(1);
+    if !matches!(outcome, CommandOutcome::Skipped) {
+        metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE, "command" => name)
+            .record(elapsed);
+    }
+}
