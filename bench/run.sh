@@ -111,7 +111,7 @@ field() {
 cpu_ticks() {
   local pg=0 srv=0 rds=0 line comm rest
   for stat in /proc/[0-9]*/stat; do
-    read -r line <"$stat" 2>/dev/null || continue
+    { read -r line <"$stat"; } 2>/dev/null || continue  # the process may have exited
     comm=${line#*(}; comm=${comm%%)*}
     rest=${line##*) }
     # shellcheck disable=SC2086
