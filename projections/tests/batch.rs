@@ -17,6 +17,8 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod common;
+
 /// A rental's facts and the metadata of the commands issued for it.
 struct Case {
     rental: Uuid,
@@ -394,14 +396,7 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
     // A new snapshot at the batch's version, holding what a full replay gives (each event applied
     // once: 20 rentals, the copy back).
     assert_eq!(at_sequence().await, Some(41));
-    let payload: Value = sqlx::query_scalar(
-        "select payload from snapshots where aggregate_type = 'movie' and aggregate_id = $1",
-    )
-    .bind(&long)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let snapshotted: Movie = serde_json::from_value(payload).unwrap();
+    let snapshotted = common::movie_snapshot(&pool, &long).await;
     let replayed = store.replay::<Movie>(&long).await.unwrap();
     assert_eq!(replayed.version, 41);
     assert_eq!(snapshotted, replayed.state);

@@ -9,6 +9,8 @@ use projections::store::{lookup, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod common;
+
 fn details(title: &str, categories: &[Uuid]) -> MovieDetails {
     MovieDetails {
         title: Title::parse(title).unwrap(),
@@ -101,14 +103,7 @@ async fn the_snapshot_holds_exactly_the_state_at_its_sequence(pool: PgPool) {
     store.execute::<Movie>(&id, rent, &meta()).await.unwrap();
 
     // Act
-    let payload: serde_json::Value = sqlx::query_scalar(
-        "select payload from snapshots where aggregate_type = 'movie' and aggregate_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    let snapshot: Movie = serde_json::from_value(payload).unwrap();
+    let snapshot = common::movie_snapshot(&pool, &id).await;
 
     // Assert
     let replay = store.replay::<Movie>(&id).await.unwrap();

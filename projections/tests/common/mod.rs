@@ -1,4 +1,6 @@
-//! Helpers shared by the projection tests.
+//! Helpers shared by the projection tests. Each test binary compiles this module and uses some of
+//! it, so unused helpers are allowed.
+#![allow(dead_code)]
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -17,4 +19,16 @@ pub async fn append(conn: &mut PgConnection) -> i64 {
     .fetch_one(conn)
     .await
     .unwrap()
+}
+
+/// The movie state stored in `id`'s snapshot row.
+pub async fn movie_snapshot(pool: &sqlx::PgPool, id: &str) -> domain::movie::Movie {
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "select payload from snapshots where aggregate_type = 'movie' and aggregate_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    serde_json::from_value(payload).unwrap()
 }
