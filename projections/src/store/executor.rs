@@ -137,35 +137,61 @@ impl EventStore {
         Self { pool, repo, retry: RetryPolicy::default(), notifier }
     }
 
-    /// Rebuilds an aggregate from its latest snapshot and the events after it.
+    /// Rebuilds an aggregate from its latest snapshot and the events after it, read in one
+    /// query (one round trip per command, which is PostgreSQL-bound under load).
     pub async fn load<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
     where
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
         let mut loaded = Loaded { state: A::default(), version: 0 };
-        // A kind of stream that never snapshots has none to look for: one round trip fewer for
-        // every rental command (the process manager's and the payments').
-        let snapshot = match A::SNAPSHOT_EVERY {
-            Some(_) => self
-                .repo
-                .get_snapshot::<A>(aggregate_id)
-                .await
-                .map_err(|e| CommandError::Corrupt(e.to_string()))?,
-            None => None,
-        };
-        let events = match snapshot {
-            Some(snapshot) => {
-                loaded.state = serde_json::from_value(snapshot.aggregate)
-                    .map_err(|e| CommandError::Corrupt(format!("snapshot of {aggregate_id}: {e}")))?;
-                loaded.version = snapshot.current_sequence as i64;
-                self.repo.get_last_events::<A>(aggregate_id, snapshot.current_sequence).await
-            }
-            None => self.repo.get_events::<A>(aggregate_id).await,
+        // The snapshot, if the kind takes them, comes first (kind 0), then the events after it
+        // in stream order. A kind that never snapshots does not look for one.
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            kind: i32,
+            sequence: i64,
+            event_type: Option<String>,
+            event_version: Option<String>,
+            payload: Value,
         }
-        .map_err(|e| CommandError::Corrupt(e.to_string()))?;
-        for event in events {
-            apply_stored(&mut loaded, event)?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "with snapshot as (
+                 select last_sequence, payload from snapshots
+                  where $3 and aggregate_type = $1 and aggregate_id = $2)
+             select 0 as kind, last_sequence as sequence, null as event_type, null as event_version,
+                    payload
+               from snapshot
+             union all
+             select 1, e.sequence, e.event_type, e.event_version, e.payload
+               from events e
+              where e.aggregate_type = $1 and e.aggregate_id = $2
+                and e.sequence > coalesce((select last_sequence from snapshot), 0)
+             order by 1, 2",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(A::SNAPSHOT_EVERY.is_some())
+        .fetch_all(&self.pool)
+        .await?;
+        for Row { kind, sequence, event_type, event_version, payload } in &rows {
+            match (kind, event_type, event_version) {
+                (0, _, _) => {
+                    loaded.state = serde_json::from_value(payload.clone())
+                        .map_err(|e| CommandError::Corrupt(format!("snapshot of {aggregate_id}: {e}")))?;
+                    loaded.version = *sequence;
+                }
+                (_, Some(event_type), Some(event_version)) => {
+                    StoredRow { aggregate_id, sequence: *sequence, event_type, event_version, payload }
+                        .apply_to(&mut loaded)?;
+                }
+                _ => {
+                    return Err(CommandError::Corrupt(format!(
+                        "{} {aggregate_id} #{sequence}: an event without a type",
+                        A::TYPE
+                    )))
+                }
+            }
         }
         Ok(loaded)
     }
