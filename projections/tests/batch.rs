@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeZone, Utc};
-use domain::movie::{Movie, MovieCommand, MovieDetails};
+use domain::movie::{Movie, MovieCommand};
 use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand, RentalError, RentalEvent};
-use domain::values::{CategoryIds, Rating, Storyline, Title};
 use domain::Actor;
 use projections::store::{
     encode_event, lookup, BatchCommand, CommandError, CommandOutcome, EventStore, Metadata, EVENTS_CHANNEL,
@@ -323,17 +322,6 @@ async fn a_batch_that_meets_a_concurrent_append_runs_its_commands_one_at_a_time_
     assert_eq!(transactions, 1 + 4 + 5);
 }
 
-fn details(title: &str) -> MovieDetails {
-    MovieDetails {
-        title: Title::parse(title).unwrap(),
-        storyline: Storyline::parse("A story.").unwrap(),
-        release_date: chrono::NaiveDate::from_ymd_opt(1995, 12, 15).unwrap(),
-        rating: Rating::parse(8.3).unwrap(),
-        director: None,
-        category_ids: CategoryIds::parse(vec![Uuid::now_v7()]).unwrap(),
-    }
-}
-
 fn rent(rental_id: Uuid, customer_id: Uuid, rented_at: DateTime<Utc>) -> MovieCommand {
     MovieCommand::RentMovie { rental_id, customer_id, rented_at, now: Utc::now() }
 }
@@ -348,9 +336,20 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
     let store = EventStore::new(pool.clone());
     let meta = Metadata { request_id: Some("req".into()), ..Default::default() };
     let (long, fresh) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
-    store.execute::<Movie>(&long, MovieCommand::AddMovie { details: details("Long") }, &meta).await.unwrap();
     store
-        .execute::<Movie>(&fresh, MovieCommand::AddMovie { details: details("Fresh") }, &meta)
+        .execute::<Movie>(
+            &long,
+            MovieCommand::AddMovie { details: common::movie_details("Long", &[Uuid::now_v7()]) },
+            &meta,
+        )
+        .await
+        .unwrap();
+    store
+        .execute::<Movie>(
+            &fresh,
+            MovieCommand::AddMovie { details: common::movie_details("Fresh", &[Uuid::now_v7()]) },
+            &meta,
+        )
         .await
         .unwrap();
     let customer = Uuid::now_v7();

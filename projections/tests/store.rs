@@ -2,25 +2,14 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use domain::category::{Category, CategoryCommand};
-use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
-use domain::values::{CategoryIds, CategoryName, Rating, Storyline, Title};
+use domain::movie::{Movie, MovieChanges, MovieCommand};
+use domain::values::{CategoryName, Title};
 use domain::Actor;
 use projections::store::{lookup, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 mod common;
-
-fn details(title: &str, categories: &[Uuid]) -> MovieDetails {
-    MovieDetails {
-        title: Title::parse(title).unwrap(),
-        storyline: Storyline::parse("A story.").unwrap(),
-        release_date: chrono::NaiveDate::from_ymd_opt(1995, 12, 15).unwrap(),
-        rating: Rating::parse(8.3).unwrap(),
-        director: None,
-        category_ids: CategoryIds::parse(categories.to_vec()).unwrap(),
-    }
-}
 
 fn meta() -> Metadata {
     Metadata {
@@ -35,7 +24,11 @@ async fn new_movie(store: &EventStore) -> (String, Uuid) {
     let category = Uuid::now_v7();
     let id = Uuid::now_v7().to_string();
     store
-        .execute::<Movie>(&id, MovieCommand::AddMovie { details: details("Heat", &[category]) }, &meta())
+        .execute::<Movie>(
+            &id,
+            MovieCommand::AddMovie { details: common::movie_details("Heat", &[category]) },
+            &meta(),
+        )
         .await
         .unwrap();
     (id, category)
