@@ -25,7 +25,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::executor::{
-    write_snapshot, AppendError, CommandError, EventStore, Metadata, RecordedEvent, Rows, StoredRow,
+    record_command, write_snapshot, AppendError, CommandError, EventStore, Metadata, RecordedEvent, Rows,
+    StoredRow,
 };
 use super::idempotency::{self, CLAIM};
 use super::stream::{Loaded, StreamKind};
@@ -136,11 +137,12 @@ impl EventStore {
             Err(error) => {
                 let elapsed = started.elapsed().as_secs_f64();
                 for command in &commands {
-                    let name = A::command_name(&command.command);
-                    metrics::counter!("commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => error.outcome())
-                        .increment(1);
-                    metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE, "command" => name)
-                        .record(elapsed);
+                    record_command(
+                        A::TYPE,
+                        A::command_name(&command.command),
+                        error.outcome(),
+                        Some(elapsed),
+                    );
                 }
                 ("error", Err(error))
             }
@@ -348,11 +350,7 @@ where
     A: StreamKind,
     A::Command: Clone + Send + Sync,
 {
-    let name = A::command_name(command);
-    metrics::counter!("commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome.label())
-        .increment(1);
-    if !matches!(outcome, CommandOutcome::Skipped) {
-        metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE, "command" => name)
-            .record(elapsed);
-    }
+    // A skipped command did not run: counted, but it has no duration.
+    let ran = !matches!(outcome, CommandOutcome::Skipped);
+    record_command(A::TYPE, A::command_name(command), outcome.label(), ran.then_some(elapsed));
 }

@@ -174,15 +174,15 @@ impl EventStore {
         .bind(A::SNAPSHOT_EVERY.is_some())
         .fetch_all(&self.pool)
         .await?;
-        for Row { kind, sequence, event_type, event_version, payload } in &rows {
-            match (kind, event_type, event_version) {
+        for Row { kind, sequence, event_type, event_version, payload } in rows {
+            match (kind, event_type.as_deref(), event_version.as_deref()) {
                 (0, _, _) => {
-                    loaded.state = serde_json::from_value(payload.clone())
+                    loaded.state = serde_json::from_value(payload)
                         .map_err(|e| CommandError::Corrupt(format!("snapshot of {aggregate_id}: {e}")))?;
-                    loaded.version = *sequence;
+                    loaded.version = sequence;
                 }
                 (_, Some(event_type), Some(event_version)) => {
-                    StoredRow { aggregate_id, sequence: *sequence, event_type, event_version, payload }
+                    StoredRow { aggregate_id, sequence, event_type, event_version, payload: &payload }
                         .apply_to(&mut loaded)?;
                 }
                 _ => {
@@ -235,10 +235,7 @@ impl EventStore {
             Ok(_) => "committed",
             Err(error) => error.outcome(),
         };
-        metrics::counter!("commands_total", "aggregate" => A::TYPE, "command" => name, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("command_duration_seconds", "aggregate" => A::TYPE, "command" => name)
-            .record(started.elapsed().as_secs_f64());
+        record_command(A::TYPE, name, outcome, Some(started.elapsed().as_secs_f64()));
         result
     }
 
@@ -353,6 +350,22 @@ impl EventStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(position.unwrap_or(0))
+    }
+}
+
+/// Counts one command in `commands_total` by its outcome and, when it ran, records how long it
+/// took in `command_duration_seconds`.
+pub(super) fn record_command(
+    aggregate: &'static str,
+    command: &'static str,
+    outcome: &'static str,
+    elapsed_secs: Option<f64>,
+) {
+    metrics::counter!("commands_total", "aggregate" => aggregate, "command" => command, "outcome" => outcome)
+        .increment(1);
+    if let Some(elapsed) = elapsed_secs {
+        metrics::histogram!("command_duration_seconds", "aggregate" => aggregate, "command" => command)
+            .record(elapsed);
     }
 }
 
