@@ -74,6 +74,15 @@ struct State {
     usable_until: Option<Instant>,
 }
 
+impl State {
+    /// Drops every entry, and refuses fills whose lookup began before.
+    fn forget_all(&mut self) {
+        self.generation += 1;
+        self.entries.clear();
+        self.by_user.clear();
+    }
+}
+
 struct Entry {
     user: User,
     expires_at: DateTime<Utc>,
@@ -157,18 +166,13 @@ impl TokenCache {
 
     /// Drops everything (a notification that could not be read).
     fn revoke_all(&self) {
-        let mut state = self.write();
-        state.generation += 1;
-        state.entries.clear();
-        state.by_user.clear();
+        self.write().forget_all();
     }
 
     /// Starts serving, empty, until `until`.
     fn join(&self, until: Instant) {
         let mut state = self.write();
-        state.generation += 1;
-        state.entries.clear();
-        state.by_user.clear();
+        state.forget_all();
         state.usable_until = Some(until);
     }
 
@@ -183,9 +187,7 @@ impl TokenCache {
     /// Stops serving and forgets everything.
     fn leave(&self) {
         let mut state = self.write();
-        state.generation += 1;
-        state.entries.clear();
-        state.by_user.clear();
+        state.forget_all();
         state.usable_until = None;
     }
 }
