@@ -75,13 +75,21 @@ pub enum Command {
     },
 }
 
-/// Runs the parsed command line.
-pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Serve) {
+/// Runs the parsed command line against the database it resolves (the private PostgreSQL, when
+/// that is the one), and stops a private cluster this process started once the command is done.
+pub async fn run(cli: Cli, mut config: Config) -> anyhow::Result<std::process::ExitCode> {
+    let private = crate::db::resolve(&mut config).await?;
+    let result = run_command(cli, config).await;
+    crate::db::release(private).await;
+    result
+}
+
+async fn run_command(cli: Cli, config: Config) -> anyhow::Result<std::process::ExitCode> {
+    let done = match cli.command.unwrap_or(Command::Serve) {
+        Command::Verify => return verify(config).await,
         Command::Serve => serve(config).await,
         Command::Worker => worker(config).await,
         Command::Rebuild { projection } => rebuild(config, projection).await,
-        Command::Verify => verify(config).await,
         Command::Migrate => {
             let pool = crate::db::connect(&config.database).await?;
             crate::db::migrate(&pool).await?;
@@ -92,7 +100,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::CreateUser { role, email, username } => create_user(config, &role, email, &username).await,
         Command::Export { after, until } => export(config, after, until).await,
         Command::EraseUser { username } => erase_user(config, &username).await,
-    }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 fn parse_rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -124,9 +133,21 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let cache = crate::cache::Cache::new(&config.redis);
     let engine =
         engine.with_listener(std::sync::Arc::new(crate::refresh::CacheRefresher { cache, catalogue }));
+    crate::metrics::handle();
+    let shutdown = shutdown_signal();
+    let upkeep = tokio::spawn(crate::metrics::upkeep_periodically(shutdown.clone()));
+    let exporter = match config.metrics_addr {
+        Some(addr) => Some(crate::metrics::serve_exporter(addr, pool.clone(), shutdown.clone()).await?),
+        None => None,
+    };
     tracing::info!("worker running the projectors");
     println!("worker running");
-    engine.run(shutdown_signal()).await?;
+    engine.run(shutdown.clone()).await?;
+    shutdown.cancel();
+    if let Some(exporter) = exporter {
+        exporter.await.context("metrics listener failed")??;
+    }
+    upkeep.await.context("metrics upkeep failed")?;
     pool.close().await;
     Ok(())
 }
@@ -221,7 +242,7 @@ async fn rebuild(config: Config, only: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn verify(config: Config) -> anyhow::Result<()> {
+async fn verify(config: Config) -> anyhow::Result<std::process::ExitCode> {
     let (pool, engine) = engine(&config).await?;
     let chosen = read_models(&engine, None)?;
     let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
@@ -243,9 +264,9 @@ async fn verify(config: Config) -> anyhow::Result<()> {
     }
     if differing > 0 {
         eprintln!("verify: {differing} table(s) differ from a replay of the log");
-        std::process::exit(1);
+        return Ok(std::process::ExitCode::FAILURE);
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn create_user(

@@ -26,6 +26,50 @@ pub struct Config {
     pub run_projectors: bool,
     /// The async runtime's thread counts.
     pub runtime: RuntimeConfig,
+    /// `MOVIESTORE_DATA_DIR`: the private PostgreSQL's cluster and, without SMTP, the emails.
+    pub data_dir: std::path::PathBuf,
+    /// `MOVIESTORE_CORS_ORIGINS`: origins allowed to call the API from a browser.
+    pub cors: CorsOrigins,
+    /// `MOVIESTORE_METRICS_ADDR`: where `worker` serves `/metrics` (none when unset).
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The origins a browser may call the API from (`MOVIESTORE_CORS_ORIGINS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Unset: no CORS headers at all.
+    None,
+    /// `*`: any origin.
+    Any,
+    /// These origins exactly (scheme, host and port, as browsers send `Origin`).
+    List(Vec<String>),
+}
+
+impl std::str::FromStr for CorsOrigins {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let origins: Vec<&str> = raw.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+        if origins.is_empty() {
+            return Ok(Self::None);
+        }
+        if origins == ["*"] {
+            return Ok(Self::Any);
+        }
+        let mut list = Vec::new();
+        for origin in origins {
+            let well_formed = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '*', ' '])
+            });
+            if !well_formed {
+                return Err(format!(
+                    "{origin:?} is not an origin: use scheme://host[:port] (e.g. https://shop.example.com) or *"
+                ));
+            }
+            list.push(origin.trim_end_matches('/').to_string());
+        }
+        Ok(Self::List(list))
+    }
 }
 
 /// Thread counts of the tokio runtime, chosen on purpose rather than left to tokio's defaults
@@ -98,7 +142,40 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Whether to create the database and run migrations at start.
     pub run_migrations: bool,
+    /// Whether `DATABASE_URL` was set (in the environment or `.env`), not defaulted.
+    pub url_given: bool,
+    /// `MOVIESTORE_EMBEDDED_POSTGRES`: when to run the private PostgreSQL.
+    pub embedded: EmbeddedPostgres,
+    /// `MOVIESTORE_PG_BIN`: the folder of PostgreSQL's server programs (found when unset).
+    pub pg_bin: Option<std::path::PathBuf>,
 }
+
+/// When the private PostgreSQL (a cluster under `MOVIESTORE_DATA_DIR/postgres`) is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddedPostgres {
+    /// When `DATABASE_URL` is unset and nothing answers at the default address.
+    Auto,
+    /// Always, whatever `DATABASE_URL` says.
+    Always,
+    /// Never: the database `DATABASE_URL` names must answer.
+    Never,
+}
+
+impl std::str::FromStr for EmbeddedPostgres {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "auto" => Ok(Self::Auto),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err("use auto, always or never".into()),
+        }
+    }
+}
+
+/// The default `DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/moviestore";
 
 /// Redis settings.
 #[derive(Debug, Clone)]
@@ -219,9 +296,10 @@ impl Config {
                 max_concurrent_requests: parsed("MOVIESTORE_MAX_CONCURRENT_REQUESTS", 1024)?,
             },
             database: DatabaseConfig {
-                url: var("DATABASE_URL")
-                    .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/moviestore".into())
-                    .into(),
+                url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()).into(),
+                url_given: var("DATABASE_URL").is_some(),
+                embedded: parsed("MOVIESTORE_EMBEDDED_POSTGRES", EmbeddedPostgres::Auto)?,
+                pg_bin: var("MOVIESTORE_PG_BIN").map(Into::into),
                 max_connections: parsed("MOVIESTORE_DB_MAX_CONNECTIONS", 16)?,
                 acquire_timeout: Duration::from_secs(parsed("MOVIESTORE_DB_ACQUIRE_TIMEOUT_SECS", 3)?),
                 run_migrations: true,
@@ -262,6 +340,12 @@ impl Config {
                 Some(other) => bail!("MOVIESTORE_PROJECTORS={other:?} is not valid: use on or off"),
             },
             runtime: RuntimeConfig::from_lookup(&var)?,
+            data_dir: var("MOVIESTORE_DATA_DIR").unwrap_or_else(|| ".moviestore".into()).into(),
+            cors: parsed("MOVIESTORE_CORS_ORIGINS", CorsOrigins::None)?,
+            metrics_addr: match var("MOVIESTORE_METRICS_ADDR") {
+                None => None,
+                Some(_) => Some(parsed("MOVIESTORE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?),
+            },
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
                 Some(raw) => {
@@ -367,6 +451,9 @@ mod tests {
                 max_connections: 1,
                 acquire_timeout: Duration::from_secs(1),
                 run_migrations: false,
+                url_given: true,
+                embedded: EmbeddedPostgres::Never,
+                pg_bin: None,
             },
             redis: RedisConfig { url: "redis://localhost".to_string().into(), key_prefix: "t:".into() },
             auth: AuthConfig {
@@ -381,6 +468,9 @@ mod tests {
             bootstrap_admin: None,
             run_projectors: true,
             runtime: RuntimeConfig { worker_threads: 2, max_blocking_threads: 2 },
+            data_dir: ".moviestore".into(),
+            cors: CorsOrigins::None,
+            metrics_addr: None,
         }
     }
 
@@ -396,5 +486,27 @@ mod tests {
         let mut c = valid();
         c.auth.hash_concurrency = 3;
         assert!(c.validate().unwrap_err().to_string().contains("MOVIESTORE_MAX_BLOCKING_THREADS"));
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_any_or_none_and_a_malformed_one_is_named() {
+        assert_eq!("".parse::<CorsOrigins>(), Ok(CorsOrigins::None));
+        assert_eq!(" * ".parse::<CorsOrigins>(), Ok(CorsOrigins::Any));
+        assert_eq!(
+            "https://a.example, http://localhost:3000/".parse::<CorsOrigins>(),
+            Ok(CorsOrigins::List(vec!["https://a.example".into(), "http://localhost:3000".into()]))
+        );
+        for bad in ["a.example", "ftp://a.example", "https://a.example/path", "https://*.example"] {
+            let error = bad.parse::<CorsOrigins>().unwrap_err();
+            assert!(error.contains(bad.trim_end_matches('/')), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn embedded_postgres_modes_parse_and_others_are_refused() {
+        assert_eq!("auto".parse::<EmbeddedPostgres>(), Ok(EmbeddedPostgres::Auto));
+        assert_eq!("always".parse::<EmbeddedPostgres>(), Ok(EmbeddedPostgres::Always));
+        assert_eq!("never".parse::<EmbeddedPostgres>(), Ok(EmbeddedPostgres::Never));
+        assert!("sometimes".parse::<EmbeddedPostgres>().is_err());
     }
 }

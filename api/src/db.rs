@@ -8,7 +8,8 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::config::DatabaseConfig;
+use crate::config::{Config, DatabaseConfig};
+use crate::private_pg::PrivatePostgres;
 
 /// Connection options shared by every pool of the app. A write transaction left open holds every
 /// projector back (they read only behind the oldest running transaction), so an idle one is
@@ -50,4 +51,86 @@ pub async fn pool(config: &DatabaseConfig, options: PgConnectOptions) -> anyhow:
 /// advisory lock while migrating).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     crate::MIGRATOR.run(pool).await.context("could not run migrations")
+}
+
+/// Decides which PostgreSQL this process uses (API.md, `MOVIESTORE_EMBEDDED_POSTGRES`) and logs
+/// it, without the password: the one `DATABASE_URL` names, or the private cluster under
+/// `MOVIESTORE_DATA_DIR`, started or joined here. The returned cluster is stopped when this
+/// process owns it and drops it.
+pub async fn resolve(config: &mut Config) -> anyhow::Result<Option<PrivatePostgres>> {
+    use crate::config::EmbeddedPostgres;
+    let private = match config.database.embedded {
+        EmbeddedPostgres::Never => false,
+        EmbeddedPostgres::Always => true,
+        EmbeddedPostgres::Auto => !config.database.url_given && !default_server_answers().await,
+    };
+    if !private {
+        tracing::info!(database = %without_password(config.database.url.expose_secret()), "using PostgreSQL");
+        return Ok(None);
+    }
+    let data_dir = config.data_dir.clone();
+    let pg_bin = config.database.pg_bin.clone();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let bin = crate::private_pg::find_server_programs(pg_bin.as_deref())?;
+        PrivatePostgres::start_or_join(&data_dir, &bin, &[])
+    })
+    .await
+    .context("starting the private PostgreSQL")??;
+    tracing::info!(
+        database = %cluster.display_url("moviestore"),
+        pgdata = %cluster.pgdata().display(),
+        how = cluster.how(),
+        "using the private PostgreSQL"
+    );
+    config.database.url = cluster.url("moviestore").into();
+    Ok(Some(cluster))
+}
+
+/// Stops a private cluster this process owns, off the async threads.
+pub async fn release(cluster: Option<PrivatePostgres>) {
+    if let Some(mut cluster) = cluster {
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(error) = cluster.stop() {
+                tracing::warn!(%error, "could not stop the private PostgreSQL");
+            }
+        })
+        .await;
+    }
+}
+
+/// Whether something accepts connections at the default address (127.0.0.1:5432).
+async fn default_server_answers() -> bool {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", 5432));
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(2), connect).await, Ok(Ok(_)))
+}
+
+/// A database URL fit for logs: the password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    if rest.contains('/') {
+        format!("{scheme}://{authority}/{tail}")
+    } else {
+        format!("{scheme}://{authority}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_logged_url_never_shows_its_password() {
+        assert_eq!(
+            super::without_password("postgres://u:secret@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
+        assert_eq!(super::without_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::without_password("postgres://h"), "postgres://h");
+    }
 }

@@ -26,6 +26,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod private_pg;
 pub mod refresh;
 pub mod routes;
 pub mod seed;

@@ -9,7 +9,7 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = api::cli::Cli::parse();
     let config = api::config::Config::load()?;
     api::telemetry::init(&config.log);

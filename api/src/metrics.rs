@@ -101,6 +101,10 @@ fn describe() {
         Unit::Seconds,
         "from an event's recording to the commit of the projection batch that applied it"
     );
+    describe_gauge!(
+        "projection_failing",
+        "1 while a projection's last batch failed (it retries with backoff), else 0"
+    );
     describe_gauge!("db_pool_size", "connections open in the pool");
     describe_gauge!("db_pool_idle", "idle connections in the pool");
     describe_gauge!("db_pool_max", "the pool's maximum size");
@@ -118,7 +122,10 @@ pub async fn render(pool: &PgPool) -> String {
                     .set(status.position as f64);
                 metrics::gauge!("projection_lag_events", "projection" => name.clone())
                     .set(status.lag_events as f64);
-                metrics::gauge!("projection_lag_seconds", "projection" => name).set(status.lag_seconds);
+                metrics::gauge!("projection_lag_seconds", "projection" => name.clone())
+                    .set(status.lag_seconds);
+                metrics::gauge!("projection_failing", "projection" => name)
+                    .set(if status.last_error.is_some() { 1.0 } else { 0.0 });
             }
         }
         Err(error) => tracing::warn!(%error, "projection progress unavailable for /metrics"),
@@ -128,4 +135,36 @@ pub async fn render(pool: &PgPool) -> String {
     metrics::gauge!("db_pool_max").set(f64::from(pool.options().get_max_connections()));
     handle.run_upkeep();
     handle.render()
+}
+
+/// The content type of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A listener of its own for `GET /metrics` (and `GET /health`), for processes that serve no API
+/// (`worker`, with `MOVIESTORE_METRICS_ADDR`). Prints `metrics on http://ADDR`; stops on `shutdown`.
+pub async fn serve_exporter(
+    addr: std::net::SocketAddr,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    use anyhow::Context;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("could not listen on {addr} (MOVIESTORE_METRICS_ADDR)"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let pool = pool.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render(&pool).await) }
+            }),
+        )
+        .route("/health", get(|| async { "ok" }));
+    tracing::info!(addr = %bound, "serving /metrics");
+    println!("metrics on http://{bound}");
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    }))
 }

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -24,7 +25,7 @@ use projections::rentals::RentalsReader;
 
 use crate::accounts::Accounts;
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{Config, CorsOrigins};
 use crate::error::problem;
 use crate::refresh::CacheRefresher;
 use crate::state::AppState;
@@ -182,12 +183,37 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(axum::middleware::from_fn(crate::extract::read_body_first))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware));
+    let cors = cors(&state.config.cors);
     crate::routes::router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(layers)
+        .layer(tower::util::option_layer(cors))
         .with_state(state)
+}
+
+/// The CORS layer for `MOVIESTORE_CORS_ORIGINS`, outermost so that preflights are answered before
+/// any limit or authentication and that every answer (errors too) carries the headers a browser
+/// needs to read it; none when unset. Bearer tokens travel in a header, so no credentials.
+fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    let allow_origin = match origins {
+        CorsOrigins::None => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+        }
+    };
+    let names = |names: &[&'static str]| names.iter().map(|n| HeaderName::from_static(n)).collect::<Vec<_>>();
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers(names(&["authorization", "content-type", "idempotency-key", "x-request-id"]))
+            .expose_headers(names(&["x-position", "x-request-id", "x-cache", "retry-after", "location"]))
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 async fn not_found() -> Response {

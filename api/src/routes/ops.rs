@@ -59,5 +59,5 @@ async fn ready(State(state): State<AppState>) -> Response {
 ))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = crate::metrics::render(&state.db).await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
