@@ -58,6 +58,7 @@ impl std::str::FromStr for CorsOrigins {
         }
         let mut list = Vec::new();
         for origin in origins {
+            let origin = origin.trim_end_matches('/');
             let well_formed = origin.split_once("://").is_some_and(|(scheme, rest)| {
                 matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains(['/', '*', ' '])
             });
@@ -66,7 +67,7 @@ impl std::str::FromStr for CorsOrigins {
                     "{origin:?} is not an origin: use scheme://host[:port] (e.g. https://shop.example.com) or *"
                 ));
             }
-            list.push(origin.trim_end_matches('/').to_string());
+            list.push(origin.to_string());
         }
         Ok(Self::List(list))
     }
