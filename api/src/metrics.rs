@@ -29,7 +29,7 @@ pub async fn upkeep_periodically(shutdown: CancellationToken) {
     }
 }
 
-/// Latency buckets, in seconds, of every `*_duration_seconds` histogram.
+/// Latency buckets, in seconds, of every `*_duration_seconds` histogram and of `token_revocation_wait_seconds`.
 const DURATION_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -48,6 +48,8 @@ pub fn handle() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &DURATION_BUCKETS)
             .expect("the buckets are not empty")
             .set_buckets_for_metric(Matcher::Full(projections::engine::LAG_HISTOGRAM.into()), &LAG_BUCKETS)
+            .expect("the buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full("token_revocation_wait_seconds".into()), &DURATION_BUCKETS)
             .expect("the buckets are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

@@ -25,11 +25,8 @@ fn schemathesis() -> Option<&'static str> {
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer_in_any_operation(pool: PgPool) {
-    let Some(program) = schemathesis() else {
-        assert!(std::env::var_os("CI").is_none(), "schemathesis (st) is required under CI");
-        eprintln!("schemathesis is not installed (pip install schemathesis): skipping the fuzz test");
-        return;
-    };
+    let program = schemathesis()
+        .expect("the fuzz test needs schemathesis: pip install schemathesis==4.32.5 (puts `st` on the PATH)");
     // Arrange: some data, so generated ids sometimes meet real resources; no general rate limit,
     // since the fuzzer sends thousands of requests from one address.
     let options = Options { extra_env: vec![("MOVIESTORE_RATE_LIMIT_PER_SEC".into(), "0".into())] };

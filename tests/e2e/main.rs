@@ -23,3 +23,4 @@ mod read_side;
 mod renting;
 mod resilience;
 mod revocation;
+mod setup;
