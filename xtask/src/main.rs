@@ -7,7 +7,8 @@
 //!    `moviestore` uses for its own private PostgreSQL.
 //! 3. Uses the Redis of `REDIS_URL` when it answers; otherwise starts a private `redis-server` on
 //!    a free port.
-//! 4. Runs `cargo test --workspace ARGS` against them, then stops what it started.
+//! 4. Runs `cargo test --workspace ARGS` against them (without `--workspace` when ARGS pick
+//!    packages with `-p`), then stops what it started.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -54,10 +55,17 @@ fn test(args: &[String]) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let (database_url, cluster) = database().await?;
         let (redis_url, redis) = redis()?;
-        say(format!("cargo test --workspace {}", args.join(" ")));
+        // The whole workspace unless the arguments pick packages.
+        let picks = args.iter().any(|a| a.starts_with("-p") || a.starts_with("--package"));
+        let scope: &[&str] = if picks { &[] } else { &["--workspace"] };
+        say(format!(
+            "cargo test {}",
+            scope.iter().copied().chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+        ));
         let mut child =
             tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["test", "--workspace"])
+                .arg("test")
+                .args(scope)
                 .args(args)
                 .env("DATABASE_URL", &database_url)
                 .env("REDIS_URL", &redis_url)
@@ -99,6 +107,15 @@ fn missing_tools() -> Vec<(&'static str, &'static str, &'static str)> {
     }
     if on_path("redis-server").is_none() {
         missing.push(("redis-server", "the Redis outage tests", "apt-get install redis-server"));
+    }
+    for (tool, package) in [("curl", "curl"), ("jq", "jq")] {
+        if on_path(tool).is_none() {
+            missing.push((
+                tool,
+                "the README walk-through test",
+                if package == "jq" { "apt-get install jq" } else { "apt-get install curl" },
+            ));
+        }
     }
     if on_path("promtool").is_none() {
         missing.push(("promtool", "the monitoring files test", "apt-get install prometheus"));
