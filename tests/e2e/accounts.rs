@@ -369,3 +369,76 @@ async fn an_admin_changes_a_role_and_it_applies_at_once(pool: PgPool) {
     assert_eq!(customer["role"], "customer");
     app.rent(movie, &greg_token).await;
 }
+
+/// Sends `n` wrong logins for `username` at once, spread over `bases`; tallies the answers.
+async fn login_burst(
+    app: &TestApp,
+    bases: &[String],
+    username: &str,
+    n: usize,
+) -> std::collections::BTreeMap<u16, usize> {
+    let requests = (0..n).map(|i| {
+        let url = format!("{}/api/v1/auth/login", bases[i % bases.len()]);
+        let body = json!({"username": username, "password": format!("wrong-password-{i}")});
+        let client = app.client.clone();
+        async move { client.post(url).json(&body).send().await.expect("login answered").status().as_u16() }
+    });
+    let mut tally = std::collections::BTreeMap::new();
+    for status in futures::future::join_all(requests).await {
+        *tally.entry(status).or_insert(0) += 1;
+    }
+    tally
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn of_200_simultaneous_wrong_logins_at_most_10_are_checked_and_then_even_the_right_password_waits(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.customer("burst").await;
+    let tally = login_burst(&app, std::slice::from_ref(&app.address), "burst", 200).await;
+    let (unauthorized, throttled) =
+        (tally.get(&401).copied().unwrap_or(0), tally.get(&429).copied().unwrap_or(0));
+    assert_eq!(unauthorized + throttled, 200, "only 401 and 429: {tally:?}");
+    assert!(unauthorized <= 10, "at most 10 attempts checked: {tally:?}");
+    assert!(unauthorized >= 1, "the burst was checked at all: {tally:?}");
+    let right = app
+        .post("/api/v1/auth/login", None, Some(json!({"username": "burst", "password": "password-123"})))
+        .await;
+    assert_problem(right, 429, "rate-limited").await;
+    println!(
+        "200 simultaneous wrong logins: {unauthorized} × 401, {throttled} × 429; the right password then 429"
+    );
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_login_burst_split_over_two_processes_is_throttled_as_one(pool: PgPool) {
+    let prefix = format!("test-{}:", uuid::Uuid::now_v7());
+    let app = TestApp::spawn_with(
+        pool,
+        Options { extra_env: vec![("MOVIESTORE_REDIS_PREFIX".into(), prefix.clone())] },
+    )
+    .await;
+    let database_url = app.database_url.clone();
+    let peer = tokio::task::spawn_blocking(move || crate::resilience::Peer::start(&database_url, &prefix))
+        .await
+        .unwrap();
+    app.customer("split").await;
+    let bases = [app.address.clone(), peer.address.clone()];
+    let tally = login_burst(&app, &bases, "split", 200).await;
+    let (unauthorized, throttled) =
+        (tally.get(&401).copied().unwrap_or(0), tally.get(&429).copied().unwrap_or(0));
+    assert_eq!(unauthorized + throttled, 200, "only 401 and 429: {tally:?}");
+    assert!((1..=10).contains(&unauthorized), "at most 10 attempts checked across both processes: {tally:?}");
+    for base in &bases {
+        let right = app
+            .client
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"username": "split", "password": "password-123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), StatusCode::TOO_MANY_REQUESTS, "the right password at {base}");
+    }
+    println!("200 wrong logins over two processes: {unauthorized} × 401, {throttled} × 429");
+}

@@ -195,7 +195,8 @@ impl Accounts {
 
     /// Checks credentials. Unknown usernames are verified against a dummy hash so both failures
     /// take the same time; failures are counted per username and client address in PostgreSQL,
-    /// so the throttle holds across processes.
+    /// so the throttle holds across processes, and each attempt is reserved before its password
+    /// is checked, so simultaneous attempts cannot slip past the limit together.
     pub async fn login(
         &self,
         username: &str,
@@ -211,8 +212,8 @@ impl Accounts {
         }
         let key = username.to_lowercase();
         let window = self.config.login_window;
-        let failures = store::recent_failures(&self.pool, &key, client_addr, window).await?;
-        if failures.count >= self.config.login_max_failures {
+        let max = self.config.login_max_failures;
+        if let Err(failures) = store::reserve_attempt(&self.pool, &key, client_addr, window, max).await? {
             let retry_after_secs = failures
                 .oldest
                 .map(|oldest| {
@@ -222,6 +223,7 @@ impl Accounts {
                 .unwrap_or(window.as_secs());
             return Ok(LoginOutcome::Throttled { retry_after_secs });
         }
+        // The attempt is recorded as a failure until the password proves right.
         let found = store::credentials_by_username(&self.pool, &key).await?;
         let stored_hash = found.as_ref().map(|(_, hash)| hash.clone());
         let verdict = self.passwords.verify(password.clone(), stored_hash).await?;
@@ -234,10 +236,7 @@ impl Accounts {
                 }
                 Ok(LoginOutcome::Success(self.issue_token(user_id).await?))
             }
-            _ => {
-                store::record_failure(&self.pool, &key, client_addr).await?;
-                Ok(LoginOutcome::InvalidCredentials)
-            }
+            _ => Ok(LoginOutcome::InvalidCredentials),
         }
     }
 

@@ -175,12 +175,24 @@ pub(super) struct Failures {
     pub oldest: Option<DateTime<Utc>>,
 }
 
-pub(super) async fn recent_failures(
+/// Reserves a login attempt before the password is checked: under a per-key transaction lock,
+/// counts the failures in the window and, below `max`, records this attempt as one (a correct
+/// password clears it afterwards). So of any number of simultaneous attempts at most `max` get
+/// past this point, whichever process they reach. `Err(failures)` when the limit is reached.
+/// Failures of this key that left the window long ago are forgotten on the way.
+pub(super) async fn reserve_attempt(
     pool: &PgPool,
     username_lower: &str,
     client_addr: &str,
     window: Duration,
-) -> Result<Failures, sqlx::Error> {
+    max: i64,
+) -> Result<Result<(), Failures>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended('login:' || $1 || chr(31) || $2, 0))")
+        .bind(username_lower)
+        .bind(client_addr)
+        .execute(&mut *tx)
+        .await?;
     let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
         "select count(*), min(failed_at) from login_failures
           where username = $1 and client_addr = $2
@@ -189,17 +201,12 @@ pub(super) async fn recent_failures(
     .bind(username_lower)
     .bind(client_addr)
     .bind(window.as_secs_f64())
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(Failures { count, oldest })
-}
-
-/// Records a failure, and forgets failures of this key that left the window long ago.
-pub(super) async fn record_failure(
-    pool: &PgPool,
-    username_lower: &str,
-    client_addr: &str,
-) -> Result<(), sqlx::Error> {
+    if count >= max {
+        tx.rollback().await?;
+        return Ok(Err(Failures { count, oldest }));
+    }
     sqlx::query(
         "with expired as (
              delete from login_failures
@@ -208,9 +215,10 @@ pub(super) async fn record_failure(
     )
     .bind(username_lower)
     .bind(client_addr)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(Ok(()))
 }
 
 pub(super) async fn clear_failures(
