@@ -301,29 +301,21 @@ impl PrivatePostgres {
         let mut lines = contents.lines();
         let pid: Option<u32> = lines.next().and_then(|l| l.trim().parse().ok());
         let port: Option<u16> = lines.nth(2).and_then(|l| l.trim().parse().ok());
-        let server_alive = pid.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres"));
-        if let (true, Some(port)) = (server_alive, port) {
+        let server_alive = || pid.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres"));
+        if let (true, Some(pid), Some(port)) = (server_alive(), pid, port) {
             // Up and accepting connections (it may still be starting, or shutting down).
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(
-                    &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                    Duration::from_secs(1),
-                )
-                .is_ok()
-                {
+            while Instant::now() < deadline && server_alive() {
+                if TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok() {
                     return Ok(Some(port));
-                }
-                if !pid.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres")) {
-                    break;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            if pid.is_some_and(|pid| process_name(pid).as_deref() == Some("postgres")) {
+            if server_alive() {
                 bail!(
-                    "a PostgreSQL server runs on {} (pid {}) but does not accept connections on port {port}",
-                    self.pgdata().display(),
-                    pid.unwrap_or_default()
+                    "a PostgreSQL server runs on {} (pid {pid}) but does not accept connections on port {port}",
+                    self.pgdata().display()
                 );
             }
         }

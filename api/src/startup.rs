@@ -16,7 +16,6 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use projections::catalogue::CatalogueReader;
@@ -172,7 +171,7 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(axum::middleware::from_fn_with_state(timeout, out_of_time))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| -> Response {
             tracing::error!("a request handler panicked");
             problem(
@@ -214,6 +213,27 @@ fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
             .expose_headers(names(&["x-position", "x-request-id", "x-cache", "retry-after", "location"]))
             .max_age(std::time::Duration::from_secs(3600)),
     )
+}
+
+/// Bounds a request, its body's arrival included, by `MOVIESTORE_REQUEST_TIMEOUT_SECS`; one that
+/// runs out of time answers 503 problem+json with `Retry-After`, like every other 503.
+async fn out_of_time(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                &format!("the request did not complete within {} s; retry shortly", limit.as_secs()),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(1u64));
+            response
+        }
+    }
 }
 
 async fn not_found() -> Response {

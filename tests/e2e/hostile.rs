@@ -232,3 +232,38 @@ async fn hostile_bodies_query_strings_and_paths_get_problem_documents_and_never_
         tally.requests, tally.by_status
     );
 }
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_request_that_runs_out_of_time_answers_503_problem_json_with_retry_after(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = Options { extra_env: vec![("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "1".into())] };
+    let app = TestApp::spawn_with(pool, options).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    // A body announced as 100 bytes of which one arrives: the request cannot finish in time.
+    let mut socket = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let head = format!(
+        "POST /api/v1/auth/login HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut buffer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("content-type: application/problem+json"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("/timeout\""), "the slug says why: {answer}");
+    assert!(elapsed >= std::time::Duration::from_millis(900), "after the timeout, not before: {elapsed:?}");
+    println!("slow body: 503 problem+json with Retry-After after {elapsed:?}");
+}

@@ -169,9 +169,8 @@ pub(super) async fn set_role(
     Ok(Some((user, counter)))
 }
 
-/// Failures counted in the throttle's window.
+/// The limit was reached; the oldest failure in the window tells when it leaves.
 pub(super) struct Failures {
-    pub count: i64,
     pub oldest: Option<DateTime<Utc>>,
 }
 
@@ -205,7 +204,7 @@ pub(super) async fn reserve_attempt(
     .await?;
     if count >= max {
         tx.rollback().await?;
-        return Ok(Err(Failures { count, oldest }));
+        return Ok(Err(Failures { oldest }));
     }
     sqlx::query(
         "with expired as (
