@@ -190,12 +190,27 @@ async fn the_loan_policy_sets_due_times_and_an_invalid_one_stops_the_process(poo
 
     // Act
     let rental = app.rent(movie, &token).await;
-    let answer =
-        expect_status(app.get(&format!("/api/v1/rentals/{rental}"), Some(&token)).await, StatusCode::OK)
-            .await;
+    let answer = crate::read_side::wait_for_rental_status(
+        &app,
+        &app.address,
+        &token,
+        rental,
+        "active",
+        Duration::from_secs(10),
+    )
+    .await;
 
     // Assert: due 3 days after the rent; a loan outside 1..=365 days refuses to start.
     assert_eq!(time_of(&answer["due_at"]), time_of(&answer["rented_at"]) + chrono::Duration::days(3));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let opened = loop {
+        if let Some((_, payload, _)) = app.events_of("rental", rental).await.into_iter().next() {
+            break payload;
+        }
+        assert!(Instant::now() < deadline, "the rental was not opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(time_of(&opened["due_at"]), time_of(&answer["due_at"]), "recorded in RentalOpened");
     for wrong in ["0", "366", "a week"] {
         let output = std::process::Command::new(binary())
             .arg("migrate")
@@ -253,7 +268,7 @@ async fn a_process_killed_while_100_timers_fire_loses_and_repeats_none(pool: PgP
 
     // Assert: each rental overdue exactly once, no timer left, the read models equal a replay.
     println!(
-        "killed -9 with {fired_before} of {N} timers fired ({timers_left} timers or rentals still to open); \
+        "killed -9 with {fired_before} of {N} timers fired ({timers_left} timers set and not fired yet); \
          after the restart all {N} fired"
     );
     let per_rental: Vec<i64> = sqlx::query_scalar(
