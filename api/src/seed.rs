@@ -170,7 +170,7 @@ pub const DEMO_CUSTOMER: &str = "demo-customer";
 /// (negative: already overdue by that many hours). Their rent times are back-dated by the loan
 /// policy's length accordingly, as an admin entering past rentals would.
 pub const DEMO_RENTALS: &[(&str, i64)] =
-    &[("The Big Lebowski", -72), ("Alien", -48), ("Fargo", -20), ("Casablanca", 6), ("Jaws", 30)];
+    &[("Psycho", -72), ("Alien", -48), ("Fargo", -20), ("Casablanca", 6), ("Jaws", 30)];
 
 /// Told how far the movies are.
 pub trait SeedProgress: Send + Sync {

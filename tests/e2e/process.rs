@@ -170,7 +170,7 @@ async fn seed_adds_the_default_catalogue_through_commands_once_and_generates_mov
     let mut titles: Vec<&str> =
         overdue["items"].as_array().unwrap().iter().map(|r| r["movie_title"].as_str().unwrap()).collect();
     titles.sort();
-    assert_eq!(titles, ["Alien", "Fargo", "The Big Lebowski"]);
+    assert_eq!(titles, ["Alien", "Fargo", "Psycho"]);
 
     // A second run adds nothing; a larger --movies adds only the missing generated ones.
     let events_before = last_position(&pool).await;
