@@ -269,3 +269,108 @@ async fn a_timer_set_when_already_due_waits_out_the_grace_after_it_was_set(pool:
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(scheduler.fire_due().await.unwrap().overdue, 1);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rental_opened_in_version_1_is_due_7_days_after_its_rent_fires_and_replays_equal(pool: PgPool) {
+    // Arrange: a log written before due dates existed: `MovieRented` and `RentalOpened` 1.0 (no
+    // `due_at`), and the timer the migration gives such a rental.
+    let (movie, rental, customer) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let rented_at = days_ago(9);
+    let stored = [
+        (
+            "movie",
+            movie,
+            "MovieRented",
+            serde_json::json!({"rental_id": rental, "customer_id": customer, "rented_at": rented_at}),
+        ),
+        (
+            "rental",
+            rental,
+            "RentalOpened",
+            serde_json::json!({"movie_id": movie, "customer_id": customer, "rented_at": rented_at}),
+        ),
+    ];
+    for (stream, id, event_type, payload) in stored {
+        sqlx::query(
+            "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                                 metadata, event_id)
+             values ($1, $2, 1, $3, '1.0', $4, '{\"correlation_id\": \"old-rent\"}', $5)",
+        )
+        .bind(stream)
+        .bind(id.to_string())
+        .bind(event_type)
+        .bind(payload)
+        .bind(Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let due_at = rented_at + chrono::Duration::days(7);
+    sqlx::query("insert into deadline (stream_id, kind, due_at, created_at) values ($1, 'overdue', $2, $3)")
+        .bind(rental.to_string())
+        .bind(due_at)
+        .bind(rented_at)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = EventStore::new(pool.clone());
+
+    // Act
+    let loaded = store.load::<Rental>(&rental.to_string()).await.unwrap();
+    let round = Scheduler::with_config(pool.clone(), store.clone(), config(10)).fire_due().await.unwrap();
+    let engine = projections::engine::Engine::new(
+        pool.clone(),
+        projections::all(store, PricePlan::default(), LoanPolicy::default()),
+        projections::engine::EngineConfig::default(),
+    );
+    // The horizon is cluster-wide: catch up until each checkpoint has passed the last event.
+    let last: i64 = sqlx::query_scalar("select max(position) from events").fetch_one(&pool).await.unwrap();
+    for name in [projections::rentals::NAME, projections::analytics::NAME] {
+        let started = Instant::now();
+        loop {
+            engine.catch_up(name).await.unwrap();
+            let at: i64 =
+                sqlx::query_scalar("select last_position from projection_checkpoint where name = $1")
+                    .bind(name)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if at >= last {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{name} stuck at {at}, short of {last}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Assert: the upcast due time everywhere, one RentalOverdue at it, replays equal to live rows.
+    assert_eq!(loaded.state.due_at, Some(due_at));
+    assert_eq!((round.claimed, round.overdue), (1, 1));
+    let (payload, correlation): (serde_json::Value, Option<String>) = sqlx::query_as(
+        "select payload, metadata->>'correlation_id' from events where event_type = 'RentalOverdue'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(payload, serde_json::json!({ "due_at": due_at }));
+    assert_eq!(correlation.as_deref(), Some("old-rent"));
+    let row = projections::rentals::RentalsReader::new(pool.clone()).rental(rental).await.unwrap().unwrap();
+    assert_eq!((row.due_at, row.overdue_at), (Some(due_at), Some(due_at)));
+    for name in [projections::rentals::NAME, projections::analytics::NAME] {
+        let projection = engine.projection(name).unwrap();
+        let diffs = projections::rebuild::verify(&pool, projection.clone(), &()).await.unwrap();
+        assert_eq!(diffs, vec![], "{name}");
+        projections::rebuild::rebuild(&pool, projection.clone(), &()).await.unwrap();
+        assert_eq!(
+            projections::rebuild::verify(&pool, projection, &()).await.unwrap(),
+            vec![],
+            "{name} rebuilt"
+        );
+    }
+    let version: String =
+        sqlx::query_scalar("select event_version from events where event_type = 'RentalOpened'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(version, "1.0", "the stored payload is never rewritten");
+}
