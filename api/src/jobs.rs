@@ -248,3 +248,93 @@ pub async fn run_periodically(pool: PgPool, jobs: Vec<Job>, shutdown: Cancellati
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn the_jobs() -> Vec<Job> {
+        jobs(Duration::from_secs(300))
+    }
+
+    async fn row(pool: &PgPool, name: &str) -> JobRow {
+        list(pool).await.unwrap().into_iter().find(|j| j.name == name).unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_job_another_process_is_running_is_skipped_not_waited_for(pool: PgPool) {
+        // Arrange: every job registered and due; another process holds one of them.
+        let jobs = the_jobs();
+        register(&pool, &jobs).await.unwrap();
+        let mut other = pool.begin().await.unwrap();
+        sqlx::query("select name from job where name = 'purge-expired-tokens' for update")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+
+        // Act: run until nothing is due.
+        let mut ran = Vec::new();
+        while let Some(done) = run_due(&pool, &jobs).await.unwrap() {
+            ran.push(done.name);
+        }
+        other.rollback().await.unwrap();
+        let after = run_due(&pool, &jobs).await.unwrap();
+
+        // Assert: the four free jobs ran once each; the held one only once it was let go.
+        ran.sort();
+        assert_eq!(
+            ran,
+            [
+                "purge-idempotency-records",
+                "purge-login-failures",
+                "purge-old-notifications",
+                "purge-password-reset-tokens"
+            ]
+        );
+        assert_eq!(after, Some(Ran { name: "purge-expired-tokens", outcome: "ok: 0 rows".into() }));
+        assert_eq!(run_due(&pool, &jobs).await.unwrap(), None);
+        let reset = row(&pool, "purge-password-reset-tokens").await;
+        assert_eq!(reset.last_outcome.as_deref(), Some("skipped: no table password_resets"));
+        assert_eq!(reset.every_seconds, 3600);
+        assert_eq!(row(&pool, "purge-login-failures").await.every_seconds, 300);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_full_batch_runs_again_at_once_until_the_backlog_is_gone(pool: PgPool) {
+        // Arrange: 10,001 expired tokens and 2 live ones.
+        let jobs: Vec<Job> = the_jobs().into_iter().filter(|j| j.name == "purge-expired-tokens").collect();
+        register(&pool, &jobs).await.unwrap();
+        let user = uuid::Uuid::now_v7();
+        sqlx::query(
+            "insert into users (user_id, username, password_hash, role) values ($1, 'u', 'x', 'admin')",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "insert into tokens (token_hash, user_id, expires_at)
+             select sha256(n::text::bytea), $1,
+                    case when n <= 10001 then now() - interval '1 hour' else now() + interval '1 day' end
+               from generate_series(1, 10003) n",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        // Act
+        let first = run_due(&pool, &jobs).await.unwrap().unwrap();
+        let again = row(&pool, "purge-expired-tokens").await;
+        let second = run_due(&pool, &jobs).await.unwrap().unwrap();
+        let then = row(&pool, "purge-expired-tokens").await;
+
+        // Assert
+        let left: i64 = sqlx::query_scalar("select count(*) from tokens").fetch_one(&pool).await.unwrap();
+        assert_eq!(first.outcome, "ok: 10000 rows");
+        assert_eq!(again.next_run_at, again.last_run_at.unwrap(), "a full batch is due again at once");
+        assert_eq!(second.outcome, "ok: 1 rows");
+        assert_eq!(then.next_run_at - then.last_run_at.unwrap(), chrono::Duration::seconds(3600));
+        assert_eq!(left, 2, "the live tokens stay");
+    }
+}
