@@ -18,6 +18,8 @@
 # the rebuild benchmark), REBUILD_MOVIES (111111: 1,000,009 events; 1000 when SMOKE), HISTORY_CYCLES
 # (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (200
 # measured cycles on it and as many on a fresh movie),
+# DEADLINE_TIMERS (10000; 200 with SMOKE) timers falling due at once, fired by two schedulers, and
+# DEADLINES (0 skips that step),
 # HOLD_CONNECTIONS (1000, 200 with SMOKE): idle keep-alive connections held open while serve's
 # memory is read (needs a file-descriptor limit above that: `ulimit -n`, raised here up to the hard
 # limit when too low).
@@ -31,6 +33,8 @@ if [ -n "${SMOKE:-}" ]; then
   history_cycles=${HISTORY_CYCLES:-25}
   history_samples=${HISTORY_SAMPLES:-10}
   rebuild_movies=${REBUILD_MOVIES:-1000}
+  deadline_timers=${DEADLINE_TIMERS:-200}
+  deadline_lead=${DEADLINE_LEAD_SECS:-3}
 else
   movies=${MOVIES:-100000}
   secs=${DURATION:-20}
@@ -38,6 +42,8 @@ else
   history_cycles=${HISTORY_CYCLES:-5000}
   history_samples=${HISTORY_SAMPLES:-200}
   rebuild_movies=${REBUILD_MOVIES:-111111}
+  deadline_timers=${DEADLINE_TIMERS:-10000}
+  deadline_lead=${DEADLINE_LEAD_SECS:-30}
 fi
 conns=${CONNECTIONS:-64}
 # BENCH_PROFILE=dev runs unoptimised binaries (CI's smoke run reuses the test build); figures
@@ -331,6 +337,20 @@ if [ "${REBUILD:-1}" != 0 ]; then
   echo
   echo "## Rebuild"
   bench/rebuild.sh "$rebuild_movies" 4 || failed+=(rebuild)
+fi
+
+# Due-date timers: DEADLINE_TIMERS (10,000; 200 with SMOKE) rentals falling due at one instant
+# in a scratch database of their own, fired by two schedulers; the delay from the due time to each
+# RentalOverdue, p50 / p99 / max. DEADLINES=0 skips it.
+if [ "${DEADLINES:-1}" != 0 ]; then
+  deadline_db="${db}_deadlines"
+  psql -q "$base/postgres" -c "drop database if exists $deadline_db" -c "create database $deadline_db"
+  log "deadlines: $deadline_timers timers falling due at once"
+  echo
+  echo "## Due-date timers"
+  echo
+  $bins/deadlines --database-url "$base/$deadline_db" --timers "$deadline_timers" --schedulers 2 \
+    --lead-secs "$deadline_lead" || failed+=(deadlines)
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP API (the default).
     Serve,
-    /// Run the projectors only (no HTTP); any number may run beside `serve` processes.
+    /// Run the projectors, the due-date scheduler and the periodic jobs (no HTTP); any number
+    /// may run beside `serve` processes.
     Worker,
     /// Create the database if missing and apply migrations, then exit.
     Migrate,
@@ -123,7 +124,7 @@ async fn engine(config: &Config) -> anyhow::Result<(sqlx::PgPool, Engine)> {
     let pool = crate::db::connect(&config.database).await?;
     crate::db::migrate(&pool).await?;
     let store = projections::store::EventStore::new(pool.clone());
-    let engine = crate::startup::engine(&pool, &store, &domain::price::PricePlan::default());
+    let engine = crate::startup::engine(&pool, &store, &domain::price::PricePlan::default(), config.loan);
     Ok((pool, engine))
 }
 
@@ -140,10 +141,18 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         Some(addr) => Some(crate::metrics::serve_exporter(addr, pool.clone(), shutdown.clone()).await?),
         None => None,
     };
-    tracing::info!("worker running the projectors");
+    tracing::info!("worker running the projectors, the due-date scheduler and the periodic jobs");
     println!("worker running");
-    engine.run(shutdown.clone()).await?;
+    let store = projections::store::EventStore::new(pool.clone());
+    let scheduler = projections::deadlines::Scheduler::new(pool.clone(), store);
+    let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
+    let jobs = crate::jobs::jobs(config.auth.login_window);
+    let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
+    let ran = engine.run(shutdown.clone()).await;
     shutdown.cancel();
+    let _ = scheduler.await;
+    let _ = jobs.await;
+    ran?;
     if let Some(exporter) = exporter {
         exporter.await.context("metrics listener failed")??;
     }
@@ -209,15 +218,19 @@ async fn seed(config: Config, movies: u64) -> anyhow::Result<()> {
     let store = projections::store::EventStore::new(pool.clone());
     let bar = Bar::new("seed", "movies");
     let started = std::time::Instant::now();
-    let report = crate::seed::seed(&pool, &store, movies, &bar).await?;
+    let accounts = Accounts::new(pool.clone(), &config.auth);
+    let report = crate::seed::seed(&pool, &store, &accounts, config.loan, movies, &bar).await?;
     bar.0.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "seed: {} categories created, {} existed; {} movies added, {} existed ({secs:.1} s, {:.0} movies/s)",
+        "seed: {} categories created, {} existed; {} movies added, {} existed; {} demo rentals recorded, \
+         {} existed ({secs:.1} s, {:.0} movies/s)",
         report.categories_created,
         report.categories_existing,
         report.movies_added,
         report.movies_existing,
+        report.rentals_added,
+        report.rentals_existing,
         report.movies_added as f64 / secs.max(1e-9)
     );
     pool.close().await;

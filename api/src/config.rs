@@ -26,6 +26,8 @@ pub struct Config {
     pub run_projectors: bool,
     /// The async runtime's thread counts.
     pub runtime: RuntimeConfig,
+    /// `MOVIESTORE_LOAN_DAYS`: the loan policy that fixes when new rentals are due.
+    pub loan: domain::loan::LoanPolicy,
     /// `MOVIESTORE_DATA_DIR`: the private PostgreSQL's cluster and, without SMTP, the emails.
     pub data_dir: std::path::PathBuf,
     /// `MOVIESTORE_CORS_ORIGINS`: origins allowed to call the API from a browser.
@@ -71,6 +73,16 @@ impl std::str::FromStr for CorsOrigins {
         }
         Ok(Self::List(list))
     }
+}
+
+/// Reads `MOVIESTORE_LOAN_DAYS` (default 7) through `lookup`: a whole number of days, 1..=365.
+pub fn loan_from(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<domain::loan::LoanPolicy> {
+    let days: i64 = parsed_from(lookup, "MOVIESTORE_LOAN_DAYS", i64::from(domain::loan::DEFAULT_LOAN_DAYS))
+        .map_err(|e| {
+        anyhow::anyhow!("{e} (a whole number of days, 1 to {})", domain::loan::MAX_LOAN_DAYS)
+    })?;
+    domain::loan::LoanPolicy::days(days)
+        .map_err(|e| anyhow::anyhow!("MOVIESTORE_LOAN_DAYS={days} is not valid: {e}"))
 }
 
 /// Thread counts of the tokio runtime, chosen on purpose rather than left to tokio's defaults
@@ -347,6 +359,7 @@ impl Config {
                 None => None,
                 Some(_) => Some(parsed("MOVIESTORE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?),
             },
+            loan: loan_from(&var)?,
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
                 Some(raw) => {
@@ -472,6 +485,18 @@ mod tests {
             data_dir: ".moviestore".into(),
             cors: CorsOrigins::None,
             metrics_addr: None,
+            loan: domain::loan::LoanPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn the_loan_lasts_7_days_unless_set_to_1_to_365_days() {
+        assert_eq!(loan_from(&env(&[])).unwrap().length_days(), 7);
+        assert_eq!(loan_from(&env(&[("MOVIESTORE_LOAN_DAYS", " 14 ")])).unwrap().length_days(), 14);
+        assert_eq!(loan_from(&env(&[("MOVIESTORE_LOAN_DAYS", "365")])).unwrap().length_days(), 365);
+        for wrong in ["0", "366", "-3", "7.5", "a week"] {
+            let error = loan_from(&env(&[("MOVIESTORE_LOAN_DAYS", wrong)])).unwrap_err().to_string();
+            assert!(error.contains("MOVIESTORE_LOAN_DAYS") && error.contains("365"), "{wrong}: {error}");
         }
     }
 

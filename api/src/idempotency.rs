@@ -250,32 +250,6 @@ fn seal_key(scope: &str, key: &str, method: &str, path: &str, body: &[u8]) -> Le
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &digest).expect("a 256-bit key"))
 }
 
-/// Deletes expired records every [`PURGE_EVERY`] until `shutdown`.
-pub async fn purge_periodically(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) {
-    const BATCH: i64 = 10_000;
-    loop {
-        loop {
-            match idempotency::purge_expired(&pool, BATCH).await {
-                Ok(n) if n == BATCH as u64 => continue,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(deleted = n, "expired idempotency records deleted");
-                    }
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "could not delete expired idempotency records");
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(PURGE_EVERY) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! - [`error`], [`extract`], [`validate`]: problem+json errors, extractors, field validation.
 //! - [`openapi`]: the OpenAPI 3.1 spec, built from the route registrations, and the docs page.
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
+//! - [`jobs`]: the periodic purges, each a row of `job` claimed by one process at a time.
 //! - [`cli`]: the sub-commands.
 //! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
 //!   metrics, the Prometheus exporter, rate and concurrency limits, `Idempotency-Key`.
@@ -23,6 +24,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

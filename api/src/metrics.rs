@@ -1,6 +1,7 @@
 //! The Prometheus exporter: installs the process's `metrics` recorder once, and renders
 //! `GET /metrics`, refreshing at scrape time what is read rather than counted (projection
-//! progress and lag, from the same query as `/api/v1/admin/projections`, and the pool's usage).
+//! progress and lag, from the same query as `/api/v1/admin/projections`, the count of overdue
+//! rentals, and the pool's usage).
 //!
 //! What is counted elsewhere: HTTP requests and latencies (`access`), commands and conflicts (the
 //! command executor), cache hits and misses (`cache`).
@@ -40,6 +41,12 @@ const LAG_BUCKETS: [f64; 22] = [
     1.5, 2.0, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets, in seconds, of the delay from a due time to the commit of its event: the scheduler
+/// polls at least every second, a back-dated timer waits a 2 s grace, and a timer that fell due
+/// while no process ran is minutes or days late.
+const FIRE_DELAY_BUCKETS: [f64; 16] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, 604800.0];
+
 /// The process's exporter, installed on first use (the recorder is global to the process).
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -50,6 +57,11 @@ pub fn handle() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(projections::engine::LAG_HISTOGRAM.into()), &LAG_BUCKETS)
             .expect("the buckets are not empty")
             .set_buckets_for_metric(Matcher::Full("token_revocation_wait_seconds".into()), &DURATION_BUCKETS)
+            .expect("the buckets are not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(projections::deadlines::DELAY_HISTOGRAM.into()),
+                &FIRE_DELAY_BUCKETS,
+            )
             .expect("the buckets are not empty");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -107,6 +119,16 @@ fn describe() {
         "projection_failing",
         "1 while a projection's last batch failed (it retries with backoff), else 0"
     );
+    describe_gauge!("rentals_overdue", "active rentals past their due time (RentalOverdue recorded)");
+    describe_histogram!(
+        projections::deadlines::DELAY_HISTOGRAM,
+        Unit::Seconds,
+        "from a rental's due time to the commit of its RentalOverdue"
+    );
+    describe_counter!(
+        "deadlines_fired_total",
+        "timers fired by this process: overdue (an event recorded) or no_op (the rental was back)"
+    );
     describe_gauge!("db_pool_size", "connections open in the pool");
     describe_gauge!("db_pool_idle", "idle connections in the pool");
     describe_gauge!("db_pool_max", "the pool's maximum size");
@@ -131,6 +153,20 @@ pub async fn render(pool: &PgPool) -> String {
             }
         }
         Err(error) => tracing::warn!(%error, "projection progress unavailable for /metrics"),
+    }
+    match projections::deadlines::status(pool).await {
+        Ok(status) => {
+            let name = status.name;
+            metrics::gauge!("projection_position", "projection" => name.clone()).set(status.position as f64);
+            metrics::gauge!("projection_lag_events", "projection" => name.clone())
+                .set(status.lag_events as f64);
+            metrics::gauge!("projection_lag_seconds", "projection" => name).set(status.lag_seconds);
+        }
+        Err(error) => tracing::warn!(%error, "due-date progress unavailable for /metrics"),
+    }
+    match projections::rentals::RentalsReader::new(pool.clone()).overdue_count().await {
+        Ok(count) => metrics::gauge!("rentals_overdue").set(count as f64),
+        Err(error) => tracing::warn!(%error, "the count of overdue rentals is unavailable for /metrics"),
     }
     metrics::gauge!("db_pool_size").set(f64::from(pool.size()));
     metrics::gauge!("db_pool_idle").set(pool.num_idle() as f64);

@@ -1,6 +1,9 @@
 //! `moviestore seed`: a default catalogue, and on request a large generated one, added through
 //! the command executor so that every category and movie has its events like any other.
 //!
+//! It also records a few back-dated rentals of the default catalogue for a demo customer, so a
+//! newcomer sees overdue rentals and rentals about to fall due.
+//!
 //! Seeding is idempotent: categories are matched by name (the lookup table), default movies by
 //! title and release date, generated movies by the number their storyline carries, all read from
 //! the log itself, so a second run adds nothing. Runs are serialised by an advisory lock, so two
@@ -13,11 +16,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use chrono::NaiveDate;
 use domain::category::{Category, CategoryCommand};
+use domain::loan::LoanPolicy;
 use domain::movie::{Movie, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, CategoryName, Director, Rating, Storyline, Title};
 use projections::store::{lookup, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::accounts::Accounts;
 
 /// The categories of the default catalogue.
 pub const CATEGORIES: &[&str] = &[
@@ -151,7 +157,20 @@ pub struct SeedReport {
     pub movies_added: u64,
     /// Movies that existed already.
     pub movies_existing: u64,
+    /// Demo rentals recorded by this run (some overdue, some due soon).
+    pub rentals_added: usize,
+    /// Demo rentals that existed already (or whose movie was out with someone else).
+    pub rentals_existing: usize,
 }
+
+/// The demo customer the seed rents for.
+pub const DEMO_CUSTOMER: &str = "demo-customer";
+
+/// The demo rentals: a default movie, and when it falls due relative to the time of the seed
+/// (negative: already overdue by that many hours). Their rent times are back-dated by the loan
+/// policy's length accordingly, as an admin entering past rentals would.
+pub const DEMO_RENTALS: &[(&str, i64)] =
+    &[("Psycho", -72), ("Alien", -48), ("Fargo", -20), ("Casablanca", 6), ("Jaws", 30)];
 
 /// Told how far the movies are.
 pub trait SeedProgress: Send + Sync {
@@ -164,6 +183,8 @@ pub trait SeedProgress: Send + Sync {
 pub async fn seed(
     pool: &PgPool,
     store: &EventStore,
+    accounts: &Accounts,
+    loan: LoanPolicy,
     generated: u64,
     progress: &dyn SeedProgress,
 ) -> anyhow::Result<SeedReport> {
@@ -171,7 +192,10 @@ pub async fn seed(
     // the projectors' horizon is not held back.
     let mut lock = pool.acquire().await.context("connecting for the seed lock")?;
     sqlx::query("select pg_advisory_lock(hashtext('moviestore:seed'))").execute(&mut *lock).await?;
-    let result = seed_locked(pool, store, generated, progress).await;
+    let result = match seed_locked(pool, store, generated, progress).await {
+        Ok(mut report) => seed_rentals(pool, store, accounts, loan, &mut report).await.map(|()| report),
+        Err(error) => Err(error),
+    };
     sqlx::query("select pg_advisory_unlock(hashtext('moviestore:seed'))").execute(&mut *lock).await?;
     result
 }
@@ -278,6 +302,59 @@ async fn seed_locked(
 enum Job {
     Given(MovieDetails),
     Generated(u64),
+}
+
+/// Rents a few default movies for the demo customer (created when missing) with past rent
+/// times, through the same command an admin's back-dated rent sends, so that some are overdue
+/// (the due-date scheduler marks them within seconds) and some fall due soon. A movie this
+/// customer has rented before is left alone, so a second seed adds nothing; one that is out with
+/// someone else is skipped.
+async fn seed_rentals(
+    pool: &PgPool,
+    store: &EventStore,
+    accounts: &Accounts,
+    loan: LoanPolicy,
+    report: &mut SeedReport,
+) -> anyhow::Result<()> {
+    let customer = match accounts.id_of(DEMO_CUSTOMER).await? {
+        Some(id) => id,
+        None => {
+            let email = format!("{DEMO_CUSTOMER}@moviestore.local");
+            accounts
+                .create_locked_customer(DEMO_CUSTOMER, &email)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the demo customer: {e}"))?
+                .id
+        }
+    };
+    let titles: Vec<String> = DEMO_RENTALS.iter().map(|(title, _)| title.to_string()).collect();
+    let movies: BTreeMap<String, Uuid> = lookup::movie_ids_titled(pool, &titles).await?.into_iter().collect();
+    let ids: Vec<Uuid> = movies.values().copied().collect();
+    let rented: HashSet<Uuid> = lookup::movies_rented_by(pool, customer, &ids).await?.into_iter().collect();
+    let metadata = seed_metadata();
+    let now = crate::validate::now();
+    let loan_length = chrono::Duration::days(i64::from(loan.length_days()));
+    for (title, due_in_hours) in DEMO_RENTALS {
+        let Some(&movie) = movies.get(*title) else { continue };
+        if rented.contains(&movie) {
+            report.rentals_existing += 1;
+            continue;
+        }
+        let rented_at = now - loan_length + chrono::Duration::hours(*due_in_hours);
+        let command =
+            MovieCommand::RentMovie { rental_id: Uuid::now_v7(), customer_id: customer, rented_at, now };
+        match store.execute::<Movie>(&movie.to_string(), command, &metadata).await {
+            Ok(_) => report.rentals_added += 1,
+            Err(CommandError::Rejected(refusal)) => {
+                tracing::info!(%title, %refusal, "demo rental skipped");
+                report.rentals_existing += 1;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("renting {title} for the demo customer"))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn seed_metadata() -> Metadata {

@@ -67,7 +67,8 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves, and advances the projections, until `shutdown` is cancelled; then stops accepting,
+    /// Serves, advances the projections, fires due timers and runs the periodic jobs until
+    /// `shutdown` is cancelled; then stops accepting,
     /// lets in-flight requests and the projectors' current batches finish (bounded by the grace
     /// period) and closes the pool.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -84,7 +85,14 @@ impl App {
         }
         let projectors =
             state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
-        let purge = tokio::spawn(crate::idempotency::purge_periodically(pool.clone(), shutdown.clone()));
+        // Timers fire where the projectors run (the process manager sets them); the periodic jobs
+        // run in every process, each job in one process at a time.
+        let scheduler = state.config.run_projectors.then(|| {
+            let scheduler = projections::deadlines::Scheduler::new(pool.clone(), state.store.clone());
+            tokio::spawn(scheduler.run(shutdown.clone()))
+        });
+        let jobs = crate::jobs::jobs(state.config.auth.login_window);
+        let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
         let upkeep = tokio::spawn(crate::metrics::upkeep_periodically(shutdown.clone()));
         let tokens = tokio::spawn(crate::accounts::keep_membership(
             pool.clone(),
@@ -106,7 +114,10 @@ impl App {
                 tracing::warn!("projectors did not stop in time");
             }
         }
-        let _ = purge.await;
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
+        }
+        let _ = jobs.await;
         let _ = tokens.await;
         let _ = upkeep.await;
         pool.close().await;
@@ -120,7 +131,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
     let plan = domain::price::PricePlan::default();
     let catalogue = CatalogueReader::new(pool.clone());
     let cache = Cache::new(&config.redis);
-    let engine = engine(&pool, &store, &plan)
+    let engine = engine(&pool, &store, &plan, config.loan)
         .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
     AppState::new(crate::state::Handles {
         rentals: RentalsReader::new(pool.clone()),
@@ -136,9 +147,15 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
     })
 }
 
-/// The projection engine over every projection.
-pub fn engine(pool: &PgPool, store: &EventStore, plan: &domain::price::PricePlan) -> Engine {
-    Engine::new(pool.clone(), projections::all(store.clone(), plan.clone()), EngineConfig::default())
+/// The projection engine over every projection; the payments process manager prices with `plan`
+/// and fixes due times with `loan`.
+pub fn engine(
+    pool: &PgPool,
+    store: &EventStore,
+    plan: &domain::price::PricePlan,
+    loan: domain::loan::LoanPolicy,
+) -> Engine {
+    Engine::new(pool.clone(), projections::all(store.clone(), plan.clone(), loan), EngineConfig::default())
 }
 
 /// The router with its layers, outermost first: request id, the access log and HTTP metrics, rate

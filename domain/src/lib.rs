@@ -8,11 +8,13 @@
 //! Map:
 //! - [`values`]: validated value objects (`Title`, `Rating`, ...) with parsing constructors.
 //! - [`price`]: the price plan and the charge it assesses.
+//! - [`loan`]: the loan policy, which fixes when a rental is due.
 //! - [`movie`], [`rental`], [`category`]: one folder per aggregate.
 //! - [`Actor`]: who issues a command, as far as the rules care.
 #![warn(missing_docs)]
 
 pub mod category;
+pub mod loan;
 pub mod movie;
 pub mod price;
 pub mod rental;

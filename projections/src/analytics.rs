@@ -3,7 +3,8 @@
 //! and `read.analytics_movie` (the names, titles and categories this projection has seen, so it
 //! never reads another projection's tables), `read.analytics_rental` (one row per rental: its
 //! interval, charge and payment) and `read.analytics_movie_day` (per UTC day and movie: rentals
-//! started, charges assessed for the rentals returned that day, and what was paid of them). All
+//! started, charges assessed for the rentals returned that day, what was paid of them, and the
+//! rentals that went overdue that day, by the day of the due time they passed). All
 //! SQL on them lives here; handlers write through unqualified names (the engine's `search_path`
 //! picks `read` or a rebuild's shadow schema), the reader names `read.` explicitly.
 //!
@@ -98,6 +99,7 @@ struct RentalState {
     movie_id: Uuid,
     rented_at: DateTime<Utc>,
     returned_at: Option<DateTime<Utc>>,
+    overdue_at: Option<DateTime<Utc>>,
     charge_cents: Option<i64>,
     paid_cents: Option<i64>,
     revision: i64,
@@ -110,6 +112,7 @@ struct DayFacts {
     charges: i32,
     revenue_cents: i64,
     paid_cents: i64,
+    overdues: i32,
 }
 
 /// The rows a batch touches, loaded once, changed in memory, written back once. `days` holds
@@ -196,7 +199,7 @@ async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx:
     .fetch_all(&mut *conn)
     .await?;
     let rentals = sqlx::query_as::<_, RentalState>(
-        "select rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision
+        "select rental_id, movie_id, rented_at, returned_at, overdue_at, charge_cents, paid_cents, revision
            from analytics_rental where rental_id = any($1)",
     )
     .bind(&rental_ids)
@@ -291,6 +294,7 @@ fn apply_movie(
                     movie_id: id,
                     rented_at,
                     returned_at: None,
+                    overdue_at: None,
                     charge_cents: None,
                     paid_cents: None,
                     revision: position,
@@ -319,6 +323,12 @@ fn apply_rental(rows: &mut Rows, id: Uuid, position: i64, event: RentalEvent) ->
     };
     match event {
         RentalEvent::RentalOpened { .. } => return Ok(()),
+        RentalEvent::RentalOverdue { due_at } => {
+            // Counted on the UTC day of the due time it passed.
+            if rental.overdue_at.replace(due_at).is_none() {
+                rows.days.entry((utc_day(due_at), rental.movie_id)).or_default().overdues += 1;
+            }
+        }
         RentalEvent::RentalClosed { returned_at } => {
             rental.returned_at.get_or_insert(returned_at);
         }
@@ -429,13 +439,15 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
     let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
     for chunk in rentals.chunks(WRITE_CHUNK) {
         sqlx::query(&format!(
-            "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision)
+            "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision,
+                                           overdue_at)
              select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                                  $6::bigint[], $7::bigint[])
+                                  $6::bigint[], $7::bigint[], $8::timestamptz[])
              {}",
             on_conflict(
                 "on conflict (rental_id) do update
-                    set returned_at = excluded.returned_at, charge_cents = excluded.charge_cents,
+                    set returned_at = excluded.returned_at, overdue_at = excluded.overdue_at,
+                        charge_cents = excluded.charge_cents,
                         paid_cents = excluded.paid_cents, revision = excluded.revision"
             )
         ))
@@ -446,6 +458,7 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
         .bind(chunk.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
         .bind(chunk.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.overdue_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -454,15 +467,18 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
         rows.days.iter().filter(|(_, facts)| **facts != DayFacts::default()).collect();
     for chunk in days.chunks(WRITE_CHUNK) {
         sqlx::query(&format!(
-            "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents)
-             select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[])
+            "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents,
+                                              overdues)
+             select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[],
+                                  $7::int[])
              {}",
             on_conflict(
                 "on conflict (day, movie_id) do update
                     set rentals_started = analytics_movie_day.rentals_started + excluded.rentals_started,
                         charges = analytics_movie_day.charges + excluded.charges,
                         revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
-                        paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents"
+                        paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents,
+                        overdues = analytics_movie_day.overdues + excluded.overdues"
             )
         ))
         .bind(chunk.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
@@ -471,6 +487,7 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
         .bind(chunk.iter().map(|(_, f)| f.charges).collect::<Vec<_>>())
         .bind(chunk.iter().map(|(_, f)| f.revenue_cents).collect::<Vec<_>>())
         .bind(chunk.iter().map(|(_, f)| f.paid_cents).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|(_, f)| f.overdues).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }

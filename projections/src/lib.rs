@@ -8,6 +8,8 @@
 //! - [`engine`]: the projection engine: a gap-free, checkpointed feed of the global log.
 //! - [`catalogue`], [`rentals`], [`analytics`]: read models (handler and reader in one module each).
 //! - [`payments`]: the process manager that opens and closes rentals (assessing charges).
+//! - [`deadlines`]: the due-date scheduler, which fires durable timers as commands (overdue
+//!   rentals), exactly once across processes and crashes.
 //! - [`rebuild`]: replaying read models into shadow tables, swapping them in, verifying them.
 //! - [`audit`]: the log as auditors read it: the filtered feed, streams, state as of a time.
 //!
@@ -16,6 +18,7 @@
 pub mod analytics;
 pub mod audit;
 pub mod catalogue;
+pub mod deadlines;
 pub mod engine;
 pub mod payments;
 pub mod rebuild;
@@ -26,12 +29,17 @@ use std::sync::Arc;
 
 use engine::Projection;
 
-/// Every projection of the product: the read models and the payments process manager.
-pub fn all(store: store::EventStore, plan: domain::price::PricePlan) -> Vec<Arc<dyn Projection>> {
+/// Every projection of the product: the read models and the payments process manager (which
+/// prices with `plan` and fixes due times with `loan`).
+pub fn all(
+    store: store::EventStore,
+    plan: domain::price::PricePlan,
+    loan: domain::loan::LoanPolicy,
+) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(catalogue::Catalogue),
         Arc::new(rentals::Rentals),
         Arc::new(analytics::Analytics),
-        Arc::new(payments::Payments::new(store, plan)),
+        Arc::new(payments::Payments::new(store, plan, loan)),
     ]
 }

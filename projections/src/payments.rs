@@ -1,5 +1,7 @@
-//! The payments process manager: turns `MovieRented` into `OpenRental` and `MovieReturned` into
-//! `CloseRental` (which assesses the charge inside the `Rental` aggregate). It runs at least once
+//! The payments process manager: turns `MovieRented` into `OpenRental` (which fixes the due time
+//! from the loan policy and, in its append transaction, sets the rental's overdue timer) and
+//! `MovieReturned` into `CloseRental` (which assesses the charge inside the `Rental` aggregate and
+//! cancels the timer). It runs at least once
 //! per event, so both commands are idempotent in the aggregate. It is not a read model: it owns
 //! no table and is never rebuilt (a rebuild would re-issue its commands).
 //!
@@ -15,6 +17,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use domain::loan::LoanPolicy;
 use domain::movie::MovieEvent;
 use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand};
@@ -38,12 +41,13 @@ pub const MAX_COMMANDS_PER_APPEND: usize = 250;
 pub struct Payments {
     store: EventStore,
     plan: Arc<PricePlan>,
+    loan: LoanPolicy,
 }
 
 impl Payments {
-    /// Issues its commands through `store`, pricing with `plan`.
-    pub fn new(store: EventStore, plan: PricePlan) -> Self {
-        Self { store, plan: Arc::new(plan) }
+    /// Issues its commands through `store`, pricing with `plan` and fixing due times with `loan`.
+    pub fn new(store: EventStore, plan: PricePlan, loan: LoanPolicy) -> Self {
+        Self { store, plan: Arc::new(plan), loan }
     }
 }
 
@@ -153,7 +157,7 @@ impl Payments {
     fn command(&self, step: &Step, metadata: Metadata) -> BatchCommand<RentalCommand> {
         let (rental_id, command) = match *step {
             Step::Open { rental_id, movie_id, customer_id, rented_at } => {
-                (rental_id, RentalCommand::OpenRental { movie_id, customer_id, rented_at })
+                (rental_id, RentalCommand::OpenRental { movie_id, customer_id, rented_at, loan: self.loan })
             }
             Step::Close { rental_id, returned_at } => {
                 (rental_id, RentalCommand::CloseRental { returned_at, plan: (*self.plan).clone() })

@@ -1,4 +1,5 @@
-//! The rental status read model: one row per rental with its status, charge and payment, and
+//! The rental status read model: one row per rental with its status, due time (and the due time
+//! it passed, when it went overdue), charge and payment, and
 //! each customer's balance due. Tables `read.rental` and `read.rental_movie` (the titles this
 //! projection has seen, so it never reads another projection's tables); all SQL on them lives here.
 
@@ -81,6 +82,8 @@ struct RentalState {
     movie_title: String,
     customer_id: Uuid,
     rented_at: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+    overdue_at: Option<DateTime<Utc>>,
     returned_at: Option<DateTime<Utc>>,
     status: String,
     charge_days: Option<i32>,
@@ -173,6 +176,8 @@ fn fold(rows: &mut Rows, changes: Vec<Change>) {
                             movie_title: titles.get(&movie_id).cloned().unwrap_or_default(),
                             customer_id,
                             rented_at,
+                            due_at: None,
+                            overdue_at: None,
                             returned_at: None,
                             status: "active".into(),
                             charge_days: None,
@@ -201,8 +206,12 @@ fn fold(rows: &mut Rows, changes: Vec<Change>) {
                     continue;
                 };
                 match event {
-                    // The row was made from `MovieRented` and `MovieReturned`, which come first.
-                    RentalEvent::RentalOpened { .. } | RentalEvent::RentalClosed { .. } => continue,
+                    // The row was made from `MovieRented`, which comes first; the rental's own
+                    // stream fixes when it is due.
+                    RentalEvent::RentalOpened { due_at, .. } => rental.due_at = Some(due_at),
+                    RentalEvent::RentalOverdue { due_at } => rental.overdue_at = Some(due_at),
+                    // The return was taken from `MovieReturned`, which comes first.
+                    RentalEvent::RentalClosed { .. } => continue,
                     RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
                         rental.charge_days = Some(i32::try_from(days).unwrap_or(i32::MAX));
                         rental.charge_cents = Some(amount_cents);
@@ -257,6 +266,7 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
     let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
     let conflict = if upsert {
         "on conflict (rental_id) do update set
+                due_at = excluded.due_at, overdue_at = excluded.overdue_at,
                 returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
                 charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
                 paid_cents = excluded.paid_cents, revision = excluded.revision"
@@ -266,10 +276,12 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
     for rows in rentals.chunks(WRITE_CHUNK) {
         sqlx::query(&format!(
             "insert into rental (rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status,
-                                 charge_days, charge_cents, currency, paid_at, paid_cents, revision)
+                                 charge_days, charge_cents, currency, paid_at, paid_cents, revision,
+                                 due_at, overdue_at)
              select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
                                   $6::timestamptz[], $7::text[], $8::int[], $9::bigint[], $10::text[],
-                                  $11::timestamptz[], $12::bigint[], $13::bigint[])
+                                  $11::timestamptz[], $12::bigint[], $13::bigint[], $14::timestamptz[],
+                                  $15::timestamptz[])
              {conflict}"
         ))
         .bind(rows.iter().map(|r| r.rental_id).collect::<Vec<_>>())
@@ -285,6 +297,8 @@ async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(),
         .bind(rows.iter().map(|r| r.paid_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.due_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.overdue_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -304,6 +318,11 @@ pub struct RentalRow {
     pub customer_id: Uuid,
     /// When it started.
     pub rented_at: DateTime<Utc>,
+    /// When it is due back: `None` until the rental's own stream has recorded it (the payments
+    /// process manager opens the rental right after the rent).
+    pub due_at: Option<DateTime<Utc>>,
+    /// The due time it passed while the copy was out.
+    pub overdue_at: Option<DateTime<Utc>>,
     /// When the copy came back.
     pub returned_at: Option<DateTime<Utc>>,
     /// `active`, `returned`, `charged` or `paid`.
@@ -325,14 +344,19 @@ pub struct RentalFilter {
     pub customer: Option<Uuid>,
     /// Only in this status.
     pub status: Option<String>,
+    /// `Some(true)`: only active overdue rentals; `Some(false)`: every other rental.
+    pub overdue: Option<bool>,
     /// Resume after this (rented_at, id), newest first.
     pub after: Option<(DateTime<Utc>, Uuid)>,
     /// Page size.
     pub limit: i64,
 }
 
-const RENTAL_COLUMNS: &str = "rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status,
-     charge_days, charge_cents, currency, paid_at";
+const RENTAL_COLUMNS: &str = "rental_id, movie_id, movie_title, customer_id, rented_at, due_at, overdue_at,
+     returned_at, status, charge_days, charge_cents, currency, paid_at";
+
+/// The rentals `?overdue=true` lists: still out, past their due time.
+const ACTIVE_OVERDUE: &str = "(status = 'active' and overdue_at is not null)";
 
 /// Reads rental status.
 #[derive(Debug, Clone)]
@@ -364,6 +388,11 @@ impl RentalsReader {
         if let Some(status) = &filter.status {
             query.push(" and status = ").push_bind(status.clone());
         }
+        match filter.overdue {
+            Some(true) => query.push(format!(" and {ACTIVE_OVERDUE}")),
+            Some(false) => query.push(format!(" and not {ACTIVE_OVERDUE}")),
+            None => &mut query,
+        };
         if let Some((rented_at, id)) = filter.after {
             query
                 .push(" and (rented_at, rental_id) < (")
@@ -374,6 +403,13 @@ impl RentalsReader {
         }
         query.push(" order by rented_at desc, rental_id desc limit ").push_bind(filter.limit + 1);
         query.build_query_as().fetch_all(&self.pool).await
+    }
+
+    /// How many rentals are active and overdue.
+    pub async fn overdue_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(&format!("select count(*) from read.rental where {ACTIVE_OVERDUE}"))
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// The sum of a customer's charges assessed and not yet paid, in cents.

@@ -102,7 +102,8 @@ impl Log {
         let customer_id = Uuid::now_v7();
         self.append("movie", movie, MovieEvent::MovieRented { rental_id, customer_id, rented_at }, rented_at)
             .await;
-        let opened = RentalEvent::RentalOpened { movie_id: movie, customer_id, rented_at };
+        let due_at = domain::loan::LoanPolicy::default().due_at(rented_at);
+        let opened = RentalEvent::RentalOpened { movie_id: movie, customer_id, rented_at, due_at };
         self.append("rental", rental_id, opened, rented_at).await;
         let Some((returned_at, cents)) = returned else { return rental_id };
         let event = MovieEvent::MovieReturned { rental_id, customer_id, returned_at };
@@ -174,7 +175,11 @@ async fn example(log: &mut Log) -> Example {
 /// An engine over every projection, in batches of 3 events.
 fn engine(pool: &PgPool) -> Engine {
     let config = EngineConfig { batch_size: 3, ..EngineConfig::default() };
-    Engine::new(pool.clone(), projections::all(EventStore::new(pool.clone()), PricePlan::default()), config)
+    Engine::new(
+        pool.clone(),
+        projections::all(EventStore::new(pool.clone()), PricePlan::default(), Default::default()),
+        config,
+    )
 }
 
 /// Catches analytics up past every event committed so far. `catch_up` stops at the cluster-wide

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeZone, Utc};
+use domain::loan::LoanPolicy;
 use domain::movie::{Movie, MovieCommand};
 use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand, RentalError, RentalEvent};
@@ -59,6 +60,7 @@ impl Case {
             movie_id: self.movie,
             customer_id: self.customer,
             rented_at: self.rented_at,
+            loan: LoanPolicy::default(),
         };
         BatchCommand { aggregate_id: self.rental.to_string(), command, metadata: self.open.clone() }
     }
@@ -202,6 +204,7 @@ async fn a_refused_command_appends_nothing_and_skips_only_its_own_streams_later_
         movie_id: Uuid::now_v7(),
         customer_id: taken.customer,
         rented_at: taken.rented_at,
+        loan: LoanPolicy::default(),
     };
     store.execute::<Rental>(&taken.rental.to_string(), elsewhere, &taken.open).await.unwrap();
     let too_early = BatchCommand {
@@ -261,6 +264,7 @@ async fn a_batch_that_meets_a_concurrent_append_runs_its_commands_one_at_a_time_
         movie_id: contested.movie,
         customer_id: contested.customer,
         rented_at: contested.rented_at,
+        due_at: LoanPolicy::default().due_at(contested.rented_at),
     })
     .unwrap();
     let other_meta = Metadata { request_id: Some("other".into()), ..Default::default() };

@@ -25,7 +25,7 @@ const READ_MODELS: [&str; 2] = [catalogue::NAME, rentals::NAME];
 fn engine(pool: &PgPool) -> Engine {
     Engine::new(
         pool.clone(),
-        all(EventStore::new(pool.clone()), PricePlan::default()),
+        all(EventStore::new(pool.clone()), PricePlan::default(), Default::default()),
         EngineConfig::default(),
     )
 }
@@ -897,6 +897,7 @@ async fn a_refused_command_fails_the_batch_and_keeps_the_checkpoint_while_the_ot
         movie_id: Uuid::now_v7(),
         customer_id: Uuid::now_v7(),
         rented_at: days_ago(1),
+        loan: Default::default(),
     };
     w.store.execute::<Rental>(&broken.to_string(), other, &w.meta()).await.unwrap();
     let payments = w.engine.projection(payments::NAME).unwrap();
@@ -1004,5 +1005,69 @@ async fn listings_page_alike_whether_matches_are_common_or_rare(pool: PgPool) {
             }
             assert_eq!(seen, expected, "{category:?} {words:?} limit {limit}");
         }
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_overdue_rental_shows_its_due_and_overdue_times_counts_in_analytics_and_replays_equal(
+    pool: PgPool,
+) {
+    // Arrange: three rentals of three movies: one rented 10 days ago and still out, one rented 10
+    // days ago and returned after 2 days, one rented yesterday.
+    let w = World::new(&pool);
+    let category = w.create_category("Noir").await;
+    let customer = Uuid::now_v7();
+    let mut movies = Vec::new();
+    for title in ["Late", "Early", "Fresh"] {
+        movies.push(w.add_movie(title, "A story.", None, &[category]).await);
+    }
+    let (late, _) = w.rent(movies[0], customer, days_ago(10)).await;
+    let (early, _) = w.rent(movies[1], customer, days_ago(10)).await;
+    w.give_back(movies[1], early, customer, days_ago(8)).await;
+    let (fresh, _) = w.rent(movies[2], customer, days_ago(1)).await;
+    w.catch_up(payments::NAME).await;
+    let scheduler = projections::deadlines::Scheduler::with_config(
+        pool.clone(),
+        w.store.clone(),
+        projections::deadlines::SchedulerConfig { grace: std::time::Duration::ZERO, ..Default::default() },
+    );
+
+    // Act
+    let round = scheduler.fire_due().await.unwrap();
+    w.catch_up_all().await;
+    w.catch_up(projections::analytics::NAME).await;
+
+    // Assert: only the rental still out past its due time went overdue.
+    assert_eq!((round.claimed, round.overdue), (1, 1), "{round:?}");
+    let reader = w.rentals();
+    let late_row = reader.rental(late).await.unwrap().unwrap();
+    let early_row = reader.rental(early).await.unwrap().unwrap();
+    let fresh_row = reader.rental(fresh).await.unwrap().unwrap();
+    assert_eq!(late_row.due_at, Some(days_ago(3)));
+    assert_eq!(late_row.overdue_at, Some(days_ago(3)));
+    assert_eq!((early_row.due_at, early_row.overdue_at), (Some(days_ago(3)), None));
+    assert_eq!((fresh_row.due_at, fresh_row.overdue_at), (Some(days_ago(1) + Duration::days(7)), None));
+    let listed = |overdue| {
+        let filter = rentals::RentalFilter { overdue: Some(overdue), limit: 10, ..Default::default() };
+        let reader = w.rentals();
+        async move { reader.rentals(&filter).await.unwrap().into_iter().map(|r| r.rental_id).collect::<Vec<_>>() }
+    };
+    assert_eq!(listed(true).await, vec![late]);
+    assert_eq!(
+        listed(false).await,
+        vec![fresh, early, late].into_iter().filter(|id| *id != late).collect::<Vec<_>>()
+    );
+    assert_eq!(w.rentals().overdue_count().await.unwrap(), 1);
+    let per_day: Vec<(NaiveDate, Uuid, i32)> =
+        sqlx::query_as("select day, movie_id, overdues from read.analytics_movie_day where overdues > 0")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(per_day, vec![(days_ago(3).date_naive(), movies[0], 1)]);
+
+    // The live tables are what a replay of the log gives, RentalOverdue included.
+    for name in [rentals::NAME, projections::analytics::NAME] {
+        let projection = w.engine.projection(name).unwrap();
+        assert_eq!(rebuild::verify(&pool, projection, &()).await.unwrap(), vec![], "{name}");
     }
 }

@@ -17,13 +17,14 @@ use crate::support::*;
 
 /// Every event type of the catalogue, with the payload keys it may carry: ids and business
 /// fields, never a name, an email or a password.
-const PAYLOAD_KEYS: [(&str, &[&str]); 11] = [
+const PAYLOAD_KEYS: [(&str, &[&str]); 12] = [
     ("MovieAdded", &["title", "storyline", "release_date", "rating", "director", "category_ids"]),
     ("MovieUpdated", &["title", "storyline", "release_date", "rating", "director", "category_ids"]),
     ("MovieRetired", &[]),
     ("MovieRented", &["rental_id", "customer_id", "rented_at"]),
     ("MovieReturned", &["rental_id", "customer_id", "returned_at"]),
-    ("RentalOpened", &["movie_id", "customer_id", "rented_at"]),
+    ("RentalOpened", &["movie_id", "customer_id", "rented_at", "due_at"]),
+    ("RentalOverdue", &["due_at"]),
     ("RentalClosed", &["returned_at"]),
     ("ChargeAssessed", &["days", "amount_cents", "currency", "plan"]),
     ("RentalPaid", &["amount_cents", "currency", "paid_at"]),
@@ -281,7 +282,7 @@ async fn a_rentals_stream_shows_its_life_with_the_actor_and_the_request_ids_that
         json!({"amount_cents": 100, "currency": "EUR", "paid_at": items[3]["payload"]["paid_at"]})
     );
     assert_eq!(items[3]["schema_version"], "2.0", "RentalPaid is written in its current version");
-    assert_eq!(items[0]["schema_version"], "1.0");
+    assert_eq!(items[0]["schema_version"], "2.0", "RentalOpened is written in its current version");
     assert_eq!(movie_rented["metadata"]["request_id"], "rent-1");
     assert_eq!(movie_rented["metadata"]["causation_id"], Value::Null, "a client command has no cause");
     assert_eq!(
@@ -692,6 +693,18 @@ async fn a_full_flow_records_no_personal_data_and_only_ids_and_business_fields_i
     let retired = app.movie("Psycho", &[category]).await;
     let response = app.delete(&format!("/api/v1/movies/{retired}"), Some(&admin)).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    // A rental entered ten days late, still out: it goes overdue.
+    let late = app.movie("The Birds", &[category]).await;
+    let rented_at = rfc3339(Utc::now() - chrono::Duration::days(10));
+    let overdue = app
+        .post(
+            &format!("/api/v1/movies/{late}/rent"),
+            Some(&admin),
+            Some(json!({"customer_id": customer, "rented_at": rented_at})),
+        )
+        .await;
+    let overdue = uuid(&expect_status(overdue, StatusCode::CREATED).await["rental_id"]);
+    crate::due_dates::wait_for_overdue(&app, &admin, overdue, Duration::from_secs(10)).await;
     wait_for_projections(&app, &app.address, Duration::from_secs(10)).await;
     let export = app.get("/api/v1/audit/export", Some(&auditor)).await;
     let export = export.text().await.unwrap();

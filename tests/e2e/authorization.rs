@@ -386,6 +386,13 @@ async fn every_endpoint_answers_each_kind_of_caller_as_the_contract_says(pool: P
             None,
             [401, 403, 403, 403, 403, 404],
         ),
+        (
+            Method::GET,
+            "/api/v1/admin/jobs".into(),
+            "/api/v1/admin/jobs",
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
     ];
 
     // Act / Assert

@@ -135,6 +135,8 @@ async fn racing_rent_against_retire_return_against_pay_and_two_payers_ends_in_al
         assert_eq!(paid, 1, "round {round}: exactly one RentalPaid");
         note("two payers", "one 200, one 409 already-paid".into());
     }
+    // The balance is read from the rentals read model: wait until it has applied the last payment.
+    wait_for_projections(&app, &app.address, Duration::from_secs(10)).await;
     let me = expect_status(app.get("/api/v1/me", Some(&token)).await, StatusCode::OK).await;
     assert_eq!(me["balance_due"]["amount_cents"], 0, "every charge was paid once: {me}");
     println!("{rounds} rounds of each race, 0 server errors, outcomes: {seen:?}");

@@ -11,6 +11,7 @@ mod audit;
 mod authorization;
 mod catalogue;
 mod conventions;
+mod due_dates;
 mod faults;
 mod fuzz;
 mod hostile;

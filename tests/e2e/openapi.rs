@@ -107,6 +107,7 @@ async fn the_spec_is_openapi_3_1_and_describes_every_endpoint_of_the_contract(po
         ("get", "/docs"),
         ("get", "/api/v1/admin/projections"),
         ("post", "/api/v1/admin/projections/{name}/rebuild"),
+        ("get", "/api/v1/admin/jobs"),
     ];
     for (method, path) in contract {
         assert!(
@@ -526,6 +527,8 @@ async fn answers_have_exactly_the_shape_the_spec_documents(pool: PgPool) {
     assert_documented(&spec, "get", "/api/v1/admin/projections", listed).await;
     let rebuilding = app.post("/api/v1/admin/projections/rentals/rebuild", Some(&admin), None).await;
     assert_documented(&spec, "post", "/api/v1/admin/projections/{name}/rebuild", rebuilding).await;
+    let jobs = app.get("/api/v1/admin/jobs", Some(&admin)).await;
+    assert_documented(&spec, "get", "/api/v1/admin/jobs", jobs).await;
     assert_documented(&spec, "get", "/health", app.get("/health", None).await).await;
     assert_documented(&spec, "get", "/ready", app.get("/ready", None).await).await;
     let unknown = app.get(&format!("/api/v1/movies/{}", Uuid::now_v7()), Some(&token)).await;

@@ -1,5 +1,7 @@
 //! The process: start, SIGTERM, CLI.
 
+use std::time::{Duration, Instant};
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -150,6 +152,26 @@ async fn seed_adds_the_default_catalogue_through_commands_once_and_generates_mov
     .await;
     assert_eq!(generated["items"].as_array().unwrap().len(), 40, "generated movies are searchable");
 
+    // The seed entered back-dated rentals for its demo customer: once the process manager has
+    // opened them, three are overdue (the scheduler marks them) and two fall due soon.
+    assert!(stdout.contains("5 demo rentals recorded, 0 existed"), "seed said: {stdout}");
+    let settled = Instant::now() + Duration::from_secs(15);
+    while (count_events(&pool, "RentalOpened").await, count_events(&pool, "RentalOverdue").await) != (5, 3) {
+        assert!(Instant::now() < settled, "the demo rentals did not open and go overdue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::read_side::wait_for_projections(&app, &app.address, Duration::from_secs(10)).await;
+    let demo = app.user_id(api::seed::DEMO_CUSTOMER).await;
+    let overdue = expect_status(
+        app.get(&format!("/api/v1/rentals?overdue=true&customer_id={demo}"), Some(&admin)).await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut titles: Vec<&str> =
+        overdue["items"].as_array().unwrap().iter().map(|r| r["movie_title"].as_str().unwrap()).collect();
+    titles.sort();
+    assert_eq!(titles, ["Alien", "Fargo", "Psycho"]);
+
     // A second run adds nothing; a larger --movies adds only the missing generated ones.
     let events_before = last_position(&pool).await;
     let (ok, stdout, stderr) = run_cli(&app.database_url, &["seed", "--movies", "40"], "").await;
@@ -158,6 +180,7 @@ async fn seed_adds_the_default_catalogue_through_commands_once_and_generates_mov
         stdout.contains("0 categories created, 12 existed; 0 movies added"),
         "second seed said: {stdout}"
     );
+    assert!(stdout.contains("0 demo rentals recorded, 5 existed"), "second seed said: {stdout}");
     assert_eq!(last_position(&pool).await, events_before, "a repeated seed appends no event");
     let (ok, stdout, stderr) = run_cli(&app.database_url, &["seed", "--movies", "45"], "").await;
     assert!(ok, "third seed failed: {stderr}");

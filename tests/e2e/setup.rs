@@ -813,6 +813,37 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_and_promtool_ac
         assert!(Instant::now() < deadline, "the worker did not charge the return");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A back-dated rent falls due at once: the worker's scheduler records it overdue.
+    let (late_customer, _) = app.customer("latecomer").await;
+    let late = app.movie("Shane", &[category]).await;
+    let rented_at =
+        (chrono::Utc::now() - chrono::Duration::days(9)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let admin = app.admin().await;
+    expect_status(
+        app.post(
+            &format!("/api/v1/movies/{late}/rent"),
+            Some(&admin),
+            Some(json!({"customer_id": late_customer, "rented_at": rented_at})),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app
+        .client
+        .get(format!("{worker_metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .contains("deadline_fire_delay_seconds_bucket")
+    {
+        assert!(Instant::now() < deadline, "the worker did not fire the overdue timer within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (_, leaving) = app.customer("leaving").await;
     expect_status(app.post("/api/v1/auth/logout", Some(&leaving), None).await, StatusCode::NO_CONTENT).await;
 

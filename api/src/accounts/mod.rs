@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use password::Passwords;
-pub use store::Erased;
+pub use store::{purge_expired_tokens, purge_old_login_failures, Erased};
 pub use token_cache::{keep_membership, TokenCache};
 pub use validation::{validate_email, validate_password, validate_username};
 
@@ -280,6 +280,18 @@ impl Accounts {
         };
         self.revoked(user_id, counter).await?;
         Ok(Some(user))
+    }
+
+    /// The id of the account with this username, if there is one.
+    pub async fn id_of(&self, username: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        Ok(store::credentials_by_username(&self.pool, &username.to_lowercase()).await?.map(|(id, _)| id))
+    }
+
+    /// Creates a customer account nobody can log in to until its password is reset (a random
+    /// 256-bit password, never shown): the seed's demo customer.
+    pub async fn create_locked_customer(&self, username: &str, email: &str) -> Result<User, CreateError> {
+        let password = SecretString::from(token::generate());
+        self.create(username, Some(email), &password, Role::Customer).await
     }
 
     /// An account by id.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::token_cache::announce;
@@ -218,6 +218,37 @@ pub(super) async fn reserve_attempt(
     .await?;
     tx.commit().await?;
     Ok(Ok(()))
+}
+
+/// Deletes up to `batch` tokens that have expired; returns how many.
+pub async fn purge_expired_tokens(conn: &mut PgConnection, batch: i64) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "delete from tokens
+          where token_hash = any(array(select token_hash from tokens where expires_at <= now() limit $1))",
+    )
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` login failures older than the throttle's `window` (they no longer
+/// count); returns how many.
+pub async fn purge_old_login_failures(
+    conn: &mut PgConnection,
+    window: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "delete from login_failures
+          where ctid = any(array(select ctid from login_failures
+                                  where failed_at <= now() - make_interval(secs => $1) limit $2))",
+    )
+    .bind(window.as_secs_f64())
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected())
 }
 
 pub(super) async fn clear_failures(

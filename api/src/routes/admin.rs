@@ -1,4 +1,5 @@
-//! Operating the projections (admin): their progress, and rebuilding a read model.
+//! Operating the projections (admin): their progress (the due-date scheduler's included),
+//! rebuilding a read model, and the periodic jobs.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -6,17 +7,21 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use utoipa_axum::routes;
 
-use super::schemas::{ProjectionProgress, Projections, RebuildStarted};
+use super::schemas::{Job, Jobs, ProjectionProgress, Projections, RebuildStarted};
 use crate::error::{ApiError, Problem};
 use crate::extract::Admin;
 use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized};
 use crate::state::AppState;
 
 pub fn router() -> ApiRouter {
-    ApiRouter::new().routes(routes!(list)).routes(routes!(rebuild))
+    ApiRouter::new().routes(routes!(list)).routes(routes!(rebuild)).routes(routes!(jobs))
 }
 
 /// Every projection's progress (admin)
+///
+/// The read models, the payments process manager and the due-date scheduler (`due-dates`: its
+/// `position` is the last `RentalOverdue` it appended, `lag_events` the timers due and not fired
+/// yet, `lag_seconds` how late the oldest of them is).
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "operations", security(("bearer" = [])),
     responses(
         (status = 200, description = "One item per projection, by name.", body = Projections),
@@ -24,7 +29,9 @@ pub fn router() -> ApiRouter {
         (status = 403, response = Forbidden),
     ))]
 async fn list(State(state): State<AppState>, Admin(_caller): Admin) -> Result<Response, ApiError> {
-    let items = projections::engine::checkpoints(&state.db).await?;
+    let mut items = projections::engine::checkpoints(&state.db).await?;
+    items.push(projections::deadlines::status(&state.db).await?);
+    items.sort_by(|a, b| a.name.cmp(&b.name));
     let items = items
         .into_iter()
         .map(|s| ProjectionProgress {
@@ -76,4 +83,29 @@ async fn rebuild(
         }
     });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The periodic jobs (admin)
+///
+/// Each job runs in one process at a time; a failed run shows its error in `last_outcome` and is
+/// retried a few seconds later.
+#[utoipa::path(get, path = "/api/v1/admin/jobs", tag = "operations", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One item per job, by name.", body = Jobs),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ))]
+async fn jobs(State(state): State<AppState>, Admin(_caller): Admin) -> Result<Response, ApiError> {
+    let items = crate::jobs::list(&state.db)
+        .await?
+        .into_iter()
+        .map(|row| Job {
+            name: row.name,
+            every_seconds: i64::from(row.every_seconds),
+            last_run_at: row.last_run_at,
+            last_outcome: row.last_outcome,
+            next_run_at: row.next_run_at,
+        })
+        .collect();
+    Ok(Json(Jobs { items }).into_response())
 }

@@ -50,7 +50,7 @@ async fn one(
     if !sees_everyone(&caller) && row.customer_id != caller.user.id {
         return Err(ApiError::Forbidden("this rental belongs to another customer"));
     }
-    Ok(Json(views::rental(&row)).into_response())
+    Ok(Json(views::rental(&row, state.config.loan)).into_response())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,7 +61,8 @@ struct RentalCursor {
 
 /// A page of rentals, newest `rented_at` first
 ///
-/// The caller's own; admins and auditors see everyone's.
+/// The caller's own; admins and auditors see everyone's. `overdue=true` lists the active rentals
+/// past their due time, `overdue=false` every other one.
 #[utoipa::path(get, path = "/api/v1/rentals", tag = "renting", security(("bearer" = [])),
     params(RentalQuery, ReadYourWrites),
     responses(
@@ -88,10 +89,17 @@ async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -
             Some(id)
         }
     };
+    let overdue = match params.get("overdue") {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(ApiError::field("overdue", "must be true or false")),
+    };
     read_your_writes(&state, &params, &[rentals::NAME]).await?;
-    let filter = RentalFilter { customer, status, after: after.map(|c| (c.r, c.i)), limit };
+    let filter = RentalFilter { customer, status, overdue, after: after.map(|c| (c.r, c.i)), limit };
     let rows = state.rentals.rentals(&filter).await?;
-    Ok(page(rows, limit, |r| RentalCursor { r: r.rented_at, i: r.rental_id }, views::rental))
+    let loan = state.config.loan;
+    Ok(page(rows, limit, |r| RentalCursor { r: r.rented_at, i: r.rental_id }, |r| views::rental(r, loan)))
 }
 
 /// The caller's account, with what they owe

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::schemas::{self, Charge, Payment, RentalChanged, ReturnRequest};
-use super::with_position;
+use super::{views, with_position};
 use crate::error::{ApiError, Problem};
 use crate::extract::{AuthUser, Body, PathId, Renter};
 use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
@@ -100,12 +100,17 @@ async fn return_movie(
     let done =
         state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.metadata()).await?;
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
+    // The rental's own stream knows its due time (and whether it went overdue) once the payments
+    // process manager has opened it.
+    let opened = state.store.load::<Rental>(&rental_id.to_string()).await?.state;
     let rental = schemas::Rental {
         id: rental_id,
         movie_id: rental.movie_id,
         movie_title: title.unwrap_or_default(),
         customer_id: rental.customer_id,
         rented_at: rental.rented_at,
+        due_at: views::due_at(opened.due_at, rental.rented_at, state.config.loan),
+        overdue_at: opened.overdue_at,
         returned_at: Some(returned_at),
         status: status_name(RentalStatus::Returned),
         charge: None,
@@ -169,6 +174,8 @@ async fn pay(
         movie_title: title.unwrap_or_default(),
         customer_id: rental.customer_id,
         rented_at: r.rented_at.unwrap_or(rental.rented_at),
+        due_at: views::due_at(r.due_at, rental.rented_at, state.config.loan),
+        overdue_at: r.overdue_at,
         returned_at: r.returned_at,
         status: r.status().map(status_name).unwrap_or_default(),
         charge: r.charge.as_ref().map(|c| Charge {

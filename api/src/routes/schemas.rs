@@ -162,6 +162,11 @@ pub struct Rental {
     pub customer_id: Uuid,
     /// When it started.
     pub rented_at: DateTime<Utc>,
+    /// When it is due back: `MOVIESTORE_LOAN_DAYS` after `rented_at`, fixed when the rental
+    /// opened and recorded in its events.
+    pub due_at: DateTime<Utc>,
+    /// The due time it passed while the copy was out (`RentalOverdue`); null while it has not.
+    pub overdue_at: Option<DateTime<Utc>>,
     /// When the copy came back.
     pub returned_at: Option<DateTime<Utc>>,
     /// Where it is in its life.
@@ -230,6 +235,31 @@ pub struct ProjectionProgress {
 pub struct Projections {
     /// One per projection, by name.
     pub items: Vec<ProjectionProgress>,
+}
+
+/// A periodic job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    /// The job's name.
+    #[schema(example = "purge-expired-tokens")]
+    pub name: String,
+    /// How often it runs.
+    pub every_seconds: i64,
+    /// When it last ran (null before its first run).
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// What its last run did: `ok: N rows`, `skipped: ...`, or `error: ...` (then it is retried
+    /// shortly).
+    #[schema(example = "ok: 12 rows")]
+    pub last_outcome: Option<String>,
+    /// When it runs next.
+    pub next_run_at: DateTime<Utc>,
+}
+
+/// The periodic jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Jobs {
+    /// One per job, by name.
+    pub items: Vec<Job>,
 }
 
 /// A rebuild that has started.
@@ -419,6 +449,8 @@ pub struct RentalQuery {
     pub status: Option<RentalStatus>,
     /// Only this customer's (admin and auditor; a customer may name only themselves).
     pub customer_id: Option<Uuid>,
+    /// `true`: only active rentals past their due time; `false`: every other rental.
+    pub overdue: Option<bool>,
     /// Page size, 1..=100.
     #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<i64>,

@@ -1,5 +1,7 @@
 //! The contract's shapes, built from read-model rows.
 
+use chrono::{DateTime, Utc};
+use domain::loan::LoanPolicy;
 use projections::catalogue::{CategoryRow, MovieRow};
 use projections::rentals::RentalRow;
 
@@ -35,7 +37,15 @@ pub fn category(row: &CategoryRow) -> Category {
 }
 
 /// `Rental`.
-pub fn rental(row: &RentalRow) -> Rental {
+/// The due time of a rental: the one its stream recorded or, in the moment before the payments
+/// process manager has opened the rental's stream (right after the rent), the one the loan policy
+/// gives, which is what `OpenRental` will record under the same setting.
+pub fn due_at(recorded: Option<DateTime<Utc>>, rented_at: DateTime<Utc>, loan: LoanPolicy) -> DateTime<Utc> {
+    recorded.unwrap_or_else(|| loan.due_at(rented_at))
+}
+
+/// `Rental`, from its read-model row.
+pub fn rental(row: &RentalRow, loan: LoanPolicy) -> Rental {
     let charge = match (row.charge_days, row.charge_cents, &row.currency) {
         (Some(days), Some(amount_cents), Some(currency)) => {
             Some(Charge { days: i64::from(days), amount_cents, currency: currency.clone() })
@@ -48,6 +58,8 @@ pub fn rental(row: &RentalRow) -> Rental {
         movie_title: row.movie_title.clone(),
         customer_id: row.customer_id,
         rented_at: row.rented_at,
+        due_at: due_at(row.due_at, row.rented_at, loan),
+        overdue_at: row.overdue_at,
         returned_at: row.returned_at,
         status: row.status.clone(),
         charge,

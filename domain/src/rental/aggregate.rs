@@ -30,6 +30,12 @@ pub struct Rental {
     pub customer_id: Option<Uuid>,
     /// When it started.
     pub rented_at: Option<DateTime<Utc>>,
+    /// When it is due back.
+    #[serde(default)]
+    pub due_at: Option<DateTime<Utc>>,
+    /// The due time it passed while the copy was out, once it did.
+    #[serde(default)]
+    pub overdue_at: Option<DateTime<Utc>>,
     /// When the copy came back.
     pub returned_at: Option<DateTime<Utc>>,
     /// The assessed charge.
@@ -68,15 +74,28 @@ impl Aggregate for Rental {
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         match command {
-            RentalCommand::OpenRental { movie_id, customer_id, rented_at } => {
+            RentalCommand::OpenRental { movie_id, customer_id, rented_at, loan } => {
                 if self.movie_id.is_some() {
+                    // The due time was fixed when the rental opened: a redelivered command under
+                    // another policy changes nothing.
                     let same = self.movie_id == Some(movie_id)
                         && self.customer_id == Some(customer_id)
                         && self.rented_at == Some(rented_at);
                     return if same { Ok(()) } else { Err(RentalError::OpenedDifferently) };
                 }
-                let event = RentalEvent::RentalOpened { movie_id, customer_id, rented_at };
+                let due_at = loan.due_at(rented_at);
+                let event = RentalEvent::RentalOpened { movie_id, customer_id, rented_at, due_at };
                 sink.write(event, self).await;
+            }
+            RentalCommand::MarkOverdue { due_at, returned_at } => {
+                let own_due_at = self.due_at.ok_or(RentalError::NotOpened)?;
+                // A timer that fires late (the copy is back), again (already overdue) or for
+                // another due time is a no-op.
+                let back = self.returned_at.is_some() || returned_at.is_some();
+                if back || self.overdue_at.is_some() || due_at != own_due_at {
+                    return Ok(());
+                }
+                sink.write(RentalEvent::RentalOverdue { due_at: own_due_at }, self).await;
             }
             RentalCommand::CloseRental { returned_at, plan } => {
                 let rented_at = self.rented_at.ok_or(RentalError::NotOpened)?;
@@ -121,11 +140,13 @@ impl Aggregate for Rental {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            RentalEvent::RentalOpened { movie_id, customer_id, rented_at } => {
+            RentalEvent::RentalOpened { movie_id, customer_id, rented_at, due_at } => {
                 self.movie_id = Some(movie_id);
                 self.customer_id = Some(customer_id);
                 self.rented_at = Some(rented_at);
+                self.due_at = Some(due_at);
             }
+            RentalEvent::RentalOverdue { due_at } => self.overdue_at = Some(due_at),
             RentalEvent::RentalClosed { returned_at } => self.returned_at = Some(returned_at),
             RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
                 self.charge = Some(Charge { days, amount_cents, currency });

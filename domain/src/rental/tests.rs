@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::*;
+use crate::loan::LoanPolicy;
 use crate::price::{Charge, PricePlan};
 use crate::Actor;
 
@@ -39,12 +40,35 @@ fn parties() -> Parties {
     Parties { movie: Uuid::now_v7(), customer: Uuid::now_v7() }
 }
 
+/// Seven days after the rent: when every test rental is due under the default loan.
+fn due_at() -> DateTime<Utc> {
+    rented_at() + Duration::days(7)
+}
+
 fn opened(p: &Parties) -> RentalEvent {
-    RentalEvent::RentalOpened { movie_id: p.movie, customer_id: p.customer, rented_at: rented_at() }
+    RentalEvent::RentalOpened {
+        movie_id: p.movie,
+        customer_id: p.customer,
+        rented_at: rented_at(),
+        due_at: due_at(),
+    }
 }
 
 fn open(p: &Parties) -> RentalCommand {
-    RentalCommand::OpenRental { movie_id: p.movie, customer_id: p.customer, rented_at: rented_at() }
+    RentalCommand::OpenRental {
+        movie_id: p.movie,
+        customer_id: p.customer,
+        rented_at: rented_at(),
+        loan: LoanPolicy::default(),
+    }
+}
+
+fn mark_overdue(due_at: DateTime<Utc>) -> RentalCommand {
+    RentalCommand::MarkOverdue { due_at, returned_at: None }
+}
+
+fn overdue() -> RentalEvent {
+    RentalEvent::RentalOverdue { due_at: due_at() }
 }
 
 fn close(returned_at: DateTime<Utc>) -> RentalCommand {
@@ -136,6 +160,7 @@ fn opening_again_at_another_time_is_refused() {
             movie_id: p.movie,
             customer_id: p.customer,
             rented_at: rented_at() + Duration::milliseconds(1),
+            loan: LoanPolicy::default(),
         })
         .then_expect_error(RentalError::OpenedDifferently);
 }
@@ -315,6 +340,132 @@ fn paying_a_paid_rental_is_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Due dates: OpenRental fixes due_at, MarkOverdue records RentalOverdue once
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn opening_fixes_the_due_time_from_the_loan_policy() {
+    let p = parties();
+    let loan = LoanPolicy::days(3).unwrap();
+    RentalTest::with(())
+        .given_no_previous_events()
+        .when(RentalCommand::OpenRental {
+            movie_id: p.movie,
+            customer_id: p.customer,
+            rented_at: rented_at(),
+            loan,
+        })
+        .then_expect_events(vec![RentalEvent::RentalOpened {
+            movie_id: p.movie,
+            customer_id: p.customer,
+            rented_at: rented_at(),
+            due_at: Utc.with_ymd_and_hms(2026, 3, 5, 10, 0, 0).unwrap(),
+        }]);
+}
+
+#[test]
+fn opening_again_under_another_loan_policy_records_nothing() {
+    // The due time was fixed when the rental opened; a redelivered OpenRental from a process
+    // configured otherwise does not move it.
+    let p = parties();
+    RentalTest::with(())
+        .given(vec![opened(&p)])
+        .when(RentalCommand::OpenRental {
+            movie_id: p.movie,
+            customer_id: p.customer,
+            rented_at: rented_at(),
+            loan: LoanPolicy::days(30).unwrap(),
+        })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn an_active_rental_at_its_due_time_becomes_overdue() {
+    let p = parties();
+    RentalTest::with(())
+        .given(vec![opened(&p)])
+        .when(mark_overdue(due_at()))
+        .then_expect_events(vec![overdue()]);
+}
+
+#[test]
+fn an_overdue_rental_is_not_marked_overdue_twice() {
+    let p = parties();
+    RentalTest::with(())
+        .given(vec![opened(&p), overdue()])
+        .when(mark_overdue(due_at()))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_rental_returned_before_its_due_time_never_becomes_overdue() {
+    let p = parties();
+    RentalTest::with(()).given(charged(&p)).when(mark_overdue(due_at())).then_expect_events(vec![]);
+}
+
+#[test]
+fn a_timer_for_a_copy_the_movie_has_taken_back_is_a_no_op() {
+    // The movie's stream recorded the return; the rental's own stream has not heard of it yet.
+    let p = parties();
+    RentalTest::with(())
+        .given(vec![opened(&p)])
+        .when(RentalCommand::MarkOverdue {
+            due_at: due_at(),
+            returned_at: Some(due_at() + Duration::hours(1)),
+        })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_timer_for_another_due_time_is_a_no_op() {
+    let p = parties();
+    RentalTest::with(())
+        .given(vec![opened(&p)])
+        .when(mark_overdue(due_at() - Duration::days(1)))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn marking_a_rental_that_is_not_opened_overdue_is_refused() {
+    RentalTest::with(())
+        .given_no_previous_events()
+        .when(mark_overdue(due_at()))
+        .then_expect_error(RentalError::NotOpened);
+}
+
+#[test]
+fn an_overdue_rental_returned_after_its_due_time_is_charged_as_usual() {
+    // Back ten days after the rent: 10 days, 650 cents.
+    let p = parties();
+    let back = rented_at() + Duration::days(10);
+    RentalTest::with(())
+        .given(vec![opened(&p), overdue()])
+        .when(close(back))
+        .then_expect_events(vec![closed(back), assessed(10, 650)]);
+}
+
+#[test]
+fn a_late_timer_after_a_late_return_is_a_no_op() {
+    // Returned after the due time, but before any process fired the timer.
+    let p = parties();
+    let back = rented_at() + Duration::days(10);
+    RentalTest::with(())
+        .given(vec![opened(&p), closed(back), assessed(10, 650)])
+        .when(mark_overdue(due_at()))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn the_state_records_the_due_time_and_the_overdue_time() {
+    let p = parties();
+    let rental = replay([opened(&p)]);
+    assert_eq!((rental.due_at, rental.overdue_at), (Some(due_at()), None));
+    let rental = replay([opened(&p), overdue(), closed(rented_at() + Duration::days(9))]);
+    assert_eq!((rental.due_at, rental.overdue_at), (Some(due_at()), Some(due_at())));
+    assert_eq!(rental.status(), Some(RentalStatus::Returned), "overdue is not a status of its own");
+}
+
+// ---------------------------------------------------------------------------------------------
 // State
 // ---------------------------------------------------------------------------------------------
 
@@ -373,7 +524,9 @@ fn every_rental_event_round_trips_through_json() {
             movie_id: p.movie,
             customer_id: p.customer,
             rented_at: rented_at() + Duration::milliseconds(123),
+            due_at: due_at() + Duration::milliseconds(123),
         },
+        overdue(),
         closed(returned_at()),
         assessed(4, 350),
         paid(350),
@@ -407,6 +560,7 @@ proptest! {
             movie_id: Uuid::now_v7(),
             customer_id: Uuid::now_v7(),
             rented_at,
+            due_at: LoanPolicy::default().due_at(rented_at),
         };
 
         // Act
@@ -496,4 +650,47 @@ fn a_payment_records_the_currency_of_its_charge_as_version_2() {
         .given(events)
         .when(pay(350, Actor::customer(p.customer)))
         .then_expect_events(vec![paid]);
+}
+
+#[test]
+fn a_rental_opened_of_version_1_is_due_seven_days_after_its_rent_and_becomes_version_2() {
+    let (movie, customer) = (Uuid::now_v7(), Uuid::now_v7());
+    let stored = serde_json::json!({
+        "movie_id": movie, "customer_id": customer, "rented_at": "2026-01-05T10:00:00.250Z"
+    });
+    let event = upcast("RentalOpened", "1.0", stored);
+    assert_eq!(event.event_version, "2.0.0", "version {RENTAL_OPENED_VERSION} in semantic form");
+    let decoded: RentalEvent =
+        serde_json::from_value(serde_json::json!({ "RentalOpened": event.payload })).unwrap();
+    assert_eq!(
+        decoded,
+        RentalEvent::RentalOpened {
+            movie_id: movie,
+            customer_id: customer,
+            rented_at: Utc.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).unwrap() + Duration::milliseconds(250),
+            due_at: Utc.with_ymd_and_hms(2026, 1, 12, 10, 0, 0).unwrap() + Duration::milliseconds(250),
+        }
+    );
+}
+
+#[test]
+fn a_rental_opened_of_version_2_keeps_its_own_due_time() {
+    let current = serde_json::json!({
+        "movie_id": Uuid::now_v7(), "customer_id": Uuid::now_v7(),
+        "rented_at": "2026-01-05T10:00:00Z", "due_at": "2026-01-08T10:00:00Z"
+    });
+    let event = upcast("RentalOpened", RENTAL_OPENED_VERSION, current.clone());
+    assert_eq!(event.payload, current);
+    let p = parties();
+    assert_eq!(opened(&p).event_version(), "2.0");
+    assert_eq!(overdue().event_version(), "1.0");
+    assert_eq!(overdue().event_type(), "RentalOverdue");
+}
+
+#[test]
+fn a_rental_opened_of_version_1_without_a_readable_rent_time_gains_no_due_time() {
+    let stored =
+        serde_json::json!({ "movie_id": Uuid::now_v7(), "customer_id": Uuid::now_v7(), "rented_at": 5 });
+    let event = upcast("RentalOpened", "1.0", stored.clone());
+    assert_eq!(event.payload, stored, "left as it was, so decoding names the broken field");
 }

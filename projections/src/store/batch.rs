@@ -22,6 +22,7 @@ use std::time::Instant;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde_json::Value;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::executor::{
@@ -159,6 +160,80 @@ impl EventStore {
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
+        let prepared = {
+            let mut conn = self.pool.acquire().await?;
+            self.prepare::<A>(&mut conn, commands).await?
+        };
+        let Prepared { streams, rows, command_of, mut outcomes } = prepared;
+        if rows.is_empty() {
+            return Ok(Ran::Batched(outcomes));
+        }
+        let recorded = match self.append_batch(&rows, &streams).await {
+            Ok(recorded) => recorded,
+            Err(AppendError::Conflict | AppendError::Unique(_)) => return Ok(Ran::Contended),
+            Err(error) => return Err(append_failed(error)),
+        };
+        if let Some(last) = recorded.iter().map(|e| e.position).max() {
+            self.notifier.committed(last);
+        }
+        assign(recorded, &command_of, &mut outcomes);
+        Ok(Ran::Batched(outcomes))
+    }
+
+    /// Runs `commands`, on streams of kind `A`, inside the caller's open transaction: the streams
+    /// are loaded through it, and the events, lookup rows and snapshots are written in it, for the
+    /// caller to commit together with changes of its own (the due-date scheduler deletes the timers
+    /// that fired in the transaction that records what they caused). Nothing is committed or
+    /// announced here: once the caller has committed, it calls [`EventStore::announce`].
+    ///
+    /// Outcomes are as in [`EventStore::execute_batch`], except that a concurrent append to one of
+    /// the streams is not retried: it is [`CommandError::Conflict`] (or
+    /// [`CommandError::Unique`]), and the transaction is then aborted: the caller rolls it back and
+    /// tries again later, against fresh state. Commands are counted in `commands_total` when their
+    /// events are written (before the caller's commit).
+    pub async fn execute_batch_in<A>(
+        &self,
+        conn: &mut PgConnection,
+        commands: Vec<BatchCommand<A::Command>>,
+    ) -> Result<Vec<CommandOutcome<A::Error>>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let started = Instant::now();
+        let Prepared { streams, rows, command_of, mut outcomes } = self.prepare::<A>(conn, &commands).await?;
+        if !rows.is_empty() {
+            let recorded = write_batch(conn, &rows, &streams).await.map_err(|error| match error {
+                AppendError::Conflict => CommandError::Conflict,
+                AppendError::Unique(constraint) => CommandError::Unique(constraint),
+                other => append_failed(other),
+            })?;
+            assign(recorded, &command_of, &mut outcomes);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        for (command, outcome) in commands.iter().zip(&outcomes) {
+            record::<A>(&command.command, outcome, elapsed);
+        }
+        Ok(outcomes)
+    }
+
+    /// Wakes the projectors after a commit made outside the store (see
+    /// [`EventStore::execute_batch_in`]); `position` is the last one committed.
+    pub fn announce(&self, position: i64) {
+        self.notifier.committed(position);
+    }
+
+    /// Loads every stream the commands name and handles each command on its own stream's
+    /// aggregate, in order; returns the streams as the commands leave them and the rows to append.
+    async fn prepare<'c, A>(
+        &self,
+        conn: &mut PgConnection,
+        commands: &'c [BatchCommand<A::Command>],
+    ) -> Result<Prepared<'c, A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
         // The streams, in the order the batch first names them, and each command's stream.
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut ids: Vec<&str> = Vec::new();
@@ -171,8 +246,7 @@ impl EventStore {
                 })
             })
             .collect();
-        let mut streams: Vec<Stream<'_, A>> = self
-            .load_many::<A>(&ids)
+        let mut streams: Vec<Stream<'c, A>> = load_many::<A>(conn, &ids)
             .await?
             .into_iter()
             .zip(&ids)
@@ -218,75 +292,7 @@ impl EventStore {
             }
             outcomes.push(CommandOutcome::Appended(Vec::new()));
         }
-        if rows.is_empty() {
-            return Ok(Ran::Batched(outcomes));
-        }
-
-        let mut recorded = match self.append_batch(&rows, &streams).await {
-            Ok(recorded) => recorded,
-            Err(AppendError::Conflict | AppendError::Unique(_)) => return Ok(Ran::Contended),
-            Err(AppendError::Database(e)) => return Err(CommandError::Database(e)),
-            Err(AppendError::Encode(e)) => return Err(corrupt(e)),
-            Err(AppendError::ClaimLost) => return Err(CommandError::ClaimLost),
-        };
-        recorded.sort_by_key(|e| e.position);
-        if let Some(last) = recorded.last() {
-            self.notifier.committed(last.position);
-        }
-        for event in recorded {
-            let i = command_of.get(&event.event_id).copied();
-            if let Some(CommandOutcome::Appended(events)) = i.and_then(|i| outcomes.get_mut(i)) {
-                events.push(event);
-            }
-        }
-        Ok(Ran::Batched(outcomes))
-    }
-
-    /// Loads every stream named, in that order: snapshots (for kinds that take them) in one query,
-    /// then every stream's events after its snapshot in another.
-    async fn load_many<A>(&self, ids: &[&str]) -> Result<Vec<Loaded<A>>, CommandError<A::Error>>
-    where
-        A: StreamKind,
-        A::Command: Clone + Send + Sync,
-    {
-        let mut loaded: Vec<Loaded<A>> =
-            ids.iter().map(|_| Loaded { state: A::default(), version: 0 }).collect();
-        let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        if A::SNAPSHOT_EVERY.is_some() {
-            let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
-                "select aggregate_id, last_sequence, payload from snapshots
-                  where aggregate_type = $1 and aggregate_id = any($2)",
-            )
-            .bind(A::TYPE)
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await?;
-            for (id, sequence, payload) in snapshots {
-                let Some(&i) = index.get(id.as_str()) else { continue };
-                loaded[i].state = serde_json::from_value(payload)
-                    .map_err(|e| CommandError::Corrupt(format!("snapshot of {id}: {e}")))?;
-                loaded[i].version = sequence;
-            }
-        }
-        let after: Vec<i64> = loaded.iter().map(|l| l.version).collect();
-        let events: Vec<(String, i64, String, String, Value)> = sqlx::query_as(
-            "select e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
-               from unnest($2::text[], $3::bigint[]) as s(aggregate_id, after)
-               join events e
-                 on e.aggregate_type = $1 and e.aggregate_id = s.aggregate_id and e.sequence > s.after
-              order by e.aggregate_id, e.sequence",
-        )
-        .bind(A::TYPE)
-        .bind(ids)
-        .bind(&after)
-        .fetch_all(&self.pool)
-        .await?;
-        for (id, sequence, event_type, event_version, payload) in &events {
-            let Some(&i) = index.get(id.as_str()) else { continue };
-            let row = StoredRow { aggregate_id: id, sequence: *sequence, event_type, event_version, payload };
-            row.apply_to(&mut loaded[i])?;
-        }
-        Ok(loaded)
+        Ok(Prepared { streams, rows, command_of, outcomes })
     }
 
     /// The batch's one transaction: every event, then each changed stream's lookup rows and
@@ -301,11 +307,7 @@ impl EventStore {
         A::Command: Clone + Send + Sync,
     {
         let mut tx = self.pool.begin().await?;
-        let recorded = rows.insert(&mut tx, A::TYPE).await?;
-        for stream in streams.iter().filter(|s| !s.events.is_empty()) {
-            A::write_lookups(&mut tx, stream.id, &stream.events).await?;
-            write_snapshot(&mut tx, stream.id, stream.loaded, stream.version, &stream.state).await?;
-        }
+        let recorded = write_batch(&mut tx, rows, streams).await?;
         if let Ok(claim) = CLAIM.try_with(Clone::clone) {
             let last = recorded.iter().map(|e| e.position).max().unwrap_or(0);
             if !idempotency::mark_appended(&mut tx, &claim, last).await? {
@@ -353,4 +355,104 @@ where
     // A skipped command did not run: counted, but it has no duration.
     let ran = !matches!(outcome, CommandOutcome::Skipped);
     record_command(A::TYPE, A::command_name(command), outcome.label(), ran.then_some(elapsed));
+}
+
+/// Loads every stream named, in that order: snapshots (for kinds that take them) in one query,
+/// then every stream's events after its snapshot in another.
+async fn load_many<A>(conn: &mut PgConnection, ids: &[&str]) -> Result<Vec<Loaded<A>>, CommandError<A::Error>>
+where
+    A: StreamKind,
+    A::Command: Clone + Send + Sync,
+{
+    let mut loaded: Vec<Loaded<A>> = ids.iter().map(|_| Loaded { state: A::default(), version: 0 }).collect();
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    if A::SNAPSHOT_EVERY.is_some() {
+        let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
+            "select aggregate_id, last_sequence, payload from snapshots
+              where aggregate_type = $1 and aggregate_id = any($2)",
+        )
+        .bind(A::TYPE)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, sequence, payload) in snapshots {
+            let Some(&i) = index.get(id.as_str()) else { continue };
+            loaded[i].state = serde_json::from_value(payload)
+                .map_err(|e| CommandError::Corrupt(format!("snapshot of {id}: {e}")))?;
+            loaded[i].version = sequence;
+        }
+    }
+    let after: Vec<i64> = loaded.iter().map(|l| l.version).collect();
+    let events: Vec<(String, i64, String, String, Value)> = sqlx::query_as(
+        "select e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
+           from unnest($2::text[], $3::bigint[]) as s(aggregate_id, after)
+           join events e
+             on e.aggregate_type = $1 and e.aggregate_id = s.aggregate_id and e.sequence > s.after
+          order by e.aggregate_id, e.sequence",
+    )
+    .bind(A::TYPE)
+    .bind(ids)
+    .bind(&after)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, sequence, event_type, event_version, payload) in &events {
+        let Some(&i) = index.get(id.as_str()) else { continue };
+        let row = StoredRow { aggregate_id: id, sequence: *sequence, event_type, event_version, payload };
+        row.apply_to(&mut loaded[i])?;
+    }
+    Ok(loaded)
+}
+
+/// A batch handled in memory: its streams as the commands leave them, the rows to append, which
+/// command each row belongs to, and each command's outcome so far.
+struct Prepared<'c, A: Aggregate> {
+    streams: Vec<Stream<'c, A>>,
+    rows: Rows,
+    command_of: HashMap<Uuid, usize>,
+    outcomes: Vec<CommandOutcome<A::Error>>,
+}
+
+/// Writes a handled batch on `conn`: every event, then each changed stream's lookup rows and
+/// snapshot. Returns what was recorded, in log order.
+async fn write_batch<A>(
+    conn: &mut PgConnection,
+    rows: &Rows,
+    streams: &[Stream<'_, A>],
+) -> Result<Vec<RecordedEvent>, AppendError>
+where
+    A: StreamKind,
+    A::Command: Clone + Send + Sync,
+{
+    let mut recorded = rows.insert(&mut *conn, A::TYPE).await?;
+    for stream in streams.iter().filter(|s| !s.events.is_empty()) {
+        A::write_lookups(&mut *conn, stream.id, &stream.events).await?;
+        write_snapshot(&mut *conn, stream.id, stream.loaded, stream.version, &stream.state).await?;
+    }
+    recorded.sort_by_key(|e| e.position);
+    Ok(recorded)
+}
+
+/// Hands each recorded event to the outcome of the command that wrote it.
+fn assign<E: std::error::Error>(
+    recorded: Vec<RecordedEvent>,
+    command_of: &HashMap<Uuid, usize>,
+    outcomes: &mut [CommandOutcome<E>],
+) {
+    for event in recorded {
+        let i = command_of.get(&event.event_id).copied();
+        if let Some(CommandOutcome::Appended(events)) = i.and_then(|i| outcomes.get_mut(i)) {
+            events.push(event);
+        }
+    }
+}
+
+/// The command error of an append that failed for another reason than a concurrent append.
+fn append_failed<E: std::error::Error>(error: AppendError) -> CommandError<E> {
+    match error {
+        AppendError::Conflict => CommandError::Conflict,
+        AppendError::Unique(constraint) => CommandError::Unique(constraint),
+        AppendError::Database(e) => CommandError::Database(e),
+        AppendError::Encode(e) => CommandError::Corrupt(e.to_string()),
+        AppendError::ClaimLost => CommandError::ClaimLost,
+    }
 }

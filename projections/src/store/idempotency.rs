@@ -231,12 +231,18 @@ pub async fn release(pool: &PgPool, claim: &Claim) -> Result<(), sqlx::Error> {
 
 /// Deletes expired records, at most `batch` of them; returns how many.
 pub async fn purge_expired(pool: &PgPool, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    purge_expired_on(&mut conn, batch).await
+}
+
+/// [`purge_expired`] on a connection the caller holds (a periodic job's transaction).
+pub async fn purge_expired_on(conn: &mut sqlx::PgConnection, batch: i64) -> Result<u64, sqlx::Error> {
     let deleted = sqlx::query(
         "delete from idempotency
           where ctid = any(array(select ctid from idempotency where expires_at <= now() limit $1))",
     )
     .bind(batch)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(deleted.rows_affected())
 }

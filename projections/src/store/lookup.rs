@@ -116,6 +116,34 @@ pub async fn find_rental(pool: &PgPool, rental_id: Uuid) -> Result<Option<Rental
     .await
 }
 
+/// The movies among `movie_ids` that this customer has ever rented.
+pub async fn movies_rented_by(
+    pool: &PgPool,
+    customer_id: Uuid,
+    movie_ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select distinct movie_id from rental_lookup where customer_id = $1 and movie_id = any($2)",
+    )
+    .bind(customer_id)
+    .bind(movie_ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// The ids of the movies added with these titles, one per title (the first added), in no order.
+pub async fn movie_ids_titled(pool: &PgPool, titles: &[String]) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "select distinct on (payload->>'title') payload->>'title', aggregate_id::uuid
+           from events
+          where aggregate_type = 'movie' and event_type = 'MovieAdded' and payload->>'title' = any($1)
+          order by payload->>'title', position",
+    )
+    .bind(titles)
+    .fetch_all(pool)
+    .await
+}
+
 /// The names of the given categories, in the order asked; `None` for an id that does not exist.
 pub async fn category_names(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Option<String>>, sqlx::Error> {
     let rows: Vec<(Uuid, String)> =

@@ -16,6 +16,7 @@
 
 mod batch;
 mod codec;
+pub mod deadline;
 mod executor;
 pub mod idempotency;
 pub mod lookup;

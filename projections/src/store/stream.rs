@@ -6,10 +6,10 @@ use std::future::Future;
 use cqrs_es::Aggregate;
 use domain::category::{Category, CategoryCommand, CategoryEvent};
 use domain::movie::{Movie, MovieCommand, MovieEvent};
-use domain::rental::{Rental, RentalCommand};
+use domain::rental::{Rental, RentalCommand, RentalEvent};
 use sqlx::PgConnection;
 
-use super::lookup;
+use super::{deadline, lookup};
 
 /// An aggregate as stored here.
 pub trait StreamKind: Aggregate<Services = ()> + Clone + 'static
@@ -111,6 +111,31 @@ impl StreamKind for Rental {
             RentalCommand::OpenRental { .. } => "OpenRental",
             RentalCommand::CloseRental { .. } => "CloseRental",
             RentalCommand::PayRental { .. } => "PayRental",
+            RentalCommand::MarkOverdue { .. } => "MarkOverdue",
         }
+    }
+
+    /// A rental's `overdue` timer is set with the event that fixes its due time and cancelled
+    /// with the return, or with the `RentalOverdue` it fired.
+    async fn write_lookups(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[RentalEvent],
+    ) -> Result<(), sqlx::Error> {
+        for event in events {
+            match event {
+                RentalEvent::RentalOpened { due_at, .. } => {
+                    deadline::set(conn, aggregate_id, deadline::OVERDUE, *due_at).await?;
+                }
+                RentalEvent::RentalClosed { .. } => {
+                    deadline::cancel(conn, aggregate_id, deadline::OVERDUE).await?;
+                }
+                RentalEvent::RentalOverdue { .. } => {
+                    deadline::fired(conn, aggregate_id, deadline::OVERDUE).await?;
+                }
+                RentalEvent::ChargeAssessed { .. } | RentalEvent::RentalPaid { .. } => {}
+            }
+        }
+        Ok(())
     }
 }
