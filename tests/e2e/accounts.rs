@@ -247,9 +247,10 @@ async fn a_password_change_checks_the_current_one_and_revokes_every_other_token(
             &["new_password"],
         ),
         (
+            // The new password is validated first: the answer says nothing of the current one.
             "wrong current password and a new one too short",
             json!({"current_password": "password-999", "new_password": "short"}),
-            &["current_password", "new_password"],
+            &["new_password"],
         ),
         (
             "wrong types",
@@ -441,4 +442,52 @@ async fn a_login_burst_split_over_two_processes_is_throttled_as_one(pool: PgPool
         assert_eq!(right.status(), StatusCode::TOO_MANY_REQUESTS, "the right password at {base}");
     }
     println!("200 wrong logins over two processes: {unauthorized} × 401, {throttled} × 429");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_password_change_is_no_oracle_for_the_current_password_and_counts_in_the_login_throttle(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let (_, token) = app.customer("oracle").await;
+    // An invalid new password: the same answer whether the current one is right or wrong.
+    let mut answers = Vec::new();
+    for current in ["password-123", "password-999"] {
+        let response = app
+            .post(
+                "/api/v1/me/password",
+                Some(&token),
+                Some(json!({"current_password": current, "new_password": "short"})),
+            )
+            .await;
+        let mut problem = assert_invalid(response, &["new_password"], current).await;
+        problem.as_object_mut().unwrap().remove("request_id");
+        answers.push(problem);
+    }
+    assert_eq!(answers[0], answers[1], "an invalid new password tells nothing of the current one");
+    // Ten wrong current passwords are ten failed logins; then even the right one waits.
+    for attempt in 1..=10 {
+        let response = app
+            .post(
+                "/api/v1/me/password",
+                Some(&token),
+                Some(
+                    json!({"current_password": format!("guess-{attempt}-x"), "new_password": "password-456"}),
+                ),
+            )
+            .await;
+        assert_invalid(response, &["current_password"], &format!("guess {attempt}")).await;
+    }
+    let right = app
+        .post(
+            "/api/v1/me/password",
+            Some(&token),
+            Some(json!({"current_password": "password-123", "new_password": "password-456"})),
+        )
+        .await;
+    assert_problem(right, 429, "rate-limited").await;
+    let login = app
+        .post("/api/v1/auth/login", None, Some(json!({"username": "oracle", "password": "password-123"})))
+        .await;
+    assert_problem(login, 429, "rate-limited").await;
 }

@@ -106,6 +106,20 @@ impl From<CreateError> for ApiError {
     }
 }
 
+/// What a password change came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordChangeOutcome {
+    /// Changed; every other token of the account is revoked.
+    Changed,
+    /// The current password was wrong (counted as a failed login).
+    WrongCurrentPassword,
+    /// Too many failed logins for the account from this address.
+    Throttled {
+        /// Seconds until the oldest failure leaves the window.
+        retry_after_secs: u64,
+    },
+}
+
 /// What a login attempt came to.
 #[derive(Debug)]
 pub enum LoginOutcome {
@@ -211,16 +225,7 @@ impl Accounts {
             return Ok(LoginOutcome::InvalidCredentials);
         }
         let key = username.to_lowercase();
-        let window = self.config.login_window;
-        let max = self.config.login_max_failures;
-        if let Err(failures) = store::reserve_attempt(&self.pool, &key, client_addr, window, max).await? {
-            let retry_after_secs = failures
-                .oldest
-                .map(|oldest| {
-                    let until = oldest + chrono::Duration::from_std(window).unwrap_or_default();
-                    (until - Utc::now()).num_seconds().max(1) as u64
-                })
-                .unwrap_or(window.as_secs());
+        if let Some(retry_after_secs) = self.reserve_attempt(&key, client_addr).await? {
             return Ok(LoginOutcome::Throttled { retry_after_secs });
         }
         // The attempt is recorded as a failure until the password proves right.
@@ -248,29 +253,47 @@ impl Accounts {
         }
     }
 
-    /// Whether `password` is the account's current password.
-    pub async fn check_password(&self, user_id: Uuid, password: SecretString) -> Result<bool, sqlx::Error> {
-        let stored = store::password_hash(&self.pool, user_id).await?;
-        Ok(self.passwords.verify(password, stored).await?.valid)
+    /// Reserves a password check for this username and client address in the login throttle
+    /// (the attempt counts as a failure until the password proves right); `Some(retry after, in
+    /// seconds)` when the limit is reached.
+    async fn reserve_attempt(&self, key: &str, client_addr: &str) -> Result<Option<u64>, sqlx::Error> {
+        let window = self.config.login_window;
+        let max = self.config.login_max_failures;
+        Ok(store::reserve_attempt(&self.pool, key, client_addr, window, max).await?.err().map(|failures| {
+            failures
+                .oldest
+                .map(|oldest| {
+                    let until = oldest + chrono::Duration::from_std(window).unwrap_or_default();
+                    (until - Utc::now()).num_seconds().max(1) as u64
+                })
+                .unwrap_or(window.as_secs())
+        }))
     }
 
     /// Changes a password after checking the current one; every other token of the account is
-    /// revoked. `Ok(false)` when the current password is wrong.
+    /// revoked. The check is a login attempt of the account from `client_addr`: a wrong current
+    /// password counts as a failed login, and past the limit the check is not even made.
     pub async fn change_password(
         &self,
-        user_id: Uuid,
+        user: &User,
         keep_token: &[u8],
         current: SecretString,
         new: SecretString,
-    ) -> Result<bool, sqlx::Error> {
-        let stored = store::password_hash(&self.pool, user_id).await?;
-        if !self.passwords.verify(current, stored).await?.valid {
-            return Ok(false);
+        client_addr: &str,
+    ) -> Result<PasswordChangeOutcome, sqlx::Error> {
+        let key = user.username.to_lowercase();
+        if let Some(retry_after_secs) = self.reserve_attempt(&key, client_addr).await? {
+            return Ok(PasswordChangeOutcome::Throttled { retry_after_secs });
         }
+        let stored = store::password_hash(&self.pool, user.id).await?;
+        if !self.passwords.verify(current, stored).await?.valid {
+            return Ok(PasswordChangeOutcome::WrongCurrentPassword);
+        }
+        store::clear_failures(&self.pool, &key, client_addr).await?;
         let hash = self.passwords.hash(new).await?;
-        let counter = store::replace_password(&self.pool, user_id, &hash, keep_token).await?;
-        self.revoked(user_id, counter).await?;
-        Ok(true)
+        let counter = store::replace_password(&self.pool, user.id, &hash, keep_token).await?;
+        self.revoked(user.id, counter).await?;
+        Ok(PasswordChangeOutcome::Changed)
     }
 
     /// Changes an account's role; `None` if there is no such account.

@@ -10,7 +10,9 @@ use secrecy::{ExposeSecret, SecretString};
 use utoipa_axum::routes;
 
 use super::schemas::{LoginRequest, PasswordChange, RegisterRequest, Registered, RoleChange};
-use crate::accounts::{validate_email, validate_password, validate_username, LoginOutcome, Role};
+use crate::accounts::{
+    validate_email, validate_password, validate_username, LoginOutcome, PasswordChangeOutcome, Role,
+};
 use crate::accounts::{IssuedToken, User};
 use crate::error::ApiError;
 use crate::extract::{Admin, AuthUser, Body, PathId};
@@ -132,9 +134,11 @@ async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<Statu
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
+        (status = 429, response = RateLimited),
     ))]
 async fn change_password(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: AuthUser,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
@@ -150,22 +154,22 @@ async fn change_password(
             f.error("new_password", "must differ from the current password");
         }
     }
-    // A wrong current password is named together with every other invalid field; when the rest
-    // is valid, the change itself checks it.
-    if let Some(current) = current.as_ref().filter(|_| !f.is_valid()) {
-        if !state.accounts.check_password(caller.user.id, current.clone()).await? {
-            f.error("current_password", "is not correct");
-        }
-    }
+    // The current password is checked only once everything else is valid, so an invalid request
+    // says nothing about it; the check counts in the login throttle.
     f.finish()?;
     let (Some(current), Some(new)) = (current, new) else {
         unreachable!("finish() fails when a required field is missing")
     };
-    let changed = state.accounts.change_password(caller.user.id, &caller.token_hash, current, new).await?;
-    if !changed {
-        return Err(ApiError::field("current_password", "is not correct"));
+    let peer = peer.ip().to_string();
+    match state.accounts.change_password(&caller.user, &caller.token_hash, current, new, &peer).await? {
+        PasswordChangeOutcome::Changed => Ok(StatusCode::NO_CONTENT),
+        PasswordChangeOutcome::WrongCurrentPassword => {
+            Err(ApiError::field("current_password", "is not correct"))
+        }
+        PasswordChangeOutcome::Throttled { retry_after_secs } => {
+            Err(ApiError::TooManyRequests { retry_after_secs })
+        }
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Set an account's role (admin)
