@@ -114,9 +114,11 @@ fn parse_rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     let addr = app.local_addr()?;
+    // Handlers first: a SIGTERM sent as soon as the line below is read stops us in order.
+    let shutdown = shutdown_signal();
     tracing::info!(%addr, "serving");
     println!("listening on http://{addr}");
-    app.run(shutdown_signal()).await
+    app.run(shutdown).await
 }
 
 /// A pool on a migrated database, and the engine over every projection.

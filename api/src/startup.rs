@@ -265,29 +265,36 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-/// A token cancelled on SIGINT or SIGTERM.
+/// A token cancelled on SIGINT or SIGTERM. The handlers are installed before this returns, so a
+/// signal that arrives right after a process has said it is ready is never the default one that
+/// kills it mid-way.
 pub fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handlers = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        tokio::spawn(async move {
+            match handlers {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {},
+                        _ = terminate.recv() => {},
+                    }
                 }
-                Err(_) => std::future::pending::<()>().await,
+                _ => {
+                    tracing::warn!("could not install the signal handlers; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => {},
-            () = terminate => {},
-        }
+            tracing::info!("shutdown requested");
+            trigger.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown requested");
         trigger.cancel();
     });

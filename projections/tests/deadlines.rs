@@ -166,7 +166,17 @@ async fn the_overdue_event_records_the_due_time_and_the_chain_of_the_rent(pool: 
     .fetch_one(&pool)
     .await
     .unwrap();
-    let due_at = days_ago(10) + chrono::Duration::days(7);
+    // The due time is the rent's own time plus the loan, read back from the opening event (a
+    // clock read here could fall in the next second).
+    let rented_at: DateTime<Utc> = sqlx::query_scalar(
+        "select (payload->>'rented_at')::timestamptz from events \
+         where aggregate_id = $1 and event_type = 'RentalOpened'",
+    )
+    .bind(ids[0].to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let due_at = rented_at + chrono::Duration::days(7);
     assert_eq!(payload, serde_json::json!({ "due_at": due_at }));
     assert_eq!(
         metadata,

@@ -159,8 +159,12 @@ impl Process {
             .unwrap_or_else(|| panic!("no {message:?} log line in: {}", self.logs()))
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
-        signal(self.child.id(), "TERM");
+    fn terminate(self) -> std::process::ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    fn stop_with(mut self, name: &str) -> std::process::ExitStatus {
+        signal(self.child.id(), name);
         self.child.wait().unwrap()
     }
 
@@ -341,8 +345,10 @@ async fn the_private_postgresql_is_created_keeps_its_data_across_restarts_and_is
         send(&base, Method::GET, &format!("/api/v1/rentals/{rental}"), Some(&token), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "paid", "the paid rental survived the restart: {body}");
-    assert!(serve.terminate().success());
+    // SIGINT (Ctrl-C) stops it the same way.
+    assert!(serve.stop_with("INT").success(), "serve exits 0 on SIGINT");
     wait_until_cluster_gone(&data.pgdata());
+    assert!(data.postmaster_pid().is_none(), "no postmaster.pid is left");
 }
 
 #[tokio::test]
