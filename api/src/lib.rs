@@ -11,6 +11,7 @@
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
 //! - [`jobs`]: the periodic purges, each a row of `job` claimed by one process at a time.
 //! - [`cli`]: the sub-commands.
+//! - [`status`]: what `/ready` and `/metrics` read, at most once a second per process.
 //! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
 //!   metrics, the Prometheus exporter, rate and concurrency limits, `Idempotency-Key`.
 
@@ -34,6 +35,7 @@ pub mod routes;
 pub mod seed;
 pub mod startup;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod validate;
 

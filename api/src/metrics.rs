@@ -13,6 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::status::StatusBoard;
+
 /// How often histogram samples are folded into their buckets between scrapes. The exporter keeps
 /// every sample recorded since the last fold, so without this a process nobody scrapes grows by
 /// one `f64` per request (and per event applied) for as long as it runs.
@@ -134,39 +136,28 @@ fn describe() {
     describe_gauge!("db_pool_max", "the pool's maximum size");
 }
 
-/// The scrape: refreshes the gauges read at scrape time, then renders every metric. Projection
-/// gauges are left as they were when PostgreSQL does not answer.
-pub async fn render(pool: &PgPool) -> String {
+/// The scrape: refreshes the gauges read at scrape time from the board's shared reading (at most
+/// one a second), then renders every metric. Projection gauges are left as they were when
+/// PostgreSQL does not answer.
+pub async fn render(pool: &PgPool, board: &StatusBoard) -> String {
     let handle = handle();
-    match projections::engine::checkpoints(pool).await {
-        Ok(statuses) => {
-            for status in statuses {
-                let name = status.name;
-                metrics::gauge!("projection_position", "projection" => name.clone())
-                    .set(status.position as f64);
-                metrics::gauge!("projection_lag_events", "projection" => name.clone())
-                    .set(status.lag_events as f64);
-                metrics::gauge!("projection_lag_seconds", "projection" => name.clone())
-                    .set(status.lag_seconds);
-                metrics::gauge!("projection_failing", "projection" => name)
-                    .set(if status.last_error.is_some() { 1.0 } else { 0.0 });
-            }
-        }
-        Err(error) => tracing::warn!(%error, "projection progress unavailable for /metrics"),
+    let reading = board.read().await;
+    for status in reading.projections.iter().flatten() {
+        let name = status.name.clone();
+        metrics::gauge!("projection_failing", "projection" => name).set(if status.last_error.is_some() {
+            1.0
+        } else {
+            0.0
+        });
     }
-    match projections::deadlines::status(pool).await {
-        Ok(status) => {
-            let name = status.name;
-            metrics::gauge!("projection_position", "projection" => name.clone()).set(status.position as f64);
-            metrics::gauge!("projection_lag_events", "projection" => name.clone())
-                .set(status.lag_events as f64);
-            metrics::gauge!("projection_lag_seconds", "projection" => name).set(status.lag_seconds);
-        }
-        Err(error) => tracing::warn!(%error, "due-date progress unavailable for /metrics"),
+    for status in reading.projections.iter().flatten().chain(reading.deadlines.iter()) {
+        let name = status.name.clone();
+        metrics::gauge!("projection_position", "projection" => name.clone()).set(status.position as f64);
+        metrics::gauge!("projection_lag_events", "projection" => name.clone()).set(status.lag_events as f64);
+        metrics::gauge!("projection_lag_seconds", "projection" => name).set(status.lag_seconds);
     }
-    match projections::rentals::RentalsReader::new(pool.clone()).overdue_count().await {
-        Ok(count) => metrics::gauge!("rentals_overdue").set(count as f64),
-        Err(error) => tracing::warn!(%error, "the count of overdue rentals is unavailable for /metrics"),
+    if let Some(count) = reading.overdue {
+        metrics::gauge!("rentals_overdue").set(count as f64);
     }
     metrics::gauge!("db_pool_size").set(f64::from(pool.size()));
     metrics::gauge!("db_pool_idle").set(pool.num_idle() as f64);
@@ -191,15 +182,19 @@ pub async fn serve_exporter(
         .await
         .with_context(|| format!("could not listen on {addr} (MOVIESTORE_METRICS_ADDR)"))?;
     let bound = listener.local_addr()?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let pool = pool.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render(&pool).await) }
-            }),
-        )
-        .route("/health", get(|| async { "ok" }));
+    let board = StatusBoard::new(pool.clone(), None);
+    let app =
+        axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let (pool, board) = (pool.clone(), board.clone());
+                    async move {
+                        ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render(&pool, &board).await)
+                    }
+                }),
+            )
+            .route("/health", get(|| async { "ok" }));
     tracing::info!(addr = %bound, "serving /metrics");
     println!("metrics on http://{bound}");
     Ok(tokio::spawn(async move {

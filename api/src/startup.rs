@@ -137,6 +137,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
         rentals: RentalsReader::new(pool.clone()),
         analytics: projections::analytics::AnalyticsReader::new(pool.clone()),
         catalogue,
+        status: crate::status::StatusBoard::new(pool.clone(), Some(cache.clone())),
         cache,
         engine,
         store,

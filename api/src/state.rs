@@ -56,4 +56,6 @@ pub struct Handles {
     pub cache: Cache,
     /// The projections (for operating them).
     pub engine: Engine,
+    /// What `/ready` and `/metrics` read, shared between callers.
+    pub status: crate::status::StatusBoard,
 }

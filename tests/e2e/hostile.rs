@@ -267,3 +267,66 @@ async fn a_request_that_runs_out_of_time_answers_503_problem_json_with_retry_aft
     assert!(elapsed >= std::time::Duration::from_millis(900), "after the timeout, not before: {elapsed:?}");
     println!("slow body: 503 problem+json with Retry-After after {elapsed:?}");
 }
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_flood_of_readiness_probes_and_scrapes_shares_one_reading_and_starves_no_one(pool: PgPool) {
+    // Arrange: a customer to read the catalogue, and a stale reading (older than a second).
+    let app = TestApp::spawn(pool.clone()).await;
+    let (_, token) = app.customer("reader").await;
+    assert_eq!(app.get("/ready", None).await.status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Hold the table the progress query reads, so every reading in flight stays visible in
+    // PostgreSQL as a backend waiting for that lock.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("lock table projection_checkpoint in access exclusive mode")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    // Act: 300 probes and 100 scrapes at once, more than the pool's 16 connections.
+    let flood: Vec<_> = (0..400)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url(if i % 4 == 3 { "/metrics" } else { "/ready" });
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'
+                and query like '%from projection_checkpoint c%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let started = std::time::Instant::now();
+    while waiting().await == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "no reading started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let readings_in_flight = waiting().await;
+    // Meanwhile another client's reads answer: the flood holds one connection, not the pool.
+    let read_started = std::time::Instant::now();
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        reads.push(app.get("/api/v1/movies?available=any", Some(&token)).await.status().as_u16());
+    }
+    let read_time = read_started.elapsed();
+    holder.commit().await.unwrap();
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for probe in flood {
+        *by_status.entry(probe.await.unwrap().unwrap()).or_default() += 1;
+    }
+
+    // Assert
+    assert_eq!(readings_in_flight, 1, "400 callers, one reading of projection progress");
+    assert_eq!(reads, vec![200; 20], "the catalogue answers during the flood");
+    assert!(read_time < std::time::Duration::from_secs(3), "20 reads took {read_time:?}");
+    assert_eq!(by_status, std::collections::BTreeMap::from([(200, 400)]), "every probe answered 200");
+    println!(
+        "/ready + /metrics flood: 400 callers, {readings_in_flight} reading in PostgreSQL, 20 reads 200 in {read_time:?}"
+    );
+}

@@ -23,17 +23,25 @@ async fn health() -> Json<Health> {
 }
 
 /// Readiness: 200 when PostgreSQL answers, else 503; the body tells each dependency's state.
+///
+/// Read at most once a second per process, shared between callers.
 #[utoipa::path(get, path = "/ready", tag = "operations", responses(
     (status = 200, description = "PostgreSQL answers.", body = Readiness),
     (status = 503, description = "PostgreSQL does not answer (`status` `unavailable`).", body = Readiness),
 ))]
 async fn ready(State(state): State<AppState>) -> Response {
-    let (projections, redis) = tokio::join!(projections::engine::checkpoints(&state.db), state.cache.is_up());
-    let postgres = projections.is_ok();
-    let projections = projections
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| ProjectorReadiness { name: p.name, state: p.state, lag_events: p.lag_events })
+    let reading = state.status.read().await;
+    let postgres = reading.postgres_up();
+    let redis = reading.redis.unwrap_or(false);
+    let projections = reading
+        .projections
+        .iter()
+        .flatten()
+        .map(|p| ProjectorReadiness {
+            name: p.name.clone(),
+            state: p.state.clone(),
+            lag_events: p.lag_events,
+        })
         .collect();
     let status = if postgres { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Readiness {
@@ -58,6 +66,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status = 200, description = "Prometheus text.", body = String, content_type = "text/plain; version=0.0.4"),
 ))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&state.db).await;
+    let body = crate::metrics::render(&state.db, &state.status).await;
     ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
