@@ -224,9 +224,10 @@ pub async fn wait_for_release(pool: &PgPool, position: i64, timeout: Duration) -
 }
 
 /// When no committed event holds `position` yet, a fence: a transaction id newer than every
-/// transaction that can hold it (taken by assigning one; only on this rare path). Once every
-/// transaction below the fence has ended, an event still missing never will be there. Where the
-/// event exists the fence is not needed (`i64::MAX`).
+/// transaction that can hold it, the first id not yet given out (`xmax` of the current snapshot,
+/// read without assigning one: a reader never consumes transaction ids, however often it asks).
+/// Once every transaction below the fence has ended, an event still missing never will be there.
+/// Where the event exists the fence is not needed (`i64::MAX`).
 async fn fence_if_missing(pool: &PgPool, position: i64) -> Result<i64, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("select exists (select 1 from events where position = $1)")
         .bind(position)
@@ -235,7 +236,7 @@ async fn fence_if_missing(pool: &PgPool, position: i64) -> Result<i64, sqlx::Err
     if exists {
         return Ok(i64::MAX);
     }
-    sqlx::query_scalar("select pg_current_xact_id()::text::bigint").fetch_one(pool).await
+    sqlx::query_scalar("select pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetch_one(pool).await
 }
 
 /// Asks `reached` with a growing pause (2 ms up to 50 ms) until it answers `Some(true)` or
