@@ -422,6 +422,33 @@ pub async fn rebuild(
     Ok(done.remove(0))
 }
 
+/// The right to fill the shadow schemas of some read models: a session-level advisory lock per
+/// read model, on a connection of its own, held until the claim is dropped (or the process dies,
+/// which closes the connection). A second rebuild or verify of one of them, in any process, is
+/// refused while the first runs, instead of dropping the first one's shadow.
+pub struct RebuildClaim {
+    _conn: PgConnection,
+}
+
+impl RebuildClaim {
+    /// Claims every named read model, or none: [`ProjectionError::RebuildRunning`] names the
+    /// first one another rebuild or verify holds.
+    pub async fn take(pool: &PgPool, names: &[&str]) -> Result<Self, ProjectionError> {
+        let mut conn = pool.acquire().await?.detach();
+        for name in names {
+            let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock(hashtext('rebuild:' || $1))")
+                .bind(name)
+                .fetch_one(&mut conn)
+                .await?;
+            if !taken {
+                // Closing the connection releases the locks this call took before.
+                return Err(ProjectionError::RebuildRunning((*name).to_string()));
+            }
+        }
+        Ok(Self { _conn: conn })
+    }
+}
+
 /// Rebuilds several read models from one read of the log (see [`fill_shadows`]); each is then
 /// swapped in atomically on its own, in the order given.
 pub async fn rebuild_many(
@@ -435,6 +462,19 @@ pub async fn rebuild_many(
             manager.name()
         )));
     }
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    let claim = RebuildClaim::take(pool, &names).await?;
+    rebuild_claimed(pool, claim, projections, progress).await
+}
+
+/// [`rebuild_many`] under a claim taken beforehand (so a caller can answer "started" only once
+/// the claim is its own).
+pub async fn rebuild_claimed(
+    pool: &PgPool,
+    _claim: RebuildClaim,
+    projections: &[Arc<dyn Projection>],
+    progress: &dyn Progress,
+) -> Result<Vec<Rebuilt>, ProjectionError> {
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     ensure_checkpoints(pool, &names).await?;
     let filled = fill_shadows(pool, projections, &vec![None; projections.len()], progress).await?;
@@ -500,6 +540,7 @@ pub async fn verify_many(
     progress: &dyn Progress,
 ) -> Result<Vec<Vec<TableDiff>>, ProjectionError> {
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    let _claim = RebuildClaim::take(pool, &names).await?;
     ensure_checkpoints(pool, &names).await?;
     let mut lives = Vec::with_capacity(projections.len());
     {

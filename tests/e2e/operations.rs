@@ -107,3 +107,78 @@ async fn readiness_reports_postgres_redis_and_every_projection(pool: PgPool) {
         ready["projections"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["analytics", "catalogue", "payments", "rentals"]);
 }
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_second_rebuild_of_a_read_model_is_refused_in_every_process_while_the_first_runs(pool: PgPool) {
+    // Arrange: two processes over one database, some catalogue to rebuild.
+    let first = TestApp::spawn(pool.clone()).await;
+    let second = TestApp::spawn(pool.clone()).await;
+    let admin = first.admin().await;
+    let drama = first.category("Drama").await;
+    first.movie("Heat", &[drama]).await;
+    wait_for_projections(&first, &first.address, Duration::from_secs(10)).await;
+    // Hold the catalogue's projection lock: the rebuild fills its shadow and then waits to swap,
+    // so it stays running for as long as this test needs.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock(hashtext('projection:catalogue'))")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = first.post("/api/v1/admin/projections/catalogue/rebuild", Some(&admin), None).await;
+    expect_status(started, StatusCode::ACCEPTED).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "select exists (select 1 from pg_namespace where nspname = 'read_shadow_catalogue')
+                and exists (select 1 from pg_stat_activity
+                             where datname = current_database() and wait_event = 'advisory')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rebuild never reached its swap");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Act: the same rebuild again, from each process and from the command line, and a verify.
+    let again = first.post("/api/v1/admin/projections/catalogue/rebuild", Some(&admin), None).await;
+    let elsewhere = second.post("/api/v1/admin/projections/catalogue/rebuild", Some(&admin), None).await;
+    let other_model = second.post("/api/v1/admin/projections/rentals/rebuild", Some(&admin), None).await;
+    let (cli_code, cli_output) = cli_status(&first.database_url, &["rebuild", "catalogue"]).await;
+    let (verify_code, verify_output) = cli_status(&first.database_url, &["verify"]).await;
+    let shadows_while_running: i64 =
+        sqlx::query_scalar("select count(*) from pg_namespace where nspname = 'read_shadow_catalogue'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("select pg_advisory_unlock(hashtext('projection:catalogue'))")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    // Assert
+    assert_problem(again, 409, "rebuild-running").await;
+    assert_problem(elsewhere, 409, "rebuild-running").await;
+    expect_status(other_model, StatusCode::ACCEPTED).await;
+    assert_eq!(cli_code, 1, "{cli_output}");
+    assert!(cli_output.contains("a rebuild or verify of catalogue is running"), "{cli_output}");
+    assert_eq!(verify_code, 1, "{verify_output}");
+    assert!(verify_output.contains("is running"), "{verify_output}");
+    assert_eq!(shadows_while_running, 1, "the running rebuild's shadow was left alone");
+    // Once the first rebuild has swapped, a new one starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let again = first.post("/api/v1/admin/projections/catalogue/rebuild", Some(&admin), None).await;
+        if again.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_problem(again, 409, "rebuild-running").await;
+        assert!(Instant::now() < deadline, "the first rebuild never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_projections(&first, &first.address, Duration::from_secs(20)).await;
+    println!("rebuild while one runs: 409 rebuild-running from both processes, CLI rebuild and verify exit 1; 202 once it finished");
+}

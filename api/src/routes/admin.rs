@@ -58,7 +58,8 @@ async fn list(State(state): State<AppState>, Admin(_caller): Admin) -> Result<Re
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 409, description = "`not-rebuildable`: a process manager, not a read model.",
+        (status = 409, description = "`not-rebuildable`: a process manager, not a read model; \
+            `rebuild-running`: a rebuild or verify of it runs (in any process).",
             body = Problem, content_type = "application/problem+json"),
     ))]
 async fn rebuild(
@@ -75,10 +76,22 @@ async fn rebuild(
         ));
     }
     let pool = state.db.clone();
+    let claim = match projections::rebuild::RebuildClaim::take(&pool, &[projection.name()]).await {
+        Ok(claim) => claim,
+        Err(projections::engine::ProjectionError::RebuildRunning(_)) => {
+            return Err(ApiError::rejected(
+                StatusCode::CONFLICT,
+                "rebuild-running",
+                format!("a rebuild or verify of {name} is running: wait for it to finish"),
+            ))
+        }
+        Err(projections::engine::ProjectionError::Database(error)) => return Err(error.into()),
+        Err(error) => return Err(ApiError::Internal(error.into())),
+    };
     let body = RebuildStarted { name: projection.name().to_string(), state: "rebuilding".into() };
     tokio::spawn(async move {
-        match projections::rebuild::rebuild(&pool, projection, &()).await {
-            Ok(done) => tracing::info!(projection = %name, events = done.events, "rebuild finished"),
+        match projections::rebuild::rebuild_claimed(&pool, claim, &[projection], &()).await {
+            Ok(done) => tracing::info!(projection = %name, events = done[0].events, "rebuild finished"),
             Err(error) => tracing::error!(projection = %name, %error, "rebuild failed"),
         }
     });

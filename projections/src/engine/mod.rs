@@ -111,6 +111,9 @@ pub enum ProjectionError {
     /// A process manager's command failed.
     #[error("command: {0}")]
     Command(String),
+    /// A rebuild or verify of this read model runs already (in this or another process).
+    #[error("a rebuild or verify of {0} is running")]
+    RebuildRunning(String),
 }
 
 /// A boxed future, so projections can be held as trait objects.
