@@ -3,6 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::support::*;
 
@@ -490,4 +491,87 @@ async fn a_password_change_is_no_oracle_for_the_current_password_and_counts_in_t
         .post("/api/v1/auth/login", None, Some(json!({"username": "oracle", "password": "password-123"})))
         .await;
     assert_problem(login, 429, "rate-limited").await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn role_changes_never_leave_no_admin_nor_a_customer_without_email_and_erased_accounts_rent_nothing(
+    pool: PgPool,
+) {
+    // Arrange: the bootstrap admin, a second admin, a staff account made without email, a
+    // customer who is then erased, and a movie.
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let admin_id = app.user_id(ADMIN_USERNAME).await;
+    let (second_id, _) = app.staff("second.admin", "admin").await;
+    let (ok, _, stderr) =
+        run_cli(&app.database_url, &["create-user", "--role", "auditor", "audrey"], "auditor-password-1\n")
+            .await;
+    assert!(ok, "create-user failed: {stderr}");
+    let audrey = app.user_id("audrey").await;
+    let (erased, _) = app.customer("ilsa").await;
+    let (ok, _, stderr) = run_cli(&app.database_url, &["erase-user", "ilsa"], "").await;
+    assert!(ok, "erase-user failed: {stderr}");
+    let drama = app.category("Drama").await;
+    let movie = app.movie("Heat", &[drama]).await;
+    let path = |id: Uuid| format!("/api/v1/admin/users/{id}");
+
+    // Act and assert: demoting one of two admins works, the last one cannot be demoted, by
+    // anyone, to any role.
+    let demoted = app.patch(&path(second_id), Some(&admin), json!({"role": "analyst"})).await;
+    assert_eq!(expect_status(demoted, StatusCode::OK).await["role"], "analyst");
+    for role in ["auditor", "analyst"] {
+        let refused = app.patch(&path(admin_id), Some(&admin), json!({"role": role})).await;
+        assert_problem(refused, 409, "last-admin").await;
+    }
+    // The bootstrap admin has no email: as a customer it is refused for that first (the body
+    // before the state).
+    let refused = app.patch(&path(admin_id), Some(&admin), json!({"role": "customer"})).await;
+    assert_invalid(refused, &["role"], "admin without email → customer").await;
+    let promoted = app.patch(&path(second_id), Some(&admin), json!({"role": "admin"})).await;
+    expect_status(promoted, StatusCode::OK).await;
+    let second = app.login("second.admin", "password-123").await;
+    // Two admins demoting each other at once: one change wins, one admin is left.
+    let (second_path, admin_path) = (path(second_id), path(admin_id));
+    let (a, b) = tokio::join!(
+        app.patch(&second_path, Some(&admin), json!({"role": "auditor"})),
+        app.patch(&admin_path, Some(&second), json!({"role": "auditor"})),
+    );
+    // The loser is refused as the last admin (409) or, when the winner committed before its
+    // token was checked, as no longer an admin (403).
+    let mut statuses = vec![a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert!(statuses == [200, 409] || statuses == [200, 403], "simultaneous demotions: {statuses:?}");
+    let admins: i64 = sqlx::query_scalar("select count(*) from users where role = 'admin'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(admins, 1);
+    // The one left is the one whose demotion was refused.
+    let admin = if a.status() == StatusCode::OK { admin } else { second };
+    // An account without email cannot be made a customer; the account is unchanged.
+    let refused = app.patch(&path(audrey), Some(&admin), json!({"role": "customer"})).await;
+    assert_invalid(refused, &["role"], "auditor without email → customer").await;
+    let role: String = sqlx::query_scalar("select role from users where user_id = $1")
+        .bind(audrey)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(role, "auditor");
+    // An admin cannot rent for an erased or an unknown account.
+    for (customer, what) in [(erased, "erased"), (Uuid::now_v7(), "unknown")] {
+        let rent = app
+            .post(
+                &format!("/api/v1/movies/{movie}/rent"),
+                Some(&admin),
+                Some(json!({"customer_id": customer})),
+            )
+            .await;
+        assert_invalid(rent, &["customer_id"], what).await;
+    }
+    let rentals: i64 = sqlx::query_scalar("select count(*) from events where event_type = 'RentalOpened'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rentals, 0, "no rental was opened");
+    println!("role invariants: last admin 2 × 409, simultaneous demotions 200 + {} (1 admin left), no-email customer 422, rent for erased/unknown 2 × 422", statuses[1]);
 }

@@ -69,6 +69,22 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+impl User {
+    /// Whether the account was erased (its username is a tombstone, its password gone).
+    pub fn is_erased(&self) -> bool {
+        self.username.starts_with(store::ERASED_PREFIX)
+    }
+}
+
+/// Why a role change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleRefusal {
+    /// It would leave no admin who can log in.
+    LastAdmin,
+    /// A customer needs an email, and the account has none.
+    NoEmail,
+}
+
 /// A new token, shown to its owner once.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IssuedToken {
@@ -297,12 +313,17 @@ impl Accounts {
     }
 
     /// Changes an account's role; `None` if there is no such account.
-    pub async fn set_role(&self, user_id: Uuid, role: Role) -> Result<Option<User>, sqlx::Error> {
-        let Some((user, counter)) = store::set_role(&self.pool, user_id, role).await? else {
+    pub async fn set_role(
+        &self,
+        user_id: Uuid,
+        role: Role,
+    ) -> Result<Option<Result<User, RoleRefusal>>, sqlx::Error> {
+        let Some(changed) = store::set_role(&self.pool, user_id, role).await? else {
             return Ok(None);
         };
+        let Ok((user, counter)) = changed else { return Ok(Some(changed.map(|(user, _)| user))) };
         self.revoked(user_id, counter).await?;
-        Ok(Some(user))
+        Ok(Some(Ok(user)))
     }
 
     /// The id of the account with this username, if there is one.

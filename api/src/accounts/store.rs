@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::token_cache::announce;
-use super::{CreateError, Role, User};
+use super::{CreateError, Role, RoleRefusal, User};
 
 const USER_COLUMNS: &str = "user_id, username, email, role, created_at";
 
@@ -150,23 +150,45 @@ pub(super) async fn delete_token(
 }
 
 /// Changes an account's role (what its tokens stand for); returns the account and the
-/// revocation's counter, `None` when there is no such account.
+/// revocation's counter, `Ok(None)` when there is no such account, `Err(refusal)` when the change
+/// would break an invariant (no admin left, a customer without email). Role changes are
+/// serialised by one transaction lock, so two simultaneous demotions cannot leave no admin.
 pub(super) async fn set_role(
     pool: &PgPool,
     user_id: Uuid,
     role: Role,
-) -> Result<Option<(User, i64)>, sqlx::Error> {
+) -> Result<Option<Result<(User, i64), RoleRefusal>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let user: Option<User> =
+    sqlx::query("select pg_advisory_xact_lock(hashtext('accounts:roles'))").execute(&mut *tx).await?;
+    let current: Option<User> =
+        sqlx::query_as(&format!("select {USER_COLUMNS} from users where user_id = $1 for update"))
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(current) = current else { return Ok(None) };
+    if role == Role::Customer && current.email.is_none() {
+        return Ok(Some(Err(RoleRefusal::NoEmail)));
+    }
+    if current.role == Role::Admin && role != Role::Admin {
+        let other_admins: i64 = sqlx::query_scalar(
+            "select count(*) from users where role = 'admin' and user_id <> $1 and password_hash <> ''",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if other_admins == 0 {
+            return Ok(Some(Err(RoleRefusal::LastAdmin)));
+        }
+    }
+    let user: User =
         sqlx::query_as(&format!("update users set role = $2 where user_id = $1 returning {USER_COLUMNS}"))
             .bind(user_id)
             .bind(role)
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-    let Some(user) = user else { return Ok(None) };
     let counter = announce(&mut tx, user_id).await?;
     tx.commit().await?;
-    Ok(Some((user, counter)))
+    Ok(Some(Ok((user, counter))))
 }
 
 /// The limit was reached; the oldest failure in the window tells when it leaves.
@@ -279,6 +301,9 @@ pub struct Erased {
     pub(super) revocation: i64,
 }
 
+/// The start of an erased account's username.
+pub(super) const ERASED_PREFIX: &str = "erased:";
+
 /// Replaces the username with a tombstone that names only the account id (`:` is not allowed in
 /// usernames, so no one can register it), removes the email and the password hash (an empty hash
 /// never verifies), revokes every token and deletes the login failures of the old name, in one
@@ -291,7 +316,7 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
             .fetch_optional(&mut *tx)
             .await?;
     let Some(user_id) = user_id else { return Ok(None) };
-    let tombstone = format!("erased:{user_id}");
+    let tombstone = format!("{ERASED_PREFIX}{user_id}");
     sqlx::query("update users set username = $2, email = null, password_hash = '' where user_id = $1")
         .bind(user_id)
         .bind(&tombstone)

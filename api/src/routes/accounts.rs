@@ -12,9 +12,10 @@ use utoipa_axum::routes;
 use super::schemas::{LoginRequest, PasswordChange, RegisterRequest, Registered, RoleChange};
 use crate::accounts::{
     validate_email, validate_password, validate_username, LoginOutcome, PasswordChangeOutcome, Role,
+    RoleRefusal,
 };
 use crate::accounts::{IssuedToken, User};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Admin, AuthUser, Body, PathId};
 use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited};
 use crate::openapi::{Unauthorized, UnsupportedMediaType, ValidationFailed};
@@ -181,6 +182,8 @@ async fn change_password(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, description = "`last-admin`: it would leave no admin.",
+            body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),
@@ -195,6 +198,15 @@ async fn set_role(
     let role = f.required("role", |v| parse::string(v)?.parse::<Role>());
     f.finish()?;
     let role = role.expect("finish() fails when a required field is missing");
-    let user = state.accounts.set_role(user_id, role).await?.ok_or(ApiError::NotFound("user"))?;
-    Ok(Json(user).into_response())
+    match state.accounts.set_role(user_id, role).await?.ok_or(ApiError::NotFound("user"))? {
+        Ok(user) => Ok(Json(user).into_response()),
+        Err(RoleRefusal::LastAdmin) => Err(ApiError::rejected(
+            StatusCode::CONFLICT,
+            "last-admin",
+            "this is the last admin: make another account an admin first",
+        )),
+        Err(RoleRefusal::NoEmail) => {
+            Err(ApiError::field("role", "a customer needs an email, and this account has none"))
+        }
+    }
 }

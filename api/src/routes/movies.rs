@@ -241,8 +241,8 @@ async fn rent(
         }
         if let Some(customer_id) = customer_id {
             let customer = state.accounts.find(customer_id).await?;
-            if !customer.is_some_and(|c| c.role == Role::Customer) {
-                f.error("customer_id", "must be the id of a customer account");
+            if !customer.is_some_and(|c| c.role == Role::Customer && !c.is_erased()) {
+                f.error("customer_id", "must be the id of a customer account that was not erased");
             }
         }
         f.finish()?;
