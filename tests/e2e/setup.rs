@@ -795,15 +795,22 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_and_promtool_ac
     assert!(conflicts_seen, "20 rounds of 6 simultaneous rents made no conflict");
     let movie = app.movie("High Noon", &[category]).await;
     let rental = app.rent(movie, &customer).await;
-    expect_status(
+    let returned = expect_status(
         app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&customer), None).await,
         StatusCode::OK,
     )
     .await;
+    // The worker's catalogue projection may still lag: wait for the return to be applied (that
+    // read skips the cache, and the projector fills it), then a hit, and a miss: a movie that is
+    // in no cache (an unknown id, 404 from PostgreSQL).
+    let seen = format!("/api/v1/movies/{movie}?min_position={}", returned["position"]);
+    expect_status(app.get(&seen, Some(&customer)).await, StatusCode::OK).await;
     for _ in 0..2 {
         expect_status(app.get(&format!("/api/v1/movies/{movie}"), Some(&customer)).await, StatusCode::OK)
             .await;
     }
+    let unknown = format!("/api/v1/movies/{}", uuid::Uuid::now_v7());
+    expect_status(app.get(&unknown, Some(&customer)).await, StatusCode::NOT_FOUND).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let paid = app
