@@ -117,12 +117,40 @@ pub mod parse {
         items.iter().map(uuid).collect::<Result<_, _>>().map_err(|_| "must be an array of UUIDs".into())
     }
 
-    /// A date `YYYY-MM-DD`.
+    /// A date written exactly `YYYY-MM-DD`: ten characters, four-digit year, two-digit month and
+    /// day, nothing around them (chrono's `%Y-%m-%d` alone also takes signs, five-digit years,
+    /// one-digit months and leading spaces).
     pub fn date(value: &Value) -> Result<NaiveDate, String> {
-        value
-            .as_str()
-            .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
-            .ok_or_else(|| "must be a date YYYY-MM-DD".to_string())
+        value.as_str().and_then(strict_date).ok_or_else(|| "must be a date YYYY-MM-DD".to_string())
+    }
+
+    /// The first and last release dates a movie may have.
+    pub const RELEASE_DATES: (NaiveDate, NaiveDate) = (
+        NaiveDate::from_ymd_opt(1870, 1, 1).expect("a date"),
+        NaiveDate::from_ymd_opt(2100, 12, 31).expect("a date"),
+    );
+
+    /// A movie's release date: [`date`], within [`RELEASE_DATES`].
+    pub fn release_date(value: &Value) -> Result<NaiveDate, String> {
+        let date = date(value)?;
+        let (first, last) = RELEASE_DATES;
+        if date < first || date > last {
+            return Err(format!("must lie in {first}..={last}"));
+        }
+        Ok(date)
+    }
+
+    fn strict_date(text: &str) -> Option<NaiveDate> {
+        let bytes = text.as_bytes();
+        let shape = bytes.len() == 10
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() });
+        if !shape {
+            return None;
+        }
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
     }
 
     /// An RFC 3339 time, normalised to UTC at the microsecond precision PostgreSQL keeps.
@@ -161,6 +189,42 @@ mod tests {
         assert_eq!(f.required("b", parse::string), None);
         let Err(ApiError::Validation(errors)) = f.finish() else { panic!("expected 422") };
         assert_eq!(errors.keys().collect::<Vec<_>>(), ["a", "b", "x"]);
+    }
+
+    #[test]
+    fn dates_are_exactly_four_two_and_two_digits() {
+        for good in ["1999-01-01", "0001-12-31", "2026-02-28"] {
+            assert!(parse::date(&json!(good)).is_ok(), "{good}");
+        }
+        let bad = [
+            "-5000-01-01",
+            " 1999-1-1",
+            "1999-1-1",
+            "+1999-01-01",
+            "19999-01-01",
+            "1999-01-01 ",
+            "1999-02-30",
+            "1999/01/01",
+            "1999-01-0a",
+            "９９９-01-01",
+            "",
+            "2026-13-01",
+        ];
+        for bad in bad {
+            assert!(parse::date(&json!(bad)).is_err(), "{bad:?}");
+        }
+        assert!(parse::date(&json!(19990101)).is_err());
+    }
+
+    #[test]
+    fn release_dates_lie_in_1870_to_2100() {
+        for good in ["1870-01-01", "2100-12-31", "1999-06-15"] {
+            assert!(parse::release_date(&json!(good)).is_ok(), "{good}");
+        }
+        for bad in ["1869-12-31", "2101-01-01", "0001-01-01", "9999-12-31"] {
+            let error = parse::release_date(&json!(bad)).unwrap_err();
+            assert_eq!(error, "must lie in 1870-01-01..=2100-12-31", "{bad}");
+        }
     }
 
     #[test]

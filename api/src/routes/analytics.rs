@@ -112,8 +112,7 @@ struct Utilization {
 /// A `YYYY-MM-DD` query parameter.
 fn date(params: &Params, name: &str) -> Result<Option<NaiveDate>, ApiError> {
     let Some(raw) = params.get(name) else { return Ok(None) };
-    // chrono also takes one-digit months and days; the contract's format has exactly ten characters.
-    let parsed = if raw.len() == 10 { parse::date(&Value::String(raw.to_string())).ok() } else { None };
+    let parsed = parse::date(&Value::String(raw.to_string())).ok();
     parsed.map(Some).ok_or_else(|| ApiError::field(name, "must be a date YYYY-MM-DD (UTC)"))
 }
 

@@ -32,7 +32,7 @@ fn changes_from(f: &mut Fields) -> MovieChanges {
     MovieChanges {
         title: f.optional("title", |v| Title::parse(&parse::string(v)?)),
         storyline: f.optional("storyline", |v| Storyline::parse(&parse::string(v)?)),
-        release_date: f.optional("release_date", parse::date),
+        release_date: f.optional("release_date", parse::release_date),
         rating: f.optional("rating", |v| Rating::parse(parse::number(v)?)),
         director: f.optional("director", |v| match parse::nullable_string(v)? {
             None => Ok(None),

@@ -362,7 +362,7 @@ pub struct MovieFields {
     /// 0..=2000 characters.
     #[schema(max_length = 2000)]
     pub storyline: Option<String>,
-    /// `YYYY-MM-DD`.
+    /// `YYYY-MM-DD`, 1870-01-01..=2100-12-31.
     pub release_date: NaiveDate,
     /// 0..=10, one decimal.
     #[schema(minimum = 0, maximum = 10, multiple_of = 0.1)]
