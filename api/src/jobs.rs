@@ -337,4 +337,32 @@ mod tests {
         assert_eq!(then.next_run_at - then.last_run_at.unwrap(), chrono::Duration::seconds(3600));
         assert_eq!(left, 2, "the live tokens stay");
     }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn login_failures_that_left_the_window_are_purged_and_recent_ones_kept(pool: PgPool) {
+        // Arrange: failures of 300 random usernames (a spray) older than the 5-minute window,
+        // and 2 inside it.
+        let jobs: Vec<Job> = the_jobs().into_iter().filter(|j| j.name == "purge-login-failures").collect();
+        register(&pool, &jobs).await.unwrap();
+        sqlx::query(
+            "insert into login_failures (username, client_addr, failed_at)
+             select 'spray-' || n, '203.0.113.7',
+                    case when n <= 300 then now() - interval '6 minutes' else now() - interval '1 minute' end
+               from generate_series(1, 302) n",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        // Act
+        let ran = run_due(&pool, &jobs).await.unwrap().unwrap();
+
+        // Assert
+        let left: Vec<String> = sqlx::query_scalar("select username from login_failures order by username")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(ran.outcome, "ok: 300 rows");
+        assert_eq!(left, ["spray-301", "spray-302"]);
+    }
 }
