@@ -1,5 +1,5 @@
 //! The per-request record: one log line for every finished request (request id, route template,
-//! method, status, latency, actor) and the HTTP metrics (a counter and a latency histogram by
+//! method, status, latency, client address, actor) and the HTTP metrics (a counter and a latency histogram by
 //! route, method and status). Labels are bounded: the matched route template, never the raw path,
 //! and a fixed set of methods. Nothing from headers or bodies is logged.
 
@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use uuid::Uuid;
 
+use crate::client::ClientAddr;
 use crate::extract::RequestId;
 
 /// Where the authentication extractor leaves the caller's id, for the log line.
@@ -54,6 +55,7 @@ pub async fn record(mut request: Request, next: Next) -> Response {
         .map_or_else(|| UNMATCHED_ROUTE.to_string(), |p| p.as_str().to_string());
     let method = method_label(request.method());
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let client = request.extensions().get::<ClientAddr>().map(ToString::to_string).unwrap_or_default();
     let actor = ActorSlot::default();
     request.extensions_mut().insert(actor.clone());
     let response = next.run(request).await;
@@ -68,11 +70,11 @@ pub async fn record(mut request: Request, next: Next) -> Response {
     match actor.get() {
         Some(actor) => tracing::info!(
             target: "moviestore::access",
-            request_id, route, method, status, latency_ms, actor = %actor, "request finished"
+            request_id, route, method, status, latency_ms, client, actor = %actor, "request finished"
         ),
         None => tracing::info!(
             target: "moviestore::access",
-            request_id, route, method, status, latency_ms, "request finished"
+            request_id, route, method, status, latency_ms, client, "request finished"
         ),
     }
     response

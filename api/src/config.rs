@@ -133,6 +133,8 @@ pub struct HttpConfig {
     pub rate_limit: RateLimit,
     /// `MOVIESTORE_MAX_CONCURRENT_REQUESTS`: requests served at once; more get 503 (0: no cap).
     pub max_concurrent_requests: usize,
+    /// `MOVIESTORE_TRUSTED_PROXIES`: the reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: crate::client::TrustedProxies,
 }
 
 /// A per-client-address token bucket: `burst` requests at once, refilled at `per_second`.
@@ -307,6 +309,7 @@ impl Config {
                     }
                 },
                 max_concurrent_requests: parsed("MOVIESTORE_MAX_CONCURRENT_REQUESTS", 1024)?,
+                trusted_proxies: parsed("MOVIESTORE_TRUSTED_PROXIES", Default::default())?,
             },
             database: DatabaseConfig {
                 url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()).into(),
@@ -459,6 +462,7 @@ mod tests {
                 shutdown_grace: Duration::from_secs(1),
                 rate_limit: RateLimit { per_second: 0, burst: 0 },
                 max_concurrent_requests: 0,
+                trusted_proxies: Default::default(),
             },
             database: DatabaseConfig {
                 url: "postgres://localhost/x".to_string().into(),

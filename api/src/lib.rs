@@ -11,6 +11,7 @@
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
 //! - [`jobs`]: the periodic purges, each a row of `job` claimed by one process at a time.
 //! - [`cli`]: the sub-commands.
+//! - [`client`]: the client address a request is attributed to (trusted proxies, IPv6 /64).
 //! - [`status`]: what `/ready` and `/metrics` read, at most once a second per process.
 //! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
 //!   metrics, the Prometheus exporter, rate and concurrency limits, `Idempotency-Key`.
@@ -19,6 +20,7 @@ pub mod access;
 pub mod accounts;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -4,15 +4,15 @@
 //! exempt, so probes and scrapes still answer under load. The body limit (413), JSON-only bodies
 //! (415) and the login throttle live elsewhere (`startup`, `extract`, `accounts`).
 //!
-//! The client address is the TCP peer: behind a proxy every client shares the proxy's address, so
-//! there raise the limit or set it to 0 and limit at the proxy.
+//! Requests are counted by client address ([`crate::client`]: the TCP peer, the forwarded address
+//! behind a trusted proxy, an IPv6 /64).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
+use crate::client::ClientAddr;
 use crate::config::HttpConfig;
 use crate::error::{problem, ApiError};
 
@@ -71,9 +72,9 @@ pub async fn middleware(State(limits): State<Limits>, request: Request, next: Ne
         return next.run(request).await;
     }
     if let Some(limiter) = &limits.rate {
-        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        if let Some(peer) = peer {
-            if let Err(not_until) = limiter.check_key(&peer) {
+        let client = request.extensions().get::<ClientAddr>().map(ClientAddr::key);
+        if let Some(client) = client {
+            if let Err(not_until) = limiter.check_key(&client) {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return ApiError::TooManyRequests { retry_after_secs: retry_after_secs.max(1) }

@@ -159,15 +159,17 @@ pub fn engine(
     Engine::new(pool.clone(), projections::all(store.clone(), plan.clone(), loan), EngineConfig::default())
 }
 
-/// The router with its layers, outermost first: request id, the access log and HTTP metrics, rate
+/// The router with its layers, outermost first: request id, the client address, the access log and HTTP metrics, rate
 /// and concurrency limits, tracing, sensitive headers, timeout, panic catching, reading the body,
 /// idempotency keys; and the body limit.
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.http.request_timeout;
     crate::metrics::handle();
     let limits = crate::limits::Limits::new(&state.config.http);
+    let trusted = Arc::new(state.config.http.trusted_proxies.clone());
     let layers = ServiceBuilder::new()
         .layer(axum::middleware::from_fn(crate::extract::request_id))
+        .layer(axum::middleware::from_fn_with_state(trusted, crate::client::middleware))
         .layer(axum::middleware::from_fn(crate::access::record))
         .layer(axum::middleware::from_fn_with_state(limits, crate::limits::middleware))
         .layer(

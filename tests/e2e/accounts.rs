@@ -575,3 +575,59 @@ async fn role_changes_never_leave_no_admin_nor_a_customer_without_email_and_eras
     assert_eq!(rentals, 0, "no rental was opened");
     println!("role invariants: last admin 2 × 409, simultaneous demotions 200 + {} (1 admin left), no-email customer 422, rent for erased/unknown 2 × 422", statuses[1]);
 }
+
+/// Sends a login from `forwarded_for` (as a proxy would say it); the answer's status.
+async fn login_from(app: &TestApp, forwarded_for: &str, password: &str) -> u16 {
+    app.client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": "greg", "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn behind_a_trusted_proxy_logins_are_throttled_per_forwarded_client_and_ipv6_per_64(pool: PgPool) {
+    // Arrange: the test client stands for the proxy (127.0.0.1 is trusted).
+    let options =
+        Options { extra_env: vec![("MOVIESTORE_TRUSTED_PROXIES".into(), "127.0.0.1/32, 10.0.0.0/8".into())] };
+    let app = TestApp::spawn_with(pool.clone(), options).await;
+    app.customer("greg").await;
+
+    // Act and assert: 10 failures from one client lock that client only, through a chain of
+    // trusted hops, whatever it claims left of them.
+    for i in 0..10 {
+        let status = login_from(&app, &format!("6.6.6.{i}, 198.51.100.1, 10.1.1.1"), "wrong-password").await;
+        assert_eq!(status, 401, "attempt {i}");
+    }
+    assert_eq!(login_from(&app, "198.51.100.1", "password-123").await, 429, "that client is locked");
+    assert_eq!(login_from(&app, "198.51.100.2", "password-123").await, 200, "another client is not");
+    // IPv6: 10 failures from 10 addresses of one /64 lock the whole /64, not the next one.
+    for i in 1..=10 {
+        assert_eq!(login_from(&app, &format!("2001:db8:1:2::{i:x}"), "wrong-password").await, 401);
+    }
+    assert_eq!(login_from(&app, "2001:db8:1:2:ffff:ffff:ffff:ffff", "password-123").await, 429);
+    assert_eq!(login_from(&app, "2001:db8:1:3::1", "password-123").await, 200);
+    let keys: Vec<String> = sqlx::query_scalar("select distinct client_addr from login_failures order by 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["198.51.100.1", "2001:db8:1:2::/64"]);
+    println!("trusted proxy: 10 failures each from 198.51.100.1 and one IPv6 /64 → those 429, neighbours 200; keys {keys:?}");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn without_trusted_proxies_a_forged_forwarded_for_changes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.customer("greg").await;
+    for i in 0..10 {
+        assert_eq!(login_from(&app, &format!("198.51.100.{i}"), "wrong-password").await, 401, "attempt {i}");
+    }
+    assert_eq!(login_from(&app, "198.51.100.200", "password-123").await, 429, "the peer is still the key");
+    let keys: Vec<String> =
+        sqlx::query_scalar("select distinct client_addr from login_failures").fetch_all(&pool).await.unwrap();
+    assert_eq!(keys, ["127.0.0.1"]);
+}

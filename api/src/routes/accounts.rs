@@ -1,8 +1,6 @@
 //! Register, log in and out, the caller's own account, password change, admin role change.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +13,7 @@ use crate::accounts::{
     RoleRefusal,
 };
 use crate::accounts::{IssuedToken, User};
+use crate::client::ClientAddr;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Admin, AuthUser, Body, PathId};
 use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited};
@@ -92,11 +91,7 @@ async fn register(State(state): State<AppState>, body: Body) -> Result<Response,
         (status = 422, response = ValidationFailed),
         (status = 429, response = RateLimited),
     ))]
-async fn login(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn login(State(state): State<AppState>, client: ClientAddr, body: Body) -> Result<Response, ApiError> {
     let mut f = Fields::new(body.required_object()?, &["username", "password"]);
     let username = f.required("username", parse::string);
     let password = f.required("password", secret);
@@ -104,7 +99,7 @@ async fn login(
     let (Some(username), Some(password)) = (username, password) else {
         unreachable!("finish() fails when a required field is missing")
     };
-    match state.accounts.login(&username, password, &peer.ip().to_string()).await? {
+    match state.accounts.login(&username, password, &client.to_string()).await? {
         LoginOutcome::Success(issued) => Ok(Json(issued).into_response()),
         LoginOutcome::InvalidCredentials => Err(ApiError::Unauthorized),
         LoginOutcome::Throttled { retry_after_secs } => Err(ApiError::TooManyRequests { retry_after_secs }),
@@ -139,7 +134,7 @@ async fn logout(State(state): State<AppState>, caller: AuthUser) -> Result<Statu
     ))]
 async fn change_password(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: ClientAddr,
     caller: AuthUser,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
@@ -161,7 +156,7 @@ async fn change_password(
     let (Some(current), Some(new)) = (current, new) else {
         unreachable!("finish() fails when a required field is missing")
     };
-    let peer = peer.ip().to_string();
+    let peer = client.to_string();
     match state.accounts.change_password(&caller.user, &caller.token_hash, current, new, &peer).await? {
         PasswordChangeOutcome::Changed => Ok(StatusCode::NO_CONTENT),
         PasswordChangeOutcome::WrongCurrentPassword => {
