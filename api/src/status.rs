@@ -36,12 +36,15 @@ impl Reading {
     }
 }
 
+/// A reading and when it was taken.
+type Taken = (Instant, Arc<Reading>);
+
 /// The shared reading of one process. Cloning shares it.
 #[derive(Clone)]
 pub struct StatusBoard {
     pool: PgPool,
     cache: Option<Cache>,
-    last: Arc<Mutex<Option<(Instant, Arc<Reading>)>>>,
+    last: Arc<Mutex<Option<Taken>>>,
 }
 
 impl StatusBoard {
