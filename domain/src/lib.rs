@@ -13,6 +13,22 @@
 //! - [`Actor`]: who issues a command, as far as the rules care.
 #![warn(missing_docs)]
 
+/// Every event type the product records, as `event_type()` names them: the event catalogue.
+pub const EVENT_TYPES: [&str; 12] = [
+    "MovieAdded",
+    "MovieUpdated",
+    "MovieRetired",
+    "MovieRented",
+    "MovieReturned",
+    "RentalOpened",
+    "RentalOverdue",
+    "RentalClosed",
+    "ChargeAssessed",
+    "RentalPaid",
+    "CategoryCreated",
+    "CategoryRenamed",
+];
+
 pub mod category;
 pub mod loan;
 pub mod movie;

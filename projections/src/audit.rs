@@ -4,26 +4,61 @@
 //! one line of which is also what the NDJSON export writes. All SQL auditors run on `events`
 //! lives here or in the engine's feed. Nothing here changes the log.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::engine::{self, Checkpoint, EventFilter, ProjectionError, StoredEvent};
+
+/// The columns of a stream read.
+const STREAM_COLUMNS: &str = "select position, transaction_id::text::bigint as xid, event_id, aggregate_type,
+        aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at
+   from events";
 
 /// The stream types of the product, as the audit names them.
 pub const STREAM_TYPES: [&str; 3] = ["movie", "rental", "category"];
 
-/// Reads the log for auditors; cheap to clone.
+/// The longest any one audit query may run unless told otherwise; then PostgreSQL cancels it.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the log for auditors; cheap to clone. Every query runs under a statement timeout, so no
+/// audit request keeps PostgreSQL busy after its caller has been answered.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     pool: PgPool,
+    timeout: Duration,
+}
+
+/// One page of a stream: its events and whether more follow.
+#[derive(Debug)]
+pub struct StreamPage {
+    /// Events after the requested version, in stream order.
+    pub events: Vec<StoredEvent>,
+    /// Whether the stream holds events after the last of these.
+    pub more: bool,
 }
 
 impl AuditLog {
-    /// A reader over the pool's `events`.
+    /// A reader over the pool's `events`, with [`STATEMENT_TIMEOUT`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, timeout: STATEMENT_TIMEOUT }
+    }
+
+    /// The same reader with another statement timeout (at least a millisecond).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A transaction whose statements PostgreSQL cancels after the timeout (SQLSTATE 57014).
+    async fn bounded(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let millis = self.timeout.as_millis().min(i32::MAX as u128);
+        sqlx::query(&format!("set local statement_timeout = {millis}")).execute(&mut *tx).await?;
+        Ok(tx)
     }
 
     /// Up to `limit` events after `after` that `filter` keeps, in the feed's order, only from
@@ -35,8 +70,10 @@ impl AuditLog {
         limit: i64,
         filter: &EventFilter,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        engine::read_filtered(&mut conn, after, limit, filter).await
+        let mut tx = self.bounded().await?;
+        let events = engine::read_filtered(&mut tx, after, limit, filter).await?;
+        tx.commit().await?;
+        Ok(events)
     }
 
     /// Every event of one stream, in stream order; with `as_of`, only those recorded at or
@@ -47,18 +84,54 @@ impl AuditLog {
         stream_id: &str,
         as_of: Option<DateTime<Utc>>,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        sqlx::query_as(
-            "select position, transaction_id::text::bigint as xid, event_id, aggregate_type, aggregate_id,
-                    sequence, event_type, event_version, payload, metadata, recorded_at
-               from events
-              where aggregate_type = $1 and aggregate_id = $2
+        let mut tx = self.bounded().await?;
+        let events = sqlx::query_as(&format!(
+            "{STREAM_COLUMNS} where aggregate_type = $1 and aggregate_id = $2
                 and ($3::timestamptz is null or recorded_at <= $3)
-              order by sequence",
-        )
+              order by sequence"
+        ))
         .bind(stream_type)
         .bind(stream_id)
         .bind(as_of)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    /// Up to `limit` events of one stream after version `after_version`, in stream order.
+    pub async fn stream_page(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: i64,
+        limit: i64,
+    ) -> Result<StreamPage, sqlx::Error> {
+        let mut tx = self.bounded().await?;
+        let mut events: Vec<StoredEvent> = sqlx::query_as(&format!(
+            "{STREAM_COLUMNS} where aggregate_type = $1 and aggregate_id = $2 and sequence > $3
+              order by sequence limit $4"
+        ))
+        .bind(stream_type)
+        .bind(stream_id)
+        .bind(after_version)
+        .bind(limit.saturating_add(1))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let more = events.len() as i64 > limit;
+        events.truncate(limit.max(0) as usize);
+        Ok(StreamPage { events, more })
+    }
+
+    /// Whether the stream has any event.
+    pub async fn stream_exists(&self, stream_type: &str, stream_id: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "select exists (select 1 from events where aggregate_type = $1 and aggregate_id = $2)",
+        )
+        .bind(stream_type)
+        .bind(stream_id)
+        .fetch_one(&self.pool)
         .await
     }
 

@@ -734,6 +734,7 @@ async fn a_full_flow_records_no_personal_data_and_only_ids_and_business_fields_i
     }
     let catalogue: BTreeSet<&str> = allowed.keys().copied().collect();
     assert_eq!(seen, catalogue, "the flow produced every event type of the catalogue");
+    assert_eq!(catalogue, domain::EVENT_TYPES.into(), "the catalogue the audit filter accepts");
     // The person is referred to by id only.
     assert!(events.iter().any(|e| e["payload"]["customer_id"] == customer.to_string()));
     assert!(events.iter().any(|e| e["metadata"]["actor_id"] == customer.to_string()));
@@ -805,4 +806,107 @@ async fn erase_user_removes_the_persons_data_and_the_history_stays_replayable(po
     let (ok, stdout, stderr) = run_cli(&app, &["erase-user", "nobody-here"]).await;
     assert!(!ok, "an unknown user exits non-zero: {stdout}");
     assert!(stderr.contains("nobody-here"), "{stderr}");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_long_stream_is_read_a_page_at_a_time_and_every_version_comes_once(pool: PgPool) {
+    // Arrange: a movie rented and returned 20 times: 2 + 40 events on its stream.
+    let app = TestApp::spawn(pool).await;
+    let (_, auditor) = app.staff("audrey", "auditor").await;
+    let (_, customer) = app.customer("greg").await;
+    let drama = app.category("Drama").await;
+    let movie = app.movie("Heat", &[drama]).await;
+    for _ in 0..20 {
+        let rental = app.rent(movie, &customer).await;
+        let returned = app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&customer), None).await;
+        expect_status(returned, StatusCode::OK).await;
+    }
+    let base = format!("/api/v1/audit/streams/movie/{movie}");
+
+    // Act: pages of 10, following next_after_version.
+    let mut versions = Vec::new();
+    let mut pages = 0;
+    let mut after = None::<i64>;
+    loop {
+        let path = match after {
+            None => format!("{base}?limit=10"),
+            Some(v) => format!("{base}?limit=10&after_version={v}"),
+        };
+        let page = expect_status(app.get(&path, Some(&auditor)).await, StatusCode::OK).await;
+        pages += 1;
+        versions.extend(page["items"].as_array().unwrap().iter().map(|e| e["version"].as_i64().unwrap()));
+        match page["next_after_version"].as_i64() {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+
+    // Assert
+    let total = versions.len() as i64;
+    assert_eq!(versions, (1..=total).collect::<Vec<_>>(), "every version once, in order");
+    assert_eq!(total, 41, "MovieAdded and 20 rents and returns");
+    assert_eq!(pages, (total + 9) / 10);
+    let whole = expect_status(app.get(&base, Some(&auditor)).await, StatusCode::OK).await;
+    assert_eq!(whole["items"].as_array().unwrap().len() as i64, total, "the default page of 1000 holds all");
+    assert!(whole["next_after_version"].is_null());
+    let beyond =
+        expect_status(app.get(&format!("{base}?after_version=1000"), Some(&auditor)).await, StatusCode::OK)
+            .await;
+    assert_eq!(beyond, json!({"items": [], "next_after_version": null}));
+    for bad in ["limit=0", "limit=10001", "limit=x", "after_version=-1", "after_version=1.5"] {
+        assert_invalid(
+            app.get(&format!("{base}?{bad}"), Some(&auditor)).await,
+            &[bad.split('=').next().unwrap()],
+            bad,
+        )
+        .await;
+    }
+    let unknown = app
+        .get(&format!("/api/v1/audit/streams/movie/{}?after_version=3", Uuid::now_v7()), Some(&auditor))
+        .await;
+    assert_problem(unknown, 404, "not-found").await;
+    println!(
+        "stream paging: {total} events in {pages} pages of 10, each version once; 5 bad parameters → 422"
+    );
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn an_audit_query_that_runs_out_of_time_answers_503_and_is_cancelled_in_postgresql(pool: PgPool) {
+    // Arrange: requests get 2 s; the log is locked, so the audit query cannot finish.
+    let options = Options { extra_env: vec![("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "2".into())] };
+    let app = TestApp::spawn_with(pool.clone(), options).await;
+    let (_, auditor) = app.staff("audrey", "auditor").await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("lock table events in access exclusive mode").execute(&mut *holder).await.unwrap();
+
+    // Act
+    let started = Instant::now();
+    let answer = app.get("/api/v1/audit/events?type=MovieRented", Some(&auditor)).await;
+    let waited = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still_running: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and state = 'active' and pid <> pg_backend_pid()
+            and query like '%event_type = $%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // A type no event can have is answered without touching the (locked) log.
+    let unknown_started = Instant::now();
+    let unknown = app.get("/api/v1/audit/events?type=NoSuchEvent", Some(&auditor)).await;
+    let unknown_took = unknown_started.elapsed();
+    holder.rollback().await.unwrap();
+
+    // Assert
+    assert_eq!(expect_status(unknown, StatusCode::OK).await, json!({"items": [], "next_after": null}));
+    assert!(unknown_took < Duration::from_secs(1), "an unknown type scanned: {unknown_took:?}");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.headers().contains_key("retry-after"));
+    assert_eq!(answer.headers()["content-type"], "application/problem+json");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    assert_eq!(still_running, 0, "the query was cancelled in PostgreSQL, not left waiting");
+    expect_status(app.get("/api/v1/audit/events?type=MovieRented", Some(&auditor)).await, StatusCode::OK)
+        .await;
+    println!("audit out of time: 503 with Retry-After after {waited:?}, 0 queries left running");
 }

@@ -35,6 +35,26 @@ impl Params {
         }
     }
 
+    /// A whole-number parameter within `range`, `default` when absent.
+    pub fn whole(
+        &self,
+        name: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: i64,
+    ) -> Result<i64, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse::<i64>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+                let message = if *range.end() == i64::MAX {
+                    format!("must be a whole number of at least {}", range.start())
+                } else {
+                    format!("must be a whole number from {} to {}", range.start(), range.end())
+                };
+                ApiError::field(name, message)
+            }),
+        }
+    }
+
     /// `cursor`: an opaque token this API gave out.
     pub fn cursor<T: DeserializeOwned>(&self) -> Result<Option<T>, ApiError> {
         self.opaque("cursor")
