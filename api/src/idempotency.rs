@@ -38,6 +38,12 @@ pub const IN_PROGRESS: &str = "idempotency-in-progress";
 /// Marks a replayed answer.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
+/// Where keys are ignored.
+const AUTH_PATHS: &str = "/api/v1/auth/";
+
+/// The most live keys one account may hold.
+pub const MAX_LIVE_KEYS: i64 = 10_000;
+
 /// How long a record is kept.
 pub const RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -64,10 +70,15 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
     let Some(raw_key) = request.headers().get(HEADER).cloned() else {
         return next.run(request).await;
     };
-    // Scoped to the caller: their account, or the key alone for anonymous calls. A token that does
-    // not authenticate gets its 401 from the handler, with nothing recorded.
+    // Ignored on the account endpoints: an anonymous key could be replayed by anyone who guesses
+    // it, and those bodies hold passwords.
+    if request.uri().path().starts_with(AUTH_PATHS) {
+        return next.run(request).await;
+    }
+    // Scoped to the caller's account. Every other endpoint needs a token: a call without one, or
+    // with one that does not authenticate, gets its 401 from the handler, with nothing recorded.
     let scope = match crate::extract::bearer_token(request.headers()) {
-        None => "anonymous".to_string(),
+        None => return next.run(request).await,
         Some(token) => match state.accounts.authenticate(token).await {
             Ok(Some((user, token_hash))) => {
                 if let Some(actor) = request.extensions().get::<crate::access::ActorSlot>() {
@@ -97,7 +108,15 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
     let fingerprint =
         Fingerprint { scope: &scope, key: &key, method: &method, path: &path, body_hash: &body_hash };
     let lease = state.config.http.request_timeout + Duration::from_secs(5);
-    let outcome = match idempotency::claim(&state.db, &fingerprint, lease, RECORD_TTL).await {
+    let outcome = match idempotency::claim_capped(
+        &state.db,
+        &fingerprint,
+        lease,
+        RECORD_TTL,
+        Some(MAX_LIVE_KEYS),
+    )
+    .await
+    {
         Ok(outcome) => outcome,
         Err(error) => return ApiError::from(error).into_response(),
     };
@@ -115,6 +134,16 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
             )
             .into_response();
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(1u64));
+            response
+        }
+        ClaimOutcome::TooMany => {
+            let mut response = ApiError::rejected(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                format!("this account holds {MAX_LIVE_KEYS} live Idempotency-Keys; new ones are refused until some expire"),
+            )
+            .into_response();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(60u64));
             response
         }
         ClaimOutcome::Mismatch => {
@@ -168,7 +197,10 @@ async fn run_claimed(
     let mut guard = ClaimGuard { pool: pool.clone(), claim: Some(claim.clone()) };
     let response = CLAIM.scope(claim.clone(), next.run(request)).await;
     let status = response.status();
+    // 401 and 403 come before the key: they are not kept and the key stays free.
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
     let kept = (status.is_success() || status.is_client_error())
+        && !refused
         && response.extensions().get::<Retryable>().is_none();
     if !kept {
         // Dropping the guard releases the claim: the key is free again unless events were appended.

@@ -253,38 +253,95 @@ async fn a_key_belongs_to_its_caller_so_another_account_using_it_runs_its_own_re
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
-async fn registering_twice_with_one_key_gives_the_same_201_and_one_account(pool: PgPool) {
+async fn keys_are_ignored_on_the_account_endpoints_and_refusals_before_them_store_nothing(pool: PgPool) {
     // Arrange
     let app = TestApp::spawn_without_projectors(pool.clone()).await;
     let body = json!({"username": "dude", "email": "dude@example.com", "password": "password-123"});
+    let login = json!({"username": "dude", "password": "password-123"});
 
-    // Act
-    let first = answer(
-        keyed(&app, Method::POST, "/api/v1/auth/register", None, Some(body.clone()), b"signup-1").await,
+    // Act: a register twice and a login under one key; a customer's forbidden and an anonymous
+    // call under keys of their own.
+    let first =
+        keyed(&app, Method::POST, "/api/v1/auth/register", None, Some(body.clone()), b"signup-1").await;
+    let second = keyed(&app, Method::POST, "/api/v1/auth/register", None, Some(body), b"signup-1").await;
+    let logged_in = keyed(&app, Method::POST, "/api/v1/auth/login", None, Some(login), b"signup-1").await;
+    let (_, customer) = app.customer("greg").await;
+    let forbidden = keyed(
+        &app,
+        Method::POST,
+        "/api/v1/categories",
+        Some(&customer),
+        Some(json!({"name": "Noir"})),
+        b"f-1",
     )
     .await;
-    let second = answer(
-        keyed(&app, Method::POST, "/api/v1/auth/register", None, Some(body.clone()), b"signup-1").await,
-    )
-    .await;
-    let unkeyed = app.post("/api/v1/auth/register", None, Some(body)).await;
+    let anonymous =
+        keyed(&app, Method::POST, "/api/v1/categories", None, Some(json!({"name": "Noir"})), b"a-1").await;
 
-    // Assert
-    assert_eq!(first.0, StatusCode::CREATED, "{}", first.3);
-    assert_eq!((second.0, &second.3), (StatusCode::CREATED, &first.3), "the same body, token included");
-    assert!(second.2);
-    let users: i64 = sqlx::query_scalar("select count(*) from users where username = 'dude'")
+    // Assert: the key changed nothing (the second register is a second registration) and no
+    // record holds a password-bearing body, a token or a refusal.
+    let first = expect_status(first, StatusCode::CREATED).await;
+    assert_problem(second, 409, "username-taken").await;
+    let token = expect_status(logged_in, StatusCode::OK).await["token"].as_str().unwrap().to_string();
+    assert_ne!(first["token"].as_str().unwrap(), token, "a fresh login, not a replay");
+    assert_problem(forbidden, 403, "forbidden").await;
+    assert_problem(anonymous, 401, "unauthorized").await;
+    let stored: i64 = sqlx::query_scalar("select count(*) from idempotency").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, 0, "nothing was recorded");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn an_account_holds_at_most_10000_live_keys_and_beyond_them_gets_429(pool: PgPool) {
+    // Arrange: greg already holds 9,990 live keys (written as the middleware would).
+    let app = TestApp::spawn_without_projectors(pool.clone()).await;
+    let (greg_id, greg) = app.customer("greg").await;
+    let drama = app.category("Drama").await;
+    let movie = app.movie("Heat", &[drama]).await;
+    sqlx::query(
+        "insert into idempotency (scope, key, method, path, body_hash, claim, lease_until, expires_at, status)
+         select $1, 'old-' || n, 'POST', '/x', '\\x00', gen_random_uuid(), now(), now() + interval '1 day', 201
+           from generate_series(1, 9990) n",
+    )
+    .bind(greg_id.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let path = format!("/api/v1/movies/{movie}/rent");
+
+    // Act: 2,000 rents under 2,000 new keys, 16 at a time.
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for wave in 0..125 {
+        let answers =
+            futures::future::join_all((0..16).map(|i| {
+                let key = format!("new-{wave}-{i}");
+                let (app, path, greg) = (&app, &path, &greg);
+                async move {
+                    keyed(app, Method::POST, path, Some(greg), None, key.as_bytes()).await.status().as_u16()
+                }
+            }))
+            .await;
+        for status in answers {
+            *by_status.entry(status).or_default() += 1;
+        }
+    }
+    let live: i64 = sqlx::query_scalar("select count(*) from idempotency where scope = $1")
+        .bind(greg_id.to_string())
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(users, 1);
-    assert_eq!(unkeyed.status(), StatusCode::CONFLICT, "without the key it is a second registration");
-    let token = serde_json::from_str::<Value>(&first.3).unwrap()["token"].as_str().unwrap().to_string();
-    expect_status(app.get("/api/v1/me", Some(&token)).await, StatusCode::OK).await;
-    let stored: Vec<Vec<u8>> =
-        sqlx::query_scalar("select body from idempotency").fetch_all(&pool).await.unwrap();
-    assert_eq!(stored.len(), 1);
-    assert!(!stored[0].windows(token.len()).any(|w| w == token.as_bytes()), "the stored answer is sealed");
+    // A key greg already holds still replays; another account is not affected.
+    let replay = keyed(&app, Method::POST, &path, Some(&greg), None, b"new-0-0").await.status().as_u16();
+    let (_, maude) = app.customer("maude").await;
+    let other = keyed(&app, Method::POST, &path, Some(&maude), None, b"maude-1").await.status().as_u16();
+
+    // Assert: 10 keys fitted (one rent won, nine found the copy out), the rest were refused.
+    assert_eq!(by_status.get(&429), Some(&1990), "{by_status:?}");
+    assert_eq!(by_status.get(&201).copied().unwrap_or(0) + by_status.get(&409).copied().unwrap_or(0), 10);
+    assert_eq!(live, 10_000, "the table holds exactly the cap");
+    assert_ne!(replay, 429, "a held key replays");
+    assert_eq!(other, 409, "maude's own key runs her request");
+    assert_eq!(rented_events(&pool, movie).await, 1);
+    println!("idempotency cap: 9,990 held + 2,000 new keys → {by_status:?}; {live} rows stored");
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]

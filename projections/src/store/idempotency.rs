@@ -75,6 +75,8 @@ pub enum ClaimOutcome {
         /// The position of the last event it appended.
         position: i64,
     },
+    /// The scope holds as many live keys as it may: a new key is refused until some expire.
+    TooMany,
 }
 
 #[derive(sqlx::FromRow)]
@@ -100,11 +102,45 @@ pub async fn claim(
     lease: Duration,
     ttl: Duration,
 ) -> Result<ClaimOutcome, sqlx::Error> {
+    claim_capped(pool, request, lease, ttl, None).await
+}
+
+/// [`claim`], with at most `max_live` live keys per scope: a new key beyond them is
+/// [`ClaimOutcome::TooMany`] (a key the scope already holds still replays). The count and the
+/// insert run under a per-scope transaction lock, so simultaneous requests cannot pass the cap.
+pub async fn claim_capped(
+    pool: &PgPool,
+    request: &Fingerprint<'_>,
+    lease: Duration,
+    ttl: Duration,
+    max_live: Option<i64>,
+) -> Result<ClaimOutcome, sqlx::Error> {
     // Between the two statements the row may be released or expire; a few rounds settle it.
     for _ in 0..3 {
         let token = Uuid::now_v7();
-        let claimed: Option<Uuid> = sqlx::query_scalar(
-            "insert into idempotency as i
+        let mut tx = pool.begin().await?;
+        let full = match max_live {
+            None => false,
+            Some(max) => {
+                sqlx::query("select pg_advisory_xact_lock(hashtextextended('idempotency:' || $1, 0))")
+                    .bind(request.scope)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query_scalar(
+                    "select count(*) >= $2 from
+                       (select 1 from idempotency where scope = $1 and expires_at > now() limit $2) live",
+                )
+                .bind(request.scope)
+                .bind(max)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        let claimed: Option<Uuid> = if full {
+            None
+        } else {
+            sqlx::query_scalar(
+                "insert into idempotency as i
                  (scope, key, method, path, body_hash, claim, lease_until, expires_at)
              values ($1, $2, $3, $4, $5, $6,
                      now() + make_interval(secs => $7), now() + make_interval(secs => $8))
@@ -116,17 +152,19 @@ pub async fn claim(
               where i.expires_at <= now()
                  or (i.status is null and i.position is null and i.lease_until <= now())
              returning claim",
-        )
-        .bind(request.scope)
-        .bind(request.key)
-        .bind(request.method)
-        .bind(request.path)
-        .bind(request.body_hash)
-        .bind(token)
-        .bind(lease.as_secs_f64())
-        .bind(ttl.as_secs_f64())
-        .fetch_optional(pool)
-        .await?;
+            )
+            .bind(request.scope)
+            .bind(request.key)
+            .bind(request.method)
+            .bind(request.path)
+            .bind(request.body_hash)
+            .bind(token)
+            .bind(lease.as_secs_f64())
+            .bind(ttl.as_secs_f64())
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        tx.commit().await?;
         if claimed.is_some() {
             return Ok(ClaimOutcome::Claimed(Claim {
                 scope: request.scope.to_string(),
@@ -143,7 +181,12 @@ pub async fn claim(
         .bind(request.key)
         .fetch_optional(pool)
         .await?;
-        let Some(existing) = existing.filter(|e| e.live) else { continue };
+        let Some(existing) = existing.filter(|e| e.live) else {
+            if full {
+                return Ok(ClaimOutcome::TooMany);
+            }
+            continue;
+        };
         if existing.method != request.method
             || existing.path != request.path
             || existing.body_hash != request.body_hash
