@@ -244,7 +244,7 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
-            tracing::warn!(%error, "database unavailable");
+            tracing::warn!(%error, "unavailable (the database, or the password hashing slots)");
             Self::Unavailable
         } else {
             Self::Internal(error.into())

@@ -97,6 +97,10 @@ fn describe() {
     describe_counter!("cache_hits_total", "movie details served from Redis");
     describe_counter!("cache_misses_total", "movie details not in Redis (or Redis down)");
     describe_counter!(
+        "password_hash_rejections_total",
+        "logins and password changes answered 503 because every hashing slot stayed busy"
+    );
+    describe_counter!(
         "token_cache_lookups_total",
         "bearer tokens looked up in this process's token cache: hit, miss, or off (not a member)"
     );

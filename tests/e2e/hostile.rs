@@ -485,3 +485,82 @@ async fn dates_other_than_exactly_yyyy_mm_dd_in_range_are_refused(pool: PgPool) 
     assert_eq!(events, 0);
     println!("strict dates: {} malformed or out-of-range release dates → 422 each, no event", bad.len());
 }
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_flood_of_logins_waits_a_bounded_time_for_hashing_and_other_clients_keep_reading(pool: PgPool) {
+    // Arrange: costly hashes (19 MiB, 8 passes), one at a time, so the flood outruns them.
+    let options = Options {
+        extra_env: vec![
+            ("MOVIESTORE_ARGON2_MEMORY_KIB".into(), "19456".into()),
+            ("MOVIESTORE_ARGON2_ITERATIONS".into(), "8".into()),
+            ("MOVIESTORE_HASH_CONCURRENCY".into(), "1".into()),
+        ],
+    };
+    let app = TestApp::spawn_with(pool, options).await;
+    let (_, reader) = app.customer("reader").await;
+    let login = |username: String| {
+        let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response = client
+                .post(url)
+                .json(&json!({"username": username, "password": "wrong-password"}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            (response.status().as_u16(), retry_after, started.elapsed())
+        })
+    };
+
+    // Act: 1,000 logins with malformed names at once (no account can have them), then 1,000
+    // with random well-formed names at once while another client reads the catalogue (1,000
+    // requests in flight stay within the 1,024 request slots).
+    let malformed_started = std::time::Instant::now();
+    let malformed: Vec<_> = (0..1000).map(|i| login(format!("bad name {i} \u{0}"))).collect();
+    let mut malformed_statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for task in malformed {
+        let (status, _, _) = task.await.unwrap();
+        *malformed_statuses.entry(status).or_default() += 1;
+    }
+    let malformed_took = malformed_started.elapsed();
+    let started = std::time::Instant::now();
+    let well_formed: Vec<_> =
+        (0..1000).map(|i| login(format!("spray{i}x{}", uuid::Uuid::now_v7().simple()))).collect();
+    let mut reads = Vec::new();
+    for _ in 0..20 {
+        let read_started = std::time::Instant::now();
+        let status = app.get("/api/v1/movies?available=any", Some(&reader)).await.status().as_u16();
+        reads.push((status, read_started.elapsed()));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    let mut slowest = std::time::Duration::ZERO;
+    let mut unavailable_without_hint = 0;
+    for task in well_formed {
+        let (status, retry_after, took) = task.await.unwrap();
+        *by_status.entry(status).or_default() += 1;
+        slowest = slowest.max(took);
+        unavailable_without_hint += usize::from(status == 503 && !retry_after);
+    }
+    let flood_took = started.elapsed();
+
+    // Assert
+    assert!(reads.iter().all(|(status, _)| *status == 200), "reads during the flood: {reads:?}");
+    let slowest_read = reads.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(by_status.keys().all(|s| *s == 401 || *s == 503), "{by_status:?}");
+    assert!(
+        by_status.get(&503).is_some_and(|n| *n > 0),
+        "the wait was bounded: {by_status:?}, slowest {slowest:?}, flood {flood_took:?}"
+    );
+    assert!(by_status.get(&401).is_some_and(|n| *n > 0), "hashing went on: {by_status:?}");
+    assert_eq!(unavailable_without_hint, 0, "every 503 says when to retry");
+    assert_eq!(malformed_statuses, std::collections::BTreeMap::from([(401, 1000)]));
+    assert!(
+        slowest < std::time::Duration::from_secs(10),
+        "a login outlived the request timeout: {slowest:?}"
+    );
+    println!(
+        "login flood: 1,000 random names → {by_status:?} (slowest {slowest:?}), 1,000 malformed → 401 without hashing in {malformed_took:?}; 20 reads 200, slowest {slowest_read:?}; flood over in {flood_took:?}"
+    );
+}

@@ -1,7 +1,8 @@
 //! Argon2id hashing, run on the blocking pool so it never stalls the async workers, and at most
 //! `hash_concurrency` at a time: each hash fills `memory_kib` (19 MiB by default), so extra logins
 //! wait for a permit instead of each allocating its own block (the memory of `serve` then stays
-//! bounded by the permits, not by how many logins arrive at once).
+//! bounded by the permits, not by how many logins arrive at once). The wait for a permit is
+//! bounded too ([`HASH_WAIT`], then 503), so a login flood cannot hold request slots for long.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -10,6 +11,9 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
 use crate::config::Argon2Params;
+
+/// The longest a request waits for a hashing slot.
+pub const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The result of a verification.
 #[derive(Debug, Clone, Copy)]
@@ -60,12 +64,20 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, sqlx::Error> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| sqlx::Error::Protocol(format!("password hashing stopped: {e}")))?;
+        // A bounded wait: when every hashing slot stays busy this long, the request is answered
+        // 503 with Retry-After instead of holding its request slot in an unbounded queue.
+        let permit = match tokio::time::timeout(HASH_WAIT, self.permits.clone().acquire_owned()).await {
+            Ok(permit) => {
+                permit.map_err(|e| sqlx::Error::Protocol(format!("password hashing stopped: {e}")))?
+            }
+            Err(_) => {
+                metrics::counter!("password_hash_rejections_total").increment(1);
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("every password hashing slot stayed busy for {} s", HASH_WAIT.as_secs()),
+                )));
+            }
+        };
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -97,8 +109,11 @@ impl Passwords {
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return Verdict { valid: false, outdated: false };
             };
-            let valid = known
-                && Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok();
+            // Verified whether or not the account exists (`known && verify` would skip the
+            // work for unknown names and answer them measurably sooner).
+            let matches =
+                Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok();
+            let valid = known && matches;
             let outdated = parsed.algorithm != argon2::ARGON2ID_IDENT
                 || Params::try_from(&parsed).ok().is_none_or(|p| {
                     (p.m_cost(), p.t_cost(), p.p_cost())
