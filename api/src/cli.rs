@@ -357,8 +357,12 @@ async fn erase_user(config: Config, username: &str) -> anyhow::Result<()> {
     };
     println!(
         "erased account {}: username replaced by {}, email and password hash removed, {} token(s) revoked, \
-         {} login failure(s) deleted; its events keep the account id",
-        erased.user_id, erased.tombstone, erased.tokens_revoked, erased.login_failures_deleted
+         {} login failure(s) and {} idempotency record(s) deleted; its events keep the account id",
+        erased.user_id,
+        erased.tombstone,
+        erased.tokens_revoked,
+        erased.login_failures_deleted,
+        erased.idempotency_records_deleted
     );
     pool.close().await;
     Ok(())

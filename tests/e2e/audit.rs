@@ -758,6 +758,22 @@ async fn erase_user_removes_the_persons_data_and_the_history_stays_replayable(po
         )
         .await;
     assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+    // A keyed request keeps a record of what she sent and got.
+    let keyed = app
+        .client
+        .post(app.url("/api/v1/me/password"))
+        .bearer_auth(&second_token)
+        .header("idempotency-key", "ilsa-1")
+        .json(&json!({"current_password": "password-123", "new_password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let before: i64 = sqlx::query_scalar("select count(*) from idempotency where scope = $1")
+        .bind(customer.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
 
     // Act
     let (ok, stdout, stderr) = run_cli(&app, &["erase-user", "ilsa.lund"]).await;
@@ -765,7 +781,7 @@ async fn erase_user_removes_the_persons_data_and_the_history_stays_replayable(po
     // Assert
     assert!(ok, "erase-user failed: {stderr}");
     assert!(stdout.contains(&customer.to_string()) && stdout.contains("2 token(s) revoked"), "{stdout}");
-    assert!(stdout.contains("1 login failure(s) deleted"), "{stdout}");
+    assert!(stdout.contains("1 login failure(s) and 1 idempotency record(s) deleted"), "{stdout}");
     let (username, email, hash): (String, Option<String>, String) =
         sqlx::query_as("select username, email, password_hash from users where user_id = $1")
             .bind(customer)
@@ -783,6 +799,12 @@ async fn erase_user_removes_the_persons_data_and_the_history_stays_replayable(po
     .await
     .unwrap();
     assert_eq!(left, (0, 0), "tokens revoked and login failures deleted");
+    let records: i64 = sqlx::query_scalar("select count(*) from idempotency where scope = $1")
+        .bind(customer.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((before, records), (1, 0), "her idempotency record was deleted");
     for token in [&token, &second_token] {
         assert_problem(app.get("/api/v1/me", Some(token)).await, 401, "unauthorized").await;
     }

@@ -297,6 +297,8 @@ pub struct Erased {
     pub tokens_revoked: u64,
     /// Login failures recorded for the old username, deleted.
     pub login_failures_deleted: u64,
+    /// Idempotency records of the account (requests and answers it made), deleted.
+    pub idempotency_records_deleted: u64,
     /// The revocation's counter.
     pub(super) revocation: i64,
 }
@@ -306,8 +308,8 @@ pub(super) const ERASED_PREFIX: &str = "erased:";
 
 /// Replaces the username with a tombstone that names only the account id (`:` is not allowed in
 /// usernames, so no one can register it), removes the email and the password hash (an empty hash
-/// never verifies), revokes every token and deletes the login failures of the old name, in one
-/// transaction. `None` when no account has that username.
+/// never verifies), revokes every token and deletes the login failures of the old name and the
+/// account's idempotency records, in one transaction. `None` when no account has that username.
 pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Option<Erased>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let user_id: Option<Uuid> =
@@ -332,7 +334,19 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    let idempotency_records_deleted = sqlx::query("delete from idempotency where scope = $1")
+        .bind(user_id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     let revocation = announce(&mut tx, user_id).await?;
     tx.commit().await?;
-    Ok(Some(Erased { user_id, tombstone, tokens_revoked, login_failures_deleted, revocation }))
+    Ok(Some(Erased {
+        user_id,
+        tombstone,
+        tokens_revoked,
+        login_failures_deleted,
+        idempotency_records_deleted,
+        revocation,
+    }))
 }
