@@ -761,6 +761,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_and_promtool_ac
         .arg("worker")
         .env("DATABASE_URL", &app.database_url)
         .env("MOVIESTORE_METRICS_ADDR", "127.0.0.1:0")
+        .env("MOVIESTORE_DATA_DIR", scratch_dir("data"))
         .env("MOVIESTORE_REDIS_PREFIX", format!("test-{}:", Uuid::now_v7()))
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
