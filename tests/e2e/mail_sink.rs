@@ -211,6 +211,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     write.write_all(b"220 sink ESMTP ready\r\n").await?;
