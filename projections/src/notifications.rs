@@ -209,6 +209,24 @@ pub async fn insert(
     Ok(inserted.rows_affected() == 1)
 }
 
+/// How many emails of `kind` were queued for the account within the last `within`.
+pub async fn queued_within(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    kind: &str,
+    within: Duration,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "select count(*) from notification
+          where user_id = $1 and kind = $2 and created_at > now() - make_interval(secs => $3)",
+    )
+    .bind(user_id)
+    .bind(kind)
+    .bind(within.as_secs_f64())
+    .fetch_one(conn)
+    .await
+}
+
 /// Fires the due `reminder` timers, up to `batch`, in one transaction: for a rental still active,
 /// queues its next overdue reminder and moves the timer on (or deletes it after the last one);
 /// for a returned one, deletes the timer. Returns how many reminders were queued.

@@ -354,14 +354,8 @@ pub(super) async fn request_reset(
             .await?;
     let Some(user_id) = user_id else { return Ok(None) };
     let kind = projections::notifications::kind::PASSWORD_RESET;
-    let recent: i64 = sqlx::query_scalar(
-        "select count(*) from notification
-          where user_id = $1 and kind = $2 and created_at > now() - interval '1 hour'",
-    )
-    .bind(user_id)
-    .bind(kind)
-    .fetch_one(&mut *tx)
-    .await?;
+    let hour = Duration::from_secs(60 * 60);
+    let recent = projections::notifications::queued_within(&mut tx, user_id, kind, hour).await?;
     if recent >= max_per_hour {
         return Ok(None);
     }
