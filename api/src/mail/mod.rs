@@ -92,10 +92,11 @@ impl Transport {
     pub async fn send(&self, id: Uuid, message: Message) -> Result<(), SendError> {
         match self {
             Self::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(|e| {
+                // A server's answer may quote the recipient: the error is kept and listed without it.
                 if e.is_permanent() {
-                    SendError::Refused(e.to_string())
+                    SendError::Refused(without_addresses(&e.to_string()))
                 } else {
-                    SendError::Unreachable(e.to_string())
+                    SendError::Unreachable(without_addresses(&e.to_string()))
                 }
             }),
             Self::Files(dir) => {
@@ -110,6 +111,15 @@ impl Transport {
             }
         }
     }
+}
+
+/// `text` with every word that holds an `@` (an address, bracketed or not) replaced by
+/// `[address]`, so an error kept in the outbox or logged names nobody.
+pub fn without_addresses(text: &str) -> String {
+    text.split(' ')
+        .map(|word| if word.contains('@') { "[address]" } else { word })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A header of our own (`X-Notification-Kind`, `X-Notification-Id`).
@@ -425,5 +435,28 @@ impl Sender {
                     .singlepart(part(ContentType::TEXT_HTML, rendered.html)),
             )
             .map_err(|e| format!("message: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_1_s_to_10_minutes() {
+        let waits: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn errors_keep_no_address() {
+        let error = "permanent error (550): 5.1.1 <dora@example.com>: Recipient address rejected";
+        assert_eq!(
+            without_addresses(error),
+            "permanent error (550): 5.1.1 [address] Recipient address rejected"
+        );
+        assert_eq!(without_addresses("connection refused"), "connection refused");
     }
 }
