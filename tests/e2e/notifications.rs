@@ -379,9 +379,25 @@ async fn a_password_reset_goes_end_to_end_once_per_token_and_says_nothing_of_unk
     let sink = MailSink::start().await;
     let mut options = with_smtp(&sink);
     options.extra_env.push(("MOVIESTORE_PUBLIC_URL".into(), "https://shop.example.test".into()));
-    let app = TestApp::spawn_with(pool.clone(), options).await;
+    let app = TestApp::spawn_with(pool.clone(), options.clone()).await;
+    let other_process = TestApp::spawn_with(pool.clone(), options).await;
     let (_, old_token) = customer(&app, "rick").await;
     sink.wait_for(1, Duration::from_secs(15)).await;
+    // The old token is known (and cached) in the other process too.
+    expect_status(other_process.get("/api/v1/me", Some(&old_token)).await, StatusCode::OK).await;
+    // Ten failed logins: the account is throttled, even for the right password.
+    for _ in 0..10 {
+        let wrong = json!({"username": "rick", "password": "not-the-password"});
+        assert_eq!(
+            app.post("/api/v1/auth/login", None, Some(wrong)).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let right = json!({"username": "rick", "password": "password-123"});
+    assert_eq!(
+        app.post("/api/v1/auth/login", None, Some(right)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
 
     // Act: a reset requested and confirmed.
     let started = Instant::now();
@@ -424,6 +440,9 @@ async fn a_password_reset_goes_end_to_end_once_per_token_and_says_nothing_of_unk
         StatusCode::UNAUTHORIZED,
         "old token revoked"
     );
+    let elsewhere = other_process.get("/api/v1/me", Some(&old_token)).await.status();
+    assert_eq!(elsewhere, StatusCode::UNAUTHORIZED, "revoked in the other process too");
+    // The login failures are cleared: the new password logs in at once.
     app.login("rick", "a-brand-new-one").await;
     let old_password = app
         .post("/api/v1/auth/login", None, Some(json!({"username": "rick", "password": "password-123"})))
@@ -522,8 +541,16 @@ async fn with_preferences_off_no_receipt_or_reminder_goes_but_welcome_and_reset_
 async fn without_an_smtp_server_each_email_is_an_eml_file_in_the_data_folder(pool: PgPool) {
     // Arrange
     let data = scratch_dir("mail-files");
-    let options = Options { extra_env: vec![("MOVIESTORE_DATA_DIR".into(), data.display().to_string())] };
-    let app = TestApp::spawn_with(pool, options).await;
+    let options = Options {
+        extra_env: vec![
+            ("MOVIESTORE_DATA_DIR".into(), data.display().to_string()),
+            ("MOVIESTORE_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ],
+    };
+    let log_path = data.join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let app = TestApp::spawn_with_stderr(pool, options, log).await;
 
     // Act
     customer(&app, "fiona").await;
@@ -562,6 +589,24 @@ async fn without_an_smtp_server_each_email_is_an_eml_file_in_the_data_folder(poo
     let mail = Mail { envelope_from: String::new(), envelope_to: Vec::new(), raw };
     assert_eq!(mail.kind(), "welcome");
     assert!(mail.part("text/plain").unwrap().contains("Welcome to Movie Store"));
+    // One JSON log line per email: its id, kind and outcome, no address.
+    let logged: Vec<Value> = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "notification")
+        .collect();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    for line in &logged {
+        let id = line["notification_id"].as_str().unwrap_or_default();
+        assert!(expected.contains(&format!("{id}.eml")), "{line}");
+        assert_eq!(
+            (line["kind"].as_str(), line["outcome"].as_str()),
+            (Some("welcome"), Some("sent")),
+            "{line}"
+        );
+        assert!(!line.to_string().contains("@example.com"), "no address in the log: {line}");
+    }
     assert!(
         mail.header("to").unwrap().ends_with("@example.com>")
             || mail.header("to").unwrap().ends_with("@example.com")

@@ -450,6 +450,25 @@ mod tests {
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 
+    #[tokio::test]
+    async fn every_smtp_url_form_of_the_contract_builds_a_transport_and_none_means_files() {
+        for url in [
+            "smtp://127.0.0.1:1025",
+            "smtp://user:pass@mail.example.com:587?tls=required",
+            "smtps://user:pass@mail.example.com:465",
+        ] {
+            let config =
+                MailConfig::from_lookup(&|name| (name == "MOVIESTORE_SMTP_URL").then(|| url.to_string()))
+                    .unwrap();
+            let transport = Transport::from_config(&config, std::path::Path::new("data")).unwrap();
+            assert!(matches!(transport, Transport::Smtp(_)), "{url}");
+            assert!(!transport.describe().contains("pass"), "no credentials in the log line");
+        }
+        let config = MailConfig::from_lookup(&|_| None).unwrap();
+        let transport = Transport::from_config(&config, std::path::Path::new("data")).unwrap();
+        assert!(matches!(&transport, Transport::Files(dir) if dir == std::path::Path::new("data/mail")));
+    }
+
     #[test]
     fn errors_keep_no_address() {
         let error = "permanent error (550): 5.1.1 <dora@example.com>: Recipient address rejected";
