@@ -27,9 +27,16 @@ create table notification (
     unique (trigger_id, kind, seq)
 );
 create index notification_due on notification (next_attempt_at) where state = 'pending';
-create index notification_queue on notification (created_at, id) where state = 'pending';
+create index notification_pending_order on notification (created_at, id) where state = 'pending';
 create index notification_newest on notification (created_at desc, id desc);
 create index notification_user on notification (user_id, kind, created_at);
+
+-- The queue as a whole: while the SMTP server cannot be reached, no sender claims anything
+-- before `paused_until`, so that the queue goes out in order once the server answers.
+create table notification_queue (
+    id boolean primary key default true check (id),
+    paused_until timestamptz not null
+);
 
 -- What a customer wants to hear; no row means both on.
 create table notification_preferences (

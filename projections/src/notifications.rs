@@ -315,12 +315,14 @@ pub struct Claimed {
     pub created_at: DateTime<Utc>,
 }
 
-/// Claims up to `batch` due rows, oldest first, and leases them to the caller for [`LEASE`].
+/// Claims up to `batch` due rows, oldest first, and leases them to the caller for [`LEASE`];
+/// nothing while the queue is paused ([`pause_queue`]).
 pub async fn claim(pool: &PgPool, batch: i64) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(
         "with due as (
              select id from notification
               where state = 'pending' and next_attempt_at <= now()
+                and not exists (select 1 from notification_queue where paused_until > now())
               order by created_at, id
               limit $1
               for update skip locked)
@@ -440,16 +442,26 @@ pub async fn mark_failed_attempt(
     Ok(state.as_deref() == Some("failed"))
 }
 
-/// The SMTP server cannot be reached: every pending row waits `retry_in`, leased ones included
-/// (the queue keeps its order: they all become due together, and the oldest goes first).
+/// The SMTP server cannot be reached: no row is claimed for `retry_in`, by any process (the queue
+/// keeps its order: once the pause ends, the oldest due row goes first).
 pub async fn pause_queue(pool: &PgPool, retry_in: Duration) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update notification set next_attempt_at = now() + make_interval(secs => $1)
-          where state = 'pending'",
+        "insert into notification_queue (id, paused_until) values (true, now() + make_interval(secs => $1))
+         on conflict (id) do update set paused_until = excluded.paused_until",
     )
     .bind(retry_in.as_secs_f64())
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Gives claimed rows back before their lease ends (a sender that stops its batch early), so
+/// that they keep their place in the queue.
+pub async fn release(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("update notification set next_attempt_at = now() where id = any($1) and state = 'pending'")
+        .bind(ids)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //! an `.eml` file when no SMTP server is configured) and marks the row.
 //!
 //! Failures: when the SMTP server cannot be reached (or answers with a transient error) the whole
-//! queue waits (1 s, doubling to 10 min while it lasts), so that once it answers the emails go in
+//! queue waits, in every process (1 s, doubling to 10 min while it lasts, counted by the attempts
+//! of the oldest email, which is the one tried first), so that once it answers the emails go in
 //! the order they were queued; a message the server refuses for good is retried on its own with
 //! the same backoff. Either way an email is given up (`failed`) 24 h after it was queued. An
 //! account erased, without email, or that does not want this kind of email gets nothing
@@ -261,22 +262,24 @@ impl Sender {
         outbox::fire_reminders(&self.pool, 100).await?;
         let claimed = outbox::claim(&self.pool, BATCH).await?;
         let mut round = Round { claimed: claimed.len(), ..Round::default() };
-        for row in claimed {
-            match self.deliver(&row).await? {
+        for (index, row) in claimed.iter().enumerate() {
+            match self.deliver(row).await? {
                 Ok(outcome) => {
                     if outcome == Outcome::Sent {
                         round.sent += 1;
                     }
-                    self.observe(&row, outcome);
+                    self.observe(row, outcome);
                 }
                 Err(error) => {
                     // The server is away: this email and every other waits, so that the queue
-                    // keeps its order; the rest of this batch is left to the next round.
+                    // keeps its order; the rest of this batch goes back to its place.
                     let pause = backoff(row.attempts as u32 + 1);
                     let failed = outbox::mark_failed_attempt(&self.pool, row.id, &error, pause).await?;
                     outbox::pause_queue(&self.pool, pause).await?;
+                    let rest: Vec<Uuid> = claimed[index + 1..].iter().map(|r| r.id).collect();
+                    outbox::release(&self.pool, &rest).await?;
                     let _ = outbox::record_sender(&self.pool, Some(&error)).await;
-                    self.observe(&row, if failed { Outcome::Failed } else { Outcome::Retried });
+                    self.observe(row, if failed { Outcome::Failed } else { Outcome::Retried });
                     round.paused = Some(pause);
                     break;
                 }
