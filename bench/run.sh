@@ -19,7 +19,8 @@
 # (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (200
 # measured cycles on it and as many on a fresh movie),
 # DEADLINE_TIMERS (10000; 200 with SMOKE) timers falling due at once, fired by two schedulers, and
-# DEADLINES (0 skips that step),
+# DEADLINES (0 skips that step), MAIL_EMAILS (10000; 100 with SMOKE) emails queued and drained to a
+# local SMTP sink by MAIL_SENDERS (1, then 2) senders, and MAIL (0 skips that step),
 # HOLD_CONNECTIONS (1000, 200 with SMOKE): idle keep-alive connections held open while serve's
 # memory is read (needs a file-descriptor limit above that: `ulimit -n`, raised here up to the hard
 # limit when too low).
@@ -35,6 +36,7 @@ if [ -n "${SMOKE:-}" ]; then
   rebuild_movies=${REBUILD_MOVIES:-1000}
   deadline_timers=${DEADLINE_TIMERS:-200}
   deadline_lead=${DEADLINE_LEAD_SECS:-3}
+  mail_emails=${MAIL_EMAILS:-100}
 else
   movies=${MOVIES:-100000}
   secs=${DURATION:-20}
@@ -44,6 +46,7 @@ else
   rebuild_movies=${REBUILD_MOVIES:-111111}
   deadline_timers=${DEADLINE_TIMERS:-10000}
   deadline_lead=${DEADLINE_LEAD_SECS:-30}
+  mail_emails=${MAIL_EMAILS:-10000}
 fi
 conns=${CONNECTIONS:-64}
 # BENCH_PROFILE=dev runs unoptimised binaries (CI's smoke run reuses the test build); figures
@@ -351,6 +354,21 @@ if [ "${DEADLINES:-1}" != 0 ]; then
   echo
   $bins/deadlines --database-url "$base/$deadline_db" --timers "$deadline_timers" --schedulers 2 \
     --lead-secs "$deadline_lead" || failed+=(deadlines)
+fi
+
+# Email: MAIL_EMAILS (10,000; 100 with SMOKE) welcome emails queued in a scratch database, then
+# drained to an SMTP sink on 127.0.0.1 by one sender, then (a fresh queue) by two, as that many
+# processes would: the drain time and emails per second. MAIL=0 skips it.
+if [ "${MAIL:-1}" != 0 ]; then
+  mail_db="${db}_mail"
+  echo
+  echo "## Email"
+  echo
+  for senders in ${MAIL_SENDERS:-1 2}; do
+    psql -q "$base/postgres" -c "drop database if exists $mail_db" -c "create database $mail_db"
+    log "mail: $mail_emails emails drained by $senders sender(s)"
+    $bins/mail --database-url "$base/$mail_db" --emails "$mail_emails" --senders "$senders" || failed+=(mail)
+  done
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -143,17 +143,22 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         Some(addr) => Some(crate::metrics::serve_exporter(addr, pool.clone(), shutdown.clone()).await?),
         None => None,
     };
-    tracing::info!("worker running the projectors, the due-date scheduler and the periodic jobs");
+    tracing::info!("worker running the projectors, the due-date scheduler, the notification sender and the periodic jobs");
     println!("worker running");
     let store = projections::store::EventStore::new(pool.clone());
     let scheduler = projections::deadlines::Scheduler::new(pool.clone(), store);
     let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
     let jobs = crate::jobs::jobs(config.auth.login_window);
     let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
+    let public_url = config.mail.public_url_or(config.http.addr);
+    let plan = std::sync::Arc::new(domain::price::PricePlan::default());
+    let sender = crate::startup::sender(&config, &pool, public_url, plan)?;
+    let sender = tokio::spawn(sender.run(shutdown.clone()));
     let ran = engine.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = scheduler.await;
     let _ = jobs.await;
+    let _ = sender.await;
     ran?;
     if let Some(exporter) = exporter {
         exporter.await.context("metrics listener failed")??;
@@ -357,12 +362,14 @@ async fn erase_user(config: Config, username: &str) -> anyhow::Result<()> {
     };
     println!(
         "erased account {}: username replaced by {}, email and password hash removed, {} token(s) revoked, \
-         {} login failure(s) and {} idempotency record(s) deleted; its events keep the account id",
+         {} login failure(s) and {} idempotency record(s) deleted, {} queued email(s) skipped; its events \
+         keep the account id",
         erased.user_id,
         erased.tombstone,
         erased.tokens_revoked,
         erased.login_failures_deleted,
-        erased.idempotency_records_deleted
+        erased.idempotency_records_deleted,
+        erased.notifications_skipped
     );
     pool.close().await;
     Ok(())

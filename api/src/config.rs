@@ -34,6 +34,57 @@ pub struct Config {
     pub cors: CorsOrigins,
     /// `MOVIESTORE_METRICS_ADDR`: where `worker` serves `/metrics` (none when unset).
     pub metrics_addr: Option<SocketAddr>,
+    /// Email: the SMTP server, the sender, the base of links.
+    pub mail: MailConfig,
+}
+
+/// The default of `MOVIESTORE_MAIL_FROM`.
+pub const DEFAULT_MAIL_FROM: &str = "Movie Store <no-reply@moviestore.local>";
+
+/// Email settings.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// `MOVIESTORE_SMTP_URL`: `smtp://host:port` (plain), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS), `smtps://user:pass@host:465` (implicit TLS); unset: `.eml` files in
+    /// `MOVIESTORE_DATA_DIR/mail/`.
+    pub smtp_url: Option<SecretString>,
+    /// `MOVIESTORE_MAIL_FROM`: the sender of every email.
+    pub from: String,
+    /// `MOVIESTORE_PUBLIC_URL`: the base of links in emails (unset: `http://` and the listen
+    /// address).
+    pub public_url: Option<String>,
+}
+
+impl MailConfig {
+    /// Reads the settings through `lookup` and checks them.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let given = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let smtp_url = given("MOVIESTORE_SMTP_URL");
+        if let Some(url) = &smtp_url {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("smtp" | "smtps")) {
+                bail!("MOVIESTORE_SMTP_URL must start with smtp:// or smtps:// (e.g. smtp://localhost:1025)");
+            }
+        }
+        let from = given("MOVIESTORE_MAIL_FROM").unwrap_or_else(|| DEFAULT_MAIL_FROM.to_string());
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            bail!(
+                "MOVIESTORE_MAIL_FROM={from:?} is not a mailbox: use Name <address@domain> or address@domain"
+            );
+        }
+        let public_url = given("MOVIESTORE_PUBLIC_URL").map(|url| url.trim_end_matches('/').to_string());
+        if let Some(url) = &public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("MOVIESTORE_PUBLIC_URL must start with http:// or https://");
+            }
+        }
+        Ok(Self { smtp_url: smtp_url.map(SecretString::from), from, public_url })
+    }
+
+    /// The base of links: `MOVIESTORE_PUBLIC_URL`, or `http://` and `addr`.
+    pub fn public_url_or(&self, addr: SocketAddr) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{addr}"))
+    }
 }
 
 /// The origins a browser may call the API from (`MOVIESTORE_CORS_ORIGINS`).
@@ -363,6 +414,7 @@ impl Config {
                 Some(_) => Some(parsed("MOVIESTORE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?),
             },
             loan: loan_from(&var)?,
+            mail: MailConfig::from_lookup(&var)?,
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
                 Some(raw) => {
@@ -490,6 +542,32 @@ mod tests {
             cors: CorsOrigins::None,
             metrics_addr: None,
             loan: domain::loan::LoanPolicy::default(),
+            mail: MailConfig::from_lookup(&env(&[])).unwrap(),
+        }
+    }
+
+    #[test]
+    fn mail_settings_default_to_files_and_the_store_and_check_what_is_given() {
+        let mail = MailConfig::from_lookup(&env(&[])).unwrap();
+        assert!(mail.smtp_url.is_none());
+        assert_eq!(mail.from, DEFAULT_MAIL_FROM);
+        assert_eq!(mail.public_url_or(SocketAddr::from(([127, 0, 0, 1], 8080))), "http://127.0.0.1:8080");
+        let mail = MailConfig::from_lookup(&env(&[
+            ("MOVIESTORE_SMTP_URL", "smtp://user:pass@mail.example.com:587?tls=required"),
+            ("MOVIESTORE_MAIL_FROM", "Shop <shop@example.com>"),
+            ("MOVIESTORE_PUBLIC_URL", "https://shop.example.com/"),
+        ]))
+        .unwrap();
+        assert!(mail.smtp_url.is_some());
+        assert_eq!(mail.public_url_or(SocketAddr::from(([127, 0, 0, 1], 8080))), "https://shop.example.com");
+        for (name, wrong) in [
+            ("MOVIESTORE_SMTP_URL", "mail.example.com:25"),
+            ("MOVIESTORE_SMTP_URL", "http://mail.example.com"),
+            ("MOVIESTORE_MAIL_FROM", "not a mailbox"),
+            ("MOVIESTORE_PUBLIC_URL", "shop.example.com"),
+        ] {
+            let error = MailConfig::from_lookup(&env(&[(name, wrong)])).unwrap_err().to_string();
+            assert!(error.contains(name), "{name}={wrong}: {error}");
         }
     }
 

@@ -31,6 +31,17 @@ pub enum ApiError {
     /// The body is not JSON, or not the JSON shape expected (422).
     #[error("{0}")]
     MalformedBody(String),
+    /// A field is well-formed but names nothing that can be used (422 with its own slug and
+    /// `errors`), such as a password-reset token that is unknown, used or expired.
+    #[error("{field} {message}")]
+    InvalidFields {
+        /// Stable slug that ends the problem `type`.
+        kind: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The body is not `application/json` (415).
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
@@ -86,7 +97,9 @@ impl ApiError {
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Validation(_) | Self::MalformedBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation(_) | Self::MalformedBody(_) | Self::InvalidFields { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -114,6 +127,7 @@ impl ApiError {
         match self {
             Self::Validation(_) => "validation-failed",
             Self::MalformedBody(_) => "malformed-body",
+            Self::InvalidFields { kind, .. } => kind,
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::Unauthorized => "unauthorized",
@@ -189,6 +203,10 @@ impl IntoResponse for ApiError {
             // Every 422 names what is invalid: here the body as a whole.
             Self::MalformedBody(message) => {
                 body_errors = FieldErrors::from([("body".to_string(), vec![message.clone()])]);
+                Some(&body_errors)
+            }
+            Self::InvalidFields { field, message, .. } => {
+                body_errors = FieldErrors::from([(field.to_string(), vec![message.clone()])]);
                 Some(&body_errors)
             }
             _ => None,

@@ -9,6 +9,8 @@
 //! - [`error`], [`extract`], [`validate`]: problem+json errors, extractors, field validation.
 //! - [`openapi`]: the OpenAPI 3.1 spec, built from the route registrations, and the docs page.
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
+//! - [`mail`]: the notification sender (templates, SMTP or `.eml` files) that runs in every
+//!   `serve` and `worker` process.
 //! - [`jobs`]: the periodic purges, each a row of `job` claimed by one process at a time.
 //! - [`cli`]: the sub-commands.
 //! - [`client`]: the client address a request is attributed to (trusted proxies, IPv6 /64).
@@ -29,6 +31,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod jobs;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod private_pg;

@@ -1,10 +1,11 @@
 //! The Prometheus exporter: installs the process's `metrics` recorder once, and renders
 //! `GET /metrics`, refreshing at scrape time what is read rather than counted (projection
 //! progress and lag, from the same query as `/api/v1/admin/projections`, the count of overdue
-//! rentals, and the pool's usage).
+//! rentals, the depth of the email queue, and the pool's usage).
 //!
 //! What is counted elsewhere: HTTP requests and latencies (`access`), commands and conflicts (the
-//! command executor), cache hits and misses (`cache`).
+//! command executor), cache hits and misses (`cache`), emails sent, retried, failed and skipped
+//! (`mail`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -135,6 +136,11 @@ fn describe() {
         "deadlines_fired_total",
         "timers fired by this process: overdue (an event recorded) or no_op (the rental was back)"
     );
+    describe_counter!(
+        "notifications_total",
+        "emails handled by this process, by kind and outcome: sent, retried, failed (given up after 24 h), skipped"
+    );
+    describe_gauge!("notification_queue_depth", "emails queued and not sent yet (pending)");
     describe_gauge!("db_pool_size", "connections open in the pool");
     describe_gauge!("db_pool_idle", "idle connections in the pool");
     describe_gauge!("db_pool_max", "the pool's maximum size");
@@ -159,6 +165,18 @@ pub async fn render(pool: &PgPool, board: &StatusBoard) -> String {
         metrics::gauge!("projection_position", "projection" => name.clone()).set(status.position as f64);
         metrics::gauge!("projection_lag_events", "projection" => name.clone()).set(status.lag_events as f64);
         metrics::gauge!("projection_lag_seconds", "projection" => name).set(status.lag_seconds);
+    }
+    if let Some(status) = &reading.sender {
+        metrics::gauge!("notification_queue_depth").set(status.lag_events as f64);
+        let name = status.name.clone();
+        metrics::gauge!("projection_position", "projection" => name.clone()).set(status.position as f64);
+        metrics::gauge!("projection_lag_events", "projection" => name.clone()).set(status.lag_events as f64);
+        metrics::gauge!("projection_lag_seconds", "projection" => name.clone()).set(status.lag_seconds);
+        metrics::gauge!("projection_failing", "projection" => name).set(if status.last_error.is_some() {
+            1.0
+        } else {
+            0.0
+        });
     }
     if let Some(count) = reading.overdue {
         metrics::gauge!("rentals_overdue").set(count as f64);

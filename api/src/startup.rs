@@ -36,6 +36,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    sender: crate::mail::Sender,
 }
 
 impl App {
@@ -58,8 +59,10 @@ impl App {
         let listener = TcpListener::bind(config.http.addr)
             .await
             .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
+        let public_url = config.mail.public_url_or(listener.local_addr()?);
         let state = state(config, pool, accounts);
-        Ok(Self { listener, state })
+        let sender = sender(&state.config, &state.db, public_url, state.price_plan.clone())?;
+        Ok(Self { listener, state, sender })
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -67,12 +70,13 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Serves, advances the projections, fires due timers and runs the periodic jobs until
+    /// Serves, advances the projections, fires due timers, sends the queued emails and runs the
+    /// periodic jobs until
     /// `shutdown` is cancelled; then stops accepting,
     /// lets in-flight requests and the projectors' current batches finish (bounded by the grace
     /// period) and closes the pool.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self { listener, state, sender } = self;
         let grace = state.config.http.shutdown_grace;
         let pool = state.db.clone();
         if state.config.run_projectors {
@@ -93,6 +97,8 @@ impl App {
         });
         let jobs = crate::jobs::jobs(state.config.auth.login_window);
         let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
+        // Emails go out from every process (each row from one of them).
+        let sender = tokio::spawn(sender.run(shutdown.clone()));
         let upkeep = tokio::spawn(crate::metrics::upkeep_periodically(shutdown.clone()));
         let tokens = tokio::spawn(crate::accounts::keep_membership(
             pool.clone(),
@@ -118,6 +124,7 @@ impl App {
             let _ = scheduler.await;
         }
         let _ = jobs.await;
+        let _ = sender.await;
         let _ = tokens.await;
         let _ = upkeep.await;
         pool.close().await;
@@ -146,6 +153,17 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
         price_plan: Arc::new(plan),
         config: Arc::new(config),
     })
+}
+
+/// The notification sender of this process, delivering as `config` says.
+pub fn sender(
+    config: &Config,
+    pool: &PgPool,
+    public_url: String,
+    plan: Arc<domain::price::PricePlan>,
+) -> anyhow::Result<crate::mail::Sender> {
+    let transport = crate::mail::Transport::from_config(&config.mail, &config.data_dir)?;
+    crate::mail::Sender::new(pool.clone(), transport, &config.mail, public_url, plan)
 }
 
 /// The projection engine over every projection; the payments process manager prices with `plan`

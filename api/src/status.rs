@@ -1,5 +1,5 @@
 //! What `/ready` and `/metrics` read rather than count: projection progress, the due-date
-//! process, the count of overdue rentals and whether Redis answers. Read at most once a second
+//! process, the email queue, the count of overdue rentals and whether Redis answers. Read at most once a second
 //! per process and shared between callers, so a flood of probes or scrapes costs PostgreSQL and
 //! Redis no more than one reading a second: callers that arrive while a reading runs wait for it
 //! instead of starting their own.
@@ -23,6 +23,8 @@ pub struct Reading {
     pub projections: Option<Vec<Status>>,
     /// The due-date process.
     pub deadlines: Option<Status>,
+    /// The email sender (its lag is the queue's depth).
+    pub sender: Option<Status>,
     /// Active rentals past their due time.
     pub overdue: Option<i64>,
     /// Whether Redis answered a PING; `None` for a process without a cache.
@@ -75,15 +77,17 @@ impl StatusBoard {
             }
         };
         let rentals = projections::rentals::RentalsReader::new(self.pool.clone());
-        let (projections, deadlines, overdue, redis) = tokio::join!(
+        let (projections, deadlines, sender, overdue, redis) = tokio::join!(
             projections::engine::checkpoints(&self.pool),
             projections::deadlines::status(&self.pool),
+            projections::notifications::sender_status(&self.pool),
             rentals.overdue_count(),
             redis,
         );
         Reading {
             projections: logged(projections, "projection progress"),
             deadlines: logged(deadlines, "due-date progress"),
+            sender: logged(sender, "the notification queue"),
             overdue: logged(overdue, "the count of overdue rentals"),
             redis,
         }

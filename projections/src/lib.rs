@@ -10,6 +10,8 @@
 //! - [`payments`]: the process manager that opens and closes rentals (assessing charges).
 //! - [`deadlines`]: the due-date scheduler, which fires durable timers as commands (overdue
 //!   rentals), exactly once across processes and crashes.
+//! - [`notifications`]: the email outbox: the projection that queues receipts and reminders,
+//!   the reminder timers, and the queue's SQL (the sender itself lives in the API crate).
 //! - [`rebuild`]: replaying read models into shadow tables, swapping them in, verifying them.
 //! - [`audit`]: the log as auditors read it: the filtered feed, streams, state as of a time.
 //!
@@ -20,6 +22,7 @@ pub mod audit;
 pub mod catalogue;
 pub mod deadlines;
 pub mod engine;
+pub mod notifications;
 pub mod payments;
 pub mod rebuild;
 pub mod rentals;
@@ -29,8 +32,8 @@ use std::sync::Arc;
 
 use engine::Projection;
 
-/// Every projection of the product: the read models and the payments process manager (which
-/// prices with `plan` and fixes due times with `loan`).
+/// Every projection of the product: the read models, the payments process manager (which
+/// prices with `plan` and fixes due times with `loan`) and the notifications projection.
 pub fn all(
     store: store::EventStore,
     plan: domain::price::PricePlan,
@@ -41,5 +44,6 @@ pub fn all(
         Arc::new(rentals::Rentals),
         Arc::new(analytics::Analytics),
         Arc::new(payments::Payments::new(store, plan, loan)),
+        Arc::new(notifications::Notifications),
     ]
 }

@@ -393,6 +393,41 @@ async fn every_endpoint_answers_each_kind_of_caller_as_the_contract_says(pool: P
             None,
             [401, 403, 403, 403, 403, 200],
         ),
+        (
+            Method::POST,
+            "/api/v1/auth/password-reset".into(),
+            "/api/v1/auth/password-reset",
+            Some(bad.clone()),
+            [422; 6],
+        ),
+        (
+            Method::POST,
+            "/api/v1/auth/password-reset/confirm".into(),
+            "/api/v1/auth/password-reset/confirm",
+            Some(bad.clone()),
+            [422; 6],
+        ),
+        (
+            Method::GET,
+            "/api/v1/me/notifications".into(),
+            "/api/v1/me/notifications",
+            None,
+            [401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/me/notifications".into(),
+            "/api/v1/me/notifications",
+            Some(bad.clone()),
+            [401, 422, 422, 422, 422, 422],
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/notifications".into(),
+            "/api/v1/admin/notifications",
+            None,
+            [401, 403, 403, 403, 403, 200],
+        ),
     ];
 
     // Act / Assert

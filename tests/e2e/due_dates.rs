@@ -256,8 +256,10 @@ async fn a_process_killed_while_100_timers_fire_loses_and_repeats_none(pool: PgP
     signal(app.pid(), "KILL");
     drop(app);
     let fired_before = overdue_count(pool.clone()).await;
-    let timers_left: i64 =
-        sqlx::query_scalar("select count(*) from deadline").fetch_one(&pool).await.unwrap();
+    let timers_left: i64 = sqlx::query_scalar("select count(*) from deadline where kind = 'overdue'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let app = TestApp::spawn(pool.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while overdue_count(pool.clone()).await < N as i64 {
@@ -281,8 +283,17 @@ async fn a_process_killed_while_100_timers_fire_loses_and_repeats_none(pool: PgP
     .unwrap();
     assert_eq!(per_rental.len(), N);
     assert!(per_rental.iter().all(|n| *n == 1), "each exactly once: {per_rental:?}");
-    let left: i64 = sqlx::query_scalar("select count(*) from deadline").fetch_one(&pool).await.unwrap();
+    let left: i64 = sqlx::query_scalar("select count(*) from deadline where kind = 'overdue'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(left, 0);
+    // Each overdue rental now has its next reminder's timer instead (the notifications projection's).
+    let reminders: i64 = sqlx::query_scalar("select count(*) from deadline where kind = 'reminder'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(reminders, N as i64);
     let admin = app.admin().await;
     assert_eq!(listed(&app, &admin, "overdue=true&limit=100").await.len(), N);
     let (code, output) = cli_status(&app.database_url, &["verify"]).await;
@@ -339,7 +350,11 @@ async fn a_failing_job_shows_its_error_in_admin_jobs_and_the_next_run_retries_it
     assert!(time_of(&first["next_run_at"]) > time_of(&first["last_run_at"]));
     let notifications =
         wait_for_job(&app, &admin, "purge-old-notifications", |j| !j["last_outcome"].is_null()).await;
-    assert_eq!(notifications["last_outcome"], "skipped: no table notification");
+    // The outbox exists, and nothing in it is 30 days old.
+    assert_eq!(notifications["last_outcome"], "ok: 0 rows", "{notifications}");
+    let resets =
+        wait_for_job(&app, &admin, "purge-password-reset-tokens", |j| !j["last_outcome"].is_null()).await;
+    assert_eq!(resets["last_outcome"], "ok: 0 rows", "{resets}");
 
     // Act: two expired records to purge; the job's table moves away, and its run is made due now.
     for key in ["k1", "k2"] {

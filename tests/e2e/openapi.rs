@@ -108,6 +108,11 @@ async fn the_spec_is_openapi_3_1_and_describes_every_endpoint_of_the_contract(po
         ("get", "/api/v1/admin/projections"),
         ("post", "/api/v1/admin/projections/{name}/rebuild"),
         ("get", "/api/v1/admin/jobs"),
+        ("post", "/api/v1/auth/password-reset"),
+        ("post", "/api/v1/auth/password-reset/confirm"),
+        ("get", "/api/v1/me/notifications"),
+        ("patch", "/api/v1/me/notifications"),
+        ("get", "/api/v1/admin/notifications"),
     ];
     for (method, path) in contract {
         assert!(
@@ -136,7 +141,12 @@ async fn every_operation_answers_its_errors_as_problems_and_names_its_parameters
     // Arrange
     let app = TestApp::spawn(pool).await;
     let spec = spec(&app).await;
-    let public = ["/api/v1/auth/register", "/api/v1/auth/login"];
+    let public = [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/password-reset",
+        "/api/v1/auth/password-reset/confirm",
+    ];
 
     // Act
     let operations = operations(&spec);

@@ -28,13 +28,28 @@ async fn an_admin_sees_projection_progress_and_rebuilds_a_read_model_while_it_ke
     }
     let items = wait_for_projections(&app, &app.address, Duration::from_secs(10)).await;
     let names: Vec<&str> = items.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    // The due-date scheduler is listed with the projections and the payments process manager.
-    assert_eq!(names, ["analytics", "catalogue", "due-dates", "payments", "rentals"]);
+    // The due-date scheduler and the email sender are listed with the projections and the
+    // process managers (payments, notifications).
+    assert_eq!(
+        names,
+        [
+            "analytics",
+            "catalogue",
+            "due-dates",
+            "notification-sender",
+            "notifications",
+            "payments",
+            "rentals"
+        ]
+    );
     for item in &items {
         for field in ["position", "lag_events", "lag_seconds", "state", "last_error"] {
             assert!(item.get(field).is_some(), "{field} in {item}");
         }
-        assert_eq!(item["state"], "running");
+        // The email sender may still be writing the welcome email (it is not waited for).
+        if item["name"] != "notification-sender" {
+            assert_eq!(item["state"], "running", "{item}");
+        }
     }
     let before = titles(&app, &customer).await;
     assert_eq!(before.as_array().unwrap().len(), 3);
@@ -105,7 +120,7 @@ async fn readiness_reports_postgres_redis_and_every_projection(pool: PgPool) {
     assert_eq!(ready["redis"], "up");
     let names: Vec<&str> =
         ready["projections"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["analytics", "catalogue", "payments", "rentals"]);
+    assert_eq!(names, ["analytics", "catalogue", "notifications", "payments", "rentals"]);
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]

@@ -314,6 +314,9 @@ pub fn command(database_url: &str, options: &Options) -> Command {
         .env("MOVIESTORE_ARGON2_MEMORY_KIB", "512")
         .env("MOVIESTORE_ARGON2_ITERATIONS", "1")
         .env("RUST_LOG", if verbose { "info" } else { "error" })
+        // Without an SMTP server emails are files: each process writes its own folder in the
+        // build's scratch space, never the working directory.
+        .env("MOVIESTORE_DATA_DIR", scratch_dir("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(if verbose { Stdio::inherit() } else { Stdio::null() });
@@ -321,6 +324,13 @@ pub fn command(database_url: &str, options: &Options) -> Command {
         command.env(key, value);
     }
     command
+}
+
+/// A new, empty folder in the build's scratch space.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("create a scratch folder");
+    dir
 }
 
 /// Waits for the `listening on http://ADDR` line; returns the process and the address.

@@ -24,6 +24,12 @@ pub use validation::{validate_email, validate_password, validate_username};
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 
+/// How long a password-reset token works.
+pub const RESET_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// The most password-reset emails an account gets in an hour.
+pub const RESETS_PER_HOUR: i64 = 3;
+
 /// An account's role; one per account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -191,7 +197,60 @@ impl Accounts {
         role: Role,
     ) -> Result<User, CreateError> {
         let hash = self.passwords.hash(password.clone()).await.map_err(CreateError::Database)?;
-        store::insert_user(&self.pool, Uuid::now_v7(), username, email, &hash, role).await
+        store::insert_user(&self.pool, Uuid::now_v7(), username, email, &hash, role, false).await
+    }
+
+    /// Registers a customer: creates the account and queues its welcome email in the same
+    /// transaction.
+    pub async fn register(
+        &self,
+        username: &str,
+        email: &str,
+        password: &SecretString,
+    ) -> Result<User, CreateError> {
+        let hash = self.passwords.hash(password.clone()).await.map_err(CreateError::Database)?;
+        store::insert_user(&self.pool, Uuid::now_v7(), username, Some(email), &hash, Role::Customer, true)
+            .await
+    }
+
+    /// Asks for a password reset of the account with this email: when there is one and it got
+    /// fewer than 3 reset emails in the last hour, a new token (which voids the older ones) is
+    /// stored as its hash and its email queued. The caller cannot tell which happened.
+    pub async fn request_password_reset(&self, email: &str) -> Result<(), sqlx::Error> {
+        let token = token::generate();
+        let digest = token::digest(&token);
+        let key = email.to_lowercase();
+        store::request_reset(&self.pool, &key, &token, &digest, RESET_TTL, RESETS_PER_HOUR).await?;
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token; every token of the account is revoked (in every
+    /// process) and its login failures are cleared. `false` for an unknown, used or expired token.
+    pub async fn confirm_password_reset(&self, token: &str, new: SecretString) -> Result<bool, sqlx::Error> {
+        let digest = token::digest(token);
+        let hash = self.passwords.hash(new).await?;
+        match store::confirm_reset(&self.pool, &digest, &hash).await? {
+            Some((user_id, counter)) => {
+                self.revoked(user_id, counter).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The account's email preferences: (receipts, reminders).
+    pub async fn preferences(&self, user_id: Uuid) -> Result<(bool, bool), sqlx::Error> {
+        store::preferences(&self.pool, user_id).await
+    }
+
+    /// Changes the preferences given; returns them all.
+    pub async fn set_preferences(
+        &self,
+        user_id: Uuid,
+        receipts: Option<bool>,
+        reminders: Option<bool>,
+    ) -> Result<(bool, bool), sqlx::Error> {
+        store::set_preferences(&self.pool, user_id, receipts, reminders).await
     }
 
     /// Issues a token for an account.

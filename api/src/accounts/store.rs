@@ -11,6 +11,7 @@ use super::{CreateError, Role, RoleRefusal, User};
 
 const USER_COLUMNS: &str = "user_id, username, email, role, created_at";
 
+/// Inserts an account; with `welcome`, its welcome email is queued in the same transaction.
 pub(super) async fn insert_user(
     pool: &PgPool,
     user_id: Uuid,
@@ -18,8 +19,15 @@ pub(super) async fn insert_user(
     email: Option<&str>,
     password_hash: &str,
     role: Role,
+    welcome: bool,
 ) -> Result<User, CreateError> {
-    sqlx::query_as(&format!(
+    let taken = |error: sqlx::Error| match error.as_database_error().and_then(|db| db.constraint()) {
+        Some("users_username") => CreateError::UsernameTaken,
+        Some("users_email") => CreateError::EmailTaken,
+        _ => CreateError::Database(error),
+    };
+    let mut tx = pool.begin().await?;
+    let user: User = sqlx::query_as(&format!(
         "insert into users (user_id, username, email, password_hash, role)
          values ($1, $2, $3, $4, $5) returning {USER_COLUMNS}"
     ))
@@ -28,13 +36,16 @@ pub(super) async fn insert_user(
     .bind(email)
     .bind(password_hash)
     .bind(role)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await
-    .map_err(|error| match error.as_database_error().and_then(|db| db.constraint()) {
-        Some("users_username") => CreateError::UsernameTaken,
-        Some("users_email") => CreateError::EmailTaken,
-        _ => CreateError::Database(error),
-    })
+    .map_err(taken)?;
+    if welcome && email.is_some() {
+        let kind = projections::notifications::kind::WELCOME;
+        let data = serde_json::json!({});
+        projections::notifications::insert(&mut tx, kind, user_id, None, user_id, 1, &data, None).await?;
+    }
+    tx.commit().await?;
+    Ok(user)
 }
 
 pub(super) async fn insert_token(
@@ -299,6 +310,8 @@ pub struct Erased {
     pub login_failures_deleted: u64,
     /// Idempotency records of the account (requests and answers it made), deleted.
     pub idempotency_records_deleted: u64,
+    /// Emails still queued for the account, now `skipped`.
+    pub notifications_skipped: u64,
     /// The revocation's counter.
     pub(super) revocation: i64,
 }
@@ -308,8 +321,9 @@ pub(super) const ERASED_PREFIX: &str = "erased:";
 
 /// Replaces the username with a tombstone that names only the account id (`:` is not allowed in
 /// usernames, so no one can register it), removes the email and the password hash (an empty hash
-/// never verifies), revokes every token and deletes the login failures of the old name and the
-/// account's idempotency records, in one transaction. `None` when no account has that username.
+/// never verifies), revokes every token, deletes the login failures of the old name, the
+/// password-reset tokens and the account's idempotency records, and skips the emails still queued
+/// for the account, in one transaction. `None` when no account has that username.
 pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Option<Erased>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let user_id: Option<Uuid> =
@@ -339,6 +353,8 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    sqlx::query("delete from password_resets where user_id = $1").bind(user_id).execute(&mut *tx).await?;
+    let notifications_skipped = projections::notifications::skip_pending_of(&mut tx, user_id).await?;
     let revocation = announce(&mut tx, user_id).await?;
     tx.commit().await?;
     Ok(Some(Erased {
@@ -347,6 +363,118 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
         tokens_revoked,
         login_failures_deleted,
         idempotency_records_deleted,
+        notifications_skipped,
         revocation,
     }))
+}
+
+/// Whether a reset may be sent to the account with this email (fewer than `max` reset emails in
+/// the last hour), and if so, voids its older reset tokens and stores the new one (as its hash)
+/// with its email queued, in one transaction. `None` when no account has that email or the limit
+/// is reached.
+pub(super) async fn request_reset(
+    pool: &PgPool,
+    email_lower: &str,
+    token: &str,
+    token_hash: &[u8],
+    ttl: Duration,
+    max_per_hour: i64,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let user_id: Option<Uuid> =
+        sqlx::query_scalar("select user_id from users where lower(email) = $1 for update")
+            .bind(email_lower)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(user_id) = user_id else { return Ok(None) };
+    let kind = projections::notifications::kind::PASSWORD_RESET;
+    let hour = Duration::from_secs(60 * 60);
+    let recent = projections::notifications::queued_within(&mut tx, user_id, kind, hour).await?;
+    if recent >= max_per_hour {
+        return Ok(None);
+    }
+    sqlx::query("update password_resets set used_at = now() where user_id = $1 and used_at is null")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let reset_id = Uuid::now_v7();
+    sqlx::query(
+        "insert into password_resets (id, token_hash, user_id, expires_at)
+         values ($1, $2, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(reset_id)
+    .bind(token_hash)
+    .bind(user_id)
+    .bind(ttl.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    let data = serde_json::json!({});
+    projections::notifications::insert(&mut tx, kind, user_id, None, reset_id, 1, &data, Some(token)).await?;
+    tx.commit().await?;
+    Ok(Some(user_id))
+}
+
+/// Uses a reset token: when it is live (known, unused, not expired), marks it used, sets the new
+/// hash, revokes every token of the account and clears its login failures, in one transaction;
+/// returns the account and the revocation's counter.
+pub(super) async fn confirm_reset(
+    pool: &PgPool,
+    token_hash: &[u8],
+    password_hash: &str,
+) -> Result<Option<(Uuid, i64)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let user_id: Option<Uuid> = sqlx::query_scalar(
+        "update password_resets set used_at = now()
+          where token_hash = $1 and used_at is null and expires_at > now()
+          returning user_id",
+    )
+    .bind(token_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(user_id) = user_id else { return Ok(None) };
+    let username: String =
+        sqlx::query_scalar("update users set password_hash = $2 where user_id = $1 returning username")
+            .bind(user_id)
+            .bind(password_hash)
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query("delete from tokens where user_id = $1").bind(user_id).execute(&mut *tx).await?;
+    sqlx::query("delete from login_failures where username = $1")
+        .bind(username.to_lowercase())
+        .execute(&mut *tx)
+        .await?;
+    let counter = announce(&mut tx, user_id).await?;
+    tx.commit().await?;
+    Ok(Some((user_id, counter)))
+}
+
+/// An account's email preferences: (receipts, reminders), both on without a row.
+pub(super) async fn preferences(pool: &PgPool, user_id: Uuid) -> Result<(bool, bool), sqlx::Error> {
+    let row: Option<(bool, bool)> =
+        sqlx::query_as("select receipts, reminders from notification_preferences where user_id = $1")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.unwrap_or((true, true)))
+}
+
+/// Changes the preferences given (`None` keeps one as it is); returns them all.
+pub(super) async fn set_preferences(
+    pool: &PgPool,
+    user_id: Uuid,
+    receipts: Option<bool>,
+    reminders: Option<bool>,
+) -> Result<(bool, bool), sqlx::Error> {
+    sqlx::query_as(
+        "insert into notification_preferences as p (user_id, receipts, reminders)
+         values ($1, coalesce($2, true), coalesce($3, true))
+         on conflict (user_id) do update
+            set receipts = coalesce($2, p.receipts), reminders = coalesce($3, p.reminders)
+         returning receipts, reminders",
+    )
+    .bind(user_id)
+    .bind(receipts)
+    .bind(reminders)
+    .fetch_one(pool)
+    .await
 }

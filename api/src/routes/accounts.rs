@@ -46,7 +46,7 @@ fn secret(value: &serde_json::Value) -> Result<SecretString, String> {
 
 /// Register a customer account
 ///
-/// Creates a customer and logs them in.
+/// Creates a customer and logs them in; a `welcome` email is queued with the account.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "accounts",
     request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
@@ -70,7 +70,7 @@ async fn register(State(state): State<AppState>, body: Body) -> Result<Response,
     let (Some(username), Some(email), Some(password)) = (username, email, password) else {
         unreachable!("finish() fails when a required field is missing")
     };
-    let user = state.accounts.create(&username, Some(&email), &password, Role::Customer).await?;
+    let user = state.accounts.register(&username, &email, &password).await?;
     let issued = state.accounts.issue_token(user.id).await?;
     let body = Registered { user, token: issued.token, expires_at: issued.expires_at };
     Ok((StatusCode::CREATED, Json(body)).into_response())

@@ -19,9 +19,12 @@ pub fn router() -> ApiRouter {
 
 /// Every projection's progress (admin)
 ///
-/// The read models, the payments process manager and the due-date scheduler (`due-dates`: its
-/// `position` is the last `RentalOverdue` it appended, `lag_events` the timers due and not fired
-/// yet, `lag_seconds` how late the oldest of them is).
+/// The read models, the payments process manager, the notifications projection (which queues
+/// emails), the due-date scheduler (`due-dates`: its `position` is the last `RentalOverdue` it
+/// appended, `lag_events` the timers due and not fired yet, `lag_seconds` how late the oldest of
+/// them is) and the email sender (`notification-sender`: `position` counts the emails sent,
+/// `lag_events` the ones queued and not sent yet, `lag_seconds` how long the oldest has waited;
+/// `failing` while the SMTP server cannot be reached).
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "operations", security(("bearer" = [])),
     responses(
         (status = 200, description = "One item per projection, by name.", body = Projections),
@@ -31,6 +34,7 @@ pub fn router() -> ApiRouter {
 async fn list(State(state): State<AppState>, Admin(_caller): Admin) -> Result<Response, ApiError> {
     let mut items = projections::engine::checkpoints(&state.db).await?;
     items.push(projections::deadlines::status(&state.db).await?);
+    items.push(projections::notifications::sender_status(&state.db).await?);
     items.sort_by(|a, b| a.name.cmp(&b.name));
     let items = items
         .into_iter()

@@ -13,6 +13,7 @@ mod audit;
 mod catalogue_reads;
 mod categories;
 mod movies;
+mod notifications;
 mod ops;
 mod reads;
 mod rental_reads;
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .merge(rental_reads::router())
         .merge(analytics::router())
         .merge(admin::router())
+        .merge(notifications::router())
         .merge(audit::router())
         .into_router()
 }

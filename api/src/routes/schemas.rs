@@ -457,3 +457,125 @@ pub struct RentalQuery {
     /// The `next_cursor` of the previous page (opaque; one that does not decode is 422).
     pub cursor: Option<String>,
 }
+
+/// `POST /api/v1/auth/password-reset`.
+#[derive(ToSchema)]
+pub struct PasswordResetRequest {
+    /// The account's email (any string is answered alike).
+    pub email: String,
+}
+
+/// `POST /api/v1/auth/password-reset` answers `{}`, whether or not an account has the email.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {}
+
+/// `POST /api/v1/auth/password-reset/confirm`.
+#[derive(ToSchema)]
+pub struct PasswordResetConfirm {
+    /// The token from the email.
+    pub token: String,
+    /// 8..=128 characters.
+    #[schema(min_length = 8, max_length = 128)]
+    pub new_password: String,
+}
+
+/// What the caller wants to hear by email (welcome and password-reset emails always go).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationPreferences {
+    /// Rental, return and payment receipts.
+    pub receipts: bool,
+    /// Overdue reminders.
+    pub reminders: bool,
+}
+
+/// `PATCH /api/v1/me/notifications`: either or both.
+#[derive(ToSchema)]
+pub struct NotificationPreferencesChange {
+    /// Rental, return and payment receipts.
+    pub receipts: Option<bool>,
+    /// Overdue reminders.
+    pub reminders: Option<bool>,
+}
+
+/// The kind of an email.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// A new account.
+    Welcome,
+    /// A rental opened.
+    RentalReceipt,
+    /// A rental's charge assessed after its return.
+    ReturnReceipt,
+    /// A rental paid.
+    PaymentReceipt,
+    /// A rental overdue (and its repeats, every 3 days, at most 3).
+    OverdueReminder,
+    /// A password reset requested.
+    PasswordReset,
+}
+
+/// Where an email is.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationState {
+    /// Queued or being retried.
+    Pending,
+    /// Accepted by the SMTP server (or written as a file).
+    Sent,
+    /// Given up after 24 h of failures.
+    Failed,
+    /// Not sent: account erased or without email, or the preference is off.
+    Skipped,
+}
+
+/// An email of the outbox: no address, no body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Notification {
+    /// Id (its `Message-ID` and `X-Notification-Id` are made from it).
+    pub id: Uuid,
+    /// Kind.
+    #[schema(value_type = NotificationKind)]
+    pub kind: String,
+    /// The recipient's account.
+    pub user_id: Uuid,
+    /// The rental it is about.
+    pub rental_id: Option<Uuid>,
+    /// State.
+    #[schema(value_type = NotificationState)]
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last error (while retried, or why it was skipped or failed).
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When it was sent.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A page of emails, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotificationPage {
+    /// This page.
+    pub items: Vec<Notification>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The outbox listing's filters and paging.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationQuery {
+    /// Only emails in this state.
+    pub state: Option<NotificationState>,
+    /// Only emails of this kind.
+    pub kind: Option<NotificationKind>,
+    /// Only this account's.
+    pub user_id: Option<Uuid>,
+    /// Page size, 1..=100.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page (opaque; one that does not decode is 422).
+    pub cursor: Option<String>,
+}

@@ -8,6 +8,10 @@ use sqlx::PgConnection;
 /// The kind of a rental's timer that fires `MarkOverdue` at its due time.
 pub const OVERDUE: &str = "overdue";
 
+/// The kind of a rental's timer that queues its next overdue reminder (set by the notifications
+/// projection, fired by [`crate::notifications::fire_reminders`]).
+pub const REMINDER: &str = "reminder";
+
 /// Sets the stream's timer of this kind (a repeated set keeps the first: a due time never moves).
 pub(crate) async fn set(
     conn: &mut PgConnection,

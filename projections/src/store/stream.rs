@@ -116,7 +116,8 @@ impl StreamKind for Rental {
     }
 
     /// A rental's `overdue` timer is set with the event that fixes its due time and cancelled
-    /// with the return, or with the `RentalOverdue` it fired.
+    /// with the return, or with the `RentalOverdue` it fired; the return cancels its overdue
+    /// reminders' timer too.
     async fn write_lookups(
         conn: &mut PgConnection,
         aggregate_id: &str,
@@ -129,6 +130,7 @@ impl StreamKind for Rental {
                 }
                 RentalEvent::RentalClosed { .. } => {
                     deadline::cancel(conn, aggregate_id, deadline::OVERDUE).await?;
+                    deadline::cancel(conn, aggregate_id, deadline::REMINDER).await?;
                 }
                 RentalEvent::RentalOverdue { .. } => {
                     deadline::fired(conn, aggregate_id, deadline::OVERDUE).await?;
