@@ -271,8 +271,10 @@ async fn a_request_that_runs_out_of_time_answers_503_problem_json_with_retry_aft
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn a_flood_of_readiness_probes_and_scrapes_shares_one_reading_and_starves_no_one(pool: PgPool) {
-    // Arrange: a customer to read the catalogue, and a stale reading (older than a second).
-    let app = TestApp::spawn(pool.clone()).await;
+    // Arrange: a customer to read the catalogue, and a stale reading (older than a second). The
+    // pool has 16 connections: the projectors and the email sender wait on the locked table too.
+    let options = Options { extra_env: vec![("MOVIESTORE_DB_MAX_CONNECTIONS".into(), "16".into())] };
+    let app = TestApp::spawn_with(pool.clone(), options).await;
     let (_, token) = app.customer("reader").await;
     assert_eq!(app.get("/ready", None).await.status(), StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -397,11 +399,13 @@ async fn the_extremes_every_command_accepts_flow_through_every_read_model_rebuil
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let charge = loop {
-        let rental = expect_status(
-            app.get(&format!("/api/v1/rentals/{ancient}"), Some(&customer)).await,
-            StatusCode::OK,
-        )
-        .await;
+        // The rentals read model is eventual: a 404 until it has applied the rent.
+        let response = app.get(&format!("/api/v1/rentals/{ancient}"), Some(&customer)).await;
+        let rental = if response.status() == StatusCode::NOT_FOUND {
+            Value::Null
+        } else {
+            expect_status(response, StatusCode::OK).await
+        };
         if rental["charge"].is_object() {
             break rental["charge"].clone();
         }
@@ -489,7 +493,9 @@ async fn dates_other_than_exactly_yyyy_mm_dd_in_range_are_refused(pool: PgPool) 
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn a_flood_of_logins_waits_a_bounded_time_for_hashing_and_other_clients_keep_reading(pool: PgPool) {
-    // Arrange: costly hashes (19 MiB, 8 passes), one at a time, so the flood outruns them.
+    // Arrange: costly hashes (19 MiB, 8 passes), one at a time, so the flood outruns them. It
+    // loads both cores for seconds, so it runs alone.
+    let _alone = alone();
     let options = Options {
         extra_env: vec![
             ("MOVIESTORE_ARGON2_MEMORY_KIB".into(), "19456".into()),

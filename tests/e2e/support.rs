@@ -65,6 +65,66 @@ pub struct TestApp {
     pub database_url: String,
     child: Option<Child>,
     admin_token: OnceLock<String>,
+    _admitted: Admitted,
+}
+
+/// Test servers alive, and whether a test that loads the whole machine (a login flood) wants to
+/// run alone: on 2 cores it would starve whatever other test runs beside it into timeouts.
+static ADMISSION: (std::sync::Mutex<(usize, bool)>, std::sync::Condvar) =
+    (std::sync::Mutex::new((0, false)), std::sync::Condvar::new());
+
+thread_local! {
+    /// Set on the thread of the test that runs alone: its own servers are admitted.
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// One live test server; dropping it lets a test that waits to run alone go on.
+pub struct Admitted;
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let (lock, changed) = &ADMISSION;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
+        changed.notify_all();
+    }
+}
+
+fn admit() -> Admitted {
+    let (lock, changed) = &ADMISSION;
+    let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while state.1 && !ALONE.with(std::cell::Cell::get) {
+        state = changed.wait(state).unwrap_or_else(|e| e.into_inner());
+    }
+    state.0 += 1;
+    Admitted
+}
+
+/// While held, no other test starts a server, and it is taken only once every other test's
+/// servers are gone. Take it before spawning the test's own servers.
+pub struct Alone;
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|alone| alone.set(false));
+        let (lock, changed) = &ADMISSION;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).1 = false;
+        changed.notify_all();
+    }
+}
+
+/// Waits until this test can run alone (see [`Alone`]).
+pub fn alone() -> Alone {
+    let (lock, changed) = &ADMISSION;
+    let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while state.1 {
+        state = changed.wait(state).unwrap_or_else(|e| e.into_inner());
+    }
+    state.1 = true;
+    while state.0 > 0 {
+        state = changed.wait(state).unwrap_or_else(|e| e.into_inner());
+    }
+    ALONE.with(|alone| alone.set(true));
+    Alone
 }
 
 impl TestApp {
@@ -81,23 +141,25 @@ impl TestApp {
     }
 
     pub async fn spawn_with(pool: PgPool, options: Options) -> Self {
+        let admitted = admit();
         let database_url = Self::database_url_of(&pool);
         let child = start(&database_url, &options);
-        Self::attach(pool, database_url, child).await
+        Self::attach(pool, database_url, child, admitted).await
     }
 
     /// [`TestApp::spawn_with`], with the process's standard error (its logs) written to `stderr`.
     pub async fn spawn_with_stderr(pool: PgPool, options: Options, stderr: std::fs::File) -> Self {
         let database_url = Self::database_url_of(&pool);
+        let admitted = admit();
         let child = command(&database_url, &options).stderr(stderr).spawn().expect("start moviestore");
-        Self::attach(pool, database_url, child).await
+        Self::attach(pool, database_url, child, admitted).await
     }
 
     fn database_url_of(pool: &PgPool) -> String {
         database_url(pool.connect_options().get_database().expect("test database name"))
     }
 
-    async fn attach(pool: PgPool, database_url: String, child: Child) -> Self {
+    async fn attach(pool: PgPool, database_url: String, child: Child, admitted: Admitted) -> Self {
         let (child, address) =
             tokio::task::spawn_blocking(move || wait_for_listening(child)).await.expect("join");
         Self {
@@ -107,6 +169,7 @@ impl TestApp {
             database_url,
             child: Some(child),
             admin_token: OnceLock::new(),
+            _admitted: admitted,
         }
     }
 
