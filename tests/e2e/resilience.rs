@@ -195,9 +195,12 @@ async fn two_serve_processes_on_one_database_charge_every_rental_exactly_once(po
     );
     let on_first = wait_for_projections(&app, &bases[0], Duration::from_secs(5)).await;
     let on_second = wait_for_projections(&app, &bases[1], Duration::from_secs(5)).await;
+    // The email sender's position counts emails sent, which goes on moving while the welcome
+    // emails drain; every projection of the log must agree.
     let positions = |items: &[Value]| -> Vec<(String, i64)> {
         items
             .iter()
+            .filter(|p| p["name"] != "notification-sender")
             .map(|p| (p["name"].as_str().unwrap().to_string(), p["position"].as_i64().unwrap()))
             .collect()
     };
