@@ -203,7 +203,13 @@ async fn run_claimed(
         && !refused
         && response.extensions().get::<Retryable>().is_none();
     if !kept {
-        // Dropping the guard releases the claim: the key is free again unless events were appended.
+        // The claim is released before the answer goes out, so the key is free again (unless
+        // events were appended) by the time the caller can retry or look.
+        if let Some(claim) = guard.claim.take() {
+            if let Err(error) = idempotency::release(pool, &claim).await {
+                tracing::warn!(%error, "could not release an idempotency claim; its lease will expire");
+            }
+        }
         return response;
     }
     let (mut parts, body) = response.into_parts();
