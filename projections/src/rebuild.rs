@@ -427,7 +427,7 @@ pub async fn rebuild(
 /// which closes the connection). A second rebuild or verify of one of them, in any process, is
 /// refused while the first runs, instead of dropping the first one's shadow.
 pub struct RebuildClaim {
-    _conn: PgConnection,
+    conn: PgConnection,
 }
 
 impl RebuildClaim {
@@ -445,7 +445,17 @@ impl RebuildClaim {
                 return Err(ProjectionError::RebuildRunning((*name).to_string()));
             }
         }
-        Ok(Self { _conn: conn })
+        Ok(Self { conn })
+    }
+
+    /// Lets the read models go at once: unlocks them and closes the claim's connection (merely
+    /// dropping it leaves the locks held until the server notices the closed socket).
+    pub async fn release(mut self) {
+        let unlocked = sqlx::query("select pg_advisory_unlock_all()").execute(&mut self.conn).await;
+        if let Err(error) = unlocked {
+            tracing::warn!(%error, "could not unlock a rebuild claim; closing its connection frees it");
+        }
+        let _ = sqlx::Connection::close(self.conn).await;
     }
 }
 
@@ -471,7 +481,17 @@ pub async fn rebuild_many(
 /// the claim is its own).
 pub async fn rebuild_claimed(
     pool: &PgPool,
-    _claim: RebuildClaim,
+    claim: RebuildClaim,
+    projections: &[Arc<dyn Projection>],
+    progress: &dyn Progress,
+) -> Result<Vec<Rebuilt>, ProjectionError> {
+    let done = rebuild_under_claim(pool, projections, progress).await;
+    claim.release().await;
+    done
+}
+
+async fn rebuild_under_claim(
+    pool: &PgPool,
     projections: &[Arc<dyn Projection>],
     progress: &dyn Progress,
 ) -> Result<Vec<Rebuilt>, ProjectionError> {
@@ -540,7 +560,18 @@ pub async fn verify_many(
     progress: &dyn Progress,
 ) -> Result<Vec<Vec<TableDiff>>, ProjectionError> {
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
-    let _claim = RebuildClaim::take(pool, &names).await?;
+    let claim = RebuildClaim::take(pool, &names).await?;
+    let diffs = verify_under_claim(pool, projections, progress).await;
+    claim.release().await;
+    diffs
+}
+
+async fn verify_under_claim(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+    progress: &dyn Progress,
+) -> Result<Vec<Vec<TableDiff>>, ProjectionError> {
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     ensure_checkpoints(pool, &names).await?;
     let mut lives = Vec::with_capacity(projections.len());
     {
