@@ -13,6 +13,7 @@
 //! (`skipped`).
 
 pub mod render;
+pub mod smtp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use chrono::Utc;
 use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::Message;
 use projections::notifications::{self as outbox, kind, Claimed};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -53,7 +54,7 @@ pub fn backoff(attempts: u32) -> Duration {
 #[derive(Clone)]
 pub enum Transport {
     /// An SMTP server.
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(std::sync::Arc<smtp::Smtp>),
     /// `.eml` files in this folder.
     Files(PathBuf),
 }
@@ -74,9 +75,9 @@ impl Transport {
         match &config.smtp_url {
             None => Ok(Self::Files(data_dir.join("mail"))),
             Some(url) => {
-                let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+                let smtp = smtp::Smtp::from_url(url.expose_secret())
                     .map_err(|e| anyhow::anyhow!("MOVIESTORE_SMTP_URL is not valid: {e}"))?;
-                Ok(Self::Smtp(builder.timeout(Some(Duration::from_secs(10))).build()))
+                Ok(Self::Smtp(std::sync::Arc::new(smtp)))
             }
         }
     }
@@ -92,13 +93,10 @@ impl Transport {
     /// Delivers one message.
     pub async fn send(&self, id: Uuid, message: Message) -> Result<(), SendError> {
         match self {
-            Self::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(|e| {
-                // A server's answer may quote the recipient: the error is kept and listed without it.
-                if e.is_permanent() {
-                    SendError::Refused(without_addresses(&e.to_string()))
-                } else {
-                    SendError::Unreachable(without_addresses(&e.to_string()))
-                }
+            // A server's answer may quote the recipient: the error is kept and listed without it.
+            Self::Smtp(smtp) => smtp.send(&message).await.map_err(|failure| match failure {
+                smtp::Failure::Permanent(e) => SendError::Refused(without_addresses(&e)),
+                smtp::Failure::Transient(e) => SendError::Unreachable(without_addresses(&e)),
             }),
             Self::Files(dir) => {
                 let write = async {
