@@ -163,10 +163,15 @@ async fn main() -> anyhow::Result<()> {
     for task in tasks {
         task.await?;
     }
+    let ids_before_bare = received.lock().unwrap().len();
+
+    // The machine's limit, in the same run: the same SMTP client sending as many messages of the
+    // same shape straight to the same sink, with no database (no claim, no lookup, no mark).
+    let bare = bare_smtp(&url, args.emails.min(10_000), &received).await?;
     sink_task.abort();
 
     // Assert and report.
-    let ids = received.lock().unwrap().clone();
+    let ids = received.lock().unwrap()[..ids_before_bare].to_vec();
     let distinct: HashSet<&String> = ids.iter().collect();
     let sent: i64 =
         sqlx::query_scalar("select count(*) from notification where state = 'sent'").fetch_one(&pool).await?;
@@ -185,8 +190,43 @@ async fn main() -> anyhow::Result<()> {
         ids.len(),
         distinct.len()
     );
+    let ours = args.emails as f64 / drained.as_secs_f64();
+    println!();
+    println!("| figure | ours | limit | ratio |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| emails/s drained by {} sender(s) vs the bare SMTP client to the same sink (no database) | {ours:.0} | {bare:.0} | {:.2} |",
+        args.senders,
+        ours / bare
+    );
     if distinct.len() != args.emails || ids.len() != args.emails {
         bail!("{} messages, {} distinct, for {} emails", ids.len(), distinct.len(), args.emails);
     }
     Ok(())
+}
+
+/// Sends `count` messages shaped like a welcome email (a text and an HTML part) over one kept
+/// connection, one after another, and answers messages per second.
+async fn bare_smtp(url: &str, count: usize, received: &Received) -> anyhow::Result<f64> {
+    let smtp = api::mail::smtp::Smtp::from_url(url).map_err(anyhow::Error::msg)?;
+    let text = "Welcome to the movie store, bench! Browse the catalogue, rent a movie, return it. ".repeat(8);
+    let html = format!("<html><body><p>{}</p></body></html>", text);
+    let before = received.lock().unwrap().len();
+    let started = Instant::now();
+    for i in 0..count {
+        let message = lettre::Message::builder()
+            .from("Movie Store <no-reply@moviestore.local>".parse()?)
+            .to(format!("bench-{i}@example.com").parse()?)
+            .subject("Welcome to the movie store")
+            .multipart(lettre::message::MultiPart::alternative_plain_html(text.clone(), html.clone()))?;
+        if let Err(e) = smtp.send(&message).await {
+            bail!("the bare client's message {i} failed: {e:?}");
+        }
+    }
+    let took = started.elapsed();
+    let arrived = received.lock().unwrap().len() - before;
+    if arrived != count {
+        bail!("the bare client sent {count} messages and {arrived} arrived");
+    }
+    Ok(count as f64 / took.as_secs_f64())
 }
