@@ -13,6 +13,7 @@
 //!   `serve` and `worker` process.
 //! - [`jobs`]: the periodic purges, each a row of `job` claimed by one process at a time.
 //! - [`cli`]: the sub-commands.
+//! - [`connections`]: the HTTP/1.1 server loop with the head, idle and shutdown limits.
 //! - [`client`]: the client address a request is attributed to (trusted proxies, IPv6 /64).
 //! - [`status`]: what `/ready` and `/metrics` read, at most once a second per process.
 //! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod extract;

@@ -66,12 +66,9 @@ impl Limits {
     }
 }
 
-/// Middleware: the rate limit, then the concurrency cap.
-pub async fn middleware(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    if is_exempt(request.uri().path()) {
-        return next.run(request).await;
-    }
-    if let Some(limiter) = &limits.rate {
+/// Middleware: the rate limit, counted when the request head has arrived.
+pub async fn rate(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    if let (Some(limiter), false) = (&limits.rate, is_exempt(request.uri().path())) {
         let client = request.extensions().get::<ClientAddr>().map(ClientAddr::key);
         if let Some(client) = client {
             if let Err(not_until) = limiter.check_key(&client) {
@@ -82,12 +79,19 @@ pub async fn middleware(State(limits): State<Limits>, request: Request, next: Ne
             }
         }
     }
-    let _permit = match &limits.in_flight {
-        None => None,
-        Some(semaphore) => match semaphore.clone().try_acquire_owned() {
+    next.run(request).await
+}
+
+/// Middleware: the concurrency cap. It runs after the body has been read
+/// ([`crate::extract::read_body_first`]), so a client trickling its body holds no slot and
+/// slow senders cannot starve anyone.
+pub async fn in_flight(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let _permit = match (&limits.in_flight, is_exempt(request.uri().path())) {
+        (Some(semaphore), false) => match semaphore.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => return overloaded(),
         },
+        _ => None,
     };
     next.run(request).await
 }

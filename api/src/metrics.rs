@@ -220,6 +220,7 @@ pub async fn serve_exporter(
     tracing::info!(addr = %bound, "serving /metrics");
     println!("metrics on http://{bound}");
     Ok(tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        crate::connections::serve(listener, app, shutdown).await;
+        Ok(())
     }))
 }

@@ -105,14 +105,10 @@ impl App {
             state.accounts.token_cache().clone(),
             shutdown.clone(),
         ));
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let signal = shutdown.clone();
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await });
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(crate::connections::serve(listener, router(state), shutdown.clone()));
         shutdown.cancelled().await;
         match tokio::time::timeout(grace, server).await {
-            Ok(joined) => joined.context("server task failed")?.context("server failed")?,
+            Ok(joined) => joined.context("server task failed")?,
             Err(_) => tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway"),
         }
         if let Some(projectors) = projectors {
@@ -177,9 +173,9 @@ pub fn engine(
     Engine::new(pool.clone(), projections::all(store.clone(), plan.clone(), loan), EngineConfig::default())
 }
 
-/// The router with its layers, outermost first: request id, the client address, the access log and HTTP metrics, rate
-/// and concurrency limits, tracing, sensitive headers, timeout, panic catching, reading the body,
-/// idempotency keys; and the body limit.
+/// The router with its layers, outermost first: request id, the client address, the access log
+/// and HTTP metrics, the rate limit, tracing, sensitive headers, timeout, panic catching, reading
+/// the body, the concurrency cap (only once the body is in), idempotency keys; and the body limit.
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.http.request_timeout;
     crate::metrics::handle();
@@ -189,7 +185,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(crate::extract::request_id))
         .layer(axum::middleware::from_fn_with_state(trusted, crate::client::middleware))
         .layer(axum::middleware::from_fn(crate::access::record))
-        .layer(axum::middleware::from_fn_with_state(limits, crate::limits::middleware))
+        .layer(axum::middleware::from_fn_with_state(limits.clone(), crate::limits::rate))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
@@ -219,6 +215,7 @@ pub fn router(state: AppState) -> Router {
             )
         }))
         .layer(axum::middleware::from_fn(crate::extract::read_body_first))
+        .layer(axum::middleware::from_fn_with_state(limits, crate::limits::in_flight))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware));
     let cors = cors(&state.config.cors);
     crate::routes::router()

@@ -571,3 +571,164 @@ async fn a_flood_of_logins_waits_a_bounded_time_for_hashing_and_other_clients_ke
         "login flood: 1,000 random names → {by_status:?} (slowest {slowest:?}), 1,000 malformed → 401 without hashing in {malformed_took:?}; 20 reads 200, slowest {slowest_read:?}; flood over in {flood_took:?}"
     );
 }
+
+/// What became of one slow connection: when the server closed it, and the answer it got if any.
+struct SlowOutcome {
+    closed_after: Option<std::time::Duration>,
+    answer: String,
+}
+
+/// Opens a connection to `host`, sends `head` at once, then one byte of `trickle` a second until
+/// the server closes the connection (or `give_up` passes); returns when and what it answered.
+async fn trickle(
+    host: String,
+    head: String,
+    trickle: &'static [u8],
+    give_up: std::time::Duration,
+) -> SlowOutcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opened = std::time::Instant::now();
+    let socket = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    let (mut read, mut write) = socket.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(head.as_bytes()).await;
+        for byte in trickle.iter().cycle() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if write.write_all(std::slice::from_ref(byte)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let closed_after = loop {
+        match tokio::time::timeout_at((opened + give_up).into(), read.read(&mut buffer)).await {
+            Err(_) => break None,
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(opened.elapsed()),
+            Ok(Ok(n)) => answer.extend_from_slice(&buffer[..n]),
+        }
+    };
+    writer.abort();
+    SlowOutcome { closed_after, answer: String::from_utf8_lossy(&answer).into_owned() }
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_thousand_slow_connections_hold_no_request_slot_and_are_closed_by_the_server(pool: PgPool) {
+    // Arrange: 256 request slots, so that 500 slow bodies holding one each would leave none.
+    // The test holds 1,000 sockets open for 15 s and times another client, so it runs alone.
+    let _alone = alone();
+    let options = Options { extra_env: vec![("MOVIESTORE_MAX_CONCURRENT_REQUESTS".into(), "256".into())] };
+    let app = TestApp::spawn_with(pool, options).await;
+    let (_, reader) = app.customer("reader").await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let read = || async {
+        let started = std::time::Instant::now();
+        let status = app.get("/api/v1/movies", Some(&reader)).await.status().as_u16();
+        (status, started.elapsed())
+    };
+    let mut before = Vec::new();
+    for _ in 0..20 {
+        before.push(read().await);
+    }
+    let give_up = std::time::Duration::from_secs(30);
+
+    // Act: 500 connections that trickle their request head and 500 that send a whole head
+    // announcing a 1,000-byte login body, then trickle it; a byte a second each. Meanwhile the
+    // reader goes on reading.
+    let mut slow = Vec::new();
+    for i in 0..1000 {
+        let (head, bytes): (String, &'static [u8]) = if i % 2 == 0 {
+            (format!("GET /api/v1/movies HTTP/1.1\r\nhost: {host}\r\n"), b"x-slow: aaaaaaaaaaaaaaaaaaaaaaaa")
+        } else {
+            (
+                format!(
+                    "POST /api/v1/auth/login HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+                ),
+                b"{\"username\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            )
+        };
+        slow.push(tokio::spawn(trickle(host.clone(), head, bytes, give_up)));
+        if i % 100 == 99 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut during = Vec::new();
+    for _ in 0..40 {
+        during.push(read().await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut outcomes = Vec::new();
+    for task in slow {
+        outcomes.push(task.await.unwrap());
+    }
+
+    // Assert: the reader was never refused; every slow connection was closed by the server
+    // within 15 s, the slow bodies with a 503 once the request timeout (10 s) ran out.
+    let refused: Vec<_> = during.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(refused.is_empty(), "the other client's reads during the slow connections: {refused:?}");
+    let slowest_read = during.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(slowest_read < std::time::Duration::from_secs(2), "a read waited {slowest_read:?}");
+    let limit = std::time::Duration::from_secs(15);
+    let (heads, bodies): (Vec<(usize, &SlowOutcome)>, Vec<(usize, &SlowOutcome)>) =
+        outcomes.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let not_closed = |set: &[(usize, &SlowOutcome)]| {
+        set.iter().filter(|(_, o)| o.closed_after.is_none_or(|after| after > limit)).count()
+    };
+    assert_eq!(not_closed(&heads), 0, "slow heads the server left open past 15 s");
+    assert_eq!(not_closed(&bodies), 0, "slow bodies the server left open past 15 s");
+    let heads_answered = heads.iter().filter(|(_, o)| !o.answer.is_empty()).count();
+    assert_eq!(heads_answered, 0, "a head that never ended gets no answer, only a close");
+    let bodies_503 = bodies.iter().filter(|(_, o)| o.answer.starts_with("HTTP/1.1 503")).count();
+    assert_eq!(bodies_503, 500, "every slow body is answered 503 when its time runs out");
+    let earliest_head = heads.iter().filter_map(|(_, o)| o.closed_after).min().unwrap();
+    assert!(
+        earliest_head >= std::time::Duration::from_secs(9),
+        "a slow head was closed early: {earliest_head:?}"
+    );
+    let latest = outcomes.iter().filter_map(|o| o.closed_after).max().unwrap();
+    let median = |mut v: Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "1,000 slow connections (500 heads, 500 bodies, a byte a second): all closed by the server, the last after {latest:?}; \
+         500 bodies answered 503; reads by another client: 40 × 200 during (median {:?}, slowest {slowest_read:?}) vs median {:?} before",
+        median(during.iter().map(|(_, t)| *t).collect()),
+        median(before.iter().map(|(_, t)| *t).collect()),
+    );
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn an_idle_keep_alive_connection_outlives_the_head_limit_and_is_closed_after_60_s(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let request = format!("GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n");
+
+    // Act: one request, then silence; a second request after 20 s (past the 10 s head limit)
+    // on the same connection, then silence again until the server closes it.
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = [0u8; 4096];
+    let first = socket.read(&mut buffer).await.unwrap();
+    let first = String::from_utf8_lossy(&buffer[..first]).into_owned();
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let second = socket.read(&mut buffer).await.unwrap();
+    let second = String::from_utf8_lossy(&buffer[..second]).into_owned();
+    let idle_from = std::time::Instant::now();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(75), socket.read(&mut buffer)).await;
+    let idle_for = idle_from.elapsed();
+
+    // Assert
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "an idle connection is kept past 20 s: {second}");
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the server closed the idle connection: {closed:?}");
+    assert!(
+        idle_for >= std::time::Duration::from_secs(59) && idle_for <= std::time::Duration::from_secs(62),
+        "closed after {idle_for:?} idle, not 60 s"
+    );
+    println!("idle keep-alive connection: reused after 20 s, closed by the server after {idle_for:?} idle");
+}
