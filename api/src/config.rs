@@ -21,6 +21,9 @@ pub struct Config {
     pub log: LogConfig,
     /// `MOVIESTORE_ADMIN`: an admin account created at start when missing.
     pub bootstrap_admin: Option<(String, SecretString)>,
+    /// `MOVIESTORE_SECRET`: the deployment's secret (at least 32 characters) that idempotency
+    /// records are hashed and sealed with; unset: the file `secret` in the data folder.
+    pub secret: Option<SecretString>,
     /// `MOVIESTORE_PROJECTORS`: whether `serve` also advances the projections (`on`, the
     /// default) or only answers HTTP (`off`, when `worker` processes do it).
     pub run_projectors: bool,
@@ -415,6 +418,14 @@ impl Config {
             },
             loan: loan_from(&var)?,
             mail: MailConfig::from_lookup(&var)?,
+            secret: match var("MOVIESTORE_SECRET") {
+                None => None,
+                Some(secret) if secret.chars().count() >= crate::secret::MIN_SECRET_CHARS => Some(secret.into()),
+                Some(_) => bail!(
+                    "MOVIESTORE_SECRET must be at least {} characters (e.g. the output of `openssl rand -hex 32`)",
+                    crate::secret::MIN_SECRET_CHARS
+                ),
+            },
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
                 None => None,
                 Some(raw) => {
@@ -536,6 +547,7 @@ mod tests {
             },
             log: LogConfig { filter: DEFAULT_LOG_FILTER.into(), format: LogFormat::Pretty },
             bootstrap_admin: None,
+            secret: None,
             run_projectors: true,
             runtime: RuntimeConfig { worker_threads: 2, max_blocking_threads: 2 },
             data_dir: ".moviestore".into(),

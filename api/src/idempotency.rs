@@ -7,9 +7,11 @@
 //! What is kept: 2xx and 4xx answers, except those that invite a retry ([`Retryable`]: 429, a
 //! pending charge, exhausted conflict retries). 5xx answers are not kept, so a retry after an
 //! outage runs again, unless the command had already appended (then it is never run again).
-//! Stored bodies are sealed (ChaCha20-Poly1305) with a key derived from the caller, the key and
-//! the whole request, so the tokens in register and login answers are not readable from the table
-//! by anyone who does not hold the request itself. The SQL lives in
+//! Request bodies are compared through a keyed digest and stored answers sealed
+//! (ChaCha20-Poly1305) with a key derived from the caller, the key and the whole request, both
+//! keyed with the deployment's secret ([`crate::secret`]), which is kept outside the database: a
+//! reader of the table can neither test guesses of a body (which may hold a password) nor open an
+//! answer. The SQL lives in
 //! `projections::store::idempotency`.
 
 use std::time::Duration;
@@ -23,10 +25,10 @@ use projections::store::idempotency::{self, Claim, ClaimOutcome, Fingerprint, St
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::error::{ApiError, Retryable};
+use crate::secret::Secrets;
 use crate::state::AppState;
 
 /// The request header.
@@ -103,8 +105,8 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
     };
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
-    let seal_key = seal_key(&scope, &key, &method, &path, &body);
-    let body_hash = Sha256::digest(&body).to_vec();
+    let seal_key = seal_key(&state.secrets, &scope, &key, &method, &path, &body);
+    let body_hash = state.secrets.body_digest(&body);
     let fingerprint =
         Fingerprint { scope: &scope, key: &key, method: &method, path: &path, body_hash: &body_hash };
     let lease = state.config.http.request_timeout + Duration::from_secs(5);
@@ -274,18 +276,13 @@ fn replay(answer: StoredAnswer, seal_key: &LessSafeKey) -> Response {
     response
 }
 
-/// The key a stored answer is sealed with: derived from everything that identifies the request,
-/// its body included, so only a caller who sends the same request again can open it.
-fn seal_key(scope: &str, key: &str, method: &str, path: &str, body: &[u8]) -> LessSafeKey {
-    let mut hasher = Sha256::new();
-    hasher.update(b"moviestore idempotent answer v1\0");
-    for part in [scope.as_bytes(), key.as_bytes(), method.as_bytes(), path.as_bytes()] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    hasher.update(body);
-    let digest = hasher.finalize();
-    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &digest).expect("a 256-bit key"))
+/// The key a stored answer is sealed with: derived from the deployment's secret and everything
+/// that identifies the request, its body included, so only a caller who sends the same request
+/// again to this deployment can open it, and a reader of the table cannot.
+fn seal_key(secrets: &Secrets, scope: &str, key: &str, method: &str, path: &str, body: &[u8]) -> LessSafeKey {
+    let parts = [scope.as_bytes(), key.as_bytes(), method.as_bytes(), path.as_bytes()];
+    let key = secrets.seal_key(&parts, body);
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 256-bit key"))
 }
 
 #[cfg(test)]
@@ -306,15 +303,19 @@ mod tests {
 
     #[test]
     fn a_sealed_answer_opens_only_with_the_same_request() {
-        let key = seal_key("anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"p\"}");
+        let secrets = Secrets::from_secret(b"a test secret of thirty-two characters");
+        let key =
+            seal_key(&secrets, "anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"p\"}");
         let mut sealed = b"{\"token\":\"secret\"}".to_vec();
         let nonce = [7u8; NONCE_LEN];
         key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed).unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"), "the body is not stored in clear");
-        let other = seal_key("anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"q\"}");
+        let other =
+            seal_key(&secrets, "anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"q\"}");
         let mut copy = sealed.clone();
         assert!(other.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut copy).is_err());
-        let same = seal_key("anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"p\"}");
+        let same =
+            seal_key(&secrets, "anonymous", "k1", "POST", "/api/v1/auth/register", b"{\"password\":\"p\"}");
         let plain =
             same.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut sealed).unwrap();
         assert_eq!(plain, b"{\"token\":\"secret\"}");

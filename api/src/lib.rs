@@ -39,6 +39,7 @@ pub mod openapi;
 pub mod private_pg;
 pub mod refresh;
 pub mod routes;
+pub mod secret;
 pub mod seed;
 pub mod startup;
 pub mod state;

@@ -60,7 +60,10 @@ impl App {
             .await
             .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
         let public_url = config.mail.public_url_or(listener.local_addr()?);
-        let state = state(config, pool, accounts);
+        use secrecy::ExposeSecret;
+        let secret = config.secret.as_ref().map(|s| s.expose_secret().to_string());
+        let secrets = crate::secret::Secrets::resolve(secret.as_deref(), &config.data_dir)?;
+        let state = state(config, pool, accounts, secrets);
         let sender = sender(&state.config, &state.db, public_url, state.price_plan.clone())?;
         Ok(Self { listener, state, sender })
     }
@@ -129,7 +132,7 @@ impl App {
 }
 
 /// The shared state: stores, readers, cache and the projection engine.
-pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
+pub fn state(config: Config, pool: PgPool, accounts: Accounts, secrets: crate::secret::Secrets) -> AppState {
     let store = EventStore::new(pool.clone());
     let plan = domain::price::PricePlan::default();
     let catalogue = CatalogueReader::new(pool.clone());
@@ -147,6 +150,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts) -> AppState {
         db: pool,
         accounts,
         price_plan: Arc::new(plan),
+        secrets: Arc::new(secrets),
         config: Arc::new(config),
     })
 }

@@ -44,6 +44,8 @@ pub struct Handles {
     pub store: EventStore,
     /// Accounts and tokens.
     pub accounts: Accounts,
+    /// The keys idempotency records are hashed and sealed with.
+    pub secrets: Arc<crate::secret::Secrets>,
     /// The price plan new charges are assessed with.
     pub price_plan: Arc<domain::price::PricePlan>,
     /// The catalogue read model.

@@ -740,3 +740,59 @@ async fn a_claim_left_by_a_process_that_died_before_appending_is_run_once_its_le
     assert_eq!((replay.0, replay.3), (after.0, after.3), "and is answered from its record");
     assert_eq!(rented_events(&pool, movie).await, 1, "the dead attempt appended nothing");
 }
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_reader_of_the_records_cannot_test_a_guessed_body_and_only_the_deployment_secret_replays(
+    pool: PgPool,
+) {
+    // Arrange: a password change under a key; its body holds both passwords.
+    let app = TestApp::spawn(pool.clone()).await;
+    let (greg_id, greg) = app.customer("greg").await;
+    let body = json!({"current_password": "password-123", "new_password": "a brand new passphrase"});
+    let path = "/api/v1/me/password";
+    let first = keyed(&app, Method::POST, path, Some(&greg), Some(body.clone()), b"pw-1").await;
+    assert_eq!(first.status(), StatusCode::NO_CONTENT);
+    let sent = serde_json::to_vec(&body).unwrap();
+
+    // Act: the reader's guess, made the way an unkeyed digest would let them (SHA-256 of the very
+    // body that was sent); then the same request again on this process, on a restarted process
+    // of the same deployment, and on one with another secret.
+    let (stored, guess_matches): (Vec<u8>, bool) = sqlx::query_as(
+        "select body_hash, body_hash = sha256($2) from idempotency where scope = $1 and key = 'pw-1'",
+    )
+    .bind(greg_id.to_string())
+    .bind(&sent)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let again = keyed(&app, Method::POST, path, Some(&greg), Some(body.clone()), b"pw-1").await;
+    let replayed = again.headers().get("idempotent-replayed").cloned();
+    let again = again.status();
+    app.shutdown().await;
+    let restarted = TestApp::spawn(pool.clone()).await;
+    let after_restart =
+        keyed(&restarted, Method::POST, path, Some(&greg), Some(body.clone()), b"pw-1").await.status();
+    restarted.shutdown().await;
+    let other_secret = Options {
+        extra_env: vec![("MOVIESTORE_SECRET".into(), "another deployment's secret of 32+ characters".into())],
+    };
+    let foreign = TestApp::spawn_with(pool.clone(), other_secret).await;
+    let with_other_secret = keyed(&foreign, Method::POST, path, Some(&greg), Some(body), b"pw-1").await;
+    let with_other_secret_status = with_other_secret.status();
+
+    // Assert
+    assert_eq!(stored.len(), 32);
+    assert!(!guess_matches, "the stored digest is not the body's plain SHA-256");
+    assert_eq!(again, StatusCode::NO_CONTENT);
+    assert_eq!(replayed.as_ref().map(|v| v.to_str().unwrap()), Some("true"), "answered from the record");
+    assert_eq!(after_restart, StatusCode::NO_CONTENT, "the same deployment's secret replays after a restart");
+    assert_problem(with_other_secret, 422, "validation-failed").await;
+    assert_eq!(
+        with_other_secret_status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another secret cannot match the record"
+    );
+    println!(
+        "keyed idempotency digest: SHA-256 guess of the sent body matches: {guess_matches}; replay {again}, after restart {after_restart}, with another secret {with_other_secret_status}"
+    );
+}

@@ -357,6 +357,9 @@ pub fn movie_body(title: &str, categories: &[Uuid]) -> Value {
     })
 }
 
+/// The deployment secret of every test process.
+pub const TEST_SECRET: &str = "a test deployment's secret, 32 characters or more";
+
 /// Starts `moviestore serve` against a database (options' environment wins over the defaults).
 pub fn start(database_url: &str, options: &Options) -> Child {
     command(database_url, options).spawn().expect("start moviestore")
@@ -380,6 +383,8 @@ pub fn command(database_url: &str, options: &Options) -> Command {
         // Without an SMTP server emails are files: each process writes its own folder in the
         // build's scratch space, never the working directory.
         .env("MOVIESTORE_DATA_DIR", scratch_dir("data"))
+        // One deployment: every test process shares the secret, as a deployment's processes must.
+        .env("MOVIESTORE_SECRET", TEST_SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(if verbose { Stdio::inherit() } else { Stdio::null() });
