@@ -20,10 +20,15 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home moviestore
+    && useradd --system --uid 10001 --no-create-home moviestore \
+    && install -d -o moviestore -g moviestore -m 0700 /var/lib/moviestore
 COPY --from=builder /app/target/release/moviestore /usr/local/bin/moviestore
 USER moviestore
+# The data folder holds the deployment secret when MOVIESTORE_SECRET is unset (and the emails
+# when no SMTP server is set); mount a volume there to keep it across containers.
+WORKDIR /var/lib/moviestore
 ENV MOVIESTORE_ADDR=0.0.0.0:8080 \
+    MOVIESTORE_DATA_DIR=/var/lib/moviestore \
     MOVIESTORE_LOG_FORMAT=json
 EXPOSE 8080
 # No curl in the image: bash's /dev/tcp asks /health directly.
