@@ -331,11 +331,12 @@ async fn an_account_holds_at_most_10000_live_keys_and_beyond_them_gets_429(pool:
         .unwrap();
     // A key greg already holds still replays (which ten fitted depends on the race, so ask the
     // table); another account is not affected.
-    let held: String = sqlx::query_scalar("select key from idempotency where scope = $1 and key like 'new-%' limit 1")
-        .bind(greg_id.to_string())
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let held: String =
+        sqlx::query_scalar("select key from idempotency where scope = $1 and key like 'new-%' limit 1")
+            .bind(greg_id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let replay = keyed(&app, Method::POST, &path, Some(&greg), None, held.as_bytes()).await.status().as_u16();
     let (_, maude) = app.customer("maude").await;
     let other = keyed(&app, Method::POST, &path, Some(&maude), None, b"maude-1").await.status().as_u16();
