@@ -83,7 +83,7 @@ fn log(report: &Report, previous: Option<&str>, version: &str) {
                 kept_by = %c.kept_by,
                 left_out = %c.left_out,
                 "two accounts have the same {field} once case and Unicode forms are set aside: \
-                 account {} keeps it, account {} {consequence} until one of them is renamed",
+                 account {} keeps it, account {} {consequence} until one of the two {field}s is changed",
                 c.kept_by,
                 c.left_out,
             );

@@ -39,6 +39,7 @@ async fn a_greek_name_in_capitals_registers_and_signs_in_in_any_case(pool: PgPoo
     }
     let accounts: i64 = sqlx::query_scalar("select count(*) from users").fetch_one(&app.pool).await.unwrap();
     assert_eq!(accounts, 2, "the admin and ΝΙΚΟΣ");
+    println!("ΝΙΚΟΣ: 4 spellings signed in to one account, 3 registrations refused with 409");
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
@@ -76,6 +77,9 @@ async fn usernames_alike_in_case_or_unicode_form_are_one_username(pool: PgPool) 
         expect_status(register(&app, "Zoe\u{308}", "zoe@example.com").await, StatusCode::CREATED).await;
     assert_eq!(created["user"]["username"], "Zoe\u{308}");
     assert_eq!(login_status(&app, "ZOË").await, StatusCode::OK);
+    println!(
+        "usernames: 8 other spellings of 3 names refused with 409 and signed in with 200; 2 accounts more"
+    );
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
@@ -110,6 +114,7 @@ async fn emails_alike_in_case_or_unicode_form_are_one_email(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(resets, 1, "one reset token stored for nikos");
+    println!("emails: 5 other spellings of 3 addresses refused with 409; a reset by another spelling reached the account");
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
@@ -141,6 +146,7 @@ async fn category_names_alike_in_case_or_unicode_form_are_one_name(pool: PgPool)
         let titles: Vec<&Value> = page["items"].as_array().unwrap().iter().map(|m| &m["title"]).collect();
         assert_eq!(titles, [&json!("Fargo")], "category={spelling}");
     }
+    println!("categories: 6 other spellings of 2 names refused with 409 on create and on rename; 3 found the movie");
 }
 
 /// The migration that added the keys: the version of the first one after it.
@@ -250,4 +256,5 @@ async fn names_stored_before_keys_get_them_and_collisions_are_reported(pool: PgP
     let admin = app.admin().await;
     let create = app.post("/api/v1/categories", Some(&admin), Some(json!({"name": "DRAMA"}))).await;
     assert_problem(create, 409, "name-taken").await;
+    println!("stored before keys: 4 accounts and 2 categories keyed, 3 collisions reported, 0 rows lost");
 }
