@@ -48,9 +48,12 @@ pub async fn pool(config: &DatabaseConfig, options: PgConnectOptions) -> anyhow:
 }
 
 /// Applies the embedded migrations (safe to run from several processes at once: sqlx holds an
-/// advisory lock while migrating).
+/// advisory lock while migrating), then gives every stored name its comparison key, which SQL
+/// cannot compute ([`crate::name_keys`]).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    crate::MIGRATOR.run(pool).await.context("could not run migrations")
+    crate::MIGRATOR.run(pool).await.context("could not run migrations")?;
+    crate::name_keys::settle(pool).await.context("could not compute the stored names' keys")?;
+    Ok(())
 }
 
 /// Decides which PostgreSQL this process uses (API.md, `MOVIESTORE_EMBEDDED_POSTGRES`) and logs

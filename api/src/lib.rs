@@ -11,6 +11,8 @@
 //! - [`seed`]: the default catalogue and generated ones, added through commands.
 //! - [`mail`]: the notification sender (templates, SMTP or `.eml` files) that runs in every
 //!   `serve` and `worker` process.
+//! - [`name_keys`]: after migrating, every stored username, email and category name gets its
+//!   comparison key, and names that have come to share one are reported.
 //! - [`jobs`]: the periodic purges, each a row of `job` claimed by one process at a time.
 //! - [`cli`]: the sub-commands.
 //! - [`connections`]: the HTTP/1.1 server loop with the head, idle and shutdown limits.
@@ -35,6 +37,7 @@ pub mod jobs;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
+pub mod name_keys;
 pub mod openapi;
 pub mod private_pg;
 pub mod refresh;

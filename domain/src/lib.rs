@@ -10,6 +10,7 @@
 //! - [`price`]: the price plan and the charge it assesses.
 //! - [`loan`]: the loan policy, which fixes when a rental is due.
 //! - [`movie`], [`rental`], [`category`]: one folder per aggregate.
+//! - [`name_key`]: the key usernames, emails and category names compare by.
 //! - [`Actor`]: who issues a command, as far as the rules care.
 #![warn(missing_docs)]
 
@@ -32,6 +33,7 @@ pub const EVENT_TYPES: [&str; 12] = [
 pub mod category;
 pub mod loan;
 pub mod movie;
+pub mod name_key;
 pub mod price;
 pub mod rental;
 pub mod values;

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::category::CategoryEvent;
 use domain::movie::MovieEvent;
+use domain::name_key::NameKey;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
@@ -372,16 +373,18 @@ async fn write_categories(
 ) -> Result<(), sqlx::Error> {
     let conflict = if upsert {
         "on conflict (category_id) do update
-            set name = excluded.name, movie_count = excluded.movie_count, revision = excluded.revision"
+            set name = excluded.name, name_key = excluded.name_key, movie_count = excluded.movie_count,
+                revision = excluded.revision"
     } else {
         ""
     };
     sqlx::query(&format!(
-        "insert into category (category_id, name, movie_count, revision)
-         select * from unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[]) {conflict}"
+        "insert into category (category_id, name, name_key, movie_count, revision)
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[]) {conflict}"
     ))
     .bind(dirty.iter().map(|c| c.category_id).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| NameKey::of(&c.name).into_string()).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| c.movie_count).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| c.revision).collect::<Vec<_>>())
     .execute(conn)
@@ -564,10 +567,11 @@ impl CatalogueReader {
         Self { pool }
     }
 
-    /// Every category, by name.
+    /// Every category, by name (by its [`NameKey`], so in one order whatever the database's
+    /// locale).
     pub async fn categories(&self) -> Result<Vec<CategoryRow>, sqlx::Error> {
         sqlx::query_as(
-            "select category_id as id, name, movie_count from read.category order by lower(name), category_id",
+            "select category_id as id, name, movie_count from read.category order by name_key, category_id",
         )
         .fetch_all(&self.pool)
         .await
@@ -583,12 +587,14 @@ impl CatalogueReader {
         .await
     }
 
-    /// The id of the category with this name, case-insensitively.
+    /// The id of the category with this name (by its [`NameKey`]).
     pub async fn category_by_name(&self, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
-        sqlx::query_scalar("select category_id from read.category where lower(name) = lower($1) limit 1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
+        sqlx::query_scalar(
+            "select category_id from read.category where name_key = $1 order by category_id limit 1",
+        )
+        .bind(NameKey::of(name).as_str())
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// A page of live movies ordered by title, then id; one row more than `limit` when there is
@@ -647,6 +653,38 @@ impl CatalogueReader {
             .fetch_all(&self.pool)
             .await
     }
+}
+
+/// Whether a `read.category` row lacks its name's key.
+pub async fn category_keys_missing(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists(select 1 from read.category where name_key is null)")
+        .fetch_one(conn)
+        .await
+}
+
+/// Computes the name key of every `read.category` row again and stores those that differ (the
+/// read model is not where names are unique, so no two keys are weighed against each other);
+/// returns how many changed. A row renamed meanwhile by the projector keeps the key it wrote.
+pub async fn recompute_category_keys(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("select category_id, name, name_key from read.category").fetch_all(&mut *conn).await?;
+    let changes: Vec<(Uuid, &str, String)> = rows
+        .iter()
+        .map(|(id, name, stored)| (*id, name.as_str(), stored, NameKey::of(name)))
+        .filter(|(_, _, stored, key)| stored.as_deref() != Some(key.as_str()))
+        .map(|(id, name, _, key)| (id, name, key.into_string()))
+        .collect();
+    sqlx::query(
+        "update read.category c set name_key = u.key
+           from unnest($1::uuid[], $2::text[], $3::text[]) as u(category_id, name, key)
+          where c.category_id = u.category_id and c.name = u.name",
+    )
+    .bind(changes.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+    .bind(changes.iter().map(|(_, name, _)| *name).collect::<Vec<_>>())
+    .bind(changes.iter().map(|(_, _, key)| key.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(changes.len() as u64)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod fuzz;
 mod hostile;
 mod mail_sink;
 mod model;
+mod names;
 mod notifications;
 mod openapi;
 mod operations;

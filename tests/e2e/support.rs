@@ -316,8 +316,8 @@ impl TestApp {
 
     /// The id of an account, by username.
     pub async fn user_id(&self, username: &str) -> Uuid {
-        sqlx::query_scalar("select user_id from users where lower(username) = lower($1)")
-            .bind(username)
+        sqlx::query_scalar("select user_id from users where username_key = $1")
+            .bind(domain::name_key::NameKey::of(username).as_str())
             .fetch_one(&self.pool)
             .await
             .expect("user")

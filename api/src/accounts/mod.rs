@@ -11,13 +11,17 @@ mod validation;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use domain::name_key::NameKey;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use password::Passwords;
-pub use store::{purge_expired_tokens, purge_old_login_failures, Erased};
+pub use store::{
+    name_keys_missing, purge_expired_tokens, purge_old_login_failures, recompute_name_keys, AccountKeys,
+    Erased,
+};
 pub use token_cache::{keep_membership, TokenCache};
 pub use validation::{validate_email, validate_password, validate_username};
 
@@ -65,9 +69,9 @@ pub struct User {
     /// Id.
     #[sqlx(rename = "user_id")]
     pub id: Uuid,
-    /// Username (unique, case-insensitively).
+    /// Username (unique by its [`NameKey`]: whatever its case and Unicode normal form).
     pub username: String,
-    /// Email (unique, case-insensitively, when present).
+    /// Email (unique by its [`NameKey`], when present).
     pub email: Option<String>,
     /// Role.
     pub role: Role,
@@ -103,10 +107,10 @@ pub struct IssuedToken {
 /// Why an account could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// Username taken (case-insensitively).
+    /// Username taken (by a name with the same key).
     #[error("that username is taken")]
     UsernameTaken,
-    /// Email taken (case-insensitively).
+    /// Email taken (by an email with the same key).
     #[error("that email is taken")]
     EmailTaken,
     /// The database failed.
@@ -219,7 +223,7 @@ impl Accounts {
     pub async fn request_password_reset(&self, email: &str) -> Result<(), sqlx::Error> {
         let token = token::generate();
         let digest = token::digest(&token);
-        let key = email.to_lowercase();
+        let key = NameKey::of(email);
         store::request_reset(&self.pool, &key, &token, &digest, RESET_TTL, RESETS_PER_HOUR).await?;
         Ok(())
     }
@@ -299,7 +303,7 @@ impl Accounts {
             drop(password);
             return Ok(LoginOutcome::InvalidCredentials);
         }
-        let key = username.to_lowercase();
+        let key = NameKey::of(username);
         if let Some(retry_after_secs) = self.reserve_attempt(&key, client_addr).await? {
             return Ok(LoginOutcome::Throttled { retry_after_secs });
         }
@@ -331,7 +335,7 @@ impl Accounts {
     /// Reserves a password check for this username and client address in the login throttle
     /// (the attempt counts as a failure until the password proves right); `Some(retry after, in
     /// seconds)` when the limit is reached.
-    async fn reserve_attempt(&self, key: &str, client_addr: &str) -> Result<Option<u64>, sqlx::Error> {
+    async fn reserve_attempt(&self, key: &NameKey, client_addr: &str) -> Result<Option<u64>, sqlx::Error> {
         let window = self.config.login_window;
         let max = self.config.login_max_failures;
         Ok(store::reserve_attempt(&self.pool, key, client_addr, window, max).await?.err().map(|failures| {
@@ -356,7 +360,7 @@ impl Accounts {
         new: SecretString,
         client_addr: &str,
     ) -> Result<PasswordChangeOutcome, sqlx::Error> {
-        let key = user.username.to_lowercase();
+        let key = NameKey::of(&user.username);
         if let Some(retry_after_secs) = self.reserve_attempt(&key, client_addr).await? {
             return Ok(PasswordChangeOutcome::Throttled { retry_after_secs });
         }
@@ -387,7 +391,7 @@ impl Accounts {
 
     /// The id of the account with this username, if there is one.
     pub async fn id_of(&self, username: &str) -> Result<Option<Uuid>, sqlx::Error> {
-        Ok(store::credentials_by_username(&self.pool, &username.to_lowercase()).await?.map(|(id, _)| id))
+        Ok(store::credentials_by_username(&self.pool, &NameKey::of(username)).await?.map(|(id, _)| id))
     }
 
     /// Creates a customer account nobody can log in to until its password is reset (a random
@@ -406,7 +410,7 @@ impl Accounts {
     /// account id stays, so the event history, which holds ids only, still refers to it.
     /// `None` when no account has that username.
     pub async fn erase(&self, username: &str) -> Result<Option<Erased>, sqlx::Error> {
-        let erased = store::erase_user(&self.pool, &username.to_lowercase()).await?;
+        let erased = store::erase_user(&self.pool, &NameKey::of(username)).await?;
         if let Some(erased) = &erased {
             self.revoked(erased.user_id, erased.revocation).await?;
         }

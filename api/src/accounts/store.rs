@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::name_key::{self, Collision, NameKey};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -11,7 +12,13 @@ use super::{CreateError, Role, RoleRefusal, User};
 
 const USER_COLUMNS: &str = "user_id, username, email, role, created_at";
 
-/// Inserts an account; with `welcome`, its welcome email is queued in the same transaction.
+/// The unique index on usernames' keys.
+const USERNAME_CONSTRAINT: &str = "users_username_key";
+/// The unique index on emails' keys.
+const EMAIL_CONSTRAINT: &str = "users_email_key";
+
+/// Inserts an account, with the keys of its username and email; with `welcome`, its welcome
+/// email is queued in the same transaction.
 pub(super) async fn insert_user(
     pool: &PgPool,
     user_id: Uuid,
@@ -22,18 +29,20 @@ pub(super) async fn insert_user(
     welcome: bool,
 ) -> Result<User, CreateError> {
     let taken = |error: sqlx::Error| match error.as_database_error().and_then(|db| db.constraint()) {
-        Some("users_username") => CreateError::UsernameTaken,
-        Some("users_email") => CreateError::EmailTaken,
+        Some(USERNAME_CONSTRAINT) => CreateError::UsernameTaken,
+        Some(EMAIL_CONSTRAINT) => CreateError::EmailTaken,
         _ => CreateError::Database(error),
     };
     let mut tx = pool.begin().await?;
     let user: User = sqlx::query_as(&format!(
-        "insert into users (user_id, username, email, password_hash, role)
-         values ($1, $2, $3, $4, $5) returning {USER_COLUMNS}"
+        "insert into users (user_id, username, username_key, email, email_key, password_hash, role)
+         values ($1, $2, $3, $4, $5, $6, $7) returning {USER_COLUMNS}"
     ))
     .bind(user_id)
     .bind(username)
+    .bind(NameKey::of(username).as_str())
     .bind(email)
+    .bind(email.map(|email| NameKey::of(email).into_string()))
     .bind(password_hash)
     .bind(role)
     .fetch_one(&mut *tx)
@@ -94,10 +103,10 @@ pub(super) async fn user_by_id(pool: &PgPool, user_id: Uuid) -> Result<Option<Us
 
 pub(super) async fn credentials_by_username(
     pool: &PgPool,
-    username_lower: &str,
+    username: &NameKey,
 ) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    sqlx::query_as("select user_id, password_hash from users where lower(username) = $1")
-        .bind(username_lower)
+    sqlx::query_as("select user_id, password_hash from users where username_key = $1")
+        .bind(username.as_str())
         .fetch_optional(pool)
         .await
 }
@@ -214,14 +223,14 @@ pub(super) struct Failures {
 /// Failures of this key that left the window long ago are forgotten on the way.
 pub(super) async fn reserve_attempt(
     pool: &PgPool,
-    username_lower: &str,
+    username: &NameKey,
     client_addr: &str,
     window: Duration,
     max: i64,
 ) -> Result<Result<(), Failures>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('login:' || $1 || chr(31) || $2, 0))")
-        .bind(username_lower)
+        .bind(username.as_str())
         .bind(client_addr)
         .execute(&mut *tx)
         .await?;
@@ -230,7 +239,7 @@ pub(super) async fn reserve_attempt(
           where username = $1 and client_addr = $2
             and failed_at > now() - make_interval(secs => $3)",
     )
-    .bind(username_lower)
+    .bind(username.as_str())
     .bind(client_addr)
     .bind(window.as_secs_f64())
     .fetch_one(&mut *tx)
@@ -245,7 +254,7 @@ pub(super) async fn reserve_attempt(
               where username = $1 and client_addr = $2 and failed_at < now() - interval '1 day')
          insert into login_failures (username, client_addr) values ($1, $2)",
     )
-    .bind(username_lower)
+    .bind(username.as_str())
     .bind(client_addr)
     .execute(&mut *tx)
     .await?;
@@ -286,11 +295,11 @@ pub async fn purge_old_login_failures(
 
 pub(super) async fn clear_failures(
     pool: &PgPool,
-    username_lower: &str,
+    username: &NameKey,
     client_addr: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("delete from login_failures where username = $1 and client_addr = $2")
-        .bind(username_lower)
+        .bind(username.as_str())
         .bind(client_addr)
         .execute(pool)
         .await?;
@@ -324,27 +333,31 @@ pub(super) const ERASED_PREFIX: &str = "erased:";
 /// never verifies), revokes every token, deletes the login failures of the old name, the
 /// password-reset tokens and the account's idempotency records, and skips the emails still queued
 /// for the account, in one transaction. `None` when no account has that username.
-pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Option<Erased>, sqlx::Error> {
+pub(super) async fn erase_user(pool: &PgPool, username: &NameKey) -> Result<Option<Erased>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let user_id: Option<Uuid> =
-        sqlx::query_scalar("select user_id from users where lower(username) = $1 for update")
-            .bind(username_lower)
+        sqlx::query_scalar("select user_id from users where username_key = $1 for update")
+            .bind(username.as_str())
             .fetch_optional(&mut *tx)
             .await?;
     let Some(user_id) = user_id else { return Ok(None) };
     let tombstone = format!("{ERASED_PREFIX}{user_id}");
-    sqlx::query("update users set username = $2, email = null, password_hash = '' where user_id = $1")
-        .bind(user_id)
-        .bind(&tombstone)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "update users set username = $2, username_key = $3, email = null, email_key = null, password_hash = ''
+          where user_id = $1",
+    )
+    .bind(user_id)
+    .bind(&tombstone)
+    .bind(NameKey::of(&tombstone).as_str())
+    .execute(&mut *tx)
+    .await?;
     let tokens_revoked = sqlx::query("delete from tokens where user_id = $1")
         .bind(user_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
     let login_failures_deleted = sqlx::query("delete from login_failures where username = $1")
-        .bind(username_lower)
+        .bind(username.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -374,7 +387,7 @@ pub(super) async fn erase_user(pool: &PgPool, username_lower: &str) -> Result<Op
 /// is reached.
 pub(super) async fn request_reset(
     pool: &PgPool,
-    email_lower: &str,
+    email: &NameKey,
     token: &str,
     token_hash: &[u8],
     ttl: Duration,
@@ -382,8 +395,8 @@ pub(super) async fn request_reset(
 ) -> Result<Option<Uuid>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let user_id: Option<Uuid> =
-        sqlx::query_scalar("select user_id from users where lower(email) = $1 for update")
-            .bind(email_lower)
+        sqlx::query_scalar("select user_id from users where email_key = $1 for update")
+            .bind(email.as_str())
             .fetch_optional(&mut *tx)
             .await?;
     let Some(user_id) = user_id else { return Ok(None) };
@@ -440,7 +453,7 @@ pub(super) async fn confirm_reset(
             .await?;
     sqlx::query("delete from tokens where user_id = $1").bind(user_id).execute(&mut *tx).await?;
     sqlx::query("delete from login_failures where username = $1")
-        .bind(username.to_lowercase())
+        .bind(NameKey::of(&username).as_str())
         .execute(&mut *tx)
         .await?;
     let counter = announce(&mut tx, user_id).await?;
@@ -477,4 +490,110 @@ pub(super) async fn set_preferences(
     .bind(reminders)
     .fetch_one(pool)
     .await
+}
+
+/// Whether an account lacks a key it should have (a username, or an email, without its key).
+pub async fn name_keys_missing(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists(select 1 from users
+                        where username_key is null or (email is not null and email_key is null))",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// What computing the accounts' keys again found.
+#[derive(Debug, Default)]
+pub struct AccountKeys {
+    /// Keys written (a new key, or a key removed).
+    pub changed: u64,
+    /// Accounts whose usernames share a key: the second cannot sign in by name.
+    pub usernames: Vec<Collision<Uuid>>,
+    /// Accounts whose emails share a key: the second gets no password reset.
+    pub emails: Vec<Collision<Uuid>>,
+}
+
+/// Computes every account's username and email keys again and stores those that differ; `conn`'s
+/// transaction holds `users` against writers. Where two accounts' names share a key, the one that
+/// could be found by its name before keys existed keeps it (the lookup was PostgreSQL's `lower()`
+/// of the stored name against the application's `to_lowercase()` of the name typed, so a name
+/// like `ΝΙΚΟΣ` was never found), else the older one; the other keeps no key.
+pub async fn recompute_name_keys(conn: &mut PgConnection) -> Result<AccountKeys, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        user_id: Uuid,
+        username: String,
+        username_lower: String,
+        username_key: Option<String>,
+        email: Option<String>,
+        email_lower: Option<String>,
+        email_key: Option<String>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "select user_id, username, lower(username) as username_lower, username_key,
+                email, lower(email) as email_lower, email_key
+           from users order by created_at, user_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let found_before = |lowered: &str, name: &str| lowered == name.to_lowercase();
+
+    let mut by_username: Vec<&Row> = rows.iter().collect();
+    by_username.sort_by_key(|row| !found_before(&row.username_lower, &row.username));
+    let usernames = name_key::settle(by_username.iter().map(|row| (row.user_id, row.username.as_str())));
+    let mut by_email: Vec<(&Row, &str, &str)> = rows
+        .iter()
+        .filter_map(|row| Some((row, row.email.as_deref()?, row.email_lower.as_deref()?)))
+        .collect();
+    by_email.sort_by_key(|(_, email, lowered)| !found_before(lowered, email));
+    let emails = name_key::settle(by_email.iter().map(|(row, email, _)| (row.user_id, *email)));
+
+    let stored: std::collections::HashMap<Uuid, &Row> = rows.iter().map(|row| (row.user_id, row)).collect();
+    let username_changes: Vec<(Uuid, Option<String>)> = usernames
+        .keys
+        .into_iter()
+        .filter(|(id, key)| stored[id].username_key.as_deref() != key.as_ref().map(NameKey::as_str))
+        .map(|(id, key)| (id, key.map(NameKey::into_string)))
+        .collect();
+    let mut email_changes: Vec<(Uuid, Option<String>)> = emails
+        .keys
+        .into_iter()
+        .filter(|(id, key)| stored[id].email_key.as_deref() != key.as_ref().map(NameKey::as_str))
+        .map(|(id, key)| (id, key.map(NameKey::into_string)))
+        .collect();
+    // An account without an email holds no email key.
+    email_changes.extend(
+        rows.iter()
+            .filter(|row| row.email.is_none() && row.email_key.is_some())
+            .map(|row| (row.user_id, None)),
+    );
+    let changed = (username_changes.len() + email_changes.len()) as u64;
+    set_keys(conn, "username_key", &username_changes).await?;
+    set_keys(conn, "email_key", &email_changes).await?;
+    Ok(AccountKeys { changed, usernames: usernames.collisions, emails: emails.collisions })
+}
+
+/// Writes new keys into one key column: first clears every key that changes, then sets the new
+/// ones, so a key moving from one account to another never meets itself in the unique index.
+async fn set_keys(
+    conn: &mut PgConnection,
+    column: &'static str,
+    changes: &[(Uuid, Option<String>)],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+    let keys: Vec<Option<&str>> = changes.iter().map(|(_, key)| key.as_deref()).collect();
+    sqlx::query(&format!("update users set {column} = null where user_id = any($1)"))
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "update users u set {column} = c.key
+           from unnest($1::uuid[], $2::text[]) as c(user_id, key)
+          where u.user_id = c.user_id and c.key is not null"
+    ))
+    .bind(&ids)
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -1,12 +1,17 @@
 //! Rules for account fields. Each returns a user-safe message for the field's `errors` entry.
 
-/// 3..=150 characters of letters, digits and `.@+-_`.
+use unicode_normalization::UnicodeNormalization;
+
+/// 3..=150 characters of letters, digits and `.@+-_`, counted and checked in the name's composed
+/// form (NFC), so that a letter typed as a base and a combining accent (`E\u{301}mile`) is the
+/// letter it shows, as its precomposed spelling (`Émile`) is.
 pub fn validate_username(raw: &str) -> Result<(), String> {
-    let len = raw.chars().count();
+    let composed: String = raw.nfc().collect();
+    let len = composed.chars().count();
     if !(3..=150).contains(&len) {
         return Err("must be 3 to 150 characters".to_string());
     }
-    if !raw.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '@' | '+' | '-' | '_')) {
+    if !composed.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '@' | '+' | '-' | '_')) {
         return Err("may contain only letters, digits and . @ + - _".to_string());
     }
     Ok(())
@@ -45,10 +50,11 @@ mod tests {
 
     #[test]
     fn usernames_follow_the_contract() {
-        for good in ["bob", "alice.smith@example", "a+b-c_d", "Émile"] {
+        for good in ["bob", "alice.smith@example", "a+b-c_d", "Émile", "E\u{301}mile", "ΝΙΚΟΣ", "ＡＢＣ"]
+        {
             assert!(validate_username(good).is_ok(), "{good}");
         }
-        for bad in ["ab", "with space", "semi;colon", &"x".repeat(151)] {
+        for bad in ["ab", "with space", "semi;colon", &"x".repeat(151), "e\u{301}\u{301}", "\u{301}abc"] {
             assert!(validate_username(bad).is_err(), "{bad}");
         }
     }

@@ -51,7 +51,7 @@ fn secret(value: &serde_json::Value) -> Result<SecretString, String> {
     request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The account and its first token.", body = Registered),
-        (status = 409, description = "`username-taken` or `email-taken` (case-insensitive).",
+        (status = 409, description = "`username-taken` or `email-taken` (compared whatever the case and Unicode form).",
             body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),

@@ -45,7 +45,7 @@ pub struct Registered {
 pub struct Category {
     /// Id.
     pub id: Uuid,
-    /// Name, unique case-insensitively.
+    /// Name, unique whatever its case and Unicode form.
     pub name: String,
     /// Movies in it that are not retired.
     pub movie_count: i64,
@@ -307,10 +307,10 @@ pub struct Readiness {
 /// `POST /api/v1/auth/register`.
 #[derive(ToSchema)]
 pub struct RegisterRequest {
-    /// 3..=150 of letters, digits and `.@+-_`; unique case-insensitively.
+    /// 3..=150 of letters, digits and `.@+-_`; unique whatever its case and Unicode form.
     #[schema(min_length = 3, max_length = 150, pattern = r"^[A-Za-z0-9.@+\-_]+$")]
     pub username: String,
-    /// Unique case-insensitively.
+    /// Unique whatever its case and Unicode form.
     #[schema(format = "email")]
     pub email: String,
     /// 8..=128 characters.
@@ -347,7 +347,7 @@ pub struct RoleChange {
 /// A category's name.
 #[derive(ToSchema)]
 pub struct CategoryName {
-    /// 1..=100 characters, unique case-insensitively.
+    /// 1..=100 characters, unique whatever its case and Unicode form.
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
@@ -426,7 +426,8 @@ pub enum Availability {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MovieQuery {
-    /// A category's id or name (case-insensitive); an unknown name lists nothing.
+    /// A category's id or name (compared whatever its case and Unicode form); an unknown name
+    /// lists nothing.
     pub category: Option<String>,
     /// Words separated by spaces (at most 10, each ..=100 characters); every word must occur,
     /// case-insensitively, in the title, storyline or director.

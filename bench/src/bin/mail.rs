@@ -115,12 +115,14 @@ async fn main() -> anyhow::Result<()> {
         bail!("{database} already holds {already} emails: use a scratch database");
     }
 
-    // Arrange: one account and one queued welcome email per email.
+    // Arrange: one account and one queued welcome email per email (lower-case ASCII names are
+    // their own keys).
     let queueing = Instant::now();
     sqlx::query(
         "with made as (
-             insert into users (user_id, username, email, password_hash, role)
-             select gen_random_uuid(), 'bench-' || i, 'bench-' || i || '@example.com', '', 'customer'
+             insert into users (user_id, username, username_key, email, email_key, password_hash, role)
+             select gen_random_uuid(), 'bench-' || i, 'bench-' || i,
+                    'bench-' || i || '@example.com', 'bench-' || i || '@example.com', '', 'customer'
                from generate_series(1, $1) i
              returning user_id)
          insert into notification (id, kind, user_id, trigger_id)

@@ -3,11 +3,12 @@
 //! Not read models: they hold only what those checks need.
 
 use chrono::{DateTime, Utc};
+use domain::name_key::{self, Collision, NameKey};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// The unique index that makes category names unique case-insensitively.
-pub const CATEGORY_NAME_CONSTRAINT: &str = "category_lookup_name";
+/// The unique index that makes category names unique by their [`NameKey`].
+pub const CATEGORY_NAME_CONSTRAINT: &str = "category_lookup_name_key";
 
 pub(crate) fn parse_stream_id(aggregate_id: &str) -> Result<Uuid, sqlx::Error> {
     Uuid::parse_str(aggregate_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -19,11 +20,12 @@ pub(crate) async fn upsert_category(
     name: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into category_lookup (category_id, name) values ($1, $2)
-         on conflict (category_id) do update set name = excluded.name",
+        "insert into category_lookup (category_id, name, name_key) values ($1, $2, $3)
+         on conflict (category_id) do update set name = excluded.name, name_key = excluded.name_key",
     )
     .bind(category_id)
     .bind(name)
+    .bind(NameKey::of(name).as_str())
     .execute(conn)
     .await?;
     Ok(())
@@ -157,12 +159,64 @@ pub async fn category_names(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Option<St
         .collect())
 }
 
-/// The id of the category with this name (case-insensitive), when there is one.
+/// The id of the category with this name (by its [`NameKey`]), when there is one.
 pub async fn category_id_by_name(pool: &PgPool, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("select category_id from category_lookup where lower(name) = lower($1)")
-        .bind(name)
+    sqlx::query_scalar("select category_id from category_lookup where name_key = $1")
+        .bind(NameKey::of(name).as_str())
         .fetch_optional(pool)
         .await
+}
+
+/// Whether a category lacks its name's key.
+pub async fn category_keys_missing(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists(select 1 from category_lookup where name_key is null)")
+        .fetch_one(conn)
+        .await
+}
+
+/// What computing the categories' keys again found.
+#[derive(Debug, Default)]
+pub struct CategoryKeys {
+    /// Keys written (a new key, or a key removed).
+    pub changed: u64,
+    /// Categories whose names share a key (id and name of each): the second keeps no key, so it
+    /// is not found by name and takes no name from others until it is renamed.
+    pub collisions: Vec<Collision<(Uuid, String)>>,
+}
+
+/// Computes every category's name key again and stores those that differ; `conn`'s transaction
+/// holds `category_lookup` against writers. Where names share a key, the oldest category (ids
+/// are time-ordered) keeps it.
+pub async fn recompute_category_keys(conn: &mut PgConnection) -> Result<CategoryKeys, sqlx::Error> {
+    let rows: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("select category_id, name, name_key from category_lookup order by category_id")
+            .fetch_all(&mut *conn)
+            .await?;
+    let settled = name_key::settle(rows.iter().map(|(id, name, _)| ((*id, name.clone()), name.as_str())));
+    let changes: Vec<(Uuid, Option<String>)> = settled
+        .keys
+        .into_iter()
+        .zip(&rows)
+        .filter(|((_, key), (_, _, stored))| stored.as_deref() != key.as_ref().map(NameKey::as_str))
+        .map(|(((id, _), key), _)| (id, key.map(NameKey::into_string)))
+        .collect();
+    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+    let keys: Vec<Option<&str>> = changes.iter().map(|(_, key)| key.as_deref()).collect();
+    // Cleared first, then set, so a key moving between categories never meets itself.
+    sqlx::query("update category_lookup set name_key = null where category_id = any($1)")
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "update category_lookup l set name_key = c.key
+           from unnest($1::uuid[], $2::text[]) as c(category_id, key)
+          where l.category_id = c.category_id and c.key is not null",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .execute(&mut *conn)
+    .await?;
+    Ok(CategoryKeys { changed: changes.len() as u64, collisions: settled.collisions })
 }
 
 /// Which of the given titles were ever added as a movie, with the release dates they were added
