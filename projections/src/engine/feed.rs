@@ -224,10 +224,15 @@ pub async fn wait_for_release(pool: &PgPool, position: i64, timeout: Duration) -
 }
 
 /// When no committed event holds `position` yet, a fence: a transaction id newer than every
-/// transaction that can hold it, the first id not yet given out (`xmax` of the current snapshot,
-/// read without assigning one: a reader never consumes transaction ids, however often it asks).
-/// Once every transaction below the fence has ended, an event still missing never will be there.
-/// Where the event exists the fence is not needed (`i64::MAX`).
+/// transaction that can hold it, read without assigning one (a reader never consumes transaction
+/// ids, however often it asks). Once every transaction below the fence has ended, an event still
+/// missing never will be there. Where the event exists the fence is not needed (`i64::MAX`).
+///
+/// A snapshot's `xmax` alone is not such a fence: it is one past the newest *completed*
+/// transaction, so the newest running one (the append holding the position, when nothing later
+/// has finished) can equal it and is then missing from the snapshot's `xmin` too. Every running
+/// transaction holds a lock on its own id, so the fence is also past the newest id in `pg_locks`
+/// (32-bit there: widened with `xmax`'s epoch, either side of a wraparound).
 async fn fence_if_missing(pool: &PgPool, position: i64) -> Result<i64, sqlx::Error> {
     let exists: bool = sqlx::query_scalar("select exists (select 1 from events where position = $1)")
         .bind(position)
@@ -236,7 +241,21 @@ async fn fence_if_missing(pool: &PgPool, position: i64) -> Result<i64, sqlx::Err
     if exists {
         return Ok(i64::MAX);
     }
-    sqlx::query_scalar("select pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetch_one(pool).await
+    sqlx::query_scalar(
+        "with snapshot as (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as xmax),
+              running as (
+                select ((s.xmax >> 32) << 32) + l.transactionid::text::bigint as id, s.xmax
+                  from pg_locks l cross join snapshot s
+                 where l.locktype = 'transactionid')
+         select greatest(
+                  (select xmax from snapshot),
+                  (select max(case when id < xmax - 2147483648 then id + 4294967296
+                                   when id > xmax + 2147483648 then id - 4294967296
+                                   else id end) + 1
+                     from running))",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Asks `reached` with a growing pause (2 ms up to 50 ms) until it answers `Some(true)` or
