@@ -284,7 +284,12 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
             continue;
         };
         if recorder.state == "failing" && flaky.attempts.load(Ordering::SeqCst) >= 3 {
-            assert_eq!(recorder.last_error.as_deref(), Some("decode: the handler is broken"));
+            let error = recorder.last_error.clone().unwrap_or_default();
+            assert!(
+                error.starts_with("event at position ")
+                    && error.ends_with("CategoryCreated): decode: the handler is broken"),
+                "the error names the first event the batch could not get past: {error}"
+            );
             assert_eq!(recorder.position, 0, "nothing was skipped past the failing batch");
             assert_eq!(recorder.lag_events, 2);
             break;
@@ -297,9 +302,12 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
     // Once the handler works again, the same events are applied and the error is cleared.
     flaky.failing.store(false, Ordering::SeqCst);
     loop {
+        // The rows first: the events of the failed batch are applied one a transaction, so a
+        // status read before the last of them would still show one to go.
+        let rows = recorded(&pool).await.len();
         let status = projections::engine::checkpoints(&pool).await.unwrap();
         let recorder = status.iter().find(|s| s.name == "recorder").unwrap().clone();
-        if recorded(&pool).await.len() == 2 && recorder.last_error.is_none() {
+        if rows == 2 && recorder.last_error.is_none() {
             assert_eq!(recorder.state, "running");
             break;
         }
@@ -339,4 +347,102 @@ async fn a_position_whose_append_rolled_back_is_released_once_the_transactions_b
     // A position never given out is not one.
     assert!(!projections::engine::position_given_out(&pool, held + 1).await.unwrap());
     assert!(projections::engine::position_given_out(&pool, held).await.unwrap());
+}
+
+/// Records events like [`Recorder`], except one position, where the database refuses a statement
+/// (as a read model's cast of a value it cannot hold would).
+struct Poisoned {
+    bad: std::sync::atomic::AtomicI64,
+}
+
+impl Projection for Poisoned {
+    fn name(&self) -> &'static str {
+        Recorder.name()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        Recorder.tables()
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [StoredEvent],
+        touched: &'a mut Touched,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let bad = self.bad.load(std::sync::atomic::Ordering::SeqCst);
+            if events.iter().any(|e| e.position == bad) {
+                sqlx::query("select 'not a date'::date").execute(&mut *conn).await?;
+            }
+            Recorder.apply_batch(conn, events, touched).await
+        })
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_event_a_projection_cannot_apply_is_named_those_before_it_are_applied_and_none_after(
+    pool: PgPool,
+) {
+    use std::sync::atomic::Ordering;
+    // Arrange: five events in one transaction (one batch); the third cannot be applied.
+    setup(&pool).await;
+    let mut tx = pool.begin().await.unwrap();
+    let mut positions = Vec::new();
+    for _ in 0..5 {
+        positions.push(append(&mut tx).await);
+    }
+    tx.commit().await.unwrap();
+    let stream: String =
+        sqlx::query_scalar("select 'category/' || aggregate_id from events where position = $1")
+            .bind(positions[2])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let poisoned = Arc::new(Poisoned { bad: positions[2].into() });
+    let config = EngineConfig {
+        batch_size: 100,
+        poll_interval: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+    };
+    let engine = Engine::new(pool.clone(), vec![poisoned.clone()], config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+
+    // Act: wait until the failure is reported, and a while longer (retries go on).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reported = loop {
+        let status = projections::engine::checkpoints(&pool).await.unwrap();
+        if let Some(recorder) = status.iter().find(|s| s.name == "recorder" && s.state == "failing") {
+            break recorder.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the failure was never reported: {status:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen_while_failing: Vec<i64> = recorded(&pool).await.into_iter().map(|(p, _)| p).collect();
+    let still = projections::engine::checkpoints(&pool).await.unwrap();
+    let still = still.iter().find(|s| s.name == "recorder").unwrap().clone();
+    poisoned.bad.store(-1, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while recorded(&pool).await.len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "the projection never got past the event once fixed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = projections::engine::checkpoints(&pool).await.unwrap();
+    let after = after.iter().find(|s| s.name == "recorder").unwrap().clone();
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    // Assert
+    let error = reported.last_error.clone().unwrap_or_default();
+    let named = format!("event at position {} ({stream}, CategoryCreated): database: ", positions[2]);
+    assert!(error.starts_with(&named), "the error names the event: {error}");
+    assert!(error.contains("invalid input syntax for type date"), "and says why: {error}");
+    assert_eq!(seen_while_failing, positions[..2].to_vec(), "the two before it applied, none after");
+    assert_eq!(still.position, positions[1], "the checkpoint waits just before the event");
+    assert_eq!(still.state, "failing");
+    assert_eq!(recorded(&pool).await.len(), 5);
+    assert_eq!(after.last_error, None);
+    println!("poisoned event: reported as `{error}`; 2 events before it applied, 0 after; all 5 once fixed");
 }

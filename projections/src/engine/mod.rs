@@ -114,6 +114,18 @@ pub enum ProjectionError {
     /// A rebuild or verify of this read model runs already (in this or another process).
     #[error("a rebuild or verify of {0} is running")]
     RebuildRunning(String),
+    /// This one event could not be applied (the batch was narrowed down to it).
+    #[error("event at position {position} ({stream}, {event_type}): {source}")]
+    AtEvent {
+        /// Its global position.
+        position: i64,
+        /// Its stream, `type/id`.
+        stream: String,
+        /// Its type.
+        event_type: String,
+        /// Why it could not be applied.
+        source: Box<ProjectionError>,
+    },
 }
 
 /// A boxed future, so projections can be held as trait objects.

@@ -110,21 +110,40 @@ impl Engine {
     ) {
         let name = projection.name();
         let mut backoff = Duration::from_millis(100);
+        // After a batch failed, the events it held are applied one a transaction, so that the
+        // one that cannot be applied is named (and those before it are not held back with it).
+        let mut one_by_one = 0i64;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            let pause = match self.run_batch(projection.as_ref()).await {
-                Ok(BatchOutcome::Applied(n)) if n as i64 >= self.config.batch_size => {
+            let limit = if one_by_one > 0 { 1 } else { self.config.batch_size };
+            let pause = match self.run_batch_of(projection.as_ref(), limit).await {
+                Ok(BatchOutcome::Applied(n)) if n as i64 >= limit => {
                     backoff = Duration::from_millis(100);
+                    one_by_one = (one_by_one - n as i64).max(0);
                     continue;
                 }
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
+                    one_by_one = 0;
                     self.config.poll_interval
                 }
+                Err(error) if limit > 1 && !matches!(error, ProjectionError::RebuildRunning(_)) => {
+                    tracing::warn!(projection = name, %error, "projection batch failed; applying its events one by one");
+                    one_by_one = limit;
+                    continue;
+                }
                 Err(error) => {
-                    tracing::error!(projection = name, %error, ?backoff, "projection batch failed; retrying");
+                    match &error {
+                        ProjectionError::AtEvent { position, stream, event_type, source } => tracing::error!(
+                            projection = name, position, stream, event_type, error = %source, ?backoff,
+                            "projection cannot apply an event; retrying it, never skipping it"
+                        ),
+                        _ => {
+                            tracing::error!(projection = name, %error, ?backoff, "projection batch failed; retrying")
+                        }
+                    }
                     record_error(&self.pool, name, &error.to_string()).await;
                     let pause = backoff;
                     backoff = (backoff * 2).min(self.config.max_backoff);
@@ -141,6 +160,16 @@ impl Engine {
 
     /// Applies one batch of one projection (used by the runner and by tests).
     pub async fn run_batch(&self, projection: &dyn Projection) -> Result<BatchOutcome, ProjectionError> {
+        self.run_batch_of(projection, self.config.batch_size).await
+    }
+
+    /// Applies at most `limit` events of one projection in one transaction. A batch of one event
+    /// that fails says which event it was ([`ProjectionError::AtEvent`]).
+    pub async fn run_batch_of(
+        &self,
+        projection: &dyn Projection,
+        limit: i64,
+    ) -> Result<BatchOutcome, ProjectionError> {
         let mut tx = self.pool.begin().await?;
         let locked: bool =
             sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('projection:' || $1))")
@@ -151,15 +180,30 @@ impl Engine {
             return Ok(BatchOutcome::Busy);
         }
         let from = checkpoint(&mut tx, projection.name()).await?;
-        let events = read_batch(&mut tx, from, self.config.batch_size).await?;
+        let events = read_batch(&mut tx, from, limit).await?;
         let Some(last) = events.last() else {
             return Ok(BatchOutcome::Applied(0));
         };
         let to = Checkpoint { xid: last.xid, position: last.position };
         sqlx::query("set local search_path to read, public").execute(&mut *tx).await?;
         let mut touched = Touched::default();
-        projection.apply_batch(&mut tx, &events, &mut touched).await?;
-        save_checkpoint(&mut tx, projection.name(), to).await?;
+        let applied = async {
+            projection.apply_batch(&mut tx, &events, &mut touched).await?;
+            save_checkpoint(&mut tx, projection.name(), to).await?;
+            Ok::<_, ProjectionError>(())
+        }
+        .await;
+        if let (Err(error), [event]) = (&applied, events.as_slice()) {
+            if !matches!(error, ProjectionError::AtEvent { .. }) {
+                return Err(ProjectionError::AtEvent {
+                    position: event.position,
+                    stream: format!("{}/{}", event.aggregate_type, event.aggregate_id),
+                    event_type: event.event_type.clone(),
+                    source: Box::new(applied.unwrap_err()),
+                });
+            }
+        }
+        applied?;
         let listener = self.listener.as_ref().filter(|_| !touched.is_empty());
         if let Some(listener) = listener {
             listener.committing(projection.name(), &touched).await;
