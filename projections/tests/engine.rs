@@ -224,10 +224,23 @@ async fn a_batch_and_its_checkpoint_commit_together_and_a_second_process_waits_i
     assert_eq!(recorded(&pool).await.last().unwrap().0, position);
 }
 
-/// Fails every batch while `failing` is set, then records like [`Recorder`].
+/// Records like [`Recorder`], except while `failing` is set: then every batch fails, or, when
+/// `poison` holds a position, each batch holding that event, where the database refuses a
+/// statement (as a read model's cast of a value it cannot hold would).
 struct Flaky {
     failing: std::sync::atomic::AtomicBool,
+    poison: std::sync::atomic::AtomicI64,
     attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl Flaky {
+    fn failing_every_batch() -> Self {
+        Self { failing: true.into(), poison: 0.into(), attempts: 0.into() }
+    }
+
+    fn failing_at(position: i64) -> Self {
+        Self { failing: true.into(), poison: position.into(), attempts: 0.into() }
+    }
 }
 
 impl Projection for Flaky {
@@ -247,11 +260,35 @@ impl Projection for Flaky {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         use std::sync::atomic::Ordering;
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(ProjectionError::Decode("the handler is broken".into())) });
-        }
-        Recorder.apply_batch(conn, events, touched)
+        let poison = self.poison.load(Ordering::SeqCst);
+        let failing = self.failing.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if failing && poison == 0 {
+                return Err(ProjectionError::Decode("the handler is broken".into()));
+            }
+            if failing && events.iter().any(|e| e.position == poison) {
+                sqlx::query("select 'not a date'::date").execute(&mut *conn).await?;
+            }
+            Recorder.apply_batch(conn, events, touched).await
+        })
     }
+}
+
+/// Runs an engine over `projection` that retries a failed batch within 50 ms; cancel the token
+/// and await the task to stop it.
+fn run_with_quick_retries(
+    pool: &PgPool,
+    projection: Arc<Flaky>,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sqlx::Error>>) {
+    let config = EngineConfig {
+        batch_size: 100,
+        poll_interval: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+    };
+    let engine = Engine::new(pool.clone(), vec![projection], config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    (shutdown, running)
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -259,15 +296,8 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
     use std::sync::atomic::Ordering;
     // Arrange
     setup(&pool).await;
-    let flaky = Arc::new(Flaky { failing: true.into(), attempts: 0.into() });
-    let config = EngineConfig {
-        batch_size: 100,
-        poll_interval: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-    };
-    let engine = Engine::new(pool.clone(), vec![flaky.clone()], config);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+    let flaky = Arc::new(Flaky::failing_every_batch());
+    let (shutdown, running) = run_with_quick_retries(&pool, flaky.clone());
     let mut tx = pool.begin().await.unwrap();
     append(&mut tx).await;
     append(&mut tx).await;
@@ -349,37 +379,6 @@ async fn a_position_whose_append_rolled_back_is_released_once_the_transactions_b
     assert!(projections::engine::position_given_out(&pool, held).await.unwrap());
 }
 
-/// Records events like [`Recorder`], except one position, where the database refuses a statement
-/// (as a read model's cast of a value it cannot hold would).
-struct Poisoned {
-    bad: std::sync::atomic::AtomicI64,
-}
-
-impl Projection for Poisoned {
-    fn name(&self) -> &'static str {
-        Recorder.name()
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        Recorder.tables()
-    }
-
-    fn apply_batch<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
-        touched: &'a mut Touched,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            let bad = self.bad.load(std::sync::atomic::Ordering::SeqCst);
-            if events.iter().any(|e| e.position == bad) {
-                sqlx::query("select 'not a date'::date").execute(&mut *conn).await?;
-            }
-            Recorder.apply_batch(conn, events, touched).await
-        })
-    }
-}
-
 #[sqlx::test(migrations = "../migrations")]
 async fn an_event_a_projection_cannot_apply_is_named_those_before_it_are_applied_and_none_after(
     pool: PgPool,
@@ -399,15 +398,8 @@ async fn an_event_a_projection_cannot_apply_is_named_those_before_it_are_applied
             .fetch_one(&pool)
             .await
             .unwrap();
-    let poisoned = Arc::new(Poisoned { bad: positions[2].into() });
-    let config = EngineConfig {
-        batch_size: 100,
-        poll_interval: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-    };
-    let engine = Engine::new(pool.clone(), vec![poisoned.clone()], config);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(engine.clone().run(shutdown.clone()));
+    let poisoned = Arc::new(Flaky::failing_at(positions[2]));
+    let (shutdown, running) = run_with_quick_retries(&pool, poisoned.clone());
 
     // Act: wait until the failure is reported, and a while longer (retries go on).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -423,7 +415,7 @@ async fn an_event_a_projection_cannot_apply_is_named_those_before_it_are_applied
     let seen_while_failing: Vec<i64> = recorded(&pool).await.into_iter().map(|(p, _)| p).collect();
     let still = projections::engine::checkpoints(&pool).await.unwrap();
     let still = still.iter().find(|s| s.name == "recorder").unwrap().clone();
-    poisoned.bad.store(-1, Ordering::SeqCst);
+    poisoned.failing.store(false, Ordering::SeqCst);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while recorded(&pool).await.len() < 5 {
         assert!(std::time::Instant::now() < deadline, "the projection never got past the event once fixed");
