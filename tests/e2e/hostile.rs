@@ -695,8 +695,8 @@ async fn a_thousand_slow_connections_hold_no_request_slot_and_are_closed_by_the_
     let slowest_read = during.iter().map(|(_, took)| *took).max().unwrap();
     assert!(slowest_read < std::time::Duration::from_secs(2), "a read waited {slowest_read:?}");
     let limit = std::time::Duration::from_secs(15);
-    let (heads, bodies): (Vec<(usize, &SlowOutcome)>, Vec<(usize, &SlowOutcome)>) =
-        outcomes.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    type Numbered<'a> = Vec<(usize, &'a SlowOutcome)>;
+    let (heads, bodies): (Numbered, Numbered) = outcomes.iter().enumerate().partition(|(i, _)| i % 2 == 0);
     let not_closed = |set: &[(usize, &SlowOutcome)]| {
         set.iter().filter(|(_, o)| o.closed_after.is_none_or(|after| after > limit)).count()
     };
