@@ -421,7 +421,7 @@ async fn a_second_call_while_the_first_is_running_gets_409_in_progress_then_the_
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
-async fn sixteen_identical_concurrent_calls_append_one_event_and_answer_only_the_first_answer_or_409(
+async fn sixteen_identical_concurrent_calls_append_one_event_and_answer_one_201_and_fifteen_409(
     pool: PgPool,
 ) {
     // Arrange
@@ -431,29 +431,47 @@ async fn sixteen_identical_concurrent_calls_append_one_event_and_answer_only_the
     let movie = app.movie("Heat", &[drama]).await;
     let path = format!("/api/v1/movies/{movie}/rent");
     let before = event_count(&pool).await;
+    // Appends wait for this lock: whichever call claims the key first stops inside its append
+    // transaction, so it cannot finish while the others arrive, and all 16 are in flight together.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table events in exclusive mode").execute(&mut *lock).await.unwrap();
 
     // Act
-    let calls = (0..16).map(|_| async {
-        let response = keyed(&app, Method::POST, &path, Some(&customer), None, b"burst-1").await;
-        answer(response).await
-    });
-    let answers = futures::future::join_all(calls).await;
-
-    // Assert
-    assert_eq!(event_count(&pool).await, before + 1, "one MovieRented");
-    let created: Vec<_> = answers.iter().filter(|a| a.0 == StatusCode::CREATED).collect();
-    assert!(!created.is_empty(), "at least the first call answered 201");
-    assert!(created.iter().all(|a| a.3 == created[0].3 && a.1 == created[0].1), "one answer, replayed");
-    for (status, _, _, body) in &answers {
-        if *status != StatusCode::CREATED {
-            assert_eq!(*status, StatusCode::CONFLICT, "{body}");
-            assert!(body.contains("/idempotency-in-progress"), "{body}");
-        }
+    let mut calls: futures::stream::FuturesUnordered<_> = (0..16)
+        .map(|_| async {
+            let response = keyed(&app, Method::POST, &path, Some(&customer), None, b"burst-1").await;
+            answer(response).await
+        })
+        .collect();
+    let mut answers = Vec::new();
+    while answers.len() < 15 {
+        let next = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut calls));
+        answers.push(next.await.expect("15 calls answered while the first is held").expect("an answer"));
     }
+    wait_until_an_append_waits(&pool).await;
+    lock.rollback().await.unwrap();
+    answers.push(futures::StreamExt::next(&mut calls).await.expect("the first call's answer"));
+    let replayed = answer(keyed(&app, Method::POST, &path, Some(&customer), None, b"burst-1").await).await;
+
+    // Assert: the 15 answered while the first was held are all 409; the first is the only 201.
+    assert_eq!(event_count(&pool).await, before + 1, "one MovieRented");
+    let (first, held) = answers.split_last().unwrap();
+    for (status, _, _, body) in held {
+        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("/idempotency-in-progress"), "{body}");
+    }
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.3);
+    assert!(!first.2, "the first answer is not a replay");
+    let created = answers.iter().filter(|a| a.0 == StatusCode::CREATED).count();
+    assert_eq!((created, answers.len() - created), (1, 15));
+    // Once it finished, the key replays that answer, byte for byte.
+    assert_eq!((replayed.0, &replayed.1, &replayed.3), (first.0, &first.1, &first.3));
+    assert!(replayed.2, "marked as replayed");
+    assert_eq!(event_count(&pool).await, before + 1, "the replay appended nothing");
     println!(
-        "16 concurrent calls with one key: {} x 201 (the first answer), {} x 409 in progress",
-        created.len(),
-        answers.len() - created.len()
+        "16 concurrent calls with one key, all in flight together: {created} x 201, {} x 409 in progress, \
+         1 event; the 17th call after it finished: the 201 replayed",
+        answers.len() - created
     );
 }
 

@@ -5,9 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use api::accounts::token_cache::{ACKNOWLEDGE_LIMIT, LEASE};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::support::*;
 
@@ -138,18 +140,119 @@ async fn a_lost_listen_connection_or_a_killed_process_neither_serves_revoked_tok
     let [first, second] = apps;
     signal(second.pid(), "KILL");
     let token = first.login("greg", "password-123").await;
+    // Started before PostgreSQL's clock is read, so `waited` spans at least that much of its time.
     let started = Instant::now();
+    let sent_at: f64 = sqlx::query_scalar("select extract(epoch from clock_timestamp())::float8")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let logout = first.post("/api/v1/auth/logout", Some(&token), None).await;
     let waited = started.elapsed();
+    // The killed member's lease is the last one to have run out (the live member renews its own).
+    let lease_end: f64 = sqlx::query_scalar(
+        "select extract(epoch from max(lease_until))::float8 from token_cache_members
+          where lease_until <= clock_timestamp()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let lease_left = Duration::from_secs_f64((lease_end - sent_at).max(0.0));
 
     // Assert
     println!(
         "revocation faults: {} membership connection(s) dropped; {rounds} logouts around the rejoin, \
-         {served_after_logout} served after the logout answered; logout beside a killed member answered in {waited:?}",
+         {served_after_logout} served after the logout answered; logout beside a killed member answered \
+         in {waited:?}, its lease had {lease_left:?} left when the logout was sent",
         dropped.len()
     );
     assert!(!dropped.is_empty(), "no membership connection was found to drop");
     assert_eq!(served_after_logout, 0);
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    // It waited for the killed member until its lease ran out, not longer (ADR 18: at most LEASE).
+    let slack = Duration::from_millis(500);
+    assert!(
+        waited + Duration::from_millis(5) >= lease_left,
+        "answered before the killed member's lease ran out: {waited:?} < {lease_left:?}"
+    );
+    assert!(waited <= lease_left + slack, "waited {waited:?} past the lease's end ({lease_left:?})");
+    assert!(waited <= LEASE + slack, "waited {waited:?}, more than a lease ({LEASE:?})");
     assert_problem(first.get("/api/v1/me", Some(&token)).await, 401, "unauthorized").await;
+}
+
+/// The cache membership of the process that joined last: its id.
+async fn newest_member(pool: &PgPool, known: &[Uuid]) -> Uuid {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let members: Vec<Uuid> =
+            sqlx::query_scalar("select member_id from token_cache_members").fetch_all(pool).await.unwrap();
+        let new: Vec<Uuid> = members.into_iter().filter(|m| !known.contains(m)).collect();
+        if let [member] = new[..] {
+            return member;
+        }
+        assert!(new.len() < 2, "more than one new member: {new:?}");
+        assert!(Instant::now() < deadline, "the process never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_member_that_never_acknowledges_holds_a_logout_back_for_5_s_at_most_and_serves_nothing_revoked(
+    pool: PgPool,
+) {
+    // Arrange: two processes; the second caches a token, then stops (SIGSTOP) while its lease is
+    // kept alive for it, as by a member that renews its lease but never acknowledges (a defect the
+    // revoking side must survive: ACKNOWLEDGE_LIMIT).
+    let log = scratch_dir("revocation").join("first.log");
+    let first =
+        TestApp::spawn_with_stderr(pool.clone(), Options::default(), std::fs::File::create(&log).unwrap())
+            .await;
+    let (_, greg) = first.customer("greg").await;
+    until_cached(&first, &greg).await;
+    let first_member = newest_member(&pool, &[]).await;
+    let second = TestApp::spawn(pool.clone()).await;
+    let token = first.login("greg", "password-123").await;
+    until_cached(&second, &token).await;
+    let stopped = newest_member(&pool, &[first_member]).await;
+    signal(second.pid(), "STOP");
+    sqlx::query(
+        "update token_cache_members set lease_until = now() + interval '1 hour' where member_id = $1",
+    )
+    .bind(stopped)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Act
+    let started = Instant::now();
+    let logout = first.post("/api/v1/auth/logout", Some(&token), None).await;
+    let waited = started.elapsed();
+    let on_first = first.get("/api/v1/me", Some(&token)).await.status();
+    signal(second.pid(), "CONT");
+    // Its cache lapsed on its own clock while it was stopped; it must not serve the token again.
+    let on_second = second.get("/api/v1/me", Some(&token)).await.status();
+    // Resumed, it acknowledges again: the next logout is not held back.
+    let next = first.login("greg", "password-123").await;
+    let next_started = Instant::now();
+    let next_logout = first.post("/api/v1/auth/logout", Some(&next), None).await;
+    let next_waited = next_started.elapsed();
+
+    // Assert
+    println!(
+        "revocation with a member that does not acknowledge: logout answered {} after {waited:?} \
+         (the limit is {ACKNOWLEDGE_LIMIT:?}); the token then {on_first} on the revoking process and {on_second} \
+         on the resumed one; the next logout answered in {next_waited:?}",
+        logout.status()
+    );
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT, "the logout still succeeds");
+    assert!(waited >= ACKNOWLEDGE_LIMIT, "gave up before the limit: {waited:?}");
+    assert!(waited < ACKNOWLEDGE_LIMIT + Duration::from_secs(1), "held back past the limit: {waited:?}");
+    assert_eq!(on_first, StatusCode::UNAUTHORIZED);
+    assert_eq!(on_second, StatusCode::UNAUTHORIZED, "the resumed process served a revoked token");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("did not acknowledge a revocation in time"),
+        "the give-up is logged as an error: {logged}"
+    );
+    assert_eq!(next_logout.status(), StatusCode::NO_CONTENT);
+    assert!(next_waited < Duration::from_secs(1), "the resumed member acknowledges again: {next_waited:?}");
 }
