@@ -74,6 +74,18 @@ pub struct Settled<I> {
     pub collisions: Vec<Collision<I>>,
 }
 
+impl<I: Clone> Settled<I> {
+    /// The rows whose settled key is not the key they hold now (`current` tells that), each with
+    /// the key to store (`None`: remove the one it holds).
+    pub fn changes<'a>(&self, current: impl Fn(&I) -> Option<&'a str>) -> Vec<(I, Option<String>)> {
+        self.keys
+            .iter()
+            .filter(|(id, key)| current(id) != key.as_ref().map(NameKey::as_str))
+            .map(|(id, key)| (id.clone(), key.as_ref().map(|k| k.as_str().to_string())))
+            .collect()
+    }
+}
+
 /// Computes the keys of stored names given in order of precedence: the first row with a key keeps
 /// it, and every later row with that key is left without one and reported. Nothing is dropped: a
 /// row left out is still in `keys`, with `None`.

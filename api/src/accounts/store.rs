@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::name_key::{self, Collision, NameKey};
+use projections::store::lookup::store_name_keys;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -549,18 +550,8 @@ pub async fn recompute_name_keys(conn: &mut PgConnection) -> Result<AccountKeys,
     let emails = name_key::settle(by_email.iter().map(|(row, email, _)| (row.user_id, *email)));
 
     let stored: std::collections::HashMap<Uuid, &Row> = rows.iter().map(|row| (row.user_id, row)).collect();
-    let username_changes: Vec<(Uuid, Option<String>)> = usernames
-        .keys
-        .into_iter()
-        .filter(|(id, key)| stored[id].username_key.as_deref() != key.as_ref().map(NameKey::as_str))
-        .map(|(id, key)| (id, key.map(NameKey::into_string)))
-        .collect();
-    let mut email_changes: Vec<(Uuid, Option<String>)> = emails
-        .keys
-        .into_iter()
-        .filter(|(id, key)| stored[id].email_key.as_deref() != key.as_ref().map(NameKey::as_str))
-        .map(|(id, key)| (id, key.map(NameKey::into_string)))
-        .collect();
+    let username_changes = usernames.changes(|id| stored[id].username_key.as_deref());
+    let mut email_changes = emails.changes(|id| stored[id].email_key.as_deref());
     // An account without an email holds no email key.
     email_changes.extend(
         rows.iter()
@@ -568,32 +559,7 @@ pub async fn recompute_name_keys(conn: &mut PgConnection) -> Result<AccountKeys,
             .map(|row| (row.user_id, None)),
     );
     let changed = (username_changes.len() + email_changes.len()) as u64;
-    set_keys(conn, "username_key", &username_changes).await?;
-    set_keys(conn, "email_key", &email_changes).await?;
+    store_name_keys(conn, "users", "user_id", "username_key", &username_changes).await?;
+    store_name_keys(conn, "users", "user_id", "email_key", &email_changes).await?;
     Ok(AccountKeys { changed, usernames: usernames.collisions, emails: emails.collisions })
-}
-
-/// Writes new keys into one key column: first clears every key that changes, then sets the new
-/// ones, so a key moving from one account to another never meets itself in the unique index.
-async fn set_keys(
-    conn: &mut PgConnection,
-    column: &'static str,
-    changes: &[(Uuid, Option<String>)],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
-    let keys: Vec<Option<&str>> = changes.iter().map(|(_, key)| key.as_deref()).collect();
-    sqlx::query(&format!("update users set {column} = null where user_id = any($1)"))
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(&format!(
-        "update users u set {column} = c.key
-           from unnest($1::uuid[], $2::text[]) as c(user_id, key)
-          where u.user_id = c.user_id and c.key is not null"
-    ))
-    .bind(&ids)
-    .bind(&keys)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }

@@ -193,30 +193,40 @@ pub async fn recompute_category_keys(conn: &mut PgConnection) -> Result<Category
             .fetch_all(&mut *conn)
             .await?;
     let settled = name_key::settle(rows.iter().map(|(id, name, _)| ((*id, name.clone()), name.as_str())));
-    let changes: Vec<(Uuid, Option<String>)> = settled
-        .keys
-        .into_iter()
-        .zip(&rows)
-        .filter(|((_, key), (_, _, stored))| stored.as_deref() != key.as_ref().map(NameKey::as_str))
-        .map(|(((id, _), key), _)| (id, key.map(NameKey::into_string)))
-        .collect();
+    let stored: std::collections::HashMap<Uuid, Option<&str>> =
+        rows.iter().map(|(id, _, key)| (*id, key.as_deref())).collect();
+    let changes: Vec<(Uuid, Option<String>)> =
+        settled.changes(|(id, _)| stored[id]).into_iter().map(|((id, _), key)| (id, key)).collect();
+    store_name_keys(conn, "category_lookup", "category_id", "name_key", &changes).await?;
+    Ok(CategoryKeys { changed: changes.len() as u64, collisions: settled.collisions })
+}
+
+/// Writes name keys that changed into `table.key_column`, by `id_column` (`None` removes a key):
+/// every changing key is cleared first, then the new ones set, so a key moving from one row to
+/// another never meets itself in the unique index.
+pub async fn store_name_keys(
+    conn: &mut PgConnection,
+    table: &'static str,
+    id_column: &'static str,
+    key_column: &'static str,
+    changes: &[(Uuid, Option<String>)],
+) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
     let keys: Vec<Option<&str>> = changes.iter().map(|(_, key)| key.as_deref()).collect();
-    // Cleared first, then set, so a key moving between categories never meets itself.
-    sqlx::query("update category_lookup set name_key = null where category_id = any($1)")
+    sqlx::query(&format!("update {table} set {key_column} = null where {id_column} = any($1)"))
         .bind(&ids)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "update category_lookup l set name_key = c.key
-           from unnest($1::uuid[], $2::text[]) as c(category_id, key)
-          where l.category_id = c.category_id and c.key is not null",
-    )
+    sqlx::query(&format!(
+        "update {table} t set {key_column} = c.key
+           from unnest($1::uuid[], $2::text[]) as c(id, key)
+          where t.{id_column} = c.id and c.key is not null"
+    ))
     .bind(&ids)
     .bind(&keys)
     .execute(&mut *conn)
     .await?;
-    Ok(CategoryKeys { changed: changes.len() as u64, collisions: settled.collisions })
+    Ok(())
 }
 
 /// Which of the given titles were ever added as a movie, with the release dates they were added
