@@ -60,9 +60,8 @@ impl App {
             .await
             .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
         let public_url = config.mail.public_url_or(listener.local_addr()?);
-        use secrecy::ExposeSecret;
-        let secret = config.secret.as_ref().map(|s| s.expose_secret().to_string());
-        let secrets = crate::secret::Secrets::resolve(secret.as_deref(), &config.data_dir)?;
+        let secret = config.secret.as_ref().map(secrecy::ExposeSecret::expose_secret);
+        let secrets = crate::secret::Secrets::resolve(secret, &config.data_dir)?;
         let state = state(config, pool, accounts, secrets);
         let sender = sender(&state.config, &state.db, public_url, state.price_plan.clone())?;
         Ok(Self { listener, state, sender })

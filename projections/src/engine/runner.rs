@@ -193,17 +193,17 @@ impl Engine {
             Ok::<_, ProjectionError>(())
         }
         .await;
-        if let (Err(error), [event]) = (&applied, events.as_slice()) {
-            if !matches!(error, ProjectionError::AtEvent { .. }) {
-                return Err(ProjectionError::AtEvent {
+        if let Err(error) = applied {
+            return Err(match events.as_slice() {
+                [event] if !matches!(error, ProjectionError::AtEvent { .. }) => ProjectionError::AtEvent {
                     position: event.position,
                     stream: format!("{}/{}", event.aggregate_type, event.aggregate_id),
                     event_type: event.event_type.clone(),
-                    source: Box::new(applied.unwrap_err()),
-                });
-            }
+                    source: Box::new(error),
+                },
+                _ => error,
+            });
         }
-        applied?;
         let listener = self.listener.as_ref().filter(|_| !touched.is_empty());
         if let Some(listener) = listener {
             listener.committing(projection.name(), &touched).await;
