@@ -125,7 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn engine(config: &Config) -> anyhow::Result<(sqlx::PgPool, Engine)> {
     let pool = crate::db::connect(&config.database).await?;
     crate::db::migrate(&pool).await?;
-    let store = projections::store::EventStore::new(pool.clone());
+    let store = eventstore::EventStore::new(pool.clone());
     let engine = crate::startup::engine(&pool, &store, &domain::price::PricePlan::default(), config.loan);
     Ok((pool, engine))
 }
@@ -145,7 +145,7 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!("worker running the projectors, the due-date scheduler, the notification sender and the periodic jobs");
     println!("worker running");
-    let store = projections::store::EventStore::new(pool.clone());
+    let store = eventstore::EventStore::new(pool.clone());
     let scheduler = projections::deadlines::Scheduler::new(pool.clone(), store);
     let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
     let jobs = crate::jobs::jobs(config.auth.login_window);
@@ -222,7 +222,7 @@ impl crate::seed::SeedProgress for Bar {
 async fn seed(config: Config, movies: u64) -> anyhow::Result<()> {
     let pool = crate::db::connect(&config.database).await?;
     crate::db::migrate(&pool).await?;
-    let store = projections::store::EventStore::new(pool.clone());
+    let store = eventstore::EventStore::new(pool.clone());
     let bar = Bar::new("seed", "movies");
     let started = std::time::Instant::now();
     let accounts = Accounts::new(pool.clone(), &config.auth);

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use domain::category::CategoryError;
 use domain::movie::MovieError;
 use domain::rental::RentalError;
-use projections::store::lookup::CATEGORY_NAME_CONSTRAINT;
-use projections::store::CommandError;
+use eventstore::lookup::CATEGORY_NAME_CONSTRAINT;
+use eventstore::CommandError;
 
 use crate::error::ApiError;
 

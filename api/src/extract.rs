@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::accounts::{Role, User};
 use crate::error::{ApiError, REQUEST_ID};
 use crate::state::AppState;
-use projections::store::Metadata;
+use eventstore::Metadata;
 
 /// The header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -12,7 +12,7 @@
 //! keyed with the deployment's secret ([`crate::secret`]), which is kept outside the database: a
 //! reader of the table can neither test guesses of a body (which may hold a password) nor open an
 //! answer. The SQL lives in
-//! `projections::store::idempotency`.
+//! `eventstore::idempotency`.
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use projections::store::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
+use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde_json::{json, Value};

@@ -176,7 +176,7 @@ async fn perform(conn: &mut PgConnection, work: Work) -> Result<Done, sqlx::Erro
             Done::Deleted(crate::accounts::purge_old_login_failures(conn, window, BATCH).await?)
         }
         Work::IdempotencyRecords => {
-            Done::Deleted(projections::store::idempotency::purge_expired_on(conn, BATCH).await?)
+            Done::Deleted(eventstore::idempotency::purge_expired_on(conn, BATCH).await?)
         }
         Work::PasswordResetTokens => {
             if !table_exists(conn, "password_resets").await? {

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::accounts::{self, AccountKeys};
-use projections::store::lookup::{self, CategoryKeys};
+use eventstore::lookup::{self, CategoryKeys};
 
 /// What one run found and did.
 #[derive(Debug, Default)]

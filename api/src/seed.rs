@@ -19,7 +19,7 @@ use domain::category::{Category, CategoryCommand};
 use domain::loan::LoanPolicy;
 use domain::movie::{Movie, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, CategoryName, Director, Rating, Storyline, Title};
-use projections::store::{lookup, CommandError, EventStore, Metadata};
+use eventstore::{lookup, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
 

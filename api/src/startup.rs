@@ -8,7 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::Router;
-use projections::store::EventStore;
+use eventstore::EventStore;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

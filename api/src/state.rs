@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use eventstore::EventStore;
 use projections::analytics::AnalyticsReader;
 use projections::catalogue::CatalogueReader;
 use projections::engine::Engine;
 use projections::rentals::RentalsReader;
-use projections::store::EventStore;
 use sqlx::PgPool;
 
 use crate::accounts::Accounts;

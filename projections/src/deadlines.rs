@@ -1,7 +1,7 @@
 //! The due-date scheduler: turns durable timers into commands.
 //!
 //! A rental's `overdue` timer is a row of `deadline`, set in the append transaction of its
-//! `RentalOpened` and cancelled in that of its `RentalClosed` (see [`crate::store::deadline`]).
+//! `RentalOpened` and cancelled in that of its `RentalClosed` (see [`eventstore::deadline`]).
 //! A scheduler runs in every `serve` and `worker` process. Each round it opens a transaction,
 //! claims up to [`SchedulerConfig::batch`] due rows with `for update skip locked` (rows another
 //! process holds are skipped, not waited for), runs `MarkOverdue` for each through the event
@@ -29,7 +29,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Status;
-use crate::store::{deadline, BatchCommand, CommandError, CommandOutcome, EventStore, Metadata};
+use eventstore::{deadline, BatchCommand, CommandError, CommandOutcome, EventStore, Metadata};
 
 /// The scheduler's name in `/api/v1/admin/projections` and in `scheduler_status`.
 pub const NAME: &str = "due-dates";

@@ -1,10 +1,7 @@
-//! The event store's write path and the read side of the movie store.
+//! The read side of the movie store: everything that follows the log after the event store
+//! ([`eventstore`]) has appended to it.
 //!
 //! Map:
-//! - [`store`]: appending events (our write path over cqrs-es aggregates), loading streams
-//!   through postgres-es, snapshots, the synchronous lookup tables, and the command executor
-//!   that retries on conflicts. It lives here, below the API, because the payments process
-//!   manager issues commands too.
 //! - [`engine`]: the projection engine: a gap-free, checkpointed feed of the global log.
 //! - [`catalogue`], [`rentals`], [`analytics`]: read models (handler and reader in one module each).
 //! - [`payments`]: the process manager that opens and closes rentals (assessing charges).
@@ -26,7 +23,6 @@ pub mod notifications;
 pub mod payments;
 pub mod rebuild;
 pub mod rentals;
-pub mod store;
 
 use std::sync::Arc;
 
@@ -35,7 +31,7 @@ use engine::Projection;
 /// Every projection of the product: the read models, the payments process manager (which
 /// prices with `plan` and fixes due times with `loan`) and the notifications projection.
 pub fn all(
-    store: store::EventStore,
+    store: eventstore::EventStore,
     plan: domain::price::PricePlan,
     loan: domain::loan::LoanPolicy,
 ) -> Vec<Arc<dyn Projection>> {

@@ -25,7 +25,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::engine::{BoxFuture, Projection, ProjectionError, Status, StoredEvent, Touched};
-use crate::store::deadline;
+use eventstore::deadline;
 
 /// The projection's name (its checkpoint's key).
 pub const NAME: &str = "notifications";

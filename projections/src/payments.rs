@@ -26,7 +26,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::engine::{BoxFuture, Projection, ProjectionError, StoredEvent, Touched};
-use crate::store::{BatchCommand, CommandOutcome, EventStore, Metadata};
+use eventstore::{BatchCommand, CommandOutcome, EventStore, Metadata};
 
 /// The process manager's name.
 pub const NAME: &str = "payments";

@@ -13,10 +13,10 @@ use domain::movie::MovieEvent;
 use domain::price::PricePlan;
 use domain::rental::RentalEvent;
 use domain::values::{CategoryIds, CategoryName, Rating, Storyline, Title};
+use eventstore::{encode_event, EventStore};
 use projections::analytics::{self, Analytics, AnalyticsReader, Days, RevenueGroup, RevenueRow, TopMovieRow};
 use projections::engine::{read_batch, Checkpoint, Engine, EngineConfig, Projection, Touched};
 use projections::rebuild;
-use projections::store::{encode_event, EventStore};
 use sqlx::PgPool;
 use uuid::Uuid;
 

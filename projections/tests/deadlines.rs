@@ -8,8 +8,8 @@ use chrono::{DateTime, DurationRound, Utc};
 use domain::loan::LoanPolicy;
 use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand};
+use eventstore::{BatchCommand, CommandOutcome, EventStore, Metadata};
 use projections::deadlines::{self, Scheduler, SchedulerConfig};
-use projections::store::{BatchCommand, CommandOutcome, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::name_key::{self, Collision, NameKey};
-use projections::store::lookup::store_name_keys;
+use eventstore::lookup::store_name_keys;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 

@@ -6,7 +6,7 @@ use axum::response::Response;
 use axum::Json;
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
-use projections::store::lookup;
+use eventstore::lookup;
 use utoipa_axum::routes;
 use uuid::Uuid;
 

@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::Json;
 use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, Director, Rating, Storyline, Title};
-use projections::store::{lookup, Committed};
+use eventstore::{lookup, Committed};
 use utoipa_axum::routes;
 use uuid::Uuid;
 

@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::Json;
 use domain::movie::{Movie, MovieCommand};
 use domain::rental::{Rental, RentalCommand, RentalStatus};
-use projections::store::lookup::{self, RentalRef};
+use eventstore::lookup::{self, RentalRef};
 use utoipa_axum::routes;
 use uuid::Uuid;
 

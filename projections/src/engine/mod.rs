@@ -71,7 +71,7 @@ impl StoredEvent {
 
     /// Decodes the payload into the stream's event type.
     pub fn decode<E: cqrs_es::DomainEvent>(&self) -> Result<E, ProjectionError> {
-        crate::store::decode_event(&self.event_type, &self.event_version, &self.payload).map_err(|e| {
+        eventstore::decode_event(&self.event_type, &self.event_version, &self.payload).map_err(|e| {
             ProjectionError::Decode(format!("event at position {} ({}): {e}", self.position, self.event_type))
         })
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::{checkpoint, ensure_checkpoints, read_batch, Checkpoint};
 use super::{Projection, ProjectionError, Touched};
-use crate::store::EVENTS_CHANNEL;
+use eventstore::EVENTS_CHANNEL;
 
 /// Told what a batch changed, around its commit (e.g. to keep a cache from serving stale rows).
 pub trait Listener: Send + Sync + 'static {

@@ -5,11 +5,9 @@ use domain::category::{Category, CategoryCommand};
 use domain::movie::{Movie, MovieChanges, MovieCommand};
 use domain::values::{CategoryName, Title};
 use domain::Actor;
-use projections::store::{lookup, CommandError, EventStore, Metadata};
+use eventstore::{lookup, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-mod common;
 
 fn meta() -> Metadata {
     Metadata {
@@ -26,7 +24,7 @@ async fn new_movie(store: &EventStore) -> (String, Uuid) {
     store
         .execute::<Movie>(
             &id,
-            MovieCommand::AddMovie { details: common::movie_details("Heat", &[category]) },
+            MovieCommand::AddMovie { details: crate::common::movie_details("Heat", &[category]) },
             &meta(),
         )
         .await
@@ -96,7 +94,7 @@ async fn the_snapshot_holds_exactly_the_state_at_its_sequence(pool: PgPool) {
     store.execute::<Movie>(&id, rent, &meta()).await.unwrap();
 
     // Act
-    let snapshot = common::movie_snapshot(&pool, &id).await;
+    let snapshot = crate::common::movie_snapshot(&pool, &id).await;
 
     // Assert
     let replay = store.replay::<Movie>(&id).await.unwrap();

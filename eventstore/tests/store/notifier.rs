@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
-use projections::store::{EventStore, Metadata, EVENTS_CHANNEL};
+use eventstore::{EventStore, Metadata, EVENTS_CHANNEL};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;

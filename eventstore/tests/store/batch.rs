@@ -9,15 +9,13 @@ use domain::movie::{Movie, MovieCommand};
 use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand, RentalError, RentalEvent};
 use domain::Actor;
-use projections::store::{
+use eventstore::{
     encode_event, lookup, BatchCommand, CommandError, CommandOutcome, EventStore, Metadata, EVENTS_CHANNEL,
 };
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-mod common;
 
 /// A rental's facts and the metadata of the commands issued for it.
 struct Case {
@@ -343,7 +341,7 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
     store
         .execute::<Movie>(
             &long,
-            MovieCommand::AddMovie { details: common::movie_details("Long", &[Uuid::now_v7()]) },
+            MovieCommand::AddMovie { details: crate::common::movie_details("Long", &[Uuid::now_v7()]) },
             &meta,
         )
         .await
@@ -351,7 +349,7 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
     store
         .execute::<Movie>(
             &fresh,
-            MovieCommand::AddMovie { details: common::movie_details("Fresh", &[Uuid::now_v7()]) },
+            MovieCommand::AddMovie { details: crate::common::movie_details("Fresh", &[Uuid::now_v7()]) },
             &meta,
         )
         .await
@@ -399,7 +397,7 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
     // A new snapshot at the batch's version, holding what a full replay gives (each event applied
     // once: 20 rentals, the copy back).
     assert_eq!(at_sequence().await, Some(41));
-    let snapshotted = common::movie_snapshot(&pool, &long).await;
+    let snapshotted = crate::common::movie_snapshot(&pool, &long).await;
     let replayed = store.replay::<Movie>(&long).await.unwrap();
     assert_eq!(replayed.version, 41);
     assert_eq!(snapshotted, replayed.state);

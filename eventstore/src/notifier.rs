@@ -23,7 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, PgPool};
 use tokio::sync::watch;
 
-use super::EVENTS_CHANNEL;
+use crate::EVENTS_CHANNEL;
 
 /// The shortest time between two `NOTIFY`s: under load, the commits of each interval share one.
 /// Projectors take a few milliseconds per batch and poll every 200 ms anyway, so waking them

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
-use projections::store::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
-use projections::store::{CommandError, EventStore, Metadata};
+use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
+use eventstore::{CommandError, EventStore, Metadata};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;

@@ -1,4 +1,6 @@
 //! The event store: the one way events get into `events`, and the way aggregates are loaded.
+//! It knows aggregates only through cqrs-es's `Aggregate` trait and the domain's types; the read
+//! side (`projections`) and the API build on it.
 //!
 //! cqrs-es 0.5's own stores cannot give the contract what it needs (see DESIGN.md, "Known
 //! defects"): they return neither the position nor the id of what they appended, apply events

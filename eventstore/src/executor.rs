@@ -17,10 +17,10 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::codec::{decode_event, encode_event};
-use super::idempotency::{self, CLAIM};
-use super::notifier::Notifier;
-use super::stream::{Loaded, StreamKind};
+use crate::codec::{decode_event, encode_event};
+use crate::idempotency::{self, CLAIM};
+use crate::notifier::Notifier;
+use crate::stream::{Loaded, StreamKind};
 
 /// Who and what caused an append; recorded with every event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -1,6 +1,6 @@
 //! Durable timers: rows of `deadline` (stream, kind, due time; one per stream and kind), written
 //! and deleted inside the append transactions of the events that set and cancel them, so a timer
-//! never disagrees with the log. The scheduler that fires them is [`crate::deadlines`].
+//! never disagrees with the log. The scheduler that fires them is `projections::deadlines`.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -9,11 +9,11 @@ use sqlx::PgConnection;
 pub const OVERDUE: &str = "overdue";
 
 /// The kind of a rental's timer that queues its next overdue reminder (set by the notifications
-/// projection, fired by [`crate::notifications::fire_reminders`]).
+/// projection, fired by `projections::notifications::fire_reminders`).
 pub const REMINDER: &str = "reminder";
 
 /// Sets the stream's timer of this kind (a repeated set keeps the first: a due time never moves).
-pub(crate) async fn set(
+pub async fn set(
     conn: &mut PgConnection,
     stream_id: &str,
     kind: &str,
@@ -34,7 +34,7 @@ pub(crate) async fn set(
 /// Cancels the stream's timer of this kind, unless a scheduler is firing it at this very moment
 /// (it holds the row): then the return does not wait for it, and the timer, left behind if its
 /// firing rolls back, finds the rental returned and records nothing when it fires again.
-pub(crate) async fn cancel(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
+pub async fn cancel(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "delete from deadline
           where (stream_id, kind) in (select stream_id, kind from deadline
@@ -49,7 +49,7 @@ pub(crate) async fn cancel(conn: &mut PgConnection, stream_id: &str, kind: &str)
 }
 
 /// Deletes the timer that fired (the scheduler holds its row, in this same transaction).
-pub(crate) async fn fired(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
+pub async fn fired(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
     sqlx::query("delete from deadline where stream_id = $1 and kind = $2")
         .bind(stream_id)
         .bind(kind)

@@ -25,12 +25,12 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::executor::{
+use crate::executor::{
     record_command, write_snapshot, AppendError, CommandError, EventStore, Metadata, RecordedEvent, Rows,
     StoredRow,
 };
-use super::idempotency::{self, CLAIM};
-use super::stream::{Loaded, StreamKind};
+use crate::idempotency::{self, CLAIM};
+use crate::stream::{Loaded, StreamKind};
 
 /// One command of a batch.
 #[derive(Debug, Clone)]

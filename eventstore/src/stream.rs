@@ -9,7 +9,7 @@ use domain::movie::{Movie, MovieCommand, MovieEvent};
 use domain::rental::{Rental, RentalCommand, RentalEvent};
 use sqlx::PgConnection;
 
-use super::{deadline, lookup};
+use crate::{deadline, lookup};
 
 /// An aggregate as stored here.
 pub trait StreamKind: Aggregate<Services = ()> + Clone + 'static
