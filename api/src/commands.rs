@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use domain::category::CategoryError;
 use domain::movie::MovieError;
 use domain::rental::RentalError;
-use eventstore::lookup::CATEGORY_NAME_CONSTRAINT;
+use eventstore::lookup::Constraint;
 use eventstore::CommandError;
 
 use crate::error::ApiError;
@@ -81,11 +81,8 @@ impl<E: DomainRejection> From<CommandError<E>> for ApiError {
         match error {
             CommandError::Rejected(e) => e.into_api_error(),
             CommandError::Conflict => conflict("conflict", "concurrent update; retry the request".into()),
-            CommandError::Unique(constraint) if constraint == CATEGORY_NAME_CONSTRAINT => {
+            CommandError::Unique(Constraint::CategoryName) => {
                 conflict("name-taken", "a category with that name exists".into())
-            }
-            CommandError::Unique(constraint) => {
-                ApiError::Internal(anyhow::anyhow!("unexpected unique violation on {constraint}"))
             }
             CommandError::Database(e) => e.into(),
             CommandError::Corrupt(message) => ApiError::Internal(anyhow::anyhow!(message)),

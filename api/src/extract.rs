@@ -19,7 +19,8 @@ use uuid::Uuid;
 use crate::accounts::{Role, User};
 use crate::error::{ApiError, REQUEST_ID};
 use crate::state::AppState;
-use eventstore::Metadata;
+use eventstore::idempotency::Claim;
+use eventstore::{CommandContext, Metadata};
 
 /// The header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -71,16 +72,22 @@ pub struct AuthUser {
     pub token_hash: Vec<u8>,
     /// The request id, recorded with every event the request causes.
     pub request_id: String,
+    /// The request's claim on its `Idempotency-Key`, when it sent one.
+    pub claim: Option<Claim>,
 }
 
 impl AuthUser {
-    /// The metadata recorded with the events this caller's command appends.
-    pub fn metadata(&self) -> Metadata {
-        Metadata {
-            actor_id: Some(self.user.id),
-            request_id: Some(self.request_id.clone()),
-            correlation_id: Some(self.request_id.clone()),
-            causation_id: None,
+    /// The context of this caller's command: the metadata recorded with its events and the
+    /// request's idempotency claim, which the append marks.
+    pub fn context(&self) -> CommandContext {
+        CommandContext {
+            metadata: Metadata {
+                actor_id: Some(self.user.id),
+                request_id: Some(self.request_id.clone()),
+                correlation_id: Some(self.request_id.clone()),
+                causation_id: None,
+            },
+            claim: self.claim.clone(),
         }
     }
 
@@ -127,7 +134,8 @@ impl FromRequestParts<AppState> for AuthUser {
             actor.set(user.id);
         }
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
-        Ok(Self { user, token_hash, request_id })
+        let claim = parts.extensions.get::<Claim>().cloned();
+        Ok(Self { user, token_hash, request_id, claim })
     }
 }
 

@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
+use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer};
 use rand::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde_json::{json, Value};
@@ -194,10 +194,12 @@ async fn run_claimed(
     claim: Claim,
     seal_key: &LessSafeKey,
     next: Next,
-    request: Request,
+    mut request: Request,
 ) -> Response {
     let mut guard = ClaimGuard { pool: pool.clone(), claim: Some(claim.clone()) };
-    let response = CLAIM.scope(claim.clone(), next.run(request)).await;
+    // The handler's caller carries the claim into its command's context (see `AuthUser`).
+    request.extensions_mut().insert(claim.clone());
+    let response = next.run(request).await;
     let status = response.status();
     // 401 and 403 come before the key: they are not kept and the key stays free.
     let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);

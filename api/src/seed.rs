@@ -19,7 +19,7 @@ use domain::category::{Category, CategoryCommand};
 use domain::loan::LoanPolicy;
 use domain::movie::{Movie, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, CategoryName, Director, Rating, Storyline, Title};
-use eventstore::{lookup, CommandError, EventStore, Metadata};
+use eventstore::{lookup, CommandContext, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -207,10 +207,10 @@ async fn seed_locked(
     progress: &dyn SeedProgress,
 ) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
-    let metadata = seed_metadata();
+    let context = seed_context();
     let mut category_ids = BTreeMap::new();
     for name in CATEGORIES {
-        let (id, created) = ensure_category(pool, store, name, &metadata).await?;
+        let (id, created) = ensure_category(pool, store, name, &context).await?;
         if created {
             report.categories_created += 1;
         } else {
@@ -251,8 +251,8 @@ async fn seed_locked(
     let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..PARALLEL_COMMANDS {
-        let (jobs, store, metadata, categories, done) =
-            (jobs.clone(), store.clone(), metadata.clone(), all_categories.clone(), done.clone());
+        let (jobs, store, context, categories, done) =
+            (jobs.clone(), store.clone(), context.clone(), all_categories.clone(), done.clone());
         workers.spawn(async move {
             loop {
                 let job = jobs.lock().expect("job queue").next();
@@ -266,7 +266,7 @@ async fn seed_locked(
                     .execute::<Movie>(
                         &Uuid::now_v7().to_string(),
                         MovieCommand::AddMovie { details },
-                        &metadata,
+                        &context,
                     )
                     .await
                     .with_context(|| format!("adding {title}"))?;
@@ -331,7 +331,7 @@ async fn seed_rentals(
     let movies: BTreeMap<String, Uuid> = lookup::movie_ids_titled(pool, &titles).await?.into_iter().collect();
     let ids: Vec<Uuid> = movies.values().copied().collect();
     let rented: HashSet<Uuid> = lookup::movies_rented_by(pool, customer, &ids).await?.into_iter().collect();
-    let metadata = seed_metadata();
+    let context = seed_context();
     let now = crate::validate::now();
     let loan_length = chrono::Duration::days(i64::from(loan.length_days()));
     for (title, due_in_hours) in DEMO_RENTALS {
@@ -343,7 +343,7 @@ async fn seed_rentals(
         let rented_at = now - loan_length + chrono::Duration::hours(*due_in_hours);
         let command =
             MovieCommand::RentMovie { rental_id: Uuid::now_v7(), customer_id: customer, rented_at, now };
-        match store.execute::<Movie>(&movie.to_string(), command, &metadata).await {
+        match store.execute::<Movie>(&movie.to_string(), command, &context).await {
             Ok(_) => report.rentals_added += 1,
             Err(CommandError::Rejected(refusal)) => {
                 tracing::info!(%title, %refusal, "demo rental skipped");
@@ -357,14 +357,15 @@ async fn seed_rentals(
     Ok(())
 }
 
-fn seed_metadata() -> Metadata {
+/// The seed's commands are the system's own, under one request id per run.
+fn seed_context() -> CommandContext {
     let request = format!("seed-{}", Uuid::now_v7());
-    Metadata {
+    CommandContext::from(Metadata {
         actor_id: None,
         request_id: Some(request.clone()),
         correlation_id: Some(request),
         causation_id: None,
-    }
+    })
 }
 
 /// The category's id, creating it when no category has this name; `true` when created here.
@@ -372,7 +373,7 @@ async fn ensure_category(
     pool: &PgPool,
     store: &EventStore,
     name: &str,
-    metadata: &Metadata,
+    context: &CommandContext,
 ) -> anyhow::Result<(Uuid, bool)> {
     if let Some(id) = lookup::category_id_by_name(pool, name).await? {
         return Ok((id, false));
@@ -380,7 +381,7 @@ async fn ensure_category(
     let id = Uuid::now_v7();
     let parsed = CategoryName::parse(name).map_err(|e| anyhow::anyhow!("category {name:?}: {e}"))?;
     let command = CategoryCommand::CreateCategory { name: parsed };
-    match store.execute::<Category>(&id.to_string(), command, metadata).await {
+    match store.execute::<Category>(&id.to_string(), command, context).await {
         Ok(_) => Ok((id, true)),
         // Created by someone else meanwhile (an admin, not another seed: seeds hold a lock).
         Err(CommandError::Unique(_)) => match lookup::category_id_by_name(pool, name).await? {

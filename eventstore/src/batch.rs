@@ -29,7 +29,6 @@ use crate::executor::{
     record_command, write_snapshot, AppendError, CommandError, EventStore, Metadata, RecordedEvent, Rows,
     StoredRow,
 };
-use crate::idempotency::{self, CLAIM};
 use crate::stream::{Loaded, StreamKind};
 
 /// One command of a batch.
@@ -296,7 +295,7 @@ impl EventStore {
     }
 
     /// The batch's one transaction: every event, then each changed stream's lookup rows and
-    /// snapshot, and the request's idempotency claim when there is one.
+    /// snapshot. A batch is the process managers' path: its commands belong to no idempotent request.
     async fn append_batch<A>(
         &self,
         rows: &Rows,
@@ -308,12 +307,6 @@ impl EventStore {
     {
         let mut tx = self.pool.begin().await?;
         let recorded = write_batch(&mut tx, rows, streams).await?;
-        if let Ok(claim) = CLAIM.try_with(Clone::clone) {
-            let last = recorded.iter().map(|e| e.position).max().unwrap_or(0);
-            if !idempotency::mark_appended(&mut tx, &claim, last).await? {
-                return Err(AppendError::ClaimLost);
-            }
-        }
         tx.commit().await?;
         Ok(recorded)
     }
@@ -334,7 +327,7 @@ impl EventStore {
                 outcomes.push(outcome);
                 continue;
             }
-            match self.execute::<A>(&aggregate_id, command, &metadata).await {
+            match self.execute::<A>(&aggregate_id, command, &metadata.into()).await {
                 Ok(committed) => outcomes.push(CommandOutcome::Appended(committed.events)),
                 Err(error) => {
                     failed.insert(aggregate_id);

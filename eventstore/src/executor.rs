@@ -18,7 +18,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::codec::{decode_event, encode_event};
-use crate::idempotency::{self, CLAIM};
+use crate::idempotency::{self, Claim};
+use crate::lookup::Constraint;
 use crate::notifier::Notifier;
 use crate::stream::{Loaded, StreamKind};
 
@@ -33,6 +34,24 @@ pub struct Metadata {
     pub correlation_id: Option<String>,
     /// The `event_id` of the event a process manager reacted to.
     pub causation_id: Option<Uuid>,
+}
+
+/// What a command carries besides itself: who and what caused it, and the idempotency claim of
+/// the request it belongs to, if any (marked in the append transaction, so a key whose command
+/// appended is never run again).
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    /// Recorded with every event the command appends.
+    pub metadata: Metadata,
+    /// The request's claim on its `Idempotency-Key`.
+    pub claim: Option<Claim>,
+}
+
+impl From<Metadata> for CommandContext {
+    /// A command that belongs to no idempotent request.
+    fn from(metadata: Metadata) -> Self {
+        Self { metadata, claim: None }
+    }
 }
 
 /// One appended event.
@@ -72,8 +91,8 @@ pub enum CommandError<E: std::error::Error> {
     #[error("concurrent update of the same stream, retries exhausted")]
     Conflict,
     /// A lookup's unique rule refused the append (e.g. a category name already taken).
-    #[error("unique rule {0} violated")]
-    Unique(String),
+    #[error("unique rule {0:?} violated")]
+    Unique(Constraint),
     /// The database failed.
     #[error("event store: {0}")]
     Database(#[from] sqlx::Error),
@@ -221,7 +240,7 @@ impl EventStore {
         &self,
         aggregate_id: &str,
         command: A::Command,
-        metadata: &Metadata,
+        context: &CommandContext,
     ) -> Result<Committed<A>, CommandError<A::Error>>
     where
         A: StreamKind,
@@ -229,7 +248,7 @@ impl EventStore {
     {
         let name = A::command_name(&command);
         let started = Instant::now();
-        let result = self.run::<A>(aggregate_id, command, metadata, name).await;
+        let result = self.run::<A>(aggregate_id, command, context, name).await;
         let outcome = match &result {
             Ok(committed) if committed.events.is_empty() => "unchanged",
             Ok(_) => "committed",
@@ -243,7 +262,7 @@ impl EventStore {
         &self,
         aggregate_id: &str,
         command: A::Command,
-        metadata: &Metadata,
+        context: &CommandContext,
         name: &'static str,
     ) -> Result<Committed<A>, CommandError<A::Error>>
     where
@@ -258,7 +277,7 @@ impl EventStore {
                 backoff *= 2;
                 tracing::debug!(attempt, "retrying after a concurrent append");
             }
-            match self.attempt::<A>(aggregate_id, command.clone(), metadata).await? {
+            match self.attempt::<A>(aggregate_id, command.clone(), context).await? {
                 Attempt::Done(committed) => return Ok(committed),
                 Attempt::Conflict => {
                     metrics::counter!("command_conflicts_total", "aggregate" => A::TYPE, "command" => name)
@@ -274,7 +293,7 @@ impl EventStore {
         &self,
         aggregate_id: &str,
         command: A::Command,
-        metadata: &Metadata,
+        context: &CommandContext,
     ) -> Result<Attempt<A>, CommandError<A::Error>>
     where
         A: StreamKind,
@@ -290,7 +309,7 @@ impl EventStore {
             let position = self.stream_position(A::TYPE, aggregate_id).await?;
             return Ok(Attempt::Done(Committed { state, version, events: vec![], position }));
         }
-        match self.append::<A>(aggregate_id, version, &events, &state, metadata).await {
+        match self.append::<A>(aggregate_id, version, &events, &state, context).await {
             Ok(recorded) => {
                 let position = recorded.last().map_or(0, |e| e.position);
                 self.notifier.committed(position);
@@ -311,13 +330,13 @@ impl EventStore {
         version: i64,
         events: &[A::Event],
         state: &A,
-        metadata: &Metadata,
+        context: &CommandContext,
     ) -> Result<Vec<RecordedEvent>, AppendError>
     where
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
-        let metadata = serde_json::to_value(metadata).map_err(AppendError::Encode)?;
+        let metadata = serde_json::to_value(&context.metadata).map_err(AppendError::Encode)?;
         let mut rows = Rows::default();
         for (i, event) in events.iter().enumerate() {
             rows.push(aggregate_id, version + 1 + i as i64, event, &metadata).map_err(AppendError::Encode)?;
@@ -331,9 +350,9 @@ impl EventStore {
         write_snapshot(&mut tx, aggregate_id, version, new_version, state).await?;
         // The idempotency record commits with the events, so a key whose command appended is never
         // run again, whatever happens to the process after this commit.
-        if let Ok(claim) = CLAIM.try_with(Clone::clone) {
+        if let Some(claim) = &context.claim {
             let last = recorded.last().map_or(0, |e| e.position);
-            if !idempotency::mark_appended(&mut tx, &claim, last).await? {
+            if !idempotency::mark_appended(&mut tx, claim, last).await? {
                 return Err(AppendError::ClaimLost);
             }
         }
@@ -533,7 +552,7 @@ where
 pub(super) enum AppendError {
     Conflict,
     ClaimLost,
-    Unique(String),
+    Unique(Constraint),
     Database(sqlx::Error),
     Encode(serde_json::Error),
 }
@@ -542,11 +561,15 @@ impl From<sqlx::Error> for AppendError {
     fn from(error: sqlx::Error) -> Self {
         if let Some(db) = error.as_database_error() {
             if db.is_unique_violation() {
-                return match db.constraint() {
-                    Some("events_pkey") => AppendError::Conflict,
-                    Some(other) => AppendError::Unique(other.to_string()),
-                    None => AppendError::Database(error),
-                };
+                match db.constraint() {
+                    Some("events_pkey") => return AppendError::Conflict,
+                    Some(index) => {
+                        if let Some(constraint) = Constraint::of_index(index) {
+                            return AppendError::Unique(constraint);
+                        }
+                    }
+                    None => {}
+                }
             }
         }
         AppendError::Database(error)

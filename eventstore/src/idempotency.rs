@@ -13,13 +13,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-tokio::task_local! {
-    /// The claim of the request being served, when it carries an `Idempotency-Key`. The command
-    /// executor marks it in the append transaction.
-    pub static CLAIM: Claim;
-}
-
-/// A key held by one request.
+/// A key held by one request. A command of that request carries it in its
+/// [`CommandContext`](crate::CommandContext), and the executor marks it in the append transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The caller: an account id, or `anonymous`.

@@ -27,7 +27,9 @@ mod stream;
 
 pub use batch::{BatchCommand, CommandOutcome};
 pub use codec::{decode_event, encode_event, upcast, EncodedEvent};
-pub use executor::{CommandError, Committed, EventStore, Metadata, RecordedEvent, RetryPolicy};
+pub use executor::{
+    CommandContext, CommandError, Committed, EventStore, Metadata, RecordedEvent, RetryPolicy,
+};
 pub use stream::{Loaded, StreamKind};
 
 /// The channel projectors listen on. After appends commit, the store's notifier sends the last

@@ -7,8 +7,22 @@ use domain::name_key::{self, Collision, NameKey};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// The unique index that makes category names unique by their [`NameKey`].
-pub const CATEGORY_NAME_CONSTRAINT: &str = "category_lookup_name_key";
+/// A unique rule of the lookup tables that a command's append can break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Constraint {
+    /// Category names are unique by their [`NameKey`].
+    CategoryName,
+}
+
+impl Constraint {
+    /// The rule a unique index of the schema enforces, by the index's name.
+    pub(crate) fn of_index(name: &str) -> Option<Self> {
+        match name {
+            "category_lookup_name_key" => Some(Self::CategoryName),
+            _ => None,
+        }
+    }
+}
 
 pub(crate) fn parse_stream_id(aggregate_id: &str) -> Result<Uuid, sqlx::Error> {
     Uuid::parse_str(aggregate_id).map_err(|e| sqlx::Error::Decode(Box::new(e)))

@@ -199,7 +199,7 @@ async fn a_return_before_the_due_time_cancels_the_timer_and_nothing_fires(pool: 
     let close = RentalCommand::CloseRental { returned_at: days_ago(1), plan: PricePlan::default() };
 
     // Act
-    let closed = store.execute::<Rental>(&ids[0].to_string(), close, &opening("return")).await.unwrap();
+    let closed = store.execute::<Rental>(&ids[0].to_string(), close, &opening("return").into()).await.unwrap();
 
     // Assert: the close's own transaction deleted that timer; the other one is still set, and
     // neither is due, so a round fires nothing.
@@ -218,7 +218,7 @@ async fn a_late_timer_for_a_returned_rental_records_nothing_and_is_deleted(pool:
     let store = EventStore::new(pool.clone());
     let ids = open_rentals(&store, 1, 9).await;
     let close = RentalCommand::CloseRental { returned_at: days_ago(0), plan: PricePlan::default() };
-    store.execute::<Rental>(&ids[0].to_string(), close, &opening("return")).await.unwrap();
+    store.execute::<Rental>(&ids[0].to_string(), close, &opening("return").into()).await.unwrap();
     sqlx::query(
         "insert into deadline (stream_id, kind, due_at, created_at) values ($1, 'overdue', $2, now() - interval '1 day')",
     )

@@ -124,7 +124,7 @@ impl World {
         let id = Uuid::now_v7();
         let name = CategoryName::parse(name).unwrap();
         self.store
-            .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &self.meta())
+            .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &self.meta().into())
             .await
             .unwrap();
         id
@@ -134,7 +134,7 @@ impl World {
         let name = CategoryName::parse(name).unwrap();
         let done = self
             .store
-            .execute::<Category>(&id.to_string(), CategoryCommand::RenameCategory { name }, &self.meta())
+            .execute::<Category>(&id.to_string(), CategoryCommand::RenameCategory { name }, &self.meta().into())
             .await
             .unwrap();
         assert_eq!(done.events.len(), 1);
@@ -157,7 +157,7 @@ impl World {
             category_ids: CategoryIds::parse(categories.to_vec()).unwrap(),
         };
         self.store
-            .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &self.meta())
+            .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &self.meta().into())
             .await
             .unwrap();
         id
@@ -166,7 +166,7 @@ impl World {
     async fn update_movie(&self, id: Uuid, changes: MovieChanges) -> i64 {
         let done = self
             .store
-            .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &self.meta())
+            .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &self.meta().into())
             .await
             .unwrap();
         assert_eq!(done.events.len(), 1, "the update changed something");
@@ -174,7 +174,7 @@ impl World {
     }
 
     async fn retire(&self, id: Uuid) {
-        self.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &self.meta()).await.unwrap();
+        self.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &self.meta().into()).await.unwrap();
     }
 
     /// Rents the copy; returns the rental id and the stream version after the rent.
@@ -188,7 +188,7 @@ impl World {
         let rental_id = Uuid::now_v7();
         let command =
             MovieCommand::RentMovie { rental_id, customer_id: customer, rented_at, now: Utc::now() };
-        let done = self.store.execute::<Movie>(&movie.to_string(), command, metadata).await.unwrap();
+        let done = self.store.execute::<Movie>(&movie.to_string(), command, &metadata.clone().into()).await.unwrap();
         (rental_id, done.version)
     }
 
@@ -207,7 +207,7 @@ impl World {
     ) -> i64 {
         let by = Actor::customer(customer);
         let command = MovieCommand::ReturnMovie { rental_id, by, returned_at, now: Utc::now() };
-        self.store.execute::<Movie>(&movie.to_string(), command, metadata).await.unwrap().version
+        self.store.execute::<Movie>(&movie.to_string(), command, &metadata.clone().into()).await.unwrap().version
     }
 
     async fn give_back(
@@ -229,7 +229,7 @@ impl World {
         let command =
             RentalCommand::PayRental { amount_cents, by: Actor::customer(customer), paid_at: days_ago(0) };
         self.store
-            .execute::<Rental>(&rental_id.to_string(), command, &meta(customer, "req-pay"))
+            .execute::<Rental>(&rental_id.to_string(), command, &meta(customer, "req-pay").into())
             .await
             .map(|_| ())
     }
@@ -899,7 +899,7 @@ async fn a_refused_command_fails_the_batch_and_keeps_the_checkpoint_while_the_ot
         rented_at: days_ago(1),
         loan: Default::default(),
     };
-    w.store.execute::<Rental>(&broken.to_string(), other, &w.meta()).await.unwrap();
+    w.store.execute::<Rental>(&broken.to_string(), other, &w.meta().into()).await.unwrap();
     let payments = w.engine.projection(payments::NAME).unwrap();
     projections::engine::ensure_checkpoints(&pool, &[payments::NAME]).await.unwrap();
     let before = w.checkpoint(payments::NAME).await;

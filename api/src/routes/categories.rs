@@ -59,7 +59,7 @@ async fn create(
     let id = Uuid::now_v7();
     let done = state
         .store
-        .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &caller.metadata())
+        .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &caller.context())
         .await?;
     let name = done.state.name.as_ref().map(|n| n.as_str().to_string());
     let body = changed(id, name, 0, done.position);
@@ -92,7 +92,7 @@ async fn rename(
     let name = name_from(&body)?;
     let done = state
         .store
-        .execute::<Category>(&id.to_string(), CategoryCommand::RenameCategory { name }, &caller.metadata())
+        .execute::<Category>(&id.to_string(), CategoryCommand::RenameCategory { name }, &caller.context())
         .await?;
     let movie_count = lookup::category_movie_count(&state.db, id).await?;
     let name = done.state.name.as_ref().map(|n| n.as_str().to_string());

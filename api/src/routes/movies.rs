@@ -129,7 +129,7 @@ async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) ->
     let id = Uuid::now_v7();
     let done = state
         .store
-        .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &caller.metadata())
+        .execute::<Movie>(&id.to_string(), MovieCommand::AddMovie { details }, &caller.context())
         .await?;
     let body = movie_body(&state, id, &done).await?;
     let response = with_position(done.position, (StatusCode::CREATED, body));
@@ -170,7 +170,7 @@ async fn update(
     f.finish()?;
     let done = state
         .store
-        .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &caller.metadata())
+        .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &caller.context())
         .await?;
     let body = movie_body(&state, id, &done).await?;
     Ok(with_position(done.position, body))
@@ -200,7 +200,7 @@ async fn retire(
 ) -> Result<Response, ApiError> {
     Fields::from_optional(body.object()?, &[]).finish()?;
     let done =
-        state.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &caller.metadata()).await?;
+        state.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &caller.context()).await?;
     Ok(with_position(done.position, StatusCode::NO_CONTENT))
 }
 
@@ -257,7 +257,7 @@ async fn rent(
     };
     let rental_id = Uuid::now_v7();
     let command = MovieCommand::RentMovie { rental_id, customer_id, rented_at, now };
-    let done = state.store.execute::<Movie>(&movie_id.to_string(), command, &caller.metadata()).await?;
+    let done = state.store.execute::<Movie>(&movie_id.to_string(), command, &caller.context()).await?;
     let body = Rented { rental_id, movie_id, customer_id, rented_at, position: done.position };
     let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
     Ok(with_location(format!("/api/v1/rentals/{rental_id}"), response))

@@ -97,8 +97,7 @@ async fn return_movie(
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
     let returned_at = returned_at.unwrap_or(now);
     let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
-    let done =
-        state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.metadata()).await?;
+    let done = state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.context()).await?;
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
     // The rental's own stream knows its due time (and whether it went overdue) once the payments
     // process manager has opened it.
@@ -165,7 +164,7 @@ async fn pay(
     }
     let command =
         RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::validate::now() };
-    let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.metadata()).await?;
+    let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.context()).await?;
     let title = movie_title(&state, rental.movie_id).await?;
     let r = &done.state;
     let rental = schemas::Rental {

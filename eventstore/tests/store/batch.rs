@@ -10,7 +10,8 @@ use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand, RentalError, RentalEvent};
 use domain::Actor;
 use eventstore::{
-    encode_event, lookup, BatchCommand, CommandError, CommandOutcome, EventStore, Metadata, EVENTS_CHANNEL,
+    encode_event, lookup, BatchCommand, CommandContext, CommandError, CommandOutcome, EventStore, Metadata,
+    EVENTS_CHANNEL,
 };
 use serde_json::Value;
 use sqlx::postgres::PgListener;
@@ -204,7 +205,7 @@ async fn a_refused_command_appends_nothing_and_skips_only_its_own_streams_later_
         rented_at: taken.rented_at,
         loan: LoanPolicy::default(),
     };
-    store.execute::<Rental>(&taken.rental.to_string(), elsewhere, &taken.open).await.unwrap();
+    store.execute::<Rental>(&taken.rental.to_string(), elsewhere, &taken.open.clone().into()).await.unwrap();
     let too_early = BatchCommand {
         command: RentalCommand::CloseRental {
             returned_at: early.rented_at - chrono::Duration::hours(1),
@@ -337,12 +338,13 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
     // Arrange: `long` has 39 events (a snapshot at 20); `fresh` has only been added.
     let store = EventStore::new(pool.clone());
     let meta = Metadata { request_id: Some("req".into()), ..Default::default() };
+    let context = CommandContext::from(meta.clone());
     let (long, fresh) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
     store
         .execute::<Movie>(
             &long,
             MovieCommand::AddMovie { details: crate::common::movie_details("Long", &[Uuid::now_v7()]) },
-            &meta,
+            &context,
         )
         .await
         .unwrap();
@@ -350,7 +352,7 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
         .execute::<Movie>(
             &fresh,
             MovieCommand::AddMovie { details: crate::common::movie_details("Fresh", &[Uuid::now_v7()]) },
-            &meta,
+            &context,
         )
         .await
         .unwrap();
@@ -359,9 +361,9 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
         (Utc::now() - chrono::Duration::days(30)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
     for _ in 0..19 {
         let rental = Uuid::now_v7();
-        store.execute::<Movie>(&long, rent(rental, customer, at), &meta).await.unwrap();
+        store.execute::<Movie>(&long, rent(rental, customer, at), &context).await.unwrap();
         store
-            .execute::<Movie>(&long, give_back(rental, customer, at + chrono::Duration::hours(1)), &meta)
+            .execute::<Movie>(&long, give_back(rental, customer, at + chrono::Duration::hours(1)), &context)
             .await
             .unwrap();
         at += chrono::Duration::hours(2);

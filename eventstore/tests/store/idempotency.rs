@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
-use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer, CLAIM};
-use eventstore::{CommandError, EventStore, Metadata};
+use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer};
+use eventstore::{CommandContext, CommandError, EventStore};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -62,13 +62,9 @@ async fn the_append_transaction_marks_the_claim_so_a_released_claim_that_appende
     let idle = claimed(&pool, "k-idle", b"x").await;
 
     // Act
-    let committed = CLAIM
-        .scope(
-            appended.clone(),
-            store.execute::<Category>(&Uuid::now_v7().to_string(), create("Drama"), &Metadata::default()),
-        )
-        .await
-        .unwrap();
+    let context = CommandContext { claim: Some(appended.clone()), ..Default::default() };
+    let committed =
+        store.execute::<Category>(&Uuid::now_v7().to_string(), create("Drama"), &context).await.unwrap();
     idempotency::release(&pool, &appended).await.unwrap();
     idempotency::release(&pool, &idle).await.unwrap();
 
@@ -98,8 +94,8 @@ async fn an_append_under_a_claim_taken_over_by_another_request_is_rolled_back(po
     let id = Uuid::now_v7().to_string();
 
     // Act
-    let result =
-        CLAIM.scope(stale, store.execute::<Category>(&id, create("Drama"), &Metadata::default())).await;
+    let context = CommandContext { claim: Some(stale), ..Default::default() };
+    let result = store.execute::<Category>(&id, create("Drama"), &context).await;
 
     // Assert
     assert!(matches!(result, Err(CommandError::ClaimLost)), "{result:?}");

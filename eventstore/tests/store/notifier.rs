@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
-use eventstore::{EventStore, Metadata, EVENTS_CHANNEL};
+use eventstore::{CommandContext, EventStore, EVENTS_CHANNEL};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
@@ -21,8 +21,10 @@ async fn listener(pool: &PgPool) -> PgListener {
 async fn commit(store: &EventStore) -> i64 {
     let name = CategoryName::parse(&format!("Category {}", Uuid::now_v7())).unwrap();
     let command = CategoryCommand::CreateCategory { name };
-    let done =
-        store.execute::<Category>(&Uuid::now_v7().to_string(), command, &Metadata::default()).await.unwrap();
+    let done = store
+        .execute::<Category>(&Uuid::now_v7().to_string(), command, &CommandContext::default())
+        .await
+        .unwrap();
     done.position
 }
 

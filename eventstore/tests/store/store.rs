@@ -5,17 +5,17 @@ use domain::category::{Category, CategoryCommand};
 use domain::movie::{Movie, MovieChanges, MovieCommand};
 use domain::values::{CategoryName, Title};
 use domain::Actor;
-use eventstore::{lookup, CommandError, EventStore, Metadata};
+use eventstore::{lookup, CommandContext, CommandError, EventStore, Metadata};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-fn meta() -> Metadata {
-    Metadata {
+fn meta() -> CommandContext {
+    CommandContext::from(Metadata {
         actor_id: Some(Uuid::now_v7()),
         request_id: Some("req-1".into()),
         correlation_id: Some("req-1".into()),
         causation_id: None,
-    }
+    })
 }
 
 async fn new_movie(store: &EventStore) -> (String, Uuid) {
@@ -175,7 +175,7 @@ async fn positions_and_event_ids_are_returned_and_metadata_is_stored(pool: PgPoo
     .await
     .unwrap();
     assert_eq!((position, event_id), (event.position, event.event_id));
-    assert_eq!(stored_metadata, serde_json::to_value(&metadata).unwrap());
+    assert_eq!(stored_metadata, serde_json::to_value(&metadata.metadata).unwrap());
     assert_eq!(payload, serde_json::json!({"name": "Western"}));
     assert!(xid > 0);
 }
@@ -205,7 +205,7 @@ async fn category_names_are_unique_case_insensitively_in_the_append_transaction(
 
     let second = Uuid::now_v7().to_string();
     let err = store.execute::<Category>(&second, create("HORROR"), &meta()).await.unwrap_err();
-    assert!(matches!(&err, CommandError::Unique(c) if c == lookup::CATEGORY_NAME_CONSTRAINT), "{err}");
+    assert!(matches!(&err, CommandError::Unique(lookup::Constraint::CategoryName)), "{err}");
     let events: i64 = sqlx::query_scalar("select count(*) from events where aggregate_id = $1")
         .bind(&second)
         .fetch_one(&pool)
