@@ -12,9 +12,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --recipe-path recipe.json --package api
+RUN cargo chef cook --release --recipe-path recipe.json --package moviestore
 COPY . .
-RUN cargo build --release --package api --bin moviestore
+RUN cargo build --release --package moviestore --bin moviestore
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -17,10 +17,10 @@ trap 'psql -q "$base/postgres" -c "drop database if exists $db" || true' EXIT
 # BENCH_PROFILE=dev: the debug build (for a smoke run; figures need the default, release).
 if [ "${BENCH_PROFILE:-release}" = release ]; then
   # The same packages as run.sh builds, so the binary is not rebuilt with other features.
-  cargo build --release -q -p api -p moviestore-bench
+  cargo build --release -q -p moviestore -p moviestore-bench
   bin=target/release/moviestore
 else
-  cargo build -q -p api -p moviestore-bench
+  cargo build -q -p moviestore -p moviestore-bench
   bin=target/debug/moviestore
 fi
 

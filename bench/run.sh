@@ -149,10 +149,10 @@ ms() { awk -v a="$1" 'BEGIN { if (a == "") print "-"; else printf "%.2f ms", a }
 
 log "building ($profile)"
 if [ "$profile" = release ]; then
-  cargo build --release -q -p api -p moviestore-bench
+  cargo build --release -q -p moviestore -p moviestore-bench
   bins=target/release
 else
-  cargo build -q -p api -p moviestore-bench
+  cargo build -q -p moviestore -p moviestore-bench
   bins=target/debug
 fi
 bin=$bins/moviestore

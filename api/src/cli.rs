@@ -15,7 +15,7 @@ use projections::engine::{Checkpoint, Engine, EventFilter, Projection};
 
 /// The movie store: an event-sourced video club backend.
 #[derive(Debug, Parser)]
-#[command(name = "moviestore", version, about)]
+#[command(name = "moviestore", version, about = "The movie store: an event-sourced video club backend.")]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]

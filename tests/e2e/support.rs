@@ -14,28 +14,13 @@ use uuid::Uuid;
 pub const ADMIN_USERNAME: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 
-/// The `moviestore` binary, built once per test run by the same cargo, in the same profile, so
-/// the tests always run the code under test.
+/// The `moviestore` binary that cargo built for this test run, in the same profile, so the tests
+/// always run the code under test (`MOVIESTORE_BIN` names another one).
 pub fn binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        if let Ok(path) = std::env::var("MOVIESTORE_BIN") {
-            return PathBuf::from(path);
-        }
-        // This test executable lives in <target>/<profile>/deps/.
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => "dev",
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "api", "--bin", "moviestore", "--profile", profile])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the moviestore binary failed");
-        profile_dir.join("moviestore")
+        std::env::var_os("MOVIESTORE_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_moviestore")), PathBuf::from)
     })
 }
 
