@@ -135,12 +135,12 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     let catalogue = projections::catalogue::CatalogueReader::new(pool.clone());
     let cache = crate::cache::Cache::new(&config.redis);
     let engine =
-        engine.with_listener(std::sync::Arc::new(crate::refresh::CacheRefresher { cache, catalogue }));
-    crate::metrics::handle();
+        engine.with_listener(std::sync::Arc::new(crate::http::refresh::CacheRefresher { cache, catalogue }));
+    crate::http::metrics::handle();
     let shutdown = shutdown_signal();
-    let upkeep = tokio::spawn(crate::metrics::upkeep_periodically(shutdown.clone()));
+    let upkeep = tokio::spawn(crate::http::metrics::upkeep_periodically(shutdown.clone()));
     let exporter = match config.metrics_addr {
-        Some(addr) => Some(crate::metrics::serve_exporter(addr, pool.clone(), shutdown.clone()).await?),
+        Some(addr) => Some(crate::http::metrics::serve_exporter(addr, pool.clone(), shutdown.clone()).await?),
         None => None,
     };
     tracing::info!("worker running the projectors, the due-date scheduler, the notification sender and the periodic jobs");

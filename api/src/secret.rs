@@ -15,8 +15,7 @@ use anyhow::Context;
 use rand::RngCore;
 use ring::hmac;
 
-/// The shortest `MOVIESTORE_SECRET` accepted.
-pub const MIN_SECRET_CHARS: usize = 32;
+pub use crate::config::MIN_SECRET_CHARS;
 
 /// The file name under the data folder.
 const FILE: &str = "secret";

@@ -332,7 +332,7 @@ async fn seed_rentals(
     let ids: Vec<Uuid> = movies.values().copied().collect();
     let rented: HashSet<Uuid> = lookup::movies_rented_by(pool, customer, &ids).await?.into_iter().collect();
     let context = seed_context();
-    let now = crate::validate::now();
+    let now = crate::clock::now();
     let loan_length = chrono::Duration::days(i64::from(loan.length_days()));
     for (title, due_in_hours) in DEMO_RENTALS {
         let Some(&movie) = movies.get(*title) else { continue };

@@ -25,12 +25,9 @@ use projections::rentals::RentalsReader;
 use crate::accounts::Accounts;
 use crate::cache::Cache;
 use crate::config::{Config, CorsOrigins};
-use crate::error::problem;
-use crate::refresh::CacheRefresher;
-use crate::state::AppState;
-
-/// The largest request body accepted (413 above it).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::http::error::problem;
+use crate::http::refresh::CacheRefresher;
+use crate::http::state::AppState;
 
 /// A built app: state ready, listener bound.
 pub struct App {
@@ -101,13 +98,13 @@ impl App {
         let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
         // Emails go out from every process (each row from one of them).
         let sender = tokio::spawn(sender.run(shutdown.clone()));
-        let upkeep = tokio::spawn(crate::metrics::upkeep_periodically(shutdown.clone()));
+        let upkeep = tokio::spawn(crate::http::metrics::upkeep_periodically(shutdown.clone()));
         let tokens = tokio::spawn(crate::accounts::keep_membership(
             pool.clone(),
             state.accounts.token_cache().clone(),
             shutdown.clone(),
         ));
-        let server = tokio::spawn(crate::connections::serve(listener, router(state), shutdown.clone()));
+        let server = tokio::spawn(crate::http::connections::serve(listener, router(state), shutdown.clone()));
         shutdown.cancelled().await;
         match tokio::time::timeout(grace, server).await {
             Ok(joined) => joined.context("server task failed")?,
@@ -138,7 +135,7 @@ pub fn state(config: Config, pool: PgPool, accounts: Accounts, secrets: crate::s
     let cache = Cache::new(&config.redis);
     let engine = engine(&pool, &store, &plan, config.loan)
         .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
-    AppState::new(crate::state::Handles {
+    AppState::new(crate::http::state::Handles {
         rentals: RentalsReader::new(pool.clone()),
         analytics: projections::analytics::AnalyticsReader::new(pool.clone()),
         catalogue,
@@ -181,14 +178,14 @@ pub fn engine(
 /// the body, the concurrency cap (only once the body is in), idempotency keys; and the body limit.
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.http.request_timeout;
-    crate::metrics::handle();
-    let limits = crate::limits::Limits::new(&state.config.http);
+    crate::http::metrics::handle();
+    let limits = crate::http::limits::Limits::new(&state.config.http);
     let trusted = Arc::new(state.config.http.trusted_proxies.clone());
     let layers = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(crate::extract::request_id))
-        .layer(axum::middleware::from_fn_with_state(trusted, crate::client::middleware))
-        .layer(axum::middleware::from_fn(crate::access::record))
-        .layer(axum::middleware::from_fn_with_state(limits.clone(), crate::limits::rate))
+        .layer(axum::middleware::from_fn(crate::http::extract::request_id))
+        .layer(axum::middleware::from_fn_with_state(trusted, crate::http::client::middleware))
+        .layer(axum::middleware::from_fn(crate::http::access::record))
+        .layer(axum::middleware::from_fn_with_state(limits.clone(), crate::http::limits::rate))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
@@ -199,7 +196,7 @@ pub fn router(state: AppState) -> Router {
                         .unwrap_or_default();
                     let request_id = request
                         .headers()
-                        .get(crate::extract::REQUEST_ID_HEADER)
+                        .get(crate::http::extract::REQUEST_ID_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_string();
@@ -217,14 +214,14 @@ pub fn router(state: AppState) -> Router {
                 "an unexpected error occurred; it has been logged",
             )
         }))
-        .layer(axum::middleware::from_fn(crate::extract::read_body_first))
-        .layer(axum::middleware::from_fn_with_state(limits, crate::limits::in_flight))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::idempotency::middleware));
+        .layer(axum::middleware::from_fn(crate::http::extract::read_body_first))
+        .layer(axum::middleware::from_fn_with_state(limits, crate::http::limits::in_flight))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http::idempotency::middleware));
     let cors = cors(&state.config.cors);
-    crate::routes::router()
+    crate::http::routes::router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(crate::config::MAX_BODY_BYTES))
         .layer(layers)
         .layer(tower::util::option_layer(cors))
         .with_state(state)

@@ -26,7 +26,6 @@ pub use token_cache::{keep_membership, TokenCache};
 pub use validation::{validate_email, validate_password, validate_username};
 
 use crate::config::AuthConfig;
-use crate::error::ApiError;
 
 /// How long a password-reset token works.
 pub const RESET_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
@@ -116,20 +115,6 @@ pub enum CreateError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-impl From<CreateError> for ApiError {
-    fn from(error: CreateError) -> Self {
-        match error {
-            CreateError::UsernameTaken => {
-                ApiError::rejected(axum::http::StatusCode::CONFLICT, "username-taken", error.to_string())
-            }
-            CreateError::EmailTaken => {
-                ApiError::rejected(axum::http::StatusCode::CONFLICT, "email-taken", error.to_string())
-            }
-            CreateError::Database(e) => e.into(),
-        }
-    }
 }
 
 /// What a password change came to.

@@ -51,9 +51,6 @@ pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(300);
 /// without acknowledging would be a defect, logged as an error when this runs out.
 pub const ACKNOWLEDGE_LIMIT: Duration = Duration::from_secs(5);
 
-/// The default number of tokens a process keeps (`MOVIESTORE_TOKEN_CACHE_SIZE`).
-pub const DEFAULT_CAPACITY: usize = 100_000;
-
 /// The token cache; cheap to clone.
 #[derive(Clone)]
 pub struct TokenCache(Arc<Inner>);

@@ -19,13 +19,13 @@ use super::schemas::{
     NotificationQuery, PasswordResetConfirm, PasswordResetRequest, ReadYourWrites,
 };
 use crate::accounts::validate_password;
-use crate::error::{ApiError, Problem};
-use crate::extract::{Admin, AuthUser, Body};
-use crate::openapi::{
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{Admin, AuthUser, Body};
+use crate::http::openapi::{
     ApiRouter, Forbidden, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
-use crate::state::AppState;
-use crate::validate::{parse, Fields};
+use crate::http::state::AppState;
+use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()

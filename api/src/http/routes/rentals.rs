@@ -14,12 +14,12 @@ use uuid::Uuid;
 
 use super::schemas::{self, Charge, Payment, RentalChanged, ReturnRequest};
 use super::{views, with_position};
-use crate::error::{ApiError, Problem};
-use crate::extract::{AuthUser, Body, PathId, Renter};
-use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
-use crate::openapi::{UnsupportedMediaType, ValidationFailed};
-use crate::state::AppState;
-use crate::validate::{parse, Fields};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{AuthUser, Body, PathId, Renter};
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
+use crate::http::openapi::{UnsupportedMediaType, ValidationFailed};
+use crate::http::state::AppState;
+use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(return_movie)).routes(routes!(pay))
@@ -87,7 +87,7 @@ async fn return_movie(
     if !caller.is_admin() && object.as_ref().is_some_and(|map| map.contains_key("returned_at")) {
         return Err(ApiError::Forbidden("only an admin may back-date a return"));
     }
-    let now = crate::validate::now();
+    let now = crate::clock::now();
     let mut f = Fields::from_optional(object, if caller.is_admin() { &["returned_at"] } else { &[] });
     let returned_at = f.optional("returned_at", parse::time);
     if returned_at.is_some_and(|t| t > now) {
@@ -162,8 +162,7 @@ async fn pay(
             "the rental is still active: return the movie first",
         ));
     }
-    let command =
-        RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::validate::now() };
+    let command = RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::clock::now() };
     let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.context()).await?;
     let title = movie_title(&state, rental.movie_id).await?;
     let r = &done.state;

@@ -5,13 +5,7 @@ use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::error::{ApiError, FieldErrors};
-
-/// The current time at the microsecond precision PostgreSQL keeps, so a time stamped into an
-/// event reads back the same from every table.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
+use crate::http::error::{ApiError, FieldErrors};
 
 /// A JSON object being validated.
 pub struct Fields {

@@ -27,15 +27,14 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::error::{ApiError, Retryable};
+use crate::http::error::{ApiError, Retryable};
+use crate::http::state::AppState;
 use crate::secret::Secrets;
-use crate::state::AppState;
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
 
-/// The slug of the 409 for a key whose first request is still running.
-pub const IN_PROGRESS: &str = "idempotency-in-progress";
+pub use crate::http::error::IN_PROGRESS;
 
 /// Marks a replayed answer.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -53,7 +52,7 @@ pub const RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const PURGE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// The headers kept with an answer (the rest describe the connection or the request).
-const KEPT_HEADERS: [&str; 3] = ["content-type", "location", crate::routes::POSITION_HEADER];
+const KEPT_HEADERS: [&str; 3] = ["content-type", "location", crate::http::routes::POSITION_HEADER];
 
 /// The longest answer body kept (command answers are a few hundred bytes).
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
@@ -79,15 +78,15 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
     }
     // Scoped to the caller's account. Every other endpoint needs a token: a call without one, or
     // with one that does not authenticate, gets its 401 from the handler, with nothing recorded.
-    let scope = match crate::extract::bearer_token(request.headers()) {
+    let scope = match crate::http::extract::bearer_token(request.headers()) {
         None => return next.run(request).await,
         Some(token) => match state.accounts.authenticate(token).await {
             Ok(Some((user, token_hash))) => {
-                if let Some(actor) = request.extensions().get::<crate::access::ActorSlot>() {
+                if let Some(actor) = request.extensions().get::<crate::http::access::ActorSlot>() {
                     actor.set(user.id);
                 }
                 let scope = user.id.to_string();
-                request.extensions_mut().insert(crate::extract::Authenticated { user, token_hash });
+                request.extensions_mut().insert(crate::http::extract::Authenticated { user, token_hash });
                 scope
             }
             Ok(None) => return next.run(request).await,
@@ -162,9 +161,10 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
                 ),
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(crate::routes::POSITION_HEADER), HeaderValue::from(position));
+            response.headers_mut().insert(
+                HeaderName::from_static(crate::http::routes::POSITION_HEADER),
+                HeaderValue::from(position),
+            );
             response
         }
     }

@@ -9,7 +9,7 @@ use domain::rental::RentalError;
 use eventstore::lookup::Constraint;
 use eventstore::CommandError;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// A domain error's HTTP meaning.
 pub trait DomainRejection: std::error::Error {
@@ -87,9 +87,20 @@ impl<E: DomainRejection> From<CommandError<E>> for ApiError {
             CommandError::Database(e) => e.into(),
             CommandError::Corrupt(message) => ApiError::Internal(anyhow::anyhow!(message)),
             CommandError::ClaimLost => conflict(
-                crate::idempotency::IN_PROGRESS,
+                crate::http::error::IN_PROGRESS,
                 "another request holds this Idempotency-Key; retry shortly".into(),
             ),
+        }
+    }
+}
+
+impl From<crate::accounts::CreateError> for ApiError {
+    fn from(error: crate::accounts::CreateError) -> Self {
+        use crate::accounts::CreateError;
+        match error {
+            CreateError::UsernameTaken => conflict("username-taken", error.to_string()),
+            CreateError::EmailTaken => conflict("email-taken", error.to_string()),
+            CreateError::Database(e) => e.into(),
         }
     }
 }

@@ -12,12 +12,12 @@ use uuid::Uuid;
 
 use super::schemas::{self, CategoryChanged};
 use super::{with_location, with_position};
-use crate::error::{ApiError, Problem};
-use crate::extract::{Admin, Body, PathId};
-use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
-use crate::openapi::{UnsupportedMediaType, ValidationFailed};
-use crate::state::AppState;
-use crate::validate::{parse, Fields};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{Admin, Body, PathId};
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
+use crate::http::openapi::{UnsupportedMediaType, ValidationFailed};
+use crate::http::state::AppState;
+use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(create)).routes(routes!(rename))

@@ -8,10 +8,10 @@ use axum::Json;
 use utoipa_axum::routes;
 
 use super::schemas::{Job, Jobs, ProjectionProgress, Projections, RebuildStarted};
-use crate::error::{ApiError, Problem};
-use crate::extract::Admin;
-use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized};
-use crate::state::AppState;
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::Admin;
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized};
+use crate::http::state::AppState;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(list)).routes(routes!(rebuild)).routes(routes!(jobs))

@@ -23,10 +23,10 @@ use utoipa_axum::routes;
 
 use super::reads::{cursor, log_released, Params, Problems};
 use super::schemas::ReadYourWrites;
-use crate::error::ApiError;
-use crate::extract::Auditor;
-use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::Auditor;
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
+use crate::http::state::AppState;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()

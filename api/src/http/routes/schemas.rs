@@ -1,6 +1,6 @@
 //! The contract's JSON shapes as types (API.md's `User`, `Movie`, `MovieSummary`, `Rental`,
 //! `Money`, pages, ...): handlers answer with them and the OpenAPI spec describes them, so the
-//! two cannot disagree. Request bodies are parsed field by field (`crate::validate`, so a 422
+//! two cannot disagree. Request bodies are parsed field by field (`crate::http::validate`, so a 422
 //! names every invalid field); the request types here describe those bodies for the spec, and
 //! the parameter types describe query strings that [`super::reads::Params`] parses.
 

@@ -4,7 +4,7 @@
 //!
 //! Every handler carries `#[utoipa::path(...)]` and is added with
 //! `.routes(utoipa_axum::routes!(handler))`: that one registration routes it and documents it in
-//! `/openapi.json` (see [`crate::openapi`]).
+//! `/openapi.json` (see [`crate::http::openapi`]).
 
 mod accounts;
 mod admin;
@@ -25,8 +25,8 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use crate::openapi::ApiRouter;
-use crate::state::AppState;
+use crate::http::openapi::ApiRouter;
+use crate::http::state::AppState;
 
 /// Every route of the API, with `/openapi.json` describing them and `/docs`.
 pub fn router() -> Router<AppState> {

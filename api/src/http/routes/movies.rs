@@ -14,12 +14,12 @@ use uuid::Uuid;
 use super::schemas::{self, MovieChanged, MovieFields, MovieSummary, RentRequest, Rented};
 use super::{with_location, with_position};
 use crate::accounts::Role;
-use crate::error::{ApiError, Problem};
-use crate::extract::{Admin, Body, PathId, Renter};
-use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
-use crate::openapi::{UnsupportedMediaType, ValidationFailed};
-use crate::state::AppState;
-use crate::validate::{parse, Fields};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{Admin, Body, PathId, Renter};
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
+use crate::http::openapi::{UnsupportedMediaType, ValidationFailed};
+use crate::http::state::AppState;
+use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(add)).routes(routes!(update, retire)).routes(routes!(rent))
@@ -231,7 +231,7 @@ async fn rent(
     body: Body,
 ) -> Result<Response, ApiError> {
     let object = body.object()?;
-    let now = crate::validate::now();
+    let now = crate::clock::now();
     let (customer_id, rented_at) = if caller.is_admin() {
         let mut f = Fields::from_optional(object, &["customer_id", "rented_at"]);
         let customer_id = f.required("customer_id", parse::uuid);

@@ -12,7 +12,7 @@ use projections::catalogue::{self, CatalogueReader};
 use projections::engine::{BoxFuture, Listener, Touched};
 
 use crate::cache::Cache;
-use crate::routes::views;
+use crate::http::routes::views;
 
 /// The projection listener that refreshes the cache.
 pub struct CacheRefresher {

@@ -20,8 +20,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::error::{problem, Problem};
-use crate::state::AppState;
+use crate::http::error::{problem, Problem};
+use crate::http::state::AppState;
 
 /// Where the spec is served.
 pub const SPEC_PATH: &str = "/openapi.json";
@@ -239,7 +239,7 @@ fn finish(spec: utoipa::openapi::OpenApi) -> Value {
     let paths = spec["paths"].as_object_mut().expect("the document has paths");
     for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else { continue };
-        let rate_limited = !crate::limits::is_exempt(path);
+        let rate_limited = !crate::http::limits::is_exempt(path);
         for (method, operation) in item.iter_mut() {
             let Some(operation) = operation.as_object_mut() else { continue };
             let parameters = operation.entry("parameters").or_insert_with(|| json!([]));

@@ -220,7 +220,7 @@ pub async fn serve_exporter(
     tracing::info!(addr = %bound, "serving /metrics");
     println!("metrics on http://{bound}");
     Ok(tokio::spawn(async move {
-        crate::connections::serve(listener, app, shutdown).await;
+        crate::http::connections::serve(listener, app, shutdown).await;
         Ok(())
     }))
 }

@@ -14,6 +14,9 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+/// The slug of the 409 for a key whose first request is still running.
+pub const IN_PROGRESS: &str = "idempotency-in-progress";
+
 /// Marks an answer that invites the client to retry (rate limited, unavailable, a charge still
 /// pending, conflicts that outlived every retry): an idempotency record never keeps one.
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +120,7 @@ impl ApiError {
         match self {
             Self::TooManyRequests { .. } | Self::Unavailable => true,
             Self::Rejected { kind, .. } => {
-                matches!(*kind, "charge-pending" | "conflict" | crate::idempotency::IN_PROGRESS)
+                matches!(*kind, "charge-pending" | "conflict" | IN_PROGRESS)
             }
             _ => false,
         }

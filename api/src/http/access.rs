@@ -12,8 +12,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use uuid::Uuid;
 
-use crate::client::ClientAddr;
-use crate::extract::RequestId;
+use crate::http::client::ClientAddr;
+use crate::http::extract::RequestId;
 
 /// Where the authentication extractor leaves the caller's id, for the log line.
 #[derive(Debug, Clone, Default)]

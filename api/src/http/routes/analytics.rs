@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 
 use super::reads::{read_your_writes, Params, Problems};
 use super::schemas::ReadYourWrites;
-use crate::error::ApiError;
-use crate::extract::Analyst;
-use crate::openapi::{ApiRouter, Forbidden, Unauthorized, ValidationFailed};
-use crate::state::AppState;
-use crate::validate::{self, parse};
+use crate::http::error::ApiError;
+use crate::http::extract::Analyst;
+use crate::http::openapi::{ApiRouter, Forbidden, Unauthorized, ValidationFailed};
+use crate::http::state::AppState;
+use crate::http::validate::parse;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -231,7 +231,7 @@ async fn utilization(
     problems.take(params.min_position())?;
     problems.finish()?;
     read_your_writes(&state, &params, &[analytics::NAME]).await?;
-    let now = validate::now();
+    let now = crate::clock::now();
     let to: DateTime<Utc> = days.to_time().unwrap_or(now);
     let from = match days.from_time() {
         Some(from) => from,

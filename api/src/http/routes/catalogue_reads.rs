@@ -13,10 +13,10 @@ use uuid::Uuid;
 use super::reads::{page, read_your_writes, Params};
 use super::schemas::{Categories, Movie, MoviePage, MovieQuery, ReadYourWrites};
 use super::views;
-use crate::error::ApiError;
-use crate::extract::{AuthUser, PathId};
-use crate::openapi::{ApiRouter, NotFound, Unauthorized, ValidationFailed};
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{AuthUser, PathId};
+use crate::http::openapi::{ApiRouter, NotFound, Unauthorized, ValidationFailed};
+use crate::http::state::AppState;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(categories)).routes(routes!(movies)).routes(routes!(movie))

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::accounts::{Role, User};
-use crate::error::{ApiError, REQUEST_ID};
-use crate::state::AppState;
+use crate::http::error::{ApiError, REQUEST_ID};
+use crate::http::state::AppState;
 use eventstore::idempotency::Claim;
 use eventstore::{CommandContext, Metadata};
 
@@ -130,7 +130,7 @@ impl FromRequestParts<AppState> for AuthUser {
                 state.accounts.authenticate(token).await?.ok_or(ApiError::Unauthorized)?
             }
         };
-        if let Some(actor) = parts.extensions.get::<crate::access::ActorSlot>() {
+        if let Some(actor) = parts.extensions.get::<crate::http::access::ActorSlot>() {
             actor.set(user.id);
         }
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
@@ -194,7 +194,7 @@ struct UnreadableBody;
 /// connection reset instead of the answer.
 pub async fn read_body_first(request: Request, next: Next) -> Response {
     let (mut parts, mut body) = request.into_parts();
-    let keep = crate::startup::MAX_BODY_BYTES + 1;
+    let keep = crate::config::MAX_BODY_BYTES + 1;
     let mut kept = Vec::new();
     let mut read = 0usize;
     while read <= DRAIN_LIMIT_BYTES {
@@ -239,7 +239,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         }
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(crate::startup::MAX_BODY_BYTES)
+                ApiError::PayloadTooLarge(crate::config::MAX_BODY_BYTES)
             } else {
                 ApiError::MalformedBody("the request body could not be read".into())
             }

@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use secrecy::SecretString;
 
+pub mod proxies;
+
 /// Every setting of the process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -172,6 +174,15 @@ impl RuntimeConfig {
     }
 }
 
+/// The largest request body accepted (413 above it), as the contract fixes it.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The default number of tokens a process keeps (`MOVIESTORE_TOKEN_CACHE_SIZE`).
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 100_000;
+
+/// The shortest `MOVIESTORE_SECRET` accepted.
+pub const MIN_SECRET_CHARS: usize = 32;
+
 /// HTTP listener settings.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -179,8 +190,6 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// `MOVIESTORE_REQUEST_TIMEOUT_SECS`: the longest a request may take.
     pub request_timeout: Duration,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// Request rate limit per client address.
@@ -188,7 +197,7 @@ pub struct HttpConfig {
     /// `MOVIESTORE_MAX_CONCURRENT_REQUESTS`: requests served at once; more get 503 (0: no cap).
     pub max_concurrent_requests: usize,
     /// `MOVIESTORE_TRUSTED_PROXIES`: the reverse proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: crate::client::TrustedProxies,
+    pub trusted_proxies: proxies::TrustedProxies,
 }
 
 /// A per-client-address token bucket: `burst` requests at once, refilled at `per_second`.
@@ -353,7 +362,6 @@ impl Config {
             http: HttpConfig {
                 addr: parsed("MOVIESTORE_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
                 request_timeout: Duration::from_secs(parsed("MOVIESTORE_REQUEST_TIMEOUT_SECS", 10)?),
-                max_body_bytes: 64 * 1024,
                 shutdown_grace: Duration::from_secs(10),
                 rate_limit: {
                     let per_second = parsed("MOVIESTORE_RATE_LIMIT_PER_SEC", 2000)?;
@@ -393,7 +401,7 @@ impl Config {
                 hash_concurrency: hash_concurrency_from(&var)?,
                 token_cache_size: parsed(
                     "MOVIESTORE_TOKEN_CACHE_SIZE",
-                    crate::accounts::token_cache::DEFAULT_CAPACITY,
+                    DEFAULT_TOKEN_CACHE_SIZE,
                 )?,
             },
             log: LogConfig {
@@ -420,10 +428,10 @@ impl Config {
             mail: MailConfig::from_lookup(&var)?,
             secret: match var("MOVIESTORE_SECRET") {
                 None => None,
-                Some(secret) if secret.chars().count() >= crate::secret::MIN_SECRET_CHARS => Some(secret.into()),
+                Some(secret) if secret.chars().count() >= MIN_SECRET_CHARS => Some(secret.into()),
                 Some(_) => bail!(
                     "MOVIESTORE_SECRET must be at least {} characters (e.g. the output of `openssl rand -hex 32`)",
-                    crate::secret::MIN_SECRET_CHARS
+                    MIN_SECRET_CHARS
                 ),
             },
             bootstrap_admin: match var("MOVIESTORE_ADMIN") {
@@ -521,7 +529,6 @@ mod tests {
             http: HttpConfig {
                 addr: SocketAddr::from(([127, 0, 0, 1], 0)),
                 request_timeout: Duration::from_secs(10),
-                max_body_bytes: 1024,
                 shutdown_grace: Duration::from_secs(1),
                 rate_limit: RateLimit { per_second: 0, burst: 0 },
                 max_concurrent_requests: 0,

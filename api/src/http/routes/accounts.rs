@@ -13,13 +13,13 @@ use crate::accounts::{
     RoleRefusal,
 };
 use crate::accounts::{IssuedToken, User};
-use crate::client::ClientAddr;
-use crate::error::{ApiError, Problem};
-use crate::extract::{Admin, AuthUser, Body, PathId};
-use crate::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited};
-use crate::openapi::{Unauthorized, UnsupportedMediaType, ValidationFailed};
-use crate::state::AppState;
-use crate::validate::{parse, Fields};
+use crate::http::client::ClientAddr;
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{Admin, AuthUser, Body, PathId};
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited};
+use crate::http::openapi::{Unauthorized, UnsupportedMediaType, ValidationFailed};
+use crate::http::state::AppState;
+use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()
@@ -52,7 +52,7 @@ fn secret(value: &serde_json::Value) -> Result<SecretString, String> {
     responses(
         (status = 201, description = "The account and its first token.", body = Registered),
         (status = 409, description = "`username-taken` or `email-taken` (compared whatever the case and Unicode form).",
-            body = crate::error::Problem, content_type = "application/problem+json"),
+            body = crate::http::error::Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = ValidationFailed),

@@ -4,7 +4,7 @@
 //! exempt, so probes and scrapes still answer under load. The body limit (413), JSON-only bodies
 //! (415) and the login throttle live elsewhere (`startup`, `extract`, `accounts`).
 //!
-//! Requests are counted by client address ([`crate::client`]: the TCP peer, the forwarded address
+//! Requests are counted by client address ([`crate::http::client`]: the TCP peer, the forwarded address
 //! behind a trusted proxy, an IPv6 /64).
 
 use std::net::IpAddr;
@@ -20,9 +20,9 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
-use crate::client::ClientAddr;
 use crate::config::HttpConfig;
-use crate::error::{problem, ApiError};
+use crate::http::client::ClientAddr;
+use crate::http::error::{problem, ApiError};
 
 /// How often addresses whose bucket is full again are forgotten.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
@@ -83,7 +83,7 @@ pub async fn rate(State(limits): State<Limits>, request: Request, next: Next) ->
 }
 
 /// Middleware: the concurrency cap. It runs after the body has been read
-/// ([`crate::extract::read_body_first`]), so a client trickling its body holds no slot and
+/// ([`crate::http::extract::read_body_first`]), so a client trickling its body holds no slot and
 /// slow senders cannot starve anyone.
 pub async fn in_flight(State(limits): State<Limits>, request: Request, next: Next) -> Response {
     let _permit = match (&limits.in_flight, is_exempt(request.uri().path())) {

@@ -13,10 +13,10 @@ use super::reads::{page, read_your_writes, Params};
 use super::schemas::{Me, Money, ReadYourWrites, Rental, RentalPage, RentalQuery};
 use super::views;
 use crate::accounts::Role;
-use crate::error::ApiError;
-use crate::extract::{AuthUser, PathId};
-use crate::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::{AuthUser, PathId};
+use crate::http::openapi::{ApiRouter, Forbidden, NotFound, Unauthorized, ValidationFailed};
+use crate::http::state::AppState;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(list)).routes(routes!(one)).routes(routes!(me))

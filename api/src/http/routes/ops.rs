@@ -7,8 +7,8 @@ use axum::Json;
 use utoipa_axum::routes;
 
 use super::schemas::{Health, ProjectorReadiness, Readiness};
-use crate::openapi::ApiRouter;
-use crate::state::AppState;
+use crate::http::openapi::ApiRouter;
+use crate::http::state::AppState;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
@@ -66,6 +66,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status = 200, description = "Prometheus text.", body = String, content_type = "text/plain; version=0.0.4"),
 ))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&state.db, &state.status).await;
-    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
+    let body = crate::http::metrics::render(&state.db, &state.status).await;
+    ([(axum::http::header::CONTENT_TYPE, crate::http::metrics::CONTENT_TYPE)], body).into_response()
 }

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 
 /// How long a read waits for the projections to reach `min_position` before answering 503.
 pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(2);
@@ -95,7 +95,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
                 .map_err(|_| ApiError::MalformedBody("the query string could not be parsed".into()))?;
         // No text a read model holds can contain NUL (PostgreSQL cannot store it), and letting
         // one through would fail the query instead of answering.
-        let mut errors = crate::error::FieldErrors::new();
+        let mut errors = crate::http::error::FieldErrors::new();
         for (name, value) in &map {
             if value.contains('\0') {
                 errors.entry(name.clone()).or_default().push("must not contain NUL characters".into());
@@ -110,7 +110,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
 
 /// Collects every invalid query parameter, so one 422 names them all.
 #[derive(Default)]
-pub struct Problems(crate::error::FieldErrors);
+pub struct Problems(crate::http::error::FieldErrors);
 
 impl Problems {
     /// The value, or `None` with its field errors kept (other errors pass through).
