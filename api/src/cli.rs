@@ -9,7 +9,7 @@ use secrecy::SecretString;
 
 use crate::accounts::{validate_email, validate_password, validate_username, Accounts, Role};
 use crate::config::Config;
-use crate::startup::{shutdown_signal, App};
+use crate::startup::{shutdown_signal, App, Process};
 use projections::audit::{AuditLog, Export};
 use projections::engine::{Checkpoint, Engine, EventFilter, Projection};
 
@@ -112,13 +112,18 @@ fn parse_rfc3339(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = App::build(config).await?;
-    let addr = app.local_addr()?;
+    let app = App::build(config, Process::Serve).await?;
+    let addr = app.local_addr().context("serve binds the API")??;
     // Handlers first: a SIGTERM sent as soon as the line below is read stops us in order.
     let shutdown = shutdown_signal();
     tracing::info!(%addr, "serving");
     println!("listening on http://{addr}");
     app.run(shutdown).await
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    let app = App::build(config, Process::Worker).await?;
+    app.run(shutdown_signal()).await
 }
 
 /// A pool on a migrated database, and the engine over every projection.
@@ -128,44 +133,6 @@ async fn engine(config: &Config) -> anyhow::Result<(sqlx::PgPool, Engine)> {
     let store = eventstore::EventStore::new(pool.clone());
     let engine = crate::startup::engine(&pool, &store, &domain::price::PricePlan::default(), config.loan);
     Ok((pool, engine))
-}
-
-async fn worker(config: Config) -> anyhow::Result<()> {
-    let (pool, engine) = engine(&config).await?;
-    let catalogue = projections::catalogue::CatalogueReader::new(pool.clone());
-    let cache = crate::cache::Cache::new(&config.redis);
-    let engine =
-        engine.with_listener(std::sync::Arc::new(crate::http::refresh::CacheRefresher { cache, catalogue }));
-    crate::http::metrics::handle();
-    let shutdown = shutdown_signal();
-    let upkeep = tokio::spawn(crate::http::metrics::upkeep_periodically(shutdown.clone()));
-    let exporter = match config.metrics_addr {
-        Some(addr) => Some(crate::http::metrics::serve_exporter(addr, pool.clone(), shutdown.clone()).await?),
-        None => None,
-    };
-    tracing::info!("worker running the projectors, the due-date scheduler, the notification sender and the periodic jobs");
-    println!("worker running");
-    let store = eventstore::EventStore::new(pool.clone());
-    let scheduler = projections::deadlines::Scheduler::new(pool.clone(), store);
-    let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
-    let jobs = crate::jobs::jobs(config.auth.login_window);
-    let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
-    let public_url = config.mail.public_url_or(config.http.addr);
-    let plan = std::sync::Arc::new(domain::price::PricePlan::default());
-    let sender = crate::startup::sender(&config, &pool, public_url, plan)?;
-    let sender = tokio::spawn(sender.run(shutdown.clone()));
-    let ran = engine.run(shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = scheduler.await;
-    let _ = jobs.await;
-    let _ = sender.await;
-    ran?;
-    if let Some(exporter) = exporter {
-        exporter.await.context("metrics listener failed")??;
-    }
-    upkeep.await.context("metrics upkeep failed")?;
-    pool.close().await;
-    Ok(())
 }
 
 fn read_models(engine: &Engine, only: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Projection>>> {

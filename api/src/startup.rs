@@ -29,126 +29,250 @@ use crate::http::error::problem;
 use crate::http::refresh::CacheRefresher;
 use crate::http::state::AppState;
 
-/// A built app: state ready, listener bound.
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// The HTTP API, with the projectors and the due-date scheduler unless
+    /// `MOVIESTORE_PROJECTORS=off`.
+    Serve,
+    /// No API: the projectors and the due-date scheduler, with `/metrics` on
+    /// `MOVIESTORE_METRICS_ADDR` when it is set.
+    Worker,
+}
+
+/// A built app: database migrated, listeners bound, every part wired; [`App::run`] starts its
+/// tasks. `serve` and `worker` are both this, as their [`Process`].
 pub struct App {
-    listener: TcpListener,
-    state: AppState,
+    role: Process,
+    config: Arc<Config>,
+    pool: PgPool,
+    store: EventStore,
+    engine: Engine,
     sender: crate::mail::Sender,
+    listener: Listener,
+}
+
+/// What a process listens on.
+enum Listener {
+    /// The API, with its state.
+    Api(TcpListener, AppState),
+    /// A worker's `/metrics`.
+    Metrics(TcpListener, Router),
+    /// Nothing (a worker without `MOVIESTORE_METRICS_ADDR`).
+    None,
 }
 
 impl App {
-    /// Connects (creating the database when missing), migrates, and binds.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    /// Connects (creating the database when missing), migrates (a `serve` unless told not to, a
+    /// `worker` always), and builds.
+    pub async fn build(config: Config, role: Process) -> anyhow::Result<Self> {
         let pool = crate::db::connect(&config.database).await?;
-        if config.database.run_migrations {
+        if config.database.run_migrations || role == Process::Worker {
             crate::db::migrate(&pool).await?;
         }
-        Self::build_with_pool(config, pool).await
+        Self::build_with_pool(config, pool, role).await
     }
 
-    /// Builds on an existing, migrated pool (tests use this with `#[sqlx::test]`).
-    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let accounts = Accounts::new(pool.clone(), &config.auth);
-        if let Some((username, password)) = &config.bootstrap_admin {
-            accounts.ensure_admin(username, password).await?;
+    /// Builds on an existing, migrated pool.
+    pub async fn build_with_pool(config: Config, pool: PgPool, role: Process) -> anyhow::Result<Self> {
+        let store = EventStore::new(pool.clone());
+        let plan = domain::price::PricePlan::default();
+        let cache = Cache::new(&config.redis);
+        let catalogue = CatalogueReader::new(pool.clone());
+        let engine = engine(&pool, &store, &plan, config.loan)
+            .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
+        let (listener, public_url) = match role {
+            Process::Serve => {
+                let accounts = Accounts::new(pool.clone(), &config.auth);
+                if let Some((username, password)) = &config.bootstrap_admin {
+                    accounts.ensure_admin(username, password).await?;
+                }
+                accounts.warm_up().await;
+                let listener = TcpListener::bind(config.http.addr)
+                    .await
+                    .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
+                let public_url = config.mail.public_url_or(listener.local_addr()?);
+                let secret = config.secret.as_ref().map(secrecy::ExposeSecret::expose_secret);
+                let secrets = crate::secret::Secrets::resolve(secret, &config.data_dir)?;
+                let state = AppState::new(crate::http::state::Handles {
+                    rentals: RentalsReader::new(pool.clone()),
+                    analytics: projections::analytics::AnalyticsReader::new(pool.clone()),
+                    catalogue,
+                    status: crate::status::StatusBoard::new(pool.clone(), Some(cache.clone())),
+                    cache,
+                    engine: engine.clone(),
+                    store: store.clone(),
+                    db: pool.clone(),
+                    accounts,
+                    price_plan: Arc::new(plan.clone()),
+                    secrets: Arc::new(secrets),
+                    config: Arc::new(config.clone()),
+                });
+                (Listener::Api(listener, state), public_url)
+            }
+            Process::Worker => {
+                crate::http::metrics::handle();
+                let listener = match config.metrics_addr {
+                    Some(addr) => {
+                        let (listener, router) = crate::http::metrics::exporter(addr, pool.clone()).await?;
+                        Listener::Metrics(listener, router)
+                    }
+                    None => Listener::None,
+                };
+                (listener, config.mail.public_url_or(config.http.addr))
+            }
+        };
+        let sender = sender(&config, &pool, public_url, Arc::new(plan))?;
+        Ok(Self { role, config: Arc::new(config), pool, store, engine, sender, listener })
+    }
+
+    /// The API's bound address (with the real port when port 0 was asked for); `None` for a
+    /// worker.
+    pub fn local_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        match &self.listener {
+            Listener::Api(listener, _) => Some(listener.local_addr()),
+            _ => None,
         }
-        accounts.warm_up().await;
-        let listener = TcpListener::bind(config.http.addr)
-            .await
-            .with_context(|| format!("could not listen on {} (MOVIESTORE_ADDR)", config.http.addr))?;
-        let public_url = config.mail.public_url_or(listener.local_addr()?);
-        let secret = config.secret.as_ref().map(secrecy::ExposeSecret::expose_secret);
-        let secrets = crate::secret::Secrets::resolve(secret, &config.data_dir)?;
-        let state = state(config, pool, accounts, secrets);
-        let sender = sender(&state.config, &state.db, public_url, state.price_plan.clone())?;
-        Ok(Self { listener, state, sender })
     }
 
-    /// The bound address (with the real port when port 0 was asked for).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves, advances the projections, fires due timers, sends the queued emails and runs the
-    /// periodic jobs until
-    /// `shutdown` is cancelled; then stops accepting,
-    /// lets in-flight requests and the projectors' current batches finish (bounded by the grace
-    /// period) and closes the pool.
+    /// Runs every task of the process until `shutdown` is cancelled or one of them fails: the
+    /// API (or a worker's `/metrics`), the projectors and the due-date scheduler (a worker, or a
+    /// `serve` with projectors on), the notification sender, the periodic jobs, the metrics upkeep
+    /// and (with the API) the token cache's membership. Each task is joined by one tracker; on
+    /// shutdown the listener stops accepting, and in-flight requests and the projectors' current
+    /// batches get the grace period to finish, after which the pool is closed. A task that fails
+    /// stops the process with its error: a process that has lost a part of itself (a `serve`
+    /// whose projectors could not start) must not go on as if whole.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, state, sender } = self;
-        let grace = state.config.http.shutdown_grace;
-        let pool = state.db.clone();
-        if state.config.run_projectors {
+        let Self { role, config, pool, store, engine, sender, listener } = self;
+        let tasks = Tasks::new(shutdown.clone());
+        let projectors = role == Process::Worker || config.run_projectors;
+        if projectors {
             // Every projection has its checkpoint row before the first request is served, so
             // `/ready` lists them all from the start (the engine's task makes sure again).
-            let names: Vec<&str> = state.engine.projections().iter().map(|p| p.name()).collect();
+            let names: Vec<&str> = engine.projections().iter().map(|p| p.name()).collect();
             if let Err(error) = projections::engine::ensure_checkpoints(&pool, &names).await {
                 tracing::warn!(%error, "could not create the projections' checkpoints yet");
             }
+            let stop = shutdown.clone();
+            tasks.spawn("projectors", async move { engine.run(stop).await.map_err(Into::into) });
+            // Timers fire where the projectors run (the process manager sets them).
+            let scheduler = projections::deadlines::Scheduler::new(pool.clone(), store);
+            tasks.spawn_infallible("due-date scheduler", |stop| scheduler.run(stop));
         }
-        let projectors =
-            state.config.run_projectors.then(|| tokio::spawn(state.engine.clone().run(shutdown.clone())));
-        // Timers fire where the projectors run (the process manager sets them); the periodic jobs
-        // run in every process, each job in one process at a time.
-        let scheduler = state.config.run_projectors.then(|| {
-            let scheduler = projections::deadlines::Scheduler::new(pool.clone(), state.store.clone());
-            tokio::spawn(scheduler.run(shutdown.clone()))
+        // The periodic jobs and the emails run in every process (each job, each email, in one
+        // process at a time).
+        let jobs = crate::jobs::jobs(config.auth.login_window);
+        let jobs_pool = pool.clone();
+        tasks.spawn_infallible("periodic jobs", move |stop| {
+            crate::jobs::run_periodically(jobs_pool, jobs, stop)
         });
-        let jobs = crate::jobs::jobs(state.config.auth.login_window);
-        let jobs = tokio::spawn(crate::jobs::run_periodically(pool.clone(), jobs, shutdown.clone()));
-        // Emails go out from every process (each row from one of them).
-        let sender = tokio::spawn(sender.run(shutdown.clone()));
-        let upkeep = tokio::spawn(crate::http::metrics::upkeep_periodically(shutdown.clone()));
-        let tokens = tokio::spawn(crate::accounts::keep_membership(
-            pool.clone(),
-            state.accounts.token_cache().clone(),
-            shutdown.clone(),
-        ));
-        let server = tokio::spawn(crate::http::connections::serve(listener, router(state), shutdown.clone()));
-        shutdown.cancelled().await;
-        match tokio::time::timeout(grace, server).await {
-            Ok(joined) => joined.context("server task failed")?,
-            Err(_) => tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway"),
-        }
-        if let Some(projectors) = projectors {
-            if tokio::time::timeout(grace, projectors).await.is_err() {
-                tracing::warn!("projectors did not stop in time");
+        tasks.spawn_infallible("notification sender", |stop| sender.run(stop));
+        tasks.spawn_infallible("metrics upkeep", crate::http::metrics::upkeep_periodically);
+        match listener {
+            Listener::Api(listener, state) => {
+                let (members, cache) = (pool.clone(), state.accounts.token_cache().clone());
+                tasks.spawn_infallible("token cache membership", move |stop| {
+                    crate::accounts::keep_membership(members, cache, stop)
+                });
+                let router = router(state);
+                tasks.spawn_infallible("http server", move |stop| {
+                    crate::http::connections::serve(listener, router, stop)
+                });
             }
+            Listener::Metrics(listener, router) => {
+                tasks.spawn_infallible("metrics listener", move |stop| {
+                    crate::http::connections::serve(listener, router, stop)
+                });
+            }
+            Listener::None => {}
         }
-        if let Some(scheduler) = scheduler {
-            let _ = scheduler.await;
+        if role == Process::Worker {
+            tracing::info!(
+                "worker running the projectors, the due-date scheduler, the notification sender and the \
+                 periodic jobs"
+            );
+            println!("worker running");
         }
-        let _ = jobs.await;
-        let _ = sender.await;
-        let _ = tokens.await;
-        let _ = upkeep.await;
-        pool.close().await;
-        Ok(())
+        let (outcome, stopped) = tasks.drain(config.http.shutdown_grace).await;
+        // A task still running may hold a connection, and closing waits for every one.
+        if stopped {
+            pool.close().await;
+        }
+        outcome
     }
 }
 
-/// The shared state: stores, readers, cache and the projection engine.
-pub fn state(config: Config, pool: PgPool, accounts: Accounts, secrets: crate::secret::Secrets) -> AppState {
-    let store = EventStore::new(pool.clone());
-    let plan = domain::price::PricePlan::default();
-    let catalogue = CatalogueReader::new(pool.clone());
-    let cache = Cache::new(&config.redis);
-    let engine = engine(&pool, &store, &plan, config.loan)
-        .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
-    AppState::new(crate::http::state::Handles {
-        rentals: RentalsReader::new(pool.clone()),
-        analytics: projections::analytics::AnalyticsReader::new(pool.clone()),
-        catalogue,
-        status: crate::status::StatusBoard::new(pool.clone(), Some(cache.clone())),
-        cache,
-        engine,
-        store,
-        db: pool,
-        accounts,
-        price_plan: Arc::new(plan),
-        secrets: Arc::new(secrets),
-        config: Arc::new(config),
-    })
+/// The process's tasks, joined by one tracker. Shutdown cancels them all; a task that fails
+/// keeps its error and cancels the others.
+struct Tasks {
+    tracker: tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+    running: Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
+    failure: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+}
+
+impl Tasks {
+    fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            tracker: tokio_util::task::TaskTracker::new(),
+            shutdown,
+            running: Arc::default(),
+            failure: Arc::default(),
+        }
+    }
+
+    /// Runs `task`, named `name` in the logs, until it ends; an error stops the process.
+    fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (running, failure, shutdown) =
+            (self.running.clone(), self.failure.clone(), self.shutdown.clone());
+        running.lock().unwrap_or_else(|e| e.into_inner()).insert(name);
+        self.tracker.spawn(async move {
+            let result = task.await;
+            running.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+            if let Err(error) = result {
+                tracing::error!(
+                    task = name,
+                    error = format!("{error:#}"),
+                    "a task of the process failed; stopping"
+                );
+                failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(error.context(name));
+                shutdown.cancel();
+            }
+        });
+    }
+
+    /// Runs a task that ends only when told to stop.
+    fn spawn_infallible<F, Fut>(&self, name: &'static str, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let run = task(self.shutdown.clone());
+        self.spawn(name, async move {
+            run.await;
+            Ok(())
+        });
+    }
+
+    /// Waits for shutdown (or a failure), then at most `grace` for every task to end. Returns
+    /// the first failure (or `Ok`) and whether every task ended; tasks still running after the
+    /// grace period are named in the log and left to end with the process.
+    async fn drain(self, grace: std::time::Duration) -> (anyhow::Result<()>, bool) {
+        self.tracker.close();
+        self.shutdown.cancelled().await;
+        let stopped = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        if !stopped {
+            let left: Vec<&str> =
+                self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+            tracing::warn!(?grace, tasks = ?left, "tasks did not stop within the grace period; stopping anyway");
+        }
+        let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+        (failure.map_or(Ok(()), Err), stopped)
+    }
 }
 
 /// The notification sender of this process, delivering as `config` says.

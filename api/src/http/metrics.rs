@@ -192,12 +192,12 @@ pub async fn render(pool: &PgPool, board: &StatusBoard) -> String {
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A listener of its own for `GET /metrics` (and `GET /health`), for processes that serve no API
-/// (`worker`, with `MOVIESTORE_METRICS_ADDR`). Prints `metrics on http://ADDR`; stops on `shutdown`.
-pub async fn serve_exporter(
+/// (`worker`, with `MOVIESTORE_METRICS_ADDR`): the bound listener and its router, to be served
+/// with [`crate::http::connections::serve`]. Prints `metrics on http://ADDR`.
+pub async fn exporter(
     addr: std::net::SocketAddr,
     pool: PgPool,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> anyhow::Result<(tokio::net::TcpListener, axum::Router)> {
     use anyhow::Context;
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -219,8 +219,5 @@ pub async fn serve_exporter(
             .route("/health", get(|| async { "ok" }));
     tracing::info!(addr = %bound, "serving /metrics");
     println!("metrics on http://{bound}");
-    Ok(tokio::spawn(async move {
-        crate::http::connections::serve(listener, app, shutdown).await;
-        Ok(())
-    }))
+    Ok((listener, app))
 }
