@@ -21,7 +21,7 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
+use crate::engine::{ProjectionError, ReadModel, StoredEvent, WriteMode, WRITE_CHUNK};
 
 /// The projection's name.
 pub const NAME: &str = "analytics";
@@ -30,46 +30,33 @@ pub const NAME: &str = "analytics";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Analytics;
 
-impl Projection for Analytics {
-    fn name(&self) -> &'static str {
-        NAME
+impl ReadModel for Analytics {
+    type Change = Change;
+    type Rows = Rows;
+
+    const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] =
+        &["analytics_category", "analytics_movie", "analytics_rental", "analytics_movie_day"];
+
+    fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
+        decode(events)
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &["analytics_category", "analytics_movie", "analytics_rental", "analytics_movie_day"]
+    async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+        load(conn, changes).await
     }
 
-    fn apply_batch<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
-        _touched: &'a mut Touched,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(apply_batch(conn, events))
+    fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
+        fold(rows, changes)
     }
 
-    fn replay(&self) -> Option<Box<dyn Replay>> {
-        Some(Box::new(AnalyticsReplay(Rows::default())))
-    }
-}
-
-/// The analytics folded in memory from an empty state.
-struct AnalyticsReplay(Rows);
-
-impl Replay for AnalyticsReplay {
-    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        fold(&mut self.0, decode(events)?)
-    }
-
-    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            write(conn, &self.0, false).await?;
-            Ok(())
-        })
+    async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
+        write(conn, rows, mode == WriteMode::Upsert).await
     }
 }
 
-enum Change {
+/// An event this read model reads, decoded, with its place in the log.
+pub enum Change {
     Category { id: Uuid, position: i64, at: DateTime<Utc>, event: CategoryEvent },
     Movie { id: Uuid, sequence: i64, at: DateTime<Utc>, position: i64, event: MovieEvent },
     Rental { id: Uuid, position: i64, event: RentalEvent },
@@ -118,7 +105,7 @@ struct DayFacts {
 /// The rows a batch touches, loaded once, changed in memory, written back once. `days` holds
 /// what the batch adds to each (day, movie) row; in a replay from empty tables that is the total.
 #[derive(Default)]
-struct Rows {
+pub struct Rows {
     categories: HashMap<Uuid, CategoryState>,
     movies: HashMap<Uuid, MovieState>,
     rentals: HashMap<Uuid, RentalState>,
@@ -367,20 +354,6 @@ fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
     }
     Ok(())
 }
-
-async fn apply_batch(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-    let changes = decode(events)?;
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let mut rows = load(conn, &changes).await?;
-    fold(&mut rows, changes)?;
-    write(conn, &rows, true).await?;
-    Ok(())
-}
-
-/// Rows per statement when writing back.
-const WRITE_CHUNK: usize = 20_000;
 
 /// Writes the changed rows: upserts (per-day rows add the batch's increments), or plain inserts
 /// into the empty tables of an in-memory replay (which have no unique index until the end).

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
+use crate::engine::{ProjectionError, ReadModel, StoredEvent, Touched, WriteMode, WRITE_CHUNK};
 
 /// The projection's name.
 pub const NAME: &str = "catalogue";
@@ -22,47 +22,38 @@ pub const NAME: &str = "catalogue";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Catalogue;
 
-impl Projection for Catalogue {
-    fn name(&self) -> &'static str {
-        NAME
+impl ReadModel for Catalogue {
+    type Change = Change;
+    type Rows = Rows;
+
+    const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] = &["category", "movie"];
+
+    fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
+        decode(events)
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &["category", "movie"]
+    async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+        load(conn, changes).await
     }
 
-    fn apply_batch<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
-        touched: &'a mut Touched,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(apply_batch(conn, events, touched))
+    fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
+        fold(rows, changes)
     }
 
-    fn replay(&self) -> Option<Box<dyn Replay>> {
-        Some(Box::new(CatalogueReplay(Rows::default())))
-    }
-}
-
-/// The catalogue folded in memory from an empty state.
-struct CatalogueReplay(Rows);
-
-impl Replay for CatalogueReplay {
-    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        fold(&mut self.0, decode(events)?)
+    async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
+        write(conn, rows, mode == WriteMode::Upsert).await
     }
 
-    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            write(conn, &self.0, false).await?;
-            Ok(())
-        })
+    fn touched(rows: &Rows, touched: &mut Touched) {
+        for id in &rows.dirty_movies {
+            touched.movie(*id, rows.movies[id].revision);
+        }
     }
 }
 
 /// A catalogue event with its place in the log.
-struct Located<E> {
+pub struct Located<E> {
     id: Uuid,
     sequence: i64,
     position: i64,
@@ -70,7 +61,8 @@ struct Located<E> {
     event: E,
 }
 
-enum Change {
+/// An event this read model reads, decoded, with its place in the log.
+pub enum Change {
     Category(Located<CategoryEvent>),
     Movie(Located<MovieEvent>),
 }
@@ -105,7 +97,7 @@ struct MovieState {
 
 /// The rows a batch touches, loaded once, changed in memory, written back once.
 #[derive(Default)]
-struct Rows {
+pub struct Rows {
     categories: HashMap<Uuid, CategoryState>,
     movies: HashMap<Uuid, MovieState>,
     dirty_categories: HashSet<Uuid>,
@@ -329,27 +321,6 @@ fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
     }
     Ok(())
 }
-
-async fn apply_batch(
-    conn: &mut PgConnection,
-    events: &[StoredEvent],
-    touched: &mut Touched,
-) -> Result<(), ProjectionError> {
-    let changes = decode(events)?;
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let mut rows = load(conn, &changes).await?;
-    fold(&mut rows, changes)?;
-    write(conn, &rows, true).await?;
-    for id in &rows.dirty_movies {
-        touched.movie(*id, rows.movies[id].revision);
-    }
-    Ok(())
-}
-
-/// Rows per statement when writing back.
-const WRITE_CHUNK: usize = 20_000;
 
 /// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
 /// replay (which have no unique index to resolve conflicts with until the end).

@@ -26,7 +26,7 @@ pub mod rentals;
 
 use std::sync::Arc;
 
-use engine::Projection;
+use engine::{Model, Projection};
 
 /// Every projection of the product: the read models, the payments process manager (which
 /// prices with `plan` and fixes due times with `loan`) and the notifications projection.
@@ -36,9 +36,9 @@ pub fn all(
     loan: domain::loan::LoanPolicy,
 ) -> Vec<Arc<dyn Projection>> {
     vec![
-        Arc::new(catalogue::Catalogue),
-        Arc::new(rentals::Rentals),
-        Arc::new(analytics::Analytics),
+        Arc::new(Model::<catalogue::Catalogue>::new()),
+        Arc::new(Model::<rentals::Rentals>::new()),
+        Arc::new(Model::<analytics::Analytics>::new()),
         Arc::new(payments::Payments::new(store, plan, loan)),
         Arc::new(notifications::Notifications),
     ]

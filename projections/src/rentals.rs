@@ -11,7 +11,7 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
+use crate::engine::{ProjectionError, ReadModel, StoredEvent, WriteMode, WRITE_CHUNK};
 
 /// The projection's name.
 pub const NAME: &str = "rentals";
@@ -20,56 +20,42 @@ pub const NAME: &str = "rentals";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Rentals;
 
-impl Projection for Rentals {
-    fn name(&self) -> &'static str {
-        NAME
+impl ReadModel for Rentals {
+    type Change = Change;
+    type Rows = Rows;
+
+    const NAME: &'static str = NAME;
+    const TABLES: &'static [&'static str] = &["rental_movie", "rental"];
+
+    fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
+        decode(events)
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &["rental_movie", "rental"]
+    async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+        load(conn, changes).await
     }
 
-    fn apply_batch<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
-        _touched: &'a mut Touched,
-    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(apply_batch(conn, events))
-    }
-
-    fn replay(&self) -> Option<Box<dyn Replay>> {
-        Some(Box::new(RentalsReplay(Rows::default())))
-    }
-}
-
-/// The rentals folded in memory from an empty state.
-struct RentalsReplay(Rows);
-
-impl Replay for RentalsReplay {
-    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        fold(&mut self.0, decode(events)?);
+    fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
+        fold(rows, changes);
         Ok(())
     }
 
-    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            write(conn, &self.0, false).await?;
-            Ok(())
-        })
+    async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
+        write(conn, rows, mode == WriteMode::Upsert).await
     }
 }
 
 /// The rows a batch touches, loaded once, changed in memory, written back once.
 #[derive(Default)]
-struct Rows {
+pub struct Rows {
     titles: HashMap<Uuid, String>,
     rentals: HashMap<Uuid, RentalState>,
     dirty_titles: HashSet<Uuid>,
     dirty_rentals: HashSet<Uuid>,
 }
 
-enum Change {
+/// An event this read model reads, decoded, with its place in the log.
+pub enum Change {
     Movie { movie_id: Uuid, position: i64, event: MovieEvent },
     Rental { rental_id: Uuid, position: i64, event: RentalEvent },
 }
@@ -232,20 +218,6 @@ fn fold(rows: &mut Rows, changes: Vec<Change>) {
         }
     }
 }
-
-async fn apply_batch(conn: &mut PgConnection, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-    let changes = decode(events)?;
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let mut rows = load(conn, &changes).await?;
-    fold(&mut rows, changes);
-    write(conn, &rows, true).await?;
-    Ok(())
-}
-
-/// Rows per statement when writing back.
-const WRITE_CHUNK: usize = 20_000;
 
 /// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
 /// replay (which have no unique index to resolve conflicts with until the end).

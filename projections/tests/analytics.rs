@@ -15,7 +15,7 @@ use domain::rental::RentalEvent;
 use domain::values::{CategoryIds, CategoryName, Rating, Storyline, Title};
 use eventstore::{encode_event, EventStore};
 use projections::analytics::{self, Analytics, AnalyticsReader, Days, RevenueGroup, RevenueRow, TopMovieRow};
-use projections::engine::{read_batch, Checkpoint, Engine, EngineConfig, Projection, Touched};
+use projections::engine::{read_batch, Checkpoint, Engine, EngineConfig, Model, Projection, Touched};
 use projections::rebuild;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -213,7 +213,7 @@ async fn catch_up(pool: &PgPool) {
 /// Every row of every analytics table, as text, in a stable order.
 async fn snapshot(pool: &PgPool) -> Vec<String> {
     let mut rows = Vec::new();
-    for table in Analytics.tables() {
+    for table in Model::<Analytics>::new().tables() {
         let mut these: Vec<String> =
             sqlx::query_scalar(&format!("select row_to_json(t)::text from read.{table} t order by 1"))
                 .fetch_all(pool)
@@ -229,7 +229,7 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
 async fn apply_again(pool: &PgPool, events: &[projections::engine::StoredEvent]) {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("set local search_path to read, public").execute(&mut *tx).await.unwrap();
-    Analytics.apply_batch(&mut tx, events, &mut Touched::default()).await.unwrap();
+    Model::<Analytics>::new().apply_batch(&mut tx, events, &mut Touched::default()).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -377,7 +377,7 @@ async fn a_rebuild_and_a_verify_replay_exactly_the_live_analytics_tables(pool: P
     example(&mut log).await;
     catch_up(&pool).await;
     let live = snapshot(&pool).await;
-    let projection: Arc<dyn Projection> = Arc::new(Analytics);
+    let projection: Arc<dyn Projection> = Arc::new(Model::<Analytics>::new());
 
     // Act
     let diffs = rebuild::verify(&pool, projection.clone(), &()).await.unwrap();
@@ -395,7 +395,7 @@ async fn a_rebuild_and_a_verify_replay_exactly_the_live_analytics_tables(pool: P
         .execute(&pool)
         .await
         .unwrap();
-    let diffs = rebuild::verify(&pool, Arc::new(Analytics), &()).await.unwrap();
+    let diffs = rebuild::verify(&pool, Arc::new(Model::<Analytics>::new()), &()).await.unwrap();
     assert_eq!(diffs.len(), 1, "{diffs:?}");
     assert_eq!(diffs[0].table, "read.analytics_movie_day");
     assert_eq!((diffs[0].only_live, diffs[0].only_replayed), (3, 3));

@@ -18,6 +18,7 @@
 //! error is recorded in the checkpoint row (for `/api/v1/admin/projections`) and logged.
 
 mod feed;
+mod model;
 mod runner;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ pub use feed::{
     checkpoint, checkpoints, ensure_checkpoints, position_given_out, read_batch, read_batch_without_metadata,
     read_filtered, wait_for_position, wait_for_release, Checkpoint, EventFilter, Status,
 };
+pub use model::{Model, ReadModel, WriteMode, WRITE_CHUNK};
 pub(crate) use runner::save_checkpoint as save;
 pub use runner::{BatchOutcome, Engine, EngineConfig, Listener, LAG_HISTOGRAM};
 

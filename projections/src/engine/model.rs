@@ -1,0 +1,121 @@
+//! One pipeline for every read model: decode a batch, load the rows it touches, fold the events
+//! into them in memory, write the changed rows back. A read model says how to do each step
+//! ([`ReadModel`]); the engine runs them, the same way for a live batch and for a rebuild's
+//! in-memory replay, and owns what is shared: the write chunk and the touched rows.
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use sqlx::PgConnection;
+
+use super::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
+
+/// Rows per statement when a read model writes back.
+pub const WRITE_CHUNK: usize = 20_000;
+
+/// How changed rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Live batches: insert or update.
+    Upsert,
+    /// A rebuild's in-memory replay: plain inserts into empty tables, which have no unique index
+    /// to resolve conflicts with until the end.
+    Bulk,
+}
+
+/// What a read model knows; the engine's [`Model`] does the rest.
+pub trait ReadModel: Send + Sync + 'static {
+    /// A decoded event the model cares about, with its place in the log.
+    type Change: Send + Sync;
+    /// The rows a batch touches (or, in a replay, every row), with what changed.
+    type Rows: Default + Send + Sync;
+
+    /// The checkpoint's key.
+    const NAME: &'static str;
+    /// Its tables in schema `read`, in creation order.
+    const TABLES: &'static [&'static str];
+
+    /// The batch's events this model reads, decoded (the others are left out).
+    fn decode(events: &[StoredEvent]) -> Result<Vec<Self::Change>, ProjectionError>;
+
+    /// Loads the stored rows the changes touch.
+    fn load<'a>(
+        conn: &'a mut PgConnection,
+        changes: &'a [Self::Change],
+    ) -> impl Future<Output = Result<Self::Rows, sqlx::Error>> + Send + 'a;
+
+    /// Folds the changes, in log order, into the rows.
+    fn fold(rows: &mut Self::Rows, changes: Vec<Self::Change>) -> Result<(), ProjectionError>;
+
+    /// Writes the changed rows.
+    fn write<'a>(
+        conn: &'a mut PgConnection,
+        rows: &'a Self::Rows,
+        mode: WriteMode,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+
+    /// Notes what a live batch changed that caches outside the database must hear about.
+    fn touched(_rows: &Self::Rows, _touched: &mut Touched) {}
+}
+
+/// A read model as a projection of the engine.
+pub struct Model<M>(PhantomData<fn() -> M>);
+
+impl<M> Model<M> {
+    /// The projection of read model `M`.
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<M> Default for Model<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: ReadModel> Projection for Model<M> {
+    fn name(&self) -> &'static str {
+        M::NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        M::TABLES
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [StoredEvent],
+        touched: &'a mut Touched,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            let changes = M::decode(events)?;
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let mut rows = M::load(conn, &changes).await?;
+            M::fold(&mut rows, changes)?;
+            M::write(conn, &rows, WriteMode::Upsert).await?;
+            M::touched(&rows, touched);
+            Ok(())
+        })
+    }
+
+    fn replay(&self) -> Option<Box<dyn Replay>> {
+        Some(Box::new(ModelReplay::<M>(M::Rows::default())))
+    }
+}
+
+/// A read model folded in memory from empty tables.
+struct ModelReplay<M: ReadModel>(M::Rows);
+
+impl<M: ReadModel> Replay for ModelReplay<M> {
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        M::fold(&mut self.0, M::decode(events)?)
+    }
+
+    fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(async move { Ok(M::write(conn, &self.0, WriteMode::Bulk).await?) })
+    }
+}
