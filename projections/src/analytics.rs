@@ -21,7 +21,7 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::{ProjectionError, ReadModel, StoredEvent, WriteMode, WRITE_CHUNK};
+use crate::engine::{ProjectionError, ReadModel, StoredEvent, StreamType, WriteMode, WRITE_CHUNK};
 
 /// The projection's name.
 pub const NAME: &str = "analytics";
@@ -118,21 +118,21 @@ pub struct Rows {
 fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
     let mut changes = Vec::with_capacity(events.len());
     for e in events {
-        match e.aggregate_type.as_str() {
-            "category" => changes.push(Change::Category {
+        match e.stream_type() {
+            Some(StreamType::Category) => changes.push(Change::Category {
                 id: e.stream_uuid()?,
                 position: e.position,
                 at: e.recorded_at,
                 event: e.decode()?,
             }),
-            "movie" => changes.push(Change::Movie {
+            Some(StreamType::Movie) => changes.push(Change::Movie {
                 id: e.stream_uuid()?,
                 sequence: e.sequence,
                 at: e.recorded_at,
                 position: e.position,
                 event: e.decode()?,
             }),
-            "rental" => changes.push(Change::Rental {
+            Some(StreamType::Rental) => changes.push(Change::Rental {
                 id: e.stream_uuid()?,
                 position: e.position,
                 event: e.decode()?,

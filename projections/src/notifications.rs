@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, Status, StoredEvent, Touched};
+use crate::engine::{BoxFuture, Projection, ProjectionError, Status, StoredEvent, StreamType, Touched};
 use eventstore::deadline;
 
 /// The projection's name (its checkpoint's key).
@@ -97,7 +97,7 @@ impl Projection for Notifications {
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
             let mut queued = Vec::new();
-            for event in events.iter().filter(|e| e.aggregate_type == "rental") {
+            for event in events.iter().filter(|e| e.stream_type() == Some(StreamType::Rental)) {
                 if let Some(row) = queued_for(event)? {
                     queued.push(row);
                 }

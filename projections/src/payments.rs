@@ -25,7 +25,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::engine::{BoxFuture, Projection, ProjectionError, StoredEvent, Touched};
+use crate::engine::{BoxFuture, Projection, ProjectionError, StoredEvent, StreamType, Touched};
 use eventstore::{BatchCommand, CommandOutcome, EventStore, Metadata};
 
 /// The process manager's name.
@@ -59,7 +59,7 @@ enum Step {
 
 impl Step {
     fn of(event: &StoredEvent) -> Result<Option<Self>, ProjectionError> {
-        if event.aggregate_type != "movie"
+        if event.stream_type() != Some(StreamType::Movie)
             || !matches!(event.event_type.as_str(), "MovieRented" | "MovieReturned")
         {
             return Ok(None);

@@ -11,7 +11,7 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{ProjectionError, ReadModel, StoredEvent, WriteMode, WRITE_CHUNK};
+use crate::engine::{ProjectionError, ReadModel, StoredEvent, StreamType, WriteMode, WRITE_CHUNK};
 
 /// The projection's name.
 pub const NAME: &str = "rentals";
@@ -83,13 +83,13 @@ struct RentalState {
 fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
     let mut changes = Vec::with_capacity(events.len());
     for e in events {
-        match e.aggregate_type.as_str() {
-            "movie" => changes.push(Change::Movie {
+        match e.stream_type() {
+            Some(StreamType::Movie) => changes.push(Change::Movie {
                 movie_id: e.stream_uuid()?,
                 position: e.position,
                 event: e.decode()?,
             }),
-            "rental" => changes.push(Change::Rental {
+            Some(StreamType::Rental) => changes.push(Change::Rental {
                 rental_id: e.stream_uuid()?,
                 position: e.position,
                 event: e.decode()?,

@@ -31,7 +31,10 @@ impl Listener for CacheRefresher {
             // All at once: the connection is multiplexed, so the calls share one pipeline and the
             // batch's transaction waits about one Redis round trip, not one per movie.
             join_all(
-                touched.movies.iter().map(|(movie, revision)| self.cache.floor_movie(*movie, *revision)),
+                touched
+                    .of(catalogue::MOVIE_TABLE)
+                    .iter()
+                    .map(|(movie, revision)| self.cache.floor_movie(*movie, *revision)),
             )
             .await;
         })
@@ -39,10 +42,11 @@ impl Listener for CacheRefresher {
 
     fn committed<'a>(&'a self, projection: &'a str, touched: &'a Touched) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if projection != catalogue::NAME || touched.movies.is_empty() {
+            let movies = touched.of(catalogue::MOVIE_TABLE);
+            if projection != catalogue::NAME || movies.is_empty() {
                 return;
             }
-            let ids: Vec<_> = touched.movies.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<_> = movies.iter().map(|(id, _)| *id).collect();
             match self.catalogue.movies_by_id(&ids).await {
                 Ok(rows) => {
                     let bodies: Vec<_> = rows.iter().map(|row| (row, views::movie_json(row))).collect();

@@ -64,7 +64,37 @@ pub struct StoredEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// The kinds of stream the log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamType {
+    /// `category` streams ([`domain::category::CategoryEvent`]).
+    Category,
+    /// `movie` streams ([`domain::movie::MovieEvent`]).
+    Movie,
+    /// `rental` streams ([`domain::rental::RentalEvent`]).
+    Rental,
+}
+
+impl StreamType {
+    /// The stream type stored in `aggregate_type`, when it is one this version knows.
+    pub fn of(aggregate_type: &str) -> Option<Self> {
+        use cqrs_es::Aggregate;
+        match aggregate_type {
+            domain::category::Category::TYPE => Some(Self::Category),
+            domain::movie::Movie::TYPE => Some(Self::Movie),
+            domain::rental::Rental::TYPE => Some(Self::Rental),
+            _ => None,
+        }
+    }
+}
+
 impl StoredEvent {
+    /// The kind of stream it belongs to (`None`: one this version does not know, which every
+    /// projection passes over).
+    pub fn stream_type(&self) -> Option<StreamType> {
+        StreamType::of(&self.aggregate_type)
+    }
+
     /// The stream id as a UUID (every stream id of this product is one).
     pub fn stream_uuid(&self) -> Result<Uuid, ProjectionError> {
         Uuid::parse_str(&self.aggregate_id)
@@ -79,25 +109,32 @@ impl StoredEvent {
     }
 }
 
-/// What a batch changed that caches outside the database must hear about.
+/// What a batch changed that caches outside the database must hear about: rows by table, each
+/// with the row's new revision. A read model notes its rows ([`ReadModel::touched`]); the engine
+/// hands them to its listeners around the batch's commit.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Touched {
-    /// Movies whose details row changed, with the row's new revision.
-    pub movies: Vec<(Uuid, i64)>,
+    rows: std::collections::BTreeMap<&'static str, Vec<(Uuid, i64)>>,
 }
 
 impl Touched {
-    /// Notes a changed movie and its row's new revision.
-    pub fn movie(&mut self, id: Uuid, revision: i64) {
-        match self.movies.iter_mut().find(|(m, _)| *m == id) {
+    /// Notes a changed row of `table` and its new revision.
+    pub fn row(&mut self, table: &'static str, id: Uuid, revision: i64) {
+        let rows = self.rows.entry(table).or_default();
+        match rows.iter_mut().find(|(known, _)| *known == id) {
             Some((_, known)) => *known = (*known).max(revision),
-            None => self.movies.push((id, revision)),
+            None => rows.push((id, revision)),
         }
+    }
+
+    /// The changed rows of `table`, each with its new revision.
+    pub fn of(&self, table: &str) -> &[(Uuid, i64)] {
+        self.rows.get(table).map_or(&[], Vec::as_slice)
     }
 
     /// Whether nothing was noted.
     pub fn is_empty(&self) -> bool {
-        self.movies.is_empty()
+        self.rows.values().all(Vec::is_empty)
     }
 }
 

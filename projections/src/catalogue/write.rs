@@ -1,0 +1,199 @@
+//! Loading the rows a batch changes and writing them back; the categories' name keys.
+
+use super::*;
+
+/// Loads every row the batch can change: its movies, the movies of renamed categories, and every
+/// category those movies or the events name.
+pub(super) async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+    let mut movie_ids = HashSet::new();
+    let mut category_ids = HashSet::new();
+    let mut renamed = HashSet::new();
+    for change in changes {
+        match change {
+            Change::Category(c) => {
+                category_ids.insert(c.id);
+                if matches!(c.event, CategoryEvent::CategoryRenamed { .. }) {
+                    renamed.insert(c.id);
+                }
+            }
+            Change::Movie(m) => {
+                movie_ids.insert(m.id);
+                if let MovieEvent::MovieAdded { category_ids: ids, .. }
+                | MovieEvent::MovieUpdated { category_ids: Some(ids), .. } = &m.event
+                {
+                    category_ids.extend(ids.ids());
+                }
+            }
+        }
+    }
+    let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
+    let renamed: Vec<Uuid> = renamed.into_iter().collect();
+    // Two statements, not one with `or`: each uses its own index.
+    let mut movies: Vec<MovieState> =
+        sqlx::query_as(&format!("select {STATE_COLUMNS} from movie where movie_id = any($1)"))
+            .bind(&movie_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    if !renamed.is_empty() {
+        let in_renamed: Vec<MovieState> = sqlx::query_as(&format!(
+            "select {STATE_COLUMNS} from movie where category_ids && $1::uuid[] and movie_id <> all($2)"
+        ))
+        .bind(&renamed)
+        .bind(&movie_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        movies.extend(in_renamed);
+    }
+    for movie in &movies {
+        category_ids.extend(movie.category_ids.iter().copied());
+    }
+    let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
+    let categories: Vec<CategoryState> = sqlx::query_as(
+        "select category_id, name, movie_count, revision from category where category_id = any($1)",
+    )
+    .bind(&category_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Rows {
+        categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
+        movies: movies.into_iter().map(|m| (m.movie_id, m)).collect(),
+        ..Rows::default()
+    })
+}
+
+const STATE_COLUMNS: &str = "movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+     available, retired, times_rented, version, revision, added_at, updated_at";
+
+/// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
+/// replay (which have no unique index to resolve conflicts with until the end).
+pub(super) async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
+    let categories: Vec<&CategoryState> =
+        rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
+    for chunk in categories.chunks(WRITE_CHUNK) {
+        write_categories(conn, chunk, upsert).await?;
+    }
+    let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
+    for chunk in movies.chunks(WRITE_CHUNK) {
+        write_movies(conn, chunk, &rows.categories, upsert).await?;
+    }
+    Ok(())
+}
+
+async fn write_categories(
+    conn: &mut PgConnection,
+    dirty: &[&CategoryState],
+    upsert: bool,
+) -> Result<(), sqlx::Error> {
+    let conflict = if upsert {
+        "on conflict (category_id) do update
+            set name = excluded.name, name_key = excluded.name_key, movie_count = excluded.movie_count,
+                revision = excluded.revision"
+    } else {
+        ""
+    };
+    sqlx::query(&format!(
+        "insert into category (category_id, name, name_key, movie_count, revision)
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[]) {conflict}"
+    ))
+    .bind(dirty.iter().map(|c| c.category_id).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| NameKey::of(&c.name).into_string()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| c.movie_count).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|c| c.revision).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_movies(
+    conn: &mut PgConnection,
+    dirty: &[&MovieState],
+    categories: &HashMap<Uuid, CategoryState>,
+    upsert: bool,
+) -> Result<(), sqlx::Error> {
+    let names = |m: &MovieState| -> serde_json::Value {
+        m.category_ids.iter().filter_map(|id| categories.get(id).map(|c| c.name.clone())).collect()
+    };
+    let ids =
+        |m: &MovieState| -> serde_json::Value { m.category_ids.iter().map(|id| id.to_string()).collect() };
+    // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so the
+    // per-row category ids and names travel as JSON arrays.
+    let conflict = if upsert {
+        "on conflict (movie_id) do update set
+            title = excluded.title, storyline = excluded.storyline, director = excluded.director,
+            release_date = excluded.release_date, rating_tenths = excluded.rating_tenths,
+            category_ids = excluded.category_ids, category_names = excluded.category_names,
+            available = excluded.available, retired = excluded.retired, times_rented = excluded.times_rented,
+            version = excluded.version, revision = excluded.revision, search = excluded.search,
+            added_at = excluded.added_at, updated_at = excluded.updated_at"
+    } else {
+        ""
+    };
+    sqlx::query(&format!(
+        "insert into movie (movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+                            category_names, available, retired, times_rented, version, revision, search,
+                            added_at, updated_at)
+         select u.movie_id, u.title, u.storyline, u.director, u.release_date, u.rating_tenths,
+                array(select jsonb_array_elements_text(u.category_ids)::uuid),
+                array(select jsonb_array_elements_text(u.category_names)),
+                u.available, u.retired, u.times_rented, u.version, u.revision,
+                lower(u.title || ' ' || u.storyline || ' ' || coalesce(u.director, '')),
+                u.added_at, u.updated_at
+           from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::date[], $6::smallint[], $7::jsonb[],
+                       $8::jsonb[], $9::bool[], $10::bool[], $11::bigint[], $12::bigint[], $13::bigint[],
+                       $14::timestamptz[], $15::timestamptz[])
+                as u(movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+                     category_names, available, retired, times_rented, version, revision, added_at, updated_at)
+         {conflict}"
+    ))
+    .bind(dirty.iter().map(|m| m.movie_id).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.storyline.as_str()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.director.as_deref()).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.release_date).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.rating_tenths).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| ids(m)).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| names(m)).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.available).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.retired).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.times_rented).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.version).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.revision).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.added_at).collect::<Vec<_>>())
+    .bind(dirty.iter().map(|m| m.updated_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a `read.category` row lacks its name's key.
+pub async fn category_keys_missing(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists(select 1 from read.category where name_key is null)")
+        .fetch_one(conn)
+        .await
+}
+
+/// Computes the name key of every `read.category` row again and stores those that differ (the
+/// read model is not where names are unique, so no two keys are weighed against each other);
+/// returns how many changed. A row renamed meanwhile by the projector keeps the key it wrote.
+pub async fn recompute_category_keys(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let rows: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("select category_id, name, name_key from read.category").fetch_all(&mut *conn).await?;
+    let changes: Vec<(Uuid, &str, String)> = rows
+        .iter()
+        .map(|(id, name, stored)| (*id, name.as_str(), stored, NameKey::of(name)))
+        .filter(|(_, _, stored, key)| stored.as_deref() != Some(key.as_str()))
+        .map(|(id, name, _, key)| (id, name, key.into_string()))
+        .collect();
+    sqlx::query(
+        "update read.category c set name_key = u.key
+           from unnest($1::uuid[], $2::text[], $3::text[]) as u(category_id, name, key)
+          where c.category_id = u.category_id and c.name = u.name",
+    )
+    .bind(changes.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+    .bind(changes.iter().map(|(_, name, _)| *name).collect::<Vec<_>>())
+    .bind(changes.iter().map(|(_, _, key)| key.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(changes.len() as u64)
+}
