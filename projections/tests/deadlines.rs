@@ -199,7 +199,8 @@ async fn a_return_before_the_due_time_cancels_the_timer_and_nothing_fires(pool: 
     let close = RentalCommand::CloseRental { returned_at: days_ago(1), plan: PricePlan::default() };
 
     // Act
-    let closed = store.execute::<Rental>(&ids[0].to_string(), close, &opening("return").into()).await.unwrap();
+    let closed =
+        store.execute::<Rental>(&ids[0].to_string(), close, &opening("return").into()).await.unwrap();
 
     // Assert: the close's own transaction deleted that timer; the other one is still set, and
     // neither is due, so a round fires nothing.

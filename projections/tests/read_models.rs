@@ -124,7 +124,11 @@ impl World {
         let id = Uuid::now_v7();
         let name = CategoryName::parse(name).unwrap();
         self.store
-            .execute::<Category>(&id.to_string(), CategoryCommand::CreateCategory { name }, &self.meta().into())
+            .execute::<Category>(
+                &id.to_string(),
+                CategoryCommand::CreateCategory { name },
+                &self.meta().into(),
+            )
             .await
             .unwrap();
         id
@@ -134,7 +138,11 @@ impl World {
         let name = CategoryName::parse(name).unwrap();
         let done = self
             .store
-            .execute::<Category>(&id.to_string(), CategoryCommand::RenameCategory { name }, &self.meta().into())
+            .execute::<Category>(
+                &id.to_string(),
+                CategoryCommand::RenameCategory { name },
+                &self.meta().into(),
+            )
             .await
             .unwrap();
         assert_eq!(done.events.len(), 1);
@@ -174,7 +182,10 @@ impl World {
     }
 
     async fn retire(&self, id: Uuid) {
-        self.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &self.meta().into()).await.unwrap();
+        self.store
+            .execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &self.meta().into())
+            .await
+            .unwrap();
     }
 
     /// Rents the copy; returns the rental id and the stream version after the rent.
@@ -188,7 +199,8 @@ impl World {
         let rental_id = Uuid::now_v7();
         let command =
             MovieCommand::RentMovie { rental_id, customer_id: customer, rented_at, now: Utc::now() };
-        let done = self.store.execute::<Movie>(&movie.to_string(), command, &metadata.clone().into()).await.unwrap();
+        let done =
+            self.store.execute::<Movie>(&movie.to_string(), command, &metadata.clone().into()).await.unwrap();
         (rental_id, done.version)
     }
 
@@ -207,7 +219,11 @@ impl World {
     ) -> i64 {
         let by = Actor::customer(customer);
         let command = MovieCommand::ReturnMovie { rental_id, by, returned_at, now: Utc::now() };
-        self.store.execute::<Movie>(&movie.to_string(), command, &metadata.clone().into()).await.unwrap().version
+        self.store
+            .execute::<Movie>(&movie.to_string(), command, &metadata.clone().into())
+            .await
+            .unwrap()
+            .version
     }
 
     async fn give_back(
