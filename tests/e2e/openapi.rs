@@ -1,9 +1,9 @@
 //! The OpenAPI document and the docs page, from the outside: the spec and the router agree in
-//! both directions, the spec says what the contract says, and the page renders offline in a real
-//! browser.
+//! both directions, the spec says what the contract says, Redocly's recommended lint finds
+//! nothing in it, and the page renders offline in a real browser.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -266,6 +266,81 @@ fn matches_template(template: &str, url: &str) -> bool {
     let (template, url): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), url.split('/').collect());
     template.len() == url.len()
         && template.iter().zip(&url).all(|(t, u)| t == u || (t.starts_with('{') && !u.is_empty()))
+}
+
+/// The Redocly CLI the lint test runs: `redocly` on the `PATH`, at this version (`.ci/run`
+/// installs it). Another version may judge by other rules, so it is refused, not used.
+const REDOCLY_VERSION: &str = "2.77.0";
+
+fn redocly() -> &'static str {
+    let install = format!("npm install -g @redocly/cli@{REDOCLY_VERSION} (puts `redocly` on the PATH)");
+    let output = Command::new("redocly")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("the lint test needs Redocly CLI ({error}): {install}"));
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        output.status.success(),
+        "`redocly --version` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(version, REDOCLY_VERSION, "the lint test runs the pinned Redocly CLI: {install}");
+    "redocly"
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn the_spec_passes_redocly_recommended_lint_with_no_error_and_no_warning(pool: PgPool) {
+    // Arrange: the served document, in a file, and the repository's lint configuration.
+    let redocly = redocly();
+    let app = TestApp::spawn(pool).await;
+    let served = serde_json::to_string_pretty(&spec(&app).await).expect("the spec serializes");
+    let dir = scratch_dir("redocly");
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, served).expect("write the spec");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("redocly.yaml");
+
+    // Act
+    let lint = tokio::process::Command::new(redocly)
+        .args(["lint", "--format=json", "--config"])
+        .arg(&config)
+        .arg(&file)
+        // Nothing leaves the machine: no usage report, no check for a newer version.
+        .env("REDOCLY_TELEMETRY", "off")
+        .env("REDOCLY_SUPPRESS_UPDATE_NOTICE", "true")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), lint)
+        .await
+        .expect("redocly finished in 2 minutes")
+        .expect("run redocly");
+
+    // Assert
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|error| panic!("redocly printed a JSON report ({error}):\n{stdout}\n{stderr}"));
+    let findings: Vec<String> = report["problems"]
+        .as_array()
+        .expect("the report lists its problems")
+        .iter()
+        .map(|problem| {
+            let at = problem.pointer("/location/0/pointer").and_then(Value::as_str).unwrap_or("?");
+            let field = |name: &str| problem[name].as_str().unwrap_or("?").to_string();
+            format!("{} {} at {at}: {}", field("severity"), field("ruleId"), field("message"))
+        })
+        .collect();
+    let totals = &report["totals"];
+    assert_eq!(
+        (totals["errors"].as_u64(), totals["warnings"].as_u64()),
+        (Some(0), Some(0)),
+        "redocly's findings on /openapi.json:\n{}",
+        findings.join("\n")
+    );
+    assert!(output.status.success(), "redocly lint failed:\n{stdout}\n{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("redocly {REDOCLY_VERSION} recommended lint: 0 errors, 0 warnings");
 }
 
 /// The Chromium to drive: `CHROMIUM` when set, else `chromium` on the `PATH`.

@@ -98,6 +98,13 @@ fn missing_tools() -> Vec<(&'static str, &'static str, &'static str)> {
     if on_path("st").is_none() {
         missing.push(("schemathesis (st)", "the fuzz test", "pip install schemathesis==4.32.5"));
     }
+    if on_path("redocly").is_none() {
+        missing.push((
+            "Redocly CLI (redocly)",
+            "the OpenAPI lint test",
+            "npm install -g @redocly/cli@2.77.0",
+        ));
+    }
     if private_pg::find_server_programs(None).is_err() {
         missing.push((
             "PostgreSQL's server programs (initdb, pg_ctl)",

@@ -6,7 +6,11 @@
 //! `#[utoipa::path(...)]` gives both its axum route and its operation, and neither can exist
 //! without the other. What every operation shares is added here rather than on each handler:
 //! the `x-request-id` request and response header, the `Idempotency-Key` header of every POST,
-//! PATCH and DELETE, and the 503 that any request can meet (database unavailable, timeout).
+//! PATCH and DELETE, the 503 that any request can meet (database unavailable, timeout), and
+//! `security: []` on the operations that name no scheme (they are public).
+//!
+//! The served document passes Redocly CLI's `recommended` lint (`redocly.yaml` at the repository
+//! root; the e2e suite runs it on `/openapi.json`).
 
 use axum::http::StatusCode;
 use axum::Router;
@@ -102,6 +106,8 @@ async fn missing_file_as_problem(response: axum::response::Response) -> axum::re
             `position`, header `x-position`); any GET given `?min_position=` that position \
             answers only once it reflects the command."
     ),
+    // Relative: the paths are on the server that serves this document, wherever it runs.
+    servers((url = "/", description = "The server that serves this document.")),
     modifiers(&Security),
     components(
         schemas(Problem),
@@ -196,8 +202,9 @@ problem_responses! {
 }
 
 /// Turns the generated document into the served one: adds the reusable `x-request-id`,
-/// `x-position` and `Idempotency-Key` components and what every operation shares, and describes
-/// `/openapi.json` and `/docs` themselves.
+/// `x-position` and `Idempotency-Key` components and what every operation shares, points the
+/// `x-position` header that commands declare at its component, and describes `/openapi.json` and
+/// `/docs` themselves.
 fn finish(spec: utoipa::openapi::OpenApi) -> Value {
     let mut spec = serde_json::to_value(spec).expect("an OpenAPI document serializes");
     let request_id_schema = json!({ "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" });
@@ -242,6 +249,8 @@ fn finish(spec: utoipa::openapi::OpenApi) -> Value {
         let rate_limited = !crate::http::limits::is_exempt(path);
         for (method, operation) in item.iter_mut() {
             let Some(operation) = operation.as_object_mut() else { continue };
+            // An operation that names no scheme needs no token: say so rather than leave it unsaid.
+            operation.entry("security").or_insert_with(|| json!([]));
             let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
             if let Some(parameters) = parameters.as_array_mut() {
                 parameters.push(json!({ "$ref": "#/components/parameters/RequestId" }));
@@ -264,7 +273,10 @@ fn finish(spec: utoipa::openapi::OpenApi) -> Value {
                     .or_insert_with(|| json!({ "$ref": "#/components/responses/ValidationFailed" }));
                 responses.entry("409").or_insert_with(|| {
                     json!({
-                        "description": "`idempotency-in-progress`: a request with this Idempotency-Key is still running.",
+                        "description": "`idempotency-in-progress`: a request with this Idempotency-Key is still running; \
+                            or `idempotency-answer-lost`: it was carried out (at the position in `x-position`) but \
+                            its answer was lost.",
+                        "headers": { "x-position": { "$ref": "#/components/headers/x-position" } },
                         "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
                     })
                 });
@@ -277,6 +289,10 @@ fn finish(spec: utoipa::openapi::OpenApi) -> Value {
                             "x-request-id".into(),
                             json!({ "$ref": "#/components/headers/x-request-id" }),
                         );
+                        // Handlers declare it where they send it (`with_position`); one description.
+                        if let Some(position) = headers.get_mut(super::routes::POSITION_HEADER) {
+                            *position = json!({ "$ref": "#/components/headers/x-position" });
+                        }
                     }
                 }
             }
@@ -359,6 +375,11 @@ mod tests {
     #[utoipa::path(delete, path = "/other", responses((status = 204, description = "Gone.")))]
     async fn other() {}
 
+    #[utoipa::path(delete, path = "/things/{id}", security(("bearer" = [])), responses(
+        (status = 204, description = "Gone.", headers(("x-position" = i64, description = "Its position."))),
+    ))]
+    async fn retire() {}
+
     #[test]
     #[should_panic(expected = "one routes!(...) per path")]
     fn one_registration_naming_two_paths_is_refused() {
@@ -391,5 +412,22 @@ mod tests {
         }
         assert!(spec["paths"]["/openapi.json"]["get"].is_object());
         assert!(spec["paths"]["/docs"]["get"].is_object());
+    }
+
+    #[test]
+    fn an_operation_naming_no_scheme_is_public_and_a_declared_x_position_is_the_shared_header() {
+        let (_, spec) = ApiRouter::new().routes(routes!(list)).routes(routes!(retire)).split();
+        assert_eq!(spec["paths"]["/things"]["get"]["security"], json!([]));
+        assert_eq!(spec["paths"]["/docs"]["get"]["security"], json!([]));
+        let retire = &spec["paths"]["/things/{id}"]["delete"];
+        assert_eq!(retire["security"], json!([{ "bearer": [] }]));
+        assert_eq!(
+            retire["responses"]["204"]["headers"]["x-position"]["$ref"],
+            "#/components/headers/x-position"
+        );
+        assert_eq!(
+            spec["servers"],
+            json!([{ "url": "/", "description": "The server that serves this document." }])
+        );
     }
 }

@@ -26,6 +26,7 @@ pub fn router() -> ApiRouter {
 /// `lag_events` the ones queued and not sent yet, `lag_seconds` how long the oldest has waited;
 /// `failing` while the SMTP server cannot be reached).
 #[utoipa::path(get, path = "/api/v1/admin/projections", tag = "operations", security(("bearer" = [])),
+    operation_id = "list_projections",
     responses(
         (status = 200, description = "One item per projection, by name.", body = Projections),
         (status = 401, response = Unauthorized),
@@ -55,6 +56,7 @@ async fn list(State(state): State<AppState>, Admin(_caller): Admin) -> Result<Re
 /// Replays the log into a shadow table and swaps it in, in the background; progress shows in
 /// the list. The payments process manager is not a read model and is never rebuilt.
 #[utoipa::path(post, path = "/api/v1/admin/projections/{name}/rebuild", tag = "operations",
+    operation_id = "rebuild_projection",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The read model: `catalogue` or `rentals`.")),
     responses(
@@ -107,6 +109,7 @@ async fn rebuild(
 /// Each job runs in one process at a time; a failed run shows its error in `last_outcome` and is
 /// retried a few seconds later.
 #[utoipa::path(get, path = "/api/v1/admin/jobs", tag = "operations", security(("bearer" = [])),
+    operation_id = "list_jobs",
     responses(
         (status = 200, description = "One item per job, by name.", body = Jobs),
         (status = 401, response = Unauthorized),

@@ -132,6 +132,7 @@ fn days(params: &Params, problems: &mut Problems) -> Result<Days, ApiError> {
 ///
 /// A movie in several categories counts in each of them.
 #[utoipa::path(get, path = "/api/v1/analytics/revenue", tag = "analytics", security(("bearer" = [])),
+    operation_id = "get_revenue",
     params(Grouping, Period, ReadYourWrites),
     responses(
         (status = 200, description = "Revenue per group.", body = Revenue),
@@ -183,6 +184,7 @@ async fn revenue(
 
 /// The most rented movies (rentals started in the period)
 #[utoipa::path(get, path = "/api/v1/analytics/top-movies", tag = "analytics", security(("bearer" = [])),
+    operation_id = "get_top_movies",
     params(Period, TopLimit, ReadYourWrites),
     responses(
         (status = 200, description = "Most rented first.", body = TopMovies),
@@ -214,6 +216,7 @@ async fn top_movies(
 
 /// The share of the period each movie's copy was rented
 #[utoipa::path(get, path = "/api/v1/analytics/utilization", tag = "analytics", security(("bearer" = [])),
+    operation_id = "get_utilization",
     params(Period, ReadYourWrites),
     responses(
         (status = 200, description = "Utilization per movie.", body = Utilization),

@@ -193,6 +193,7 @@ fn filter(params: &Params, problems: &mut Problems) -> EventFilter {
 /// was released yet: a reader who follows `next_after` until null has read every event
 /// released by then.
 #[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit", security(("bearer" = [])),
+    operation_id = "list_events",
     params(FeedQuery, ReadYourWrites),
     responses(
         (status = 200, description = "A page of the log in the projections' order.", body = EventPage),
@@ -242,6 +243,7 @@ fn stream_path(path: StreamPath) -> Result<(&'static str, String), ApiError> {
 
 /// The events of one stream, in stream order, a page at a time
 #[utoipa::path(get, path = "/api/v1/audit/streams/{type}/{id}", tag = "audit", security(("bearer" = [])),
+    operation_id = "list_stream_events",
     params(
         ("type" = String, Path, description = "`movie`, `rental` or `category`."),
         ("id" = Uuid, Path, description = "The stream's id."),
@@ -287,6 +289,7 @@ fn audit_log(state: &AppState) -> AuditLog {
 
 /// A stream's state as of a time, rebuilt through the domain's own `apply`
 #[utoipa::path(get, path = "/api/v1/audit/streams/{type}/{id}/state", tag = "audit", security(("bearer" = [])),
+    operation_id = "get_stream_state",
     params(
         ("type" = String, Path, description = "`movie`, `rental` or `category`."),
         ("id" = Uuid, Path, description = "The stream's id."),
@@ -368,6 +371,7 @@ fn category_view(category: &Category) -> Value {
 ///
 /// One `Event` a line, in the feed's order.
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", security(("bearer" = [])),
+    operation_id = "export_events",
     params(ReadYourWrites),
     responses(
         (status = 200, description = "NDJSON, one event a line.", body = String, content_type = "application/x-ndjson"),

@@ -26,6 +26,7 @@ pub fn router() -> ApiRouter {
 ///
 /// `movie_count` counts movies not retired.
 #[utoipa::path(get, path = "/api/v1/categories", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "list_categories",
     params(ReadYourWrites),
     responses(
         (status = 200, description = "The categories.", body = Categories),
@@ -54,6 +55,7 @@ const MAX_SEARCH_WORDS: usize = 10;
 ///
 /// Retired movies are never listed.
 #[utoipa::path(get, path = "/api/v1/movies", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "list_movies",
     params(MovieQuery, ReadYourWrites),
     responses(
         (status = 200, description = "A page.", body = MoviePage),
@@ -101,6 +103,7 @@ async fn movies(
 ///
 /// Served from the Redis cache when warm (`x-cache: hit`), else from PostgreSQL (`miss`).
 #[utoipa::path(get, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "get_movie",
     params(("id" = Uuid, Path, description = "The movie's id."), ReadYourWrites),
     responses(
         (status = 200, description = "The movie.", body = Movie,

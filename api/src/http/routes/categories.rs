@@ -37,6 +37,7 @@ fn name_from(body: &Body) -> Result<CategoryName, ApiError> {
 
 /// Create a category (admin)
 #[utoipa::path(post, path = "/api/v1/categories", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "create_category",
     request_body(content = schemas::CategoryName, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `Location` names it.", body = CategoryChanged,
@@ -69,6 +70,7 @@ async fn create(
 
 /// Rename a category (admin)
 #[utoipa::path(patch, path = "/api/v1/categories/{id}", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "rename_category",
     params(("id" = Uuid, Path, description = "The category's id.")),
     request_body(content = schemas::CategoryName, content_type = "application/json"),
     responses(

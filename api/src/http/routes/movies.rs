@@ -92,6 +92,7 @@ async fn movie_body(
 
 /// Add a movie (admin)
 #[utoipa::path(post, path = "/api/v1/movies", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "add_movie",
     request_body(content = MovieFields, content_type = "application/json",
         description = "`title`, `release_date`, `rating` and `category_ids` are required."),
     responses(
@@ -140,6 +141,7 @@ async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) ->
 ///
 /// Any of the movie's fields; at least one.
 #[utoipa::path(patch, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "update_movie",
     params(("id" = Uuid, Path, description = "The movie's id.")),
     request_body(content = MovieFields, content_type = "application/json",
         description = "Any of the fields, at least one."),
@@ -180,6 +182,7 @@ async fn update(
 ///
 /// Kept in history, never listed again, not rentable.
 #[utoipa::path(delete, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "retire_movie",
     params(("id" = Uuid, Path, description = "The movie's id.")),
     responses(
         (status = 204, description = "Retired.", headers(("x-position" = i64, description = "The command's position."))),
@@ -209,6 +212,7 @@ async fn retire(
 /// Each movie has one copy: of any number of simultaneous rents of one movie, exactly one gets
 /// 201. A customer sends no body; an admin names the customer and may back-date the rent.
 #[utoipa::path(post, path = "/api/v1/movies/{id}/rent", tag = "renting", security(("bearer" = [])),
+    operation_id = "rent_movie",
     params(("id" = Uuid, Path, description = "The movie's id.")),
     request_body(content = Option<RentRequest>, content_type = "application/json",
         description = "Admins only (403 for anyone else)."),

@@ -48,6 +48,7 @@ pub const INVALID_RESET_TOKEN: &str = "invalid-reset-token";
 /// email, a `password_reset` email carries a link `MOVIESTORE_PUBLIC_URL/reset-password?token=T`
 /// and the token; at most 3 such emails per account per hour (further requests send nothing).
 #[utoipa::path(post, path = "/api/v1/auth/password-reset", tag = "accounts",
+    operation_id = "request_password_reset",
     request_body(content = PasswordResetRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted (the same answer for every email).", body = Accepted),
@@ -79,6 +80,7 @@ async fn request_reset(State(state): State<AppState>, body: Body) -> Result<Resp
 /// Every token of the account is revoked (in every process) and its login failures are cleared.
 /// An unknown, used or expired token is 422 `invalid-reset-token` (the same answer for each).
 #[utoipa::path(post, path = "/api/v1/auth/password-reset/confirm", tag = "accounts",
+    operation_id = "confirm_password_reset",
     request_body(content = PasswordResetConfirm, content_type = "application/json"),
     responses(
         (status = 204, description = "The password is changed."),
@@ -112,6 +114,7 @@ async fn confirm_reset(State(state): State<AppState>, body: Body) -> Result<Stat
 
 /// The caller's email preferences
 #[utoipa::path(get, path = "/api/v1/me/notifications", tag = "accounts", security(("bearer" = [])),
+    operation_id = "get_notification_preferences",
     params(ReadYourWrites),
     responses(
         (status = 200, description = "Both `true` for a new account.", body = NotificationPreferences),
@@ -135,6 +138,7 @@ async fn preferences(
 /// Receipts (rental, return, payment) and overdue reminders; welcome and password-reset emails
 /// always go. A field left out keeps its value.
 #[utoipa::path(patch, path = "/api/v1/me/notifications", tag = "accounts", security(("bearer" = [])),
+    operation_id = "set_notification_preferences",
     request_body(content = NotificationPreferencesChange, content_type = "application/json"),
     responses(
         (status = 200, description = "The preferences now.", body = NotificationPreferences),
@@ -167,6 +171,7 @@ struct NotificationCursor {
 ///
 /// No addresses and no bodies: ids, kinds, states, attempts and times.
 #[utoipa::path(get, path = "/api/v1/admin/notifications", tag = "operations", security(("bearer" = [])),
+    operation_id = "list_notifications",
     params(NotificationQuery),
     responses(
         (status = 200, description = "A page.", body = NotificationPage),

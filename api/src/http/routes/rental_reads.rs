@@ -28,6 +28,7 @@ fn sees_everyone(caller: &AuthUser) -> bool {
 
 /// One rental (its renter, an admin or an auditor)
 #[utoipa::path(get, path = "/api/v1/rentals/{id}", tag = "renting", security(("bearer" = [])),
+    operation_id = "get_rental",
     params(("id" = Uuid, Path, description = "The rental's id."), ReadYourWrites),
     responses(
         (status = 200, description = "The rental.", body = Rental),
@@ -64,6 +65,7 @@ struct RentalCursor {
 /// The caller's own; admins and auditors see everyone's. `overdue=true` lists the active rentals
 /// past their due time, `overdue=false` every other one.
 #[utoipa::path(get, path = "/api/v1/rentals", tag = "renting", security(("bearer" = [])),
+    operation_id = "list_rentals",
     params(RentalQuery, ReadYourWrites),
     responses(
         (status = 200, description = "A page.", body = RentalPage),
@@ -104,6 +106,7 @@ async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -
 
 /// The caller's account, with what they owe
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts", security(("bearer" = [])),
+    operation_id = "get_me",
     params(ReadYourWrites),
     responses(
         (status = 200, description = "The account and `balance_due`, the sum of charges assessed and not yet paid.", body = Me),

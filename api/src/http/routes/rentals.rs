@@ -122,6 +122,7 @@ async fn return_movie(
 ///
 /// The amount must be exactly the charge.
 #[utoipa::path(post, path = "/api/v1/rentals/{id}/pay", tag = "renting", security(("bearer" = [])),
+    operation_id = "pay_rental",
     params(("id" = Uuid, Path, description = "The rental's id.")),
     request_body(content = Payment, content_type = "application/json"),
     responses(
