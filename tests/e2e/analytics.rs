@@ -143,7 +143,7 @@ fn query(group_by: &str, from: Option<NaiveDate>, to: Option<NaiveDate>) -> Stri
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(pool: PgPool) {
     // Arrange: categories, movies in 1 to 3 of them, back-dated rentals over three weeks.
-    let app = TestApp::spawn(pool.clone()).await;
+    let app = TestApp::process(pool.clone()).await;
     let admin = app.admin().await;
     let (_, analyst) = app.staff("annie", "analyst").await;
     let customers = [app.customer("greg").await.0, app.customer("maude").await.0];
@@ -410,7 +410,7 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn analytics_answer_analysts_and_admins_only_and_name_every_invalid_parameter(pool: PgPool) {
     // Arrange
-    let app = TestApp::spawn(pool).await;
+    let app = TestApp::process(pool).await;
     let admin = app.admin().await;
     let (_, analyst) = app.staff("annie", "analyst").await;
     let (_, auditor) = app.staff("audrey", "auditor").await;

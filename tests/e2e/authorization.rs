@@ -194,7 +194,7 @@ async fn every_endpoint_answers_each_kind_of_caller_as_the_contract_says(pool: P
     // Arrange: the owner has an active rental; bodies are chosen so that a caller who may act
     // gets past role and ownership and stops at the body (422) or the resource (404), changing
     // nothing, while a caller who may not gets 401 or 403.
-    let app = TestApp::spawn(pool).await;
+    let app = TestApp::process(pool).await;
     let admin = app.admin().await;
     let (owner_id, owner) = app.customer("owner").await;
     let (_, other) = app.customer("other").await;

@@ -71,7 +71,7 @@ async fn listed(app: &TestApp, token: &str, query: &str) -> Vec<Uuid> {
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn a_back_dated_rent_goes_overdue_within_5_seconds_once_and_is_listed_as_overdue(pool: PgPool) {
     // Arrange
-    let app = TestApp::spawn(pool).await;
+    let app = TestApp::process(pool).await;
     let admin = app.admin().await;
     let (greg, greg_token) = app.customer("greg").await;
     let (maude, maude_token) = app.customer("maude").await;
@@ -228,7 +228,7 @@ async fn the_loan_policy_sets_due_times_and_an_invalid_one_stops_the_process(poo
 async fn a_process_killed_while_100_timers_fire_loses_and_repeats_none(pool: PgPool) {
     // Arrange: 100 movies and a customer.
     const N: usize = 100;
-    let app = TestApp::spawn(pool.clone()).await;
+    let app = TestApp::process(pool.clone()).await;
     let admin = app.admin().await;
     let (customer, _) = app.customer("greg").await;
     let category = app.category("Noir").await;
@@ -260,7 +260,7 @@ async fn a_process_killed_while_100_timers_fire_loses_and_repeats_none(pool: PgP
         .fetch_one(&pool)
         .await
         .unwrap();
-    let app = TestApp::spawn(pool.clone()).await;
+    let app = TestApp::process(pool.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while overdue_count(pool.clone()).await < N as i64 {
         assert!(Instant::now() < deadline, "not every timer fired after the restart");

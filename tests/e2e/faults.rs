@@ -228,7 +228,7 @@ async fn client_loop(
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn kill_9_under_load_loses_no_acknowledged_command_and_the_read_models_catch_up(pool: PgPool) {
     // Arrange: an observer without projectors; the load goes to a peer that is killed each round.
-    let app = TestApp::spawn_without_projectors(pool.clone()).await;
+    let app = TestApp::process_without_projectors(pool.clone()).await;
     let clients = 8;
     let category = app.category("Drama").await;
     let mut movies = Vec::new();

@@ -299,7 +299,7 @@ async fn a_flood_of_readiness_probes_and_scrapes_shares_one_reading_and_starves_
     // Arrange: a customer to read the catalogue, and a stale reading (older than a second). The
     // pool has 16 connections: the projectors and the email sender wait on the locked table too.
     let options = Options { extra_env: vec![("MOVIESTORE_DB_MAX_CONNECTIONS".into(), "16".into())] };
-    let app = TestApp::spawn_with(pool.clone(), options).await;
+    let app = TestApp::process_with(pool.clone(), options).await;
     let (_, token) = app.customer("reader").await;
     assert_eq!(app.get("/ready", None).await.status(), StatusCode::OK);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

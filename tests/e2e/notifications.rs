@@ -27,6 +27,11 @@ async fn spawn_with_smtp(pool: PgPool, sink: &MailSink) -> TestApp {
     TestApp::spawn_with(pool, with_smtp(sink)).await
 }
 
+/// [`spawn_with_smtp`] in a process of its own (to kill it, or to read its own metrics).
+async fn process_with_smtp(pool: PgPool, sink: &MailSink) -> TestApp {
+    TestApp::process_with(pool, with_smtp(sink)).await
+}
+
 fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -200,7 +205,7 @@ async fn while_the_smtp_server_is_down_commands_answer_and_the_queue_goes_out_in
 ) {
     // Arrange
     let mut sink = MailSink::start().await;
-    let app = spawn_with_smtp(pool, &sink).await;
+    let app = process_with_smtp(pool, &sink).await;
     customer(&app, "first").await;
     sink.wait_for(1, Duration::from_secs(15)).await;
 
@@ -257,7 +262,7 @@ async fn while_the_smtp_server_is_down_commands_answer_and_the_queue_goes_out_in
 async fn a_sender_killed_mid_queue_loses_no_email_and_repeats_one_only_with_its_message_id(pool: PgPool) {
     // Arrange: 30 emails queued while the server is away, then a slow server.
     let mut sink = MailSink::start().await;
-    let first = spawn_with_smtp(pool.clone(), &sink).await;
+    let first = process_with_smtp(pool.clone(), &sink).await;
     sink.stop().await;
     for i in 0..30 {
         customer(&first, &format!("killed-{i}")).await;
@@ -272,7 +277,7 @@ async fn a_sender_killed_mid_queue_loses_no_email_and_repeats_one_only_with_its_
     drop(first);
     let before_restart = sink.messages().len();
     sink.set_delay(Duration::ZERO);
-    let second = spawn_with_smtp(pool.clone(), &sink).await;
+    let second = process_with_smtp(pool.clone(), &sink).await;
 
     // Assert: every email arrives; a repeat carries the Message-ID of the first delivery.
     let deadline = Instant::now() + Duration::from_secs(90);

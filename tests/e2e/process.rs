@@ -10,7 +10,7 @@ use crate::support::*;
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn sigterm_stops_the_server_cleanly(pool: PgPool) {
-    let app = TestApp::spawn(pool).await;
+    let app = TestApp::process(pool).await;
     signal(app.pid(), "0"); // the process is there
     let health = app.get("/health", None).await;
     assert_eq!(health.status(), reqwest::StatusCode::OK);

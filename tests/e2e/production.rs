@@ -86,7 +86,7 @@ async fn wait_until_appends_wait(pool: &PgPool, count: i64) {
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn the_metrics_scrape_shows_requests_latencies_commands_cache_projections_and_the_pool(pool: PgPool) {
     // Arrange
-    let app = TestApp::spawn(pool.clone()).await;
+    let app = TestApp::process(pool.clone()).await;
     let (_, customer) = app.customer("greg").await;
     let drama = app.category("Drama").await;
     let movie = app.movie("Heat", &[drama]).await;
@@ -664,7 +664,7 @@ async fn a_key_whose_command_appended_is_never_run_again_even_when_the_process_d
             ("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "3".into()),
         ],
     };
-    let first = TestApp::spawn_with(pool.clone(), options.clone()).await;
+    let first = TestApp::process_with(pool.clone(), options.clone()).await;
     let (_, customer) = first.customer("greg").await;
     let drama = first.category("Drama").await;
     let movie = first.movie("Heat", &[drama]).await;
@@ -709,7 +709,7 @@ async fn a_key_whose_command_appended_is_never_run_again_even_when_the_process_d
         .await
         .unwrap();
     sqlx::raw_sql("drop trigger answer_never_stored on idempotency").execute(&pool).await.unwrap();
-    let second = TestApp::spawn_with(pool.clone(), options).await;
+    let second = TestApp::process_with(pool.clone(), options).await;
 
     // Act
     let (in_progress, after) = retry_until_the_lease_ends(&second, &path, &customer, b"crash-1").await;
@@ -731,7 +731,7 @@ async fn a_claim_left_by_a_process_that_died_before_appending_is_run_once_its_le
             ("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "1".into()),
         ],
     };
-    let first = TestApp::spawn_with(pool.clone(), options.clone()).await;
+    let first = TestApp::process_with(pool.clone(), options.clone()).await;
     let (_, customer) = first.customer("greg").await;
     let drama = first.category("Drama").await;
     let movie = first.movie("Heat", &[drama]).await;
@@ -746,7 +746,7 @@ async fn a_claim_left_by_a_process_that_died_before_appending_is_run_once_its_le
     drop(first);
     let _ = call.await;
     lock.rollback().await.unwrap();
-    let second = TestApp::spawn_with(pool.clone(), options).await;
+    let second = TestApp::process_with(pool.clone(), options).await;
 
     // Act
     let (in_progress, after) = retry_until_the_lease_ends(&second, &path, &customer, b"orphan-1").await;
@@ -764,7 +764,7 @@ async fn a_reader_of_the_records_cannot_test_a_guessed_body_and_only_the_deploym
     pool: PgPool,
 ) {
     // Arrange: a password change under a key; its body holds both passwords.
-    let app = TestApp::spawn(pool.clone()).await;
+    let app = TestApp::process(pool.clone()).await;
     let (greg_id, greg) = app.customer("greg").await;
     let body = json!({"current_password": "password-123", "new_password": "a brand new passphrase"});
     let path = "/api/v1/me/password";
@@ -787,14 +787,14 @@ async fn a_reader_of_the_records_cannot_test_a_guessed_body_and_only_the_deploym
     let replayed = again.headers().get("idempotent-replayed").cloned();
     let again = again.status();
     app.shutdown().await;
-    let restarted = TestApp::spawn(pool.clone()).await;
+    let restarted = TestApp::process(pool.clone()).await;
     let after_restart =
         keyed(&restarted, Method::POST, path, Some(&greg), Some(body.clone()), b"pw-1").await.status();
     restarted.shutdown().await;
     let other_secret = Options {
         extra_env: vec![("MOVIESTORE_SECRET".into(), "another deployment's secret of 32+ characters".into())],
     };
-    let foreign = TestApp::spawn_with(pool.clone(), other_secret).await;
+    let foreign = TestApp::process_with(pool.clone(), other_secret).await;
     let with_other_secret = keyed(&foreign, Method::POST, path, Some(&greg), Some(body), b"pw-1").await;
     let with_other_secret_status = with_other_secret.status();
 

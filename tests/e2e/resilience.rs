@@ -222,7 +222,7 @@ async fn two_serve_processes_on_one_database_charge_every_rental_exactly_once(po
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn events_appended_while_no_projector_ran_are_projected_after_a_crash_and_verify_agrees(pool: PgPool) {
     // Arrange: a server that appends but never projects.
-    let app = TestApp::spawn_without_projectors(pool.clone()).await;
+    let app = TestApp::process_without_projectors(pool.clone()).await;
     let (_, token) = app.customer("greg").await;
     let category = app.category("Drama").await;
     let mut movies = Vec::new();
@@ -253,7 +253,7 @@ async fn events_appended_while_no_projector_ran_are_projected_after_a_crash_and_
     // Act: crash it, start a normal server on the same database.
     signal(app.pid(), "KILL");
     drop(app);
-    let app = TestApp::spawn(pool.clone()).await;
+    let app = TestApp::process(pool.clone()).await;
 
     // Assert: the new server projects everything and the payments process manager charges.
     let started = Instant::now();

@@ -43,7 +43,7 @@ async fn change_password(app: &TestApp, token: &str, current: &str, new: &str) {
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn revocations_take_effect_in_every_process_before_they_answer(pool: PgPool) {
     // Arrange: two processes on one database; both have cached a token.
-    let apps = [TestApp::spawn(pool.clone()).await, TestApp::spawn(pool.clone()).await];
+    let apps = [TestApp::process(pool.clone()).await, TestApp::process(pool.clone()).await];
     let (_, greg) = apps[0].customer("greg").await;
     for app in &apps {
         until_cached(app, &greg).await;
@@ -107,7 +107,7 @@ async fn a_lost_listen_connection_or_a_killed_process_neither_serves_revoked_tok
     pool: PgPool,
 ) {
     // Arrange
-    let apps = [TestApp::spawn(pool.clone()).await, TestApp::spawn(pool.clone()).await];
+    let apps = [TestApp::process(pool.clone()).await, TestApp::process(pool.clone()).await];
     let (_, greg) = apps[0].customer("greg").await;
     until_cached(&apps[1], &greg).await;
 
@@ -209,7 +209,7 @@ async fn a_member_that_never_acknowledges_holds_a_logout_back_for_5_s_at_most_an
     let (_, greg) = first.customer("greg").await;
     until_cached(&first, &greg).await;
     let first_member = newest_member(&pool, &[]).await;
-    let second = TestApp::spawn(pool.clone()).await;
+    let second = TestApp::process(pool.clone()).await;
     let token = first.login("greg", "password-123").await;
     until_cached(&second, &token).await;
     let stopped = newest_member(&pool, &[first_member]).await;

@@ -764,7 +764,7 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported_and_promtool_ac
 
     // As the compose file runs them: serve answers HTTP, a worker advances the projections and
     // serves its metrics on MOVIESTORE_METRICS_ADDR.
-    let app = TestApp::spawn_without_projectors(pool).await;
+    let app = TestApp::process_without_projectors(pool).await;
     let mut worker = Command::new(binary());
     worker
         .arg("worker")

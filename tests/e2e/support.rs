@@ -1,5 +1,6 @@
 //! The test harness: start the binary, talk to it, check problem documents.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const ADMIN_USERNAME: &str = "admin";
@@ -42,13 +44,15 @@ pub struct Options {
     pub extra_env: Vec<(String, String)>,
 }
 
-/// A running `moviestore serve` against a test database.
+/// A running `moviestore serve` against a test database: the app built in this test process
+/// ([`TestApp::spawn`]), or the binary in a process of its own ([`TestApp::process`]) for the
+/// tests that need one (signals, kill -9, exit codes, logs, the process-wide metrics).
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
     pub database_url: String,
-    child: Option<Child>,
+    running: Option<Running>,
     admin_token: OnceLock<String>,
     _admitted: Admitted,
 }
@@ -112,20 +116,89 @@ pub fn alone() -> Alone {
     Alone
 }
 
+/// How a test's app runs.
+enum Running {
+    /// The `moviestore` binary.
+    Process(Child),
+    /// The app built in this process, on a runtime and thread of its own, as `serve` builds it.
+    InProcess { shutdown: CancellationToken, thread: std::thread::JoinHandle<()> },
+}
+
 impl TestApp {
+    /// The app, built in this test process as `moviestore serve` builds it, from the same
+    /// settings the binary would get.
     pub async fn spawn(pool: PgPool) -> Self {
         Self::spawn_with(pool, Options::default()).await
     }
 
-    /// Starts the binary with `MOVIESTORE_PROJECTORS=off`: no projector or process manager runs,
-    /// so a returned rental stays uncharged (pay answers 409 `charge-pending`) for as long as the
-    /// test needs, instead of racing the payments process manager.
+    /// [`TestApp::spawn`] with `MOVIESTORE_PROJECTORS=off` (see
+    /// [`TestApp::process_without_projectors`]).
     pub async fn spawn_without_projectors(pool: PgPool) -> Self {
         let options = Options { extra_env: vec![("MOVIESTORE_PROJECTORS".into(), "off".into())] };
         Self::spawn_with(pool, options).await
     }
 
+    /// [`TestApp::spawn`] with more settings (they win over the defaults).
     pub async fn spawn_with(pool: PgPool, options: Options) -> Self {
+        let admitted = admit();
+        let database_url = Self::database_url_of(&pool);
+        let settings: HashMap<String, String> = environment(&database_url, &options).into_iter().collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let built = async {
+                    let config = api::config::Config::from_lookup(&|name| settings.get(name).cloned())?;
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        static LOGGING: std::sync::Once = std::sync::Once::new();
+                        LOGGING.call_once(|| api::telemetry::init(&config.log));
+                    }
+                    let app = api::startup::App::build(config, api::startup::Process::Serve).await?;
+                    let address = app.local_addr().expect("serve binds the API")?;
+                    anyhow::Ok((app, address))
+                };
+                match built.await {
+                    Ok((app, address)) => {
+                        let _ = tx.send(Ok(format!("http://{address}")));
+                        if let Err(error) = app.run(stop).await {
+                            eprintln!("the test's app stopped with an error: {error:#}");
+                        }
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(format!("{error:#}")));
+                    }
+                }
+            });
+        });
+        let address = match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(Ok(address))) => address,
+            Ok(Ok(Err(error))) => panic!("the app did not start: {error}"),
+            _ => panic!("the app did not start in time"),
+        };
+        Self::ready(pool, database_url, address, Running::InProcess { shutdown, thread }, admitted)
+    }
+
+    /// The `moviestore` binary, started as `moviestore serve` in a process of its own.
+    pub async fn process(pool: PgPool) -> Self {
+        Self::process_with(pool, Options::default()).await
+    }
+
+    /// Starts the binary with `MOVIESTORE_PROJECTORS=off`: no projector or process manager runs,
+    /// so a returned rental stays uncharged (pay answers 409 `charge-pending`) for as long as the
+    /// test needs, instead of racing the payments process manager.
+    pub async fn process_without_projectors(pool: PgPool) -> Self {
+        let options = Options { extra_env: vec![("MOVIESTORE_PROJECTORS".into(), "off".into())] };
+        Self::process_with(pool, options).await
+    }
+
+    /// [`TestApp::process`] with more settings (they win over the defaults).
+    pub async fn process_with(pool: PgPool, options: Options) -> Self {
         let admitted = admit();
         let database_url = Self::database_url_of(&pool);
         let child = start(&database_url, &options);
@@ -147,14 +220,31 @@ impl TestApp {
     async fn attach(pool: PgPool, database_url: String, child: Child, admitted: Admitted) -> Self {
         let (child, address) =
             tokio::task::spawn_blocking(move || wait_for_listening(child)).await.expect("join");
+        Self::ready(pool, database_url, address, Running::Process(child), admitted)
+    }
+
+    fn ready(
+        pool: PgPool,
+        database_url: String,
+        address: String,
+        running: Running,
+        admitted: Admitted,
+    ) -> Self {
         Self {
             address,
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             pool,
             database_url,
-            child: Some(child),
+            running: Some(running),
             admin_token: OnceLock::new(),
             _admitted: admitted,
+        }
+    }
+
+    fn child(&self) -> &Child {
+        match self.running.as_ref() {
+            Some(Running::Process(child)) => child,
+            _ => panic!("this test needs the app in a process of its own: start it with TestApp::process"),
         }
     }
 
@@ -163,13 +253,14 @@ impl TestApp {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child().id()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
     pub async fn shutdown(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
+        let pid = self.pid();
+        let Some(Running::Process(mut child)) = self.running.take() else { unreachable!("a process") };
+        signal(pid, "TERM");
         tokio::task::spawn_blocking(move || child.wait().expect("wait")).await.unwrap()
     }
 
@@ -324,9 +415,18 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        match self.running.take() {
+            Some(Running::Process(mut child)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // Stops it as SIGTERM would, and waits: its connections must be gone before the
+            // test's database is dropped.
+            Some(Running::InProcess { shutdown, thread }) => {
+                shutdown.cancel();
+                let _ = thread.join();
+            }
+            None => {}
         }
     }
 }
@@ -350,32 +450,45 @@ pub fn start(database_url: &str, options: &Options) -> Child {
     command(database_url, options).spawn().expect("start moviestore")
 }
 
+/// The settings of a test's app, in process or not: the defaults, then `options`' own.
+pub fn environment(database_url: &str, options: &Options) -> Vec<(String, String)> {
+    let verbose = std::env::var("TEST_LOG").is_ok();
+    let mut settings: Vec<(String, String)> = [
+        ("DATABASE_URL", database_url.to_string()),
+        ("MOVIESTORE_ADDR", "127.0.0.1:0".into()),
+        ("MOVIESTORE_ADMIN", format!("{ADMIN_USERNAME}:{ADMIN_PASSWORD}")),
+        ("MOVIESTORE_REDIS_PREFIX", format!("test-{}:", Uuid::now_v7())),
+        ("MOVIESTORE_DB_MAX_CONNECTIONS", "8".into()),
+        // Cheap hashes keep the suite fast; production uses the OWASP parameters.
+        ("MOVIESTORE_ARGON2_MEMORY_KIB", "512".into()),
+        ("MOVIESTORE_ARGON2_ITERATIONS", "1".into()),
+        ("RUST_LOG", if verbose { "info" } else { "error" }.into()),
+        // Without an SMTP server emails are files: each app writes its own folder in the build's
+        // scratch space, never the working directory.
+        ("MOVIESTORE_DATA_DIR", scratch_dir("data").display().to_string()),
+        // One deployment: every test app shares the secret, as a deployment's processes must.
+        ("MOVIESTORE_SECRET", TEST_SECRET.into()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect();
+    if let Ok(redis) = std::env::var("REDIS_URL") {
+        settings.push(("REDIS_URL".into(), redis));
+    }
+    settings.extend(options.extra_env.iter().cloned());
+    settings
+}
+
 /// The command [`start`] runs.
 pub fn command(database_url: &str, options: &Options) -> Command {
     let verbose = std::env::var("TEST_LOG").is_ok();
     let mut command = Command::new(binary());
     command
         .arg("serve")
-        .env("DATABASE_URL", database_url)
-        .env("MOVIESTORE_ADDR", "127.0.0.1:0")
-        .env("MOVIESTORE_ADMIN", format!("{ADMIN_USERNAME}:{ADMIN_PASSWORD}"))
-        .env("MOVIESTORE_REDIS_PREFIX", format!("test-{}:", Uuid::now_v7()))
-        .env("MOVIESTORE_DB_MAX_CONNECTIONS", "8")
-        // Cheap hashes keep the suite fast; production uses the OWASP parameters.
-        .env("MOVIESTORE_ARGON2_MEMORY_KIB", "512")
-        .env("MOVIESTORE_ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", if verbose { "info" } else { "error" })
-        // Without an SMTP server emails are files: each process writes its own folder in the
-        // build's scratch space, never the working directory.
-        .env("MOVIESTORE_DATA_DIR", scratch_dir("data"))
-        // One deployment: every test process shares the secret, as a deployment's processes must.
-        .env("MOVIESTORE_SECRET", TEST_SECRET)
+        .envs(environment(database_url, options))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(if verbose { Stdio::inherit() } else { Stdio::null() });
-    for (key, value) in &options.extra_env {
-        command.env(key, value);
-    }
     command
 }
 

@@ -329,17 +329,6 @@ pub enum LogFormat {
 pub const DEFAULT_LOG_FILTER: &str =
     "api=info,projections=info,domain=info,tower_http=info,sqlx=warn,moviestore=info";
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    parsed_from(&var, name, default)
-}
-
 fn parsed_from<T: std::str::FromStr>(
     lookup: &dyn Fn(&str) -> Option<String>,
     name: &str,
@@ -358,28 +347,36 @@ impl Config {
     /// Reads the environment (after a `.env` file, when present) and validates it.
     pub fn load() -> anyhow::Result<Self> {
         let _ = dotenvy::dotenv();
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// The configuration the variables `lookup` gives describe (an unset or blank variable takes
+    /// its default), validated. [`Config::load`] looks them up in the environment; tests that
+    /// run the app in their own process give each app its own.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let config = Self {
             http: HttpConfig {
-                addr: parsed("MOVIESTORE_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-                request_timeout: Duration::from_secs(parsed("MOVIESTORE_REQUEST_TIMEOUT_SECS", 10)?),
+                addr: parsed_from(&var, "MOVIESTORE_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+                request_timeout: Duration::from_secs(parsed_from(&var, "MOVIESTORE_REQUEST_TIMEOUT_SECS", 10)?),
                 shutdown_grace: Duration::from_secs(10),
                 rate_limit: {
-                    let per_second = parsed("MOVIESTORE_RATE_LIMIT_PER_SEC", 2000)?;
+                    let per_second = parsed_from(&var, "MOVIESTORE_RATE_LIMIT_PER_SEC", 2000)?;
                     RateLimit {
                         per_second,
-                        burst: parsed("MOVIESTORE_RATE_LIMIT_BURST", per_second.saturating_mul(2))?,
+                        burst: parsed_from(&var, "MOVIESTORE_RATE_LIMIT_BURST", per_second.saturating_mul(2))?,
                     }
                 },
-                max_concurrent_requests: parsed("MOVIESTORE_MAX_CONCURRENT_REQUESTS", 1024)?,
-                trusted_proxies: parsed("MOVIESTORE_TRUSTED_PROXIES", Default::default())?,
+                max_concurrent_requests: parsed_from(&var, "MOVIESTORE_MAX_CONCURRENT_REQUESTS", 1024)?,
+                trusted_proxies: parsed_from(&var, "MOVIESTORE_TRUSTED_PROXIES", Default::default())?,
             },
             database: DatabaseConfig {
                 url: var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()).into(),
                 url_given: var("DATABASE_URL").is_some(),
-                embedded: parsed("MOVIESTORE_EMBEDDED_POSTGRES", EmbeddedPostgres::Auto)?,
+                embedded: parsed_from(&var, "MOVIESTORE_EMBEDDED_POSTGRES", EmbeddedPostgres::Auto)?,
                 pg_bin: var("MOVIESTORE_PG_BIN").map(Into::into),
-                max_connections: parsed("MOVIESTORE_DB_MAX_CONNECTIONS", 16)?,
-                acquire_timeout: Duration::from_secs(parsed("MOVIESTORE_DB_ACQUIRE_TIMEOUT_SECS", 3)?),
+                max_connections: parsed_from(&var, "MOVIESTORE_DB_MAX_CONNECTIONS", 16)?,
+                acquire_timeout: Duration::from_secs(parsed_from(&var, "MOVIESTORE_DB_ACQUIRE_TIMEOUT_SECS", 3)?),
                 run_migrations: true,
             },
             redis: RedisConfig {
@@ -389,9 +386,9 @@ impl Config {
             auth: AuthConfig {
                 token_ttl: Duration::from_secs(30 * 24 * 60 * 60),
                 argon2: Argon2Params {
-                    memory_kib: parsed("MOVIESTORE_ARGON2_MEMORY_KIB", Argon2Params::default().memory_kib)?,
-                    iterations: parsed("MOVIESTORE_ARGON2_ITERATIONS", Argon2Params::default().iterations)?,
-                    parallelism: parsed(
+                    memory_kib: parsed_from(&var, "MOVIESTORE_ARGON2_MEMORY_KIB", Argon2Params::default().memory_kib)?,
+                    iterations: parsed_from(&var, "MOVIESTORE_ARGON2_ITERATIONS", Argon2Params::default().iterations)?,
+                    parallelism: parsed_from(&var, 
                         "MOVIESTORE_ARGON2_PARALLELISM",
                         Argon2Params::default().parallelism,
                     )?,
@@ -399,7 +396,7 @@ impl Config {
                 login_max_failures: 10,
                 login_window: Duration::from_secs(5 * 60),
                 hash_concurrency: hash_concurrency_from(&var)?,
-                token_cache_size: parsed(
+                token_cache_size: parsed_from(&var, 
                     "MOVIESTORE_TOKEN_CACHE_SIZE",
                     DEFAULT_TOKEN_CACHE_SIZE,
                 )?,
@@ -419,10 +416,10 @@ impl Config {
             },
             runtime: RuntimeConfig::from_lookup(&var)?,
             data_dir: var("MOVIESTORE_DATA_DIR").unwrap_or_else(|| ".moviestore".into()).into(),
-            cors: parsed("MOVIESTORE_CORS_ORIGINS", CorsOrigins::None)?,
+            cors: parsed_from(&var, "MOVIESTORE_CORS_ORIGINS", CorsOrigins::None)?,
             metrics_addr: match var("MOVIESTORE_METRICS_ADDR") {
                 None => None,
-                Some(_) => Some(parsed("MOVIESTORE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?),
+                Some(_) => Some(parsed_from(&var, "MOVIESTORE_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 0)))?),
             },
             loan: loan_from(&var)?,
             mail: MailConfig::from_lookup(&var)?,
