@@ -388,7 +388,8 @@ impl Config {
                 argon2: Argon2Params {
                     memory_kib: parsed_from(&var, "MOVIESTORE_ARGON2_MEMORY_KIB", Argon2Params::default().memory_kib)?,
                     iterations: parsed_from(&var, "MOVIESTORE_ARGON2_ITERATIONS", Argon2Params::default().iterations)?,
-                    parallelism: parsed_from(&var, 
+                    parallelism: parsed_from(
+                        &var,
                         "MOVIESTORE_ARGON2_PARALLELISM",
                         Argon2Params::default().parallelism,
                     )?,
@@ -396,7 +397,8 @@ impl Config {
                 login_max_failures: 10,
                 login_window: Duration::from_secs(5 * 60),
                 hash_concurrency: hash_concurrency_from(&var)?,
-                token_cache_size: parsed_from(&var, 
+                token_cache_size: parsed_from(
+                        &var,
                     "MOVIESTORE_TOKEN_CACHE_SIZE",
                     DEFAULT_TOKEN_CACHE_SIZE,
                 )?,
