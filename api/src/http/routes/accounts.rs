@@ -4,20 +4,25 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use projections::rentals;
 use secrecy::{ExposeSecret, SecretString};
 use utoipa_axum::routes;
 
-use super::schemas::{LoginRequest, PasswordChange, RegisterRequest, Registered, RoleChange};
-use crate::accounts::{
-    validate_email, validate_password, validate_username, LoginOutcome, PasswordChangeOutcome, Role,
-    RoleRefusal,
+use super::reads::{read_your_writes, Params};
+use super::schemas::{
+    LoginRequest, Me, Money, PasswordChange, ReadYourWrites, RegisterRequest, Registered, RoleChange,
 };
-use crate::accounts::{IssuedToken, User};
+use crate::accounts::{
+    validate_email, validate_password, validate_username, IssuedToken, LoginOutcome, PasswordChangeOutcome,
+    Role, RoleRefusal, User,
+};
 use crate::http::client::ClientAddr;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Admin, AuthUser, Body, PathId};
-use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited};
-use crate::http::openapi::{Unauthorized, UnsupportedMediaType, ValidationFailed};
+use crate::http::openapi::{
+    ApiRouter, Forbidden, NotFound, PayloadTooLarge, RateLimited, Unauthorized, UnsupportedMediaType,
+    ValidationFailed,
+};
 use crate::http::state::AppState;
 use crate::http::validate::{parse, Fields};
 
@@ -28,6 +33,7 @@ pub fn router() -> ApiRouter {
         .routes(routes!(logout))
         .routes(routes!(change_password))
         .routes(routes!(set_role))
+        .routes(routes!(me))
 }
 
 fn checked(
@@ -204,4 +210,20 @@ async fn set_role(
             Err(ApiError::field("role", "a customer needs an email, and this account has none"))
         }
     }
+}
+
+/// The caller's account, with what they owe
+#[utoipa::path(get, path = "/api/v1/me", tag = "accounts", security(("bearer" = [])),
+    operation_id = "get_me",
+    params(ReadYourWrites),
+    responses(
+        (status = 200, description = "The account and `balance_due`, the sum of charges assessed and not yet paid.", body = Me),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn me(State(state): State<AppState>, caller: AuthUser, params: Params) -> Result<Response, ApiError> {
+    read_your_writes(&state, &params, &[rentals::NAME]).await?;
+    let due = state.rentals.balance_due(caller.user.id).await?;
+    let balance_due = Money { amount_cents: due, currency: state.price_plan.currency.clone() };
+    Ok(Json(Me { user: caller.user, balance_due }).into_response())
 }

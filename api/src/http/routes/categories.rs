@@ -1,26 +1,30 @@
-//! Category commands: create and rename (admin).
+//! Every `/categories` route: the list, read from the catalogue, and the commands create and
+//! rename (admin).
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::category::{Category, CategoryCommand};
 use domain::values::CategoryName;
 use eventstore::lookup;
+use projections::catalogue;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::schemas::{self, CategoryChanged};
-use super::{with_location, with_position};
+use super::reads::{read_your_writes, Params};
+use super::schemas::{self, Categories, CategoryChanged, ReadYourWrites};
+use super::{views, with_location, with_position};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{Admin, Body, PathId};
-use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
-use crate::http::openapi::{UnsupportedMediaType, ValidationFailed};
+use crate::http::extract::{Admin, AuthUser, Body, PathId};
+use crate::http::openapi::{
+    ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
+};
 use crate::http::state::AppState;
 use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
-    ApiRouter::new().routes(routes!(create)).routes(routes!(rename))
+    ApiRouter::new().routes(routes!(create)).routes(routes!(rename)).routes(routes!(categories))
 }
 
 fn changed(id: Uuid, name: Option<String>, movie_count: i64, position: i64) -> Json<CategoryChanged> {
@@ -99,4 +103,25 @@ async fn rename(
     let movie_count = lookup::category_movie_count(&state.db, id).await?;
     let name = done.state.name.as_ref().map(|n| n.as_str().to_string());
     Ok(with_position(done.position, changed(id, name, movie_count, done.position)))
+}
+
+/// Every category, ordered by name
+///
+/// `movie_count` counts movies not retired.
+#[utoipa::path(get, path = "/api/v1/categories", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "list_categories",
+    params(ReadYourWrites),
+    responses(
+        (status = 200, description = "The categories.", body = Categories),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn categories(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    params: Params,
+) -> Result<Response, ApiError> {
+    read_your_writes(&state, &params, &[catalogue::NAME]).await?;
+    let items = state.catalogue.categories().await?.iter().map(views::category).collect();
+    Ok(Json(Categories { items }).into_response())
 }

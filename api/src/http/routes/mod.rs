@@ -10,13 +10,11 @@ mod accounts;
 mod admin;
 mod analytics;
 mod audit;
-mod catalogue_reads;
 mod categories;
 mod movies;
 mod notifications;
 mod ops;
 mod reads;
-mod rental_reads;
 mod rentals;
 pub mod schemas;
 pub(crate) mod views;
@@ -36,8 +34,6 @@ pub fn router() -> Router<AppState> {
         .merge(categories::router())
         .merge(movies::router())
         .merge(rentals::router())
-        .merge(catalogue_reads::router())
-        .merge(rental_reads::router())
         .merge(analytics::router())
         .merge(admin::router())
         .merge(notifications::router())

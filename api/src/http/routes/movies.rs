@@ -1,28 +1,41 @@
-//! Movie commands: add, change, retire (admin) and rent (customer, or admin for a customer).
-//! Answers are built from the aggregate's state after the command.
+//! Every `/movies` route: the listing (filters, search, paging) and the details (through the
+//! Redis cache), read from the catalogue; and the commands add, change, retire (admin) and rent
+//! (customer, or admin for a customer), whose answers are built from the aggregate's state after
+//! the command.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, Director, Rating, Storyline, Title};
 use eventstore::{lookup, Committed};
+use projections::catalogue::{self, MovieFilter};
+use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::schemas::{self, MovieChanged, MovieFields, MovieSummary, RentRequest, Rented};
-use super::{with_location, with_position};
+use super::reads::{page, read_your_writes, Params};
+use super::schemas::{
+    self, MovieChanged, MovieFields, MoviePage, MovieQuery, MovieSummary, ReadYourWrites, RentRequest, Rented,
+};
+use super::{views, with_location, with_position};
 use crate::accounts::Role;
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{Admin, Body, PathId, Renter};
-use crate::http::openapi::{ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized};
-use crate::http::openapi::{UnsupportedMediaType, ValidationFailed};
+use crate::http::extract::{Admin, AuthUser, Body, PathId, Renter};
+use crate::http::openapi::{
+    ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
+};
 use crate::http::state::AppState;
 use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
-    ApiRouter::new().routes(routes!(add)).routes(routes!(update, retire)).routes(routes!(rent))
+    ApiRouter::new()
+        .routes(routes!(add))
+        .routes(routes!(update, retire))
+        .routes(routes!(rent))
+        .routes(routes!(movies))
+        .routes(routes!(movie))
 }
 
 const MOVIE_FIELDS: &[&str] = &["title", "storyline", "release_date", "rating", "director", "category_ids"];
@@ -265,4 +278,99 @@ async fn rent(
     let body = Rented { rental_id, movie_id, customer_id, rented_at, position: done.position };
     let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
     Ok(with_location(format!("/api/v1/rentals/{rental_id}"), response))
+}
+
+#[derive(Serialize, Deserialize)]
+struct MovieCursor {
+    t: String,
+    i: Uuid,
+}
+
+const MAX_SEARCH_WORDS: usize = 10;
+
+/// A page of movies, ordered by title, then id
+///
+/// Retired movies are never listed.
+#[utoipa::path(get, path = "/api/v1/movies", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "list_movies",
+    params(MovieQuery, ReadYourWrites),
+    responses(
+        (status = 200, description = "A page.", body = MoviePage),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn movies(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let limit = params.limit()?;
+    let after: Option<MovieCursor> = params.cursor()?;
+    let available = match params.get("available") {
+        None | Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some("any") => None,
+        Some(_) => return Err(ApiError::field("available", "must be true, false or any")),
+    };
+    let words: Vec<String> = params.get("q").unwrap_or("").split_whitespace().map(str::to_string).collect();
+    if words.len() > MAX_SEARCH_WORDS {
+        return Err(ApiError::field("q", format!("may have at most {MAX_SEARCH_WORDS} words")));
+    }
+    if words.iter().any(|w| w.chars().count() > 100) {
+        return Err(ApiError::field("q", "words may have at most 100 characters"));
+    }
+    read_your_writes(&state, &params, &[catalogue::NAME]).await?;
+    let category = match params.get("category").map(str::trim).filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => match Uuid::parse_str(raw) {
+            Ok(id) => Some(id),
+            Err(_) => match state.catalogue.category_by_name(raw).await? {
+                Some(id) => Some(id),
+                // No such category: nothing is in it.
+                None => return Ok(Json(MoviePage { items: Vec::new(), next_cursor: None }).into_response()),
+            },
+        },
+    };
+    let filter = MovieFilter { category, words, available, after: after.map(|c| (c.t, c.i)), limit };
+    let rows = state.catalogue.movies(&filter).await?;
+    Ok(page(rows, limit, |m| MovieCursor { t: m.title.clone(), i: m.movie_id }, views::movie_summary))
+}
+
+/// One movie, also a retired one
+///
+/// Served from the Redis cache when warm (`x-cache: hit`), else from PostgreSQL (`miss`).
+#[utoipa::path(get, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
+    operation_id = "get_movie",
+    params(("id" = Uuid, Path, description = "The movie's id."), ReadYourWrites),
+    responses(
+        (status = 200, description = "The movie.", body = schemas::Movie,
+            headers(("x-cache" = String, description = "`hit` or `miss`."))),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = ValidationFailed),
+    ))]
+async fn movie(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    PathId(id): PathId,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let fresh = read_your_writes(&state, &params, &[catalogue::NAME]).await?;
+    if !fresh {
+        if let Some(body) = state.cache.get_movie(id).await {
+            return Ok(json_with_cache(body, "hit"));
+        }
+    }
+    let row = state.catalogue.movie(id).await?.ok_or(ApiError::NotFound("movie"))?;
+    let body = views::movie_json(&row);
+    state.cache.put_movie(id, row.revision, &body).await;
+    Ok(json_with_cache(body, "miss"))
+}
+
+fn json_with_cache(body: String, cache: &'static str) -> Response {
+    let mut response =
+        ([(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+            .into_response();
+    response.headers_mut().insert("x-cache", HeaderValue::from_static(cache));
+    response
 }
