@@ -275,6 +275,19 @@ impl Body {
     pub fn required_object(&self) -> Result<Map<String, Value>, ApiError> {
         Ok(self.object()?.unwrap_or_default())
     }
+
+    /// The body as the request `T` (no body reads as `{}`): 415 unless JSON, 422 naming every
+    /// invalid, missing or unknown field (see [`crate::http::validate::body`]).
+    pub fn parse<T: serde::de::DeserializeOwned + utoipa::ToSchema>(&self) -> Result<T, ApiError> {
+        crate::http::validate::body(self.required_object()?)
+    }
+
+    /// [`Body::parse`], with the handler's own checks still to make before `finish`.
+    pub fn parse_checked<T: serde::de::DeserializeOwned + utoipa::ToSchema>(
+        &self,
+    ) -> Result<crate::http::validate::Parsed<T>, ApiError> {
+        Ok(crate::http::validate::Parsed::new(self.required_object()?))
+    }
 }
 
 /// A UUID path parameter; anything else is 404, as for an unknown id.

@@ -5,17 +5,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use projections::rentals;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use utoipa_axum::routes;
 
 use super::reads::{read_your_writes, Params};
 use super::schemas::{
     LoginRequest, Me, Money, PasswordChange, ReadYourWrites, RegisterRequest, Registered, RoleChange,
 };
-use crate::accounts::{
-    validate_email, validate_password, validate_username, IssuedToken, LoginOutcome, PasswordChangeOutcome,
-    Role, RoleRefusal, User,
-};
+use crate::accounts::{IssuedToken, LoginOutcome, PasswordChangeOutcome, RoleRefusal, User};
 use crate::http::client::ClientAddr;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Admin, AuthUser, Body, PathId};
@@ -24,7 +21,6 @@ use crate::http::openapi::{
     ValidationFailed,
 };
 use crate::http::state::AppState;
-use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()
@@ -34,20 +30,6 @@ pub fn router() -> ApiRouter {
         .routes(routes!(change_password))
         .routes(routes!(set_role))
         .routes(routes!(me))
-}
-
-fn checked(
-    rule: fn(&str) -> Result<(), String>,
-) -> impl FnOnce(&serde_json::Value) -> Result<String, String> {
-    move |value| {
-        let text = parse::string(value)?;
-        rule(&text)?;
-        Ok(text)
-    }
-}
-
-fn secret(value: &serde_json::Value) -> Result<SecretString, String> {
-    parse::string(value).map(SecretString::from)
 }
 
 /// Register a customer account
@@ -64,18 +46,8 @@ fn secret(value: &serde_json::Value) -> Result<SecretString, String> {
         (status = 422, response = ValidationFailed),
     ))]
 async fn register(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["username", "email", "password"]);
-    let username = f.required("username", checked(validate_username));
-    let email = f.required("email", checked(validate_email));
-    let password = f.required("password", |v| {
-        let password = parse::string(v)?;
-        validate_password(&password)?;
-        Ok(SecretString::from(password))
-    });
-    f.finish()?;
-    let (Some(username), Some(email), Some(password)) = (username, email, password) else {
-        unreachable!("finish() fails when a required field is missing")
-    };
+    let request: RegisterRequest = body.parse()?;
+    let (username, email, password) = (request.username.0 .0, request.email.0 .0, request.password.0 .0);
     let user = state.accounts.register(&username, &email, &password).await?;
     let issued = state.accounts.issue_token(user.id).await?;
     let body = Registered { user, token: issued.token, expires_at: issued.expires_at };
@@ -98,13 +70,8 @@ async fn register(State(state): State<AppState>, body: Body) -> Result<Response,
         (status = 429, response = RateLimited),
     ))]
 async fn login(State(state): State<AppState>, client: ClientAddr, body: Body) -> Result<Response, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["username", "password"]);
-    let username = f.required("username", parse::string);
-    let password = f.required("password", secret);
-    f.finish()?;
-    let (Some(username), Some(password)) = (username, password) else {
-        unreachable!("finish() fails when a required field is missing")
-    };
+    let request: LoginRequest = body.parse()?;
+    let (username, password) = (request.username.0, request.password.0);
     match state.accounts.login(&username, password, &client.to_string()).await? {
         LoginOutcome::Success(issued) => Ok(Json(issued).into_response()),
         LoginOutcome::InvalidCredentials => Err(ApiError::Unauthorized),
@@ -144,24 +111,13 @@ async fn change_password(
     caller: AuthUser,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["current_password", "new_password"]);
-    let current = f.required("current_password", secret);
-    let new = f.required("new_password", |v| {
-        let password = parse::string(v)?;
-        validate_password(&password)?;
-        Ok(SecretString::from(password))
-    });
-    if let (Some(current), Some(new)) = (&current, &new) {
-        if current.expose_secret() == new.expose_secret() {
-            f.error("new_password", "must differ from the current password");
-        }
+    let request: PasswordChange = body.parse()?;
+    let (current, new) = (request.current_password.0, request.new_password.0 .0);
+    if current.expose_secret() == new.expose_secret() {
+        return Err(ApiError::field("new_password", "must differ from the current password"));
     }
     // The current password is checked only once everything else is valid, so an invalid request
     // says nothing about it; the check counts in the login throttle.
-    f.finish()?;
-    let (Some(current), Some(new)) = (current, new) else {
-        unreachable!("finish() fails when a required field is missing")
-    };
     let peer = client.to_string();
     match state.accounts.change_password(&caller.user, &caller.token_hash, current, new, &peer).await? {
         PasswordChangeOutcome::Changed => Ok(StatusCode::NO_CONTENT),
@@ -195,10 +151,7 @@ async fn set_role(
     PathId(user_id): PathId,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["role"]);
-    let role = f.required("role", |v| parse::string(v)?.parse::<Role>());
-    f.finish()?;
-    let role = role.expect("finish() fails when a required field is missing");
+    let role = body.parse::<RoleChange>()?.role.0;
     match state.accounts.set_role(user_id, role).await?.ok_or(ApiError::NotFound("user"))? {
         Ok(user) => Ok(Json(user).into_response()),
         Err(RoleRefusal::LastAdmin) => Err(ApiError::rejected(

@@ -21,7 +21,6 @@ use crate::http::openapi::{
     ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use crate::http::state::AppState;
-use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(create)).routes(routes!(rename)).routes(routes!(categories))
@@ -33,10 +32,7 @@ fn changed(id: Uuid, name: Option<String>, movie_count: i64, position: i64) -> J
 }
 
 fn name_from(body: &Body) -> Result<CategoryName, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["name"]);
-    let name = f.required("name", |v| CategoryName::parse(&parse::string(v)?));
-    f.finish()?;
-    Ok(name.expect("finish() fails when a required field is missing"))
+    Ok(body.parse::<schemas::CategoryName>()?.name.0)
 }
 
 /// Create a category (admin)

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
-use domain::values::{CategoryIds, Director, Rating, Storyline, Title};
+use domain::values::{CategoryIds, Storyline};
 use eventstore::{lookup, Committed};
 use projections::catalogue::{self, MovieFilter};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::reads::{page, read_your_writes, Params};
 use super::schemas::{
-    self, MovieChanged, MovieFields, MoviePage, MovieQuery, MovieSummary, ReadYourWrites, RentRequest, Rented,
+    self, MovieChange, MovieChanged, MoviePage, MovieQuery, MovieSummary, NewMovie, NoFields, ReadYourWrites,
+    RentRequest, Rented,
 };
 use super::{views, with_location, with_position};
 use crate::accounts::Role;
@@ -27,7 +28,7 @@ use crate::http::openapi::{
     ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use crate::http::state::AppState;
-use crate::http::validate::{parse, Fields};
+use crate::http::validate::{Parsed, Valid};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()
@@ -38,36 +39,14 @@ pub fn router() -> ApiRouter {
         .routes(routes!(movie))
 }
 
-const MOVIE_FIELDS: &[&str] = &["title", "storyline", "release_date", "rating", "director", "category_ids"];
-
-/// The movie's fields from a body; for a patch every field is optional.
-fn changes_from(f: &mut Fields) -> MovieChanges {
-    MovieChanges {
-        title: f.optional("title", |v| Title::parse(&parse::string(v)?)),
-        storyline: f.optional("storyline", |v| Storyline::parse(&parse::string(v)?)),
-        release_date: f.optional("release_date", parse::release_date),
-        rating: f.optional("rating", |v| Rating::parse(parse::number(v)?)),
-        director: f.optional("director", |v| match parse::nullable_string(v)? {
-            None => Ok(None),
-            Some(text) if text.trim().is_empty() => Ok(None),
-            Some(text) => Director::parse(&text).map(Some),
-        }),
-        category_ids: f.optional("category_ids", |v| CategoryIds::parse(parse::uuid_list(v)?)),
-    }
-}
-
 /// Reports category ids that do not exist (categories are never deleted, so a positive answer
 /// cannot go stale before the command commits).
-async fn check_categories(
-    state: &AppState,
-    f: &mut Fields,
-    ids: Option<&CategoryIds>,
-) -> Result<(), ApiError> {
-    if let Some(ids) = ids {
+async fn check_categories<T>(state: &AppState, given: &mut Parsed<T>) -> Result<(), ApiError> {
+    if let Some(Valid(ids)) = given.field::<Valid<CategoryIds>>("category_ids") {
         let names = lookup::category_names(&state.db, ids.ids()).await?;
         for (id, name) in ids.ids().iter().zip(names) {
             if name.is_none() {
-                f.error("category_ids", format!("category {id} does not exist"));
+                given.fail("category_ids", format!("category {id} does not exist"));
             }
         }
     }
@@ -106,7 +85,7 @@ async fn movie_body(
 /// Add a movie (admin)
 #[utoipa::path(post, path = "/api/v1/movies", tag = "catalogue", security(("bearer" = [])),
     operation_id = "add_movie",
-    request_body(content = MovieFields, content_type = "application/json",
+    request_body(content = NewMovie, content_type = "application/json",
         description = "`title`, `release_date`, `rating` and `category_ids` are required."),
     responses(
         (status = 201, description = "Added; `Location` names it.", body = MovieChanged,
@@ -118,27 +97,18 @@ async fn movie_body(
         (status = 422, response = ValidationFailed),
     ))]
 async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) -> Result<Response, ApiError> {
-    let mut f = Fields::new(body.required_object()?, MOVIE_FIELDS);
-    let given = changes_from(&mut f);
-    for field in ["title", "release_date", "rating", "category_ids"] {
-        if !f.has(field) {
-            f.error(field, "is required");
-        }
-    }
-    check_categories(&state, &mut f, given.category_ids.as_ref()).await?;
-    f.finish()?;
-    let (Some(title), Some(release_date), Some(rating), Some(category_ids)) =
-        (given.title, given.release_date, given.rating, given.category_ids)
-    else {
-        return Err(ApiError::field("body", "required fields are missing"));
-    };
+    let mut given = body.parse_checked::<NewMovie>()?;
+    check_categories(&state, &mut given).await?;
+    let given = given.finish()?;
     let details = MovieDetails {
-        title,
-        storyline: given.storyline.unwrap_or_else(|| Storyline::parse("").expect("empty storyline is valid")),
-        release_date,
-        rating,
-        director: given.director.flatten(),
-        category_ids,
+        title: given.title.0,
+        storyline: given
+            .storyline
+            .map_or_else(|| Storyline::parse("").expect("empty storyline is valid"), |storyline| storyline.0),
+        release_date: given.release_date.0 .0,
+        rating: given.rating.0,
+        director: given.director.and_then(|director| director.0),
+        category_ids: given.category_ids.0,
     };
     let id = Uuid::now_v7();
     let done = state
@@ -156,7 +126,7 @@ async fn add(State(state): State<AppState>, Admin(caller): Admin, body: Body) ->
 #[utoipa::path(patch, path = "/api/v1/movies/{id}", tag = "catalogue", security(("bearer" = [])),
     operation_id = "update_movie",
     params(("id" = Uuid, Path, description = "The movie's id.")),
-    request_body(content = MovieFields, content_type = "application/json",
+    request_body(content = MovieChange, content_type = "application/json",
         description = "Any of the fields, at least one."),
     responses(
         (status = 200, description = "Changed.", body = MovieChanged,
@@ -176,13 +146,20 @@ async fn update(
     PathId(id): PathId,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut f = Fields::new(body.required_object()?, MOVIE_FIELDS);
-    if f.is_empty() {
-        f.error("body", "must change at least one field");
+    let mut given = body.parse_checked::<MovieChange>()?;
+    check_categories(&state, &mut given).await?;
+    let given = given.finish()?;
+    let changes = MovieChanges {
+        title: given.title.map(|title| title.0),
+        storyline: given.storyline.map(|storyline| storyline.0),
+        release_date: given.release_date.map(|date| date.0 .0),
+        rating: given.rating.map(|rating| rating.0),
+        director: given.director.map(|director| director.0),
+        category_ids: given.category_ids.map(|ids| ids.0),
+    };
+    if changes == MovieChanges::default() {
+        return Err(ApiError::field("body", "must change at least one field"));
     }
-    let changes = changes_from(&mut f);
-    check_categories(&state, &mut f, changes.category_ids.as_ref()).await?;
-    f.finish()?;
     let done = state
         .store
         .execute::<Movie>(&id.to_string(), MovieCommand::UpdateMovie { changes }, &caller.context())
@@ -214,7 +191,7 @@ async fn retire(
     PathId(id): PathId,
     body: Body,
 ) -> Result<Response, ApiError> {
-    Fields::from_optional(body.object()?, &[]).finish()?;
+    body.parse::<NoFields>()?;
     let done =
         state.store.execute::<Movie>(&id.to_string(), MovieCommand::RetireMovie, &caller.context()).await?;
     Ok(with_position(done.position, StatusCode::NO_CONTENT))
@@ -247,29 +224,27 @@ async fn rent(
     PathId(movie_id): PathId,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let object = body.object()?;
     let now = crate::clock::now();
     let (customer_id, rented_at) = if caller.is_admin() {
-        let mut f = Fields::from_optional(object, &["customer_id", "rented_at"]);
-        let customer_id = f.required("customer_id", parse::uuid);
-        let rented_at = f.optional("rented_at", parse::time);
-        if rented_at.is_some_and(|t| t > now) {
-            f.error("rented_at", "must not be in the future");
+        let mut given = body.parse_checked::<RentRequest>()?;
+        if given.field::<Valid<chrono::DateTime<chrono::Utc>>>("rented_at").is_some_and(|Valid(at)| at > now)
+        {
+            given.fail("rented_at", "must not be in the future");
         }
-        if let Some(customer_id) = customer_id {
+        if let Some(Valid(customer_id)) = given.field::<Valid<Uuid>>("customer_id") {
             let customer = state.accounts.find(customer_id).await?;
             if !customer.is_some_and(|c| c.role == Role::Customer && !c.is_erased()) {
-                f.error("customer_id", "must be the id of a customer account that was not erased");
+                given.fail("customer_id", "must be the id of a customer account that was not erased");
             }
         }
-        f.finish()?;
-        (customer_id.expect("finish() fails when a required field is missing"), rented_at.unwrap_or(now))
+        let given = given.finish()?;
+        (given.customer_id.0, given.rented_at.map_or(now, |at| at.0))
     } else {
-        if object.as_ref().is_some_and(|map| map.contains_key("customer_id") || map.contains_key("rented_at"))
+        if body.object()?.is_some_and(|map| map.contains_key("customer_id") || map.contains_key("rented_at"))
         {
             return Err(ApiError::Forbidden("only an admin may rent for a customer or back-date a rental"));
         }
-        Fields::from_optional(object, &[]).finish()?;
+        body.parse::<NoFields>()?;
         (caller.user.id, now)
     };
     let rental_id = Uuid::now_v7();

@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -18,14 +17,12 @@ use super::schemas::{
     Accepted, Notification, NotificationPage, NotificationPreferences, NotificationPreferencesChange,
     NotificationQuery, PasswordResetConfirm, PasswordResetRequest, ReadYourWrites,
 };
-use crate::accounts::validate_password;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{Admin, AuthUser, Body};
 use crate::http::openapi::{
     ApiRouter, Forbidden, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use crate::http::state::AppState;
-use crate::http::validate::{parse, Fields};
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()
@@ -57,10 +54,7 @@ pub const INVALID_RESET_TOKEN: &str = "invalid-reset-token";
         (status = 422, response = ValidationFailed),
     ))]
 async fn request_reset(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["email"]);
-    let email = f.required("email", parse::string);
-    f.finish()?;
-    let email = email.expect("finish() fails when a required field is missing");
+    let email = body.parse::<PasswordResetRequest>()?.email.0;
     let started = tokio::time::Instant::now();
     // The work runs on its own, so the answer's time does not depend on it: a known email costs a
     // transaction more than an unknown one.
@@ -90,17 +84,8 @@ async fn request_reset(State(state): State<AppState>, body: Body) -> Result<Resp
             body = Problem, content_type = "application/problem+json"),
     ))]
 async fn confirm_reset(State(state): State<AppState>, body: Body) -> Result<StatusCode, ApiError> {
-    let mut f = Fields::new(body.required_object()?, &["token", "new_password"]);
-    let token = f.required("token", parse::string);
-    let new = f.required("new_password", |v| {
-        let password = parse::string(v)?;
-        validate_password(&password)?;
-        Ok(SecretString::from(password))
-    });
-    f.finish()?;
-    let (Some(token), Some(new)) = (token, new) else {
-        unreachable!("finish() fails when a required field is missing")
-    };
+    let request: PasswordResetConfirm = body.parse()?;
+    let (token, new) = (request.token.0, request.new_password.0 .0);
     // A token is 43 characters; anything far longer is no token (and is not hashed).
     if token.len() <= 256 && state.accounts.confirm_password_reset(&token, new).await? {
         return Ok(StatusCode::NO_CONTENT);
@@ -152,11 +137,8 @@ async fn set_preferences(
     caller: AuthUser,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let boolean = |v: &serde_json::Value| v.as_bool().ok_or_else(|| "must be true or false".to_string());
-    let mut f = Fields::new(body.required_object()?, &["receipts", "reminders"]);
-    let receipts = f.optional("receipts", boolean);
-    let reminders = f.optional("reminders", boolean);
-    f.finish()?;
+    let change: NotificationPreferencesChange = body.parse()?;
+    let (receipts, reminders) = (change.receipts.map(|on| on.0), change.reminders.map(|on| on.0));
     let (receipts, reminders) = state.accounts.set_preferences(caller.user.id, receipts, reminders).await?;
     Ok(Json(NotificationPreferences { receipts, reminders }).into_response())
 }

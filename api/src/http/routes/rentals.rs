@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::reads::{page, read_your_writes, Params};
 use super::schemas::{
-    self, Charge, Payment, ReadYourWrites, RentalChanged, RentalPage, RentalQuery, ReturnRequest,
+    self, Charge, NoFields, Payment, ReadYourWrites, RentalChanged, RentalPage, RentalQuery, ReturnRequest,
 };
 use super::{views, with_position};
 use crate::accounts::Role;
@@ -28,7 +28,7 @@ use crate::http::openapi::{
     ApiRouter, Forbidden, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType, ValidationFailed,
 };
 use crate::http::state::AppState;
-use crate::http::validate::{parse, Fields};
+use crate::http::validate::Valid;
 
 pub fn router() -> ApiRouter {
     ApiRouter::new()
@@ -96,17 +96,20 @@ async fn return_movie(
     body: Body,
 ) -> Result<Response, ApiError> {
     let rental = owned_rental(&state, &caller, rental_id).await?;
-    let object = body.object()?;
-    if !caller.is_admin() && object.as_ref().is_some_and(|map| map.contains_key("returned_at")) {
+    if !caller.is_admin() && body.object()?.is_some_and(|map| map.contains_key("returned_at")) {
         return Err(ApiError::Forbidden("only an admin may back-date a return"));
     }
     let now = crate::clock::now();
-    let mut f = Fields::from_optional(object, if caller.is_admin() { &["returned_at"] } else { &[] });
-    let returned_at = f.optional("returned_at", parse::time);
-    if returned_at.is_some_and(|t| t > now) {
-        f.error("returned_at", "must not be in the future");
-    }
-    f.finish()?;
+    let returned_at = if caller.is_admin() {
+        let mut given = body.parse_checked::<ReturnRequest>()?;
+        if given.field::<Valid<DateTime<Utc>>>("returned_at").is_some_and(|Valid(at)| at > now) {
+            given.fail("returned_at", "must not be in the future");
+        }
+        given.finish()?.returned_at.map(|at| at.0)
+    } else {
+        body.parse::<NoFields>()?;
+        None
+    };
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
     let returned_at = returned_at.unwrap_or(now);
     let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
@@ -158,16 +161,7 @@ async fn pay(
     body: Body,
 ) -> Result<Response, ApiError> {
     let rental = owned_rental(&state, &caller, rental_id).await?;
-    let mut f = Fields::new(body.required_object()?, &["amount_cents"]);
-    let amount_cents = f.required("amount_cents", |v| {
-        let amount = parse::integer(v)?;
-        if amount < 0 {
-            return Err("must not be negative".to_string());
-        }
-        Ok(amount)
-    });
-    f.finish()?;
-    let amount_cents = amount_cents.expect("finish() fails when a required field is missing");
+    let amount_cents = body.parse::<Payment>()?.amount_cents.0 .0;
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
     if rental.returned_at.is_none() {
         return Err(ApiError::rejected(

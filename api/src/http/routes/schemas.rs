@@ -1,13 +1,17 @@
 //! The contract's JSON shapes as types (API.md's `User`, `Movie`, `MovieSummary`, `Rental`,
 //! `Money`, pages, ...): handlers answer with them and the OpenAPI spec describes them, so the
-//! two cannot disagree. Request bodies are parsed field by field (`crate::http::validate`, so a 422
-//! names every invalid field); the request types here describe those bodies for the spec, and
-//! the parameter types describe query strings that [`super::reads::Params`] parses.
+//! two cannot disagree. The request types are what handlers parse (`crate::http::validate`: a
+//! 422 names every invalid, missing or unknown field) and what the spec describes; the parameter
+//! types describe query strings that [`super::reads::Params`] parses.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use domain::values::{CategoryIds, Director, Rating, Storyline, Title};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+use crate::http::validate::{present, Cents, Email, NewPassword, ReleaseDate, Username, Valid};
 
 /// An amount of money: integer minor units plus an ISO 4217 currency.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -305,98 +309,153 @@ pub struct Readiness {
 }
 
 /// `POST /api/v1/auth/register`.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// 3..=150 of letters, digits and `.@+-_`; unique whatever its case and Unicode form.
-    #[schema(min_length = 3, max_length = 150, pattern = r"^[A-Za-z0-9.@+\-_]+$")]
-    pub username: String,
+    #[schema(value_type = String, min_length = 3, max_length = 150, pattern = r"^[A-Za-z0-9.@+\-_]+$")]
+    pub username: Valid<Username>,
     /// Unique whatever its case and Unicode form.
-    #[schema(format = "email")]
-    pub email: String,
+    #[schema(value_type = String, format = "email")]
+    pub email: Valid<Email>,
     /// 8..=128 characters.
-    #[schema(min_length = 8, max_length = 128)]
-    pub password: String,
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    pub password: Valid<NewPassword>,
 }
 
 /// `POST /api/v1/auth/login`.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Username.
-    pub username: String,
+    #[schema(value_type = String)]
+    pub username: Valid<String>,
     /// Password.
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: Valid<SecretString>,
 }
 
 /// `POST /api/v1/me/password`.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     /// The password now.
-    pub current_password: String,
+    #[schema(value_type = String)]
+    pub current_password: Valid<SecretString>,
     /// 8..=128 characters, different from the current one.
-    #[schema(min_length = 8, max_length = 128)]
-    pub new_password: String,
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    pub new_password: Valid<NewPassword>,
 }
 
 /// An account's role.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RoleChange {
     /// The new role.
-    pub role: crate::accounts::Role,
+    #[schema(value_type = crate::accounts::Role)]
+    pub role: Valid<crate::accounts::Role>,
 }
 
 /// A category's name.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CategoryName {
     /// 1..=100 characters, unique whatever its case and Unicode form.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
+    #[schema(value_type = String, min_length = 1, max_length = 100)]
+    pub name: Valid<domain::values::CategoryName>,
 }
 
-/// A movie's fields: all but `storyline` and `director` are required to add one; a change sends
-/// at least one of them.
-#[derive(ToSchema)]
-pub struct MovieFields {
+/// A new movie: `storyline` and `director` may be left out.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMovie {
     /// 1..=200 characters.
-    #[schema(min_length = 1, max_length = 200)]
-    pub title: String,
+    #[schema(value_type = String, min_length = 1, max_length = 200)]
+    pub title: Valid<Title>,
     /// 0..=2000 characters.
-    #[schema(max_length = 2000)]
-    pub storyline: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    pub storyline: Option<Valid<Storyline>>,
     /// `YYYY-MM-DD`, 1870-01-01..=2100-12-31.
-    pub release_date: NaiveDate,
+    #[schema(value_type = NaiveDate)]
+    pub release_date: Valid<ReleaseDate>,
     /// 0..=10, one decimal.
-    #[schema(minimum = 0, maximum = 10, multiple_of = 0.1)]
-    pub rating: f64,
+    #[schema(value_type = f64, minimum = 0, maximum = 10, multiple_of = 0.1)]
+    pub rating: Valid<Rating>,
     /// ..=200 characters; null or blank for none.
-    #[schema(max_length = 200)]
-    pub director: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 200)]
+    pub director: Option<Valid<Option<Director>>>,
     /// 1..=5 existing categories.
-    #[schema(min_items = 1, max_items = 5)]
-    pub category_ids: Vec<Uuid>,
+    #[schema(value_type = Vec<Uuid>, min_items = 1, max_items = 5)]
+    pub category_ids: Valid<CategoryIds>,
+}
+
+/// A change to a movie: at least one field; the ones left out stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MovieChange {
+    /// 1..=200 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    pub title: Option<Valid<Title>>,
+    /// 0..=2000 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 2000)]
+    pub storyline: Option<Valid<Storyline>>,
+    /// `YYYY-MM-DD`, 1870-01-01..=2100-12-31.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<NaiveDate>)]
+    pub release_date: Option<Valid<ReleaseDate>>,
+    /// 0..=10, one decimal.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 10, multiple_of = 0.1)]
+    pub rating: Option<Valid<Rating>>,
+    /// ..=200 characters; null or blank for none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 200)]
+    pub director: Option<Valid<Option<Director>>>,
+    /// 1..=5 existing categories.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<Uuid>>, min_items = 1, max_items = 5)]
+    pub category_ids: Option<Valid<CategoryIds>>,
 }
 
 /// A rent's optional body: only an admin sends one, renting for a customer.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RentRequest {
     /// The customer (required from an admin; a customer may not send it: 403).
-    pub customer_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub customer_id: Valid<Uuid>,
     /// A past start (admin only), not before the movie's previous return.
-    pub rented_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub rented_at: Option<Valid<DateTime<Utc>>>,
 }
 
 /// A return's optional body: only an admin sends one, back-dating the return.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReturnRequest {
     /// A past return time, not before `rented_at` (admin only; a customer gets 403).
-    pub returned_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub returned_at: Option<Valid<DateTime<Utc>>>,
 }
 
+/// The body of a command that takes no fields: at most `{}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
 /// A payment: exactly the charge.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Payment {
     /// Must equal the charge's `amount_cents` (422 otherwise).
-    #[schema(minimum = 0)]
-    pub amount_cents: i64,
+    #[schema(value_type = i64, minimum = 0)]
+    pub amount_cents: Valid<Cents>,
 }
 
 /// `?min_position=`, which every read accepts.
@@ -460,10 +519,12 @@ pub struct RentalQuery {
 }
 
 /// `POST /api/v1/auth/password-reset`.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PasswordResetRequest {
     /// The account's email (any string is answered alike).
-    pub email: String,
+    #[schema(value_type = String)]
+    pub email: Valid<String>,
 }
 
 /// `POST /api/v1/auth/password-reset` answers `{}`, whether or not an account has the email.
@@ -471,13 +532,15 @@ pub struct PasswordResetRequest {
 pub struct Accepted {}
 
 /// `POST /api/v1/auth/password-reset/confirm`.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PasswordResetConfirm {
     /// The token from the email.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Valid<String>,
     /// 8..=128 characters.
-    #[schema(min_length = 8, max_length = 128)]
-    pub new_password: String,
+    #[schema(value_type = String, min_length = 8, max_length = 128)]
+    pub new_password: Valid<NewPassword>,
 }
 
 /// What the caller wants to hear by email (welcome and password-reset emails always go).
@@ -490,12 +553,17 @@ pub struct NotificationPreferences {
 }
 
 /// `PATCH /api/v1/me/notifications`: either or both.
-#[derive(ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NotificationPreferencesChange {
     /// Rental, return and payment receipts.
-    pub receipts: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    pub receipts: Option<Valid<bool>>,
     /// Overdue reminders.
-    pub reminders: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<bool>)]
+    pub reminders: Option<Valid<bool>>,
 }
 
 /// The kind of an email.
