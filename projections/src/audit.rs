@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
 use crate::engine::{self, Checkpoint, EventFilter, ProjectionError, StoredEvent};
 
@@ -157,32 +159,74 @@ pub fn checkpoint_of(event: &StoredEvent) -> Checkpoint {
     Checkpoint { xid: event.xid, position: event.position }
 }
 
-/// The contract's `Event`: the payload as stored (in its `schema_version`), the metadata with
-/// exactly its four keys.
-pub fn event_json(event: &StoredEvent) -> Value {
-    let meta = |key: &str| event.metadata.get(key).cloned().unwrap_or(Value::Null);
-    json!({
-        "position": event.position,
-        "event_id": event.event_id,
-        "stream_type": event.aggregate_type,
-        "stream_id": event.aggregate_id,
-        "version": event.sequence,
-        "type": event.event_type,
-        "schema_version": event.event_version,
-        "recorded_at": event.recorded_at,
-        "payload": event.payload,
-        "metadata": {
-            "actor_id": meta("actor_id"),
-            "request_id": meta("request_id"),
-            "correlation_id": meta("correlation_id"),
-            "causation_id": meta("causation_id"),
-        },
-    })
+/// The contract's `Event`, as the feed, the stream pages and the export write it: the payload as
+/// stored (in its `schema_version`), the metadata with the fields the contract names. Fields are
+/// in the order of their names, as the export has always written them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
+pub struct AuditEvent<'a> {
+    pub event_id: Uuid,
+    /// Who and what caused it.
+    pub metadata: AuditMetadata,
+    #[schema(value_type = Object)]
+    pub payload: &'a Value,
+    /// The global position.
+    pub position: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub schema_version: &'a str,
+    #[schema(value_type = Uuid)]
+    pub stream_id: &'a str,
+    /// `movie`, `rental` or `category`.
+    pub stream_type: &'a str,
+    /// The event type, e.g. `MovieRented`.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The event's sequence number in its stream, from 1.
+    pub version: i64,
+}
+
+/// Who and what caused an event, as its metadata holds them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = EventMetadata)]
+pub struct AuditMetadata {
+    #[schema(value_type = Option<Uuid>)]
+    pub actor_id: Value,
+    /// The `event_id` a process manager reacted to; null for client commands.
+    #[schema(value_type = Option<Uuid>)]
+    pub causation_id: Value,
+    /// The request id of the client command that started the chain.
+    #[schema(value_type = Option<String>)]
+    pub correlation_id: Value,
+    #[schema(value_type = Option<String>)]
+    pub request_id: Value,
+}
+
+impl<'a> From<&'a StoredEvent> for AuditEvent<'a> {
+    fn from(event: &'a StoredEvent) -> Self {
+        let meta = |key: &str| event.metadata.get(key).cloned().unwrap_or(Value::Null);
+        Self {
+            event_id: event.event_id,
+            metadata: AuditMetadata {
+                actor_id: meta("actor_id"),
+                causation_id: meta("causation_id"),
+                correlation_id: meta("correlation_id"),
+                request_id: meta("request_id"),
+            },
+            payload: &event.payload,
+            position: event.position,
+            recorded_at: event.recorded_at,
+            schema_version: &event.event_version,
+            stream_id: &event.aggregate_id,
+            stream_type: &event.aggregate_type,
+            kind: &event.event_type,
+            version: event.sequence,
+        }
+    }
 }
 
 /// One NDJSON line of the export: the `Event` and a newline.
 pub fn ndjson_line(event: &StoredEvent) -> String {
-    let mut line = event_json(event).to_string();
+    let mut line = serde_json::to_string(&AuditEvent::from(event)).expect("an event serializes");
     line.push('\n');
     line
 }

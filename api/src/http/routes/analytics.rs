@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use projections::analytics::{self, Days, RevenueGroup};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::reads::{read_your_writes, Params, Problems};
 use super::schemas::ReadYourWrites;
@@ -22,10 +23,9 @@ pub fn router() -> ApiRouter {
     ApiRouter::new().routes(routes!(revenue)).routes(routes!(top_movies)).routes(routes!(utilization))
 }
 
-/// A period of whole UTC days.
+/// A period of whole UTC days, as the query gives it.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 struct Period {
     /// First day counted, `YYYY-MM-DD` (UTC); absent: from the start.
     from: Option<NaiveDate>,
@@ -33,19 +33,43 @@ struct Period {
     to: Option<NaiveDate>,
 }
 
+impl From<Period> for Days {
+    fn from(period: Period) -> Self {
+        Days { from: period.from, to: period.to }
+    }
+}
+
 /// How revenue is grouped.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 struct Grouping {
-    /// `category`, `movie` or `day`.
-    group_by: String,
+    /// Rows per category, movie or UTC day of return.
+    #[param(inline)]
+    group_by: GroupBy,
+}
+
+/// A grouping of revenue.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum GroupBy {
+    Category,
+    Movie,
+    Day,
+}
+
+impl From<GroupBy> for RevenueGroup {
+    fn from(group: GroupBy) -> Self {
+        match group {
+            GroupBy::Category => RevenueGroup::Category,
+            GroupBy::Movie => RevenueGroup::Movie,
+            GroupBy::Day => RevenueGroup::Day,
+        }
+    }
 }
 
 /// How many movies.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 struct TopLimit {
     /// 1..=100, default 20.
     #[param(minimum = 1, maximum = 100)]
@@ -53,8 +77,7 @@ struct TopLimit {
 }
 
 /// Revenue of one group: charges assessed on the day of the return.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct RevenueRow {
     /// The category id, the movie id or the date.
     key: String,
@@ -68,15 +91,13 @@ struct RevenueRow {
 }
 
 /// Revenue rows.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct Revenue {
     items: Vec<RevenueRow>,
 }
 
 /// A movie and how many rentals of it started in the period.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct TopMovie {
     movie_id: uuid::Uuid,
     title: String,
@@ -84,15 +105,13 @@ struct TopMovie {
 }
 
 /// The most rented movies.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct TopMovies {
     items: Vec<TopMovie>,
 }
 
 /// How much of the period a movie's copy was out.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct MovieUtilization {
     movie_id: uuid::Uuid,
     title: String,
@@ -103,8 +122,7 @@ struct MovieUtilization {
 }
 
 /// Utilization per movie.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct Utilization {
     items: Vec<MovieUtilization>,
 }
@@ -125,7 +143,7 @@ fn days(params: &Params, problems: &mut Problems) -> Result<Days, ApiError> {
             problems.add("to", "must not be before from");
         }
     }
-    Ok(Days { from, to })
+    Ok(Period { from, to }.into())
 }
 
 /// Revenue by category, movie or day
@@ -146,10 +164,10 @@ async fn revenue(
     params: Params,
 ) -> Result<Response, ApiError> {
     let mut problems = Problems::default();
-    let group = match params.get("group_by") {
-        Some("category") => Some(RevenueGroup::Category),
-        Some("movie") => Some(RevenueGroup::Movie),
-        Some("day") => Some(RevenueGroup::Day),
+    let group_by = match params.get("group_by") {
+        Some("category") => Some(GroupBy::Category),
+        Some("movie") => Some(GroupBy::Movie),
+        Some("day") => Some(GroupBy::Day),
         Some(_) => {
             problems.add("group_by", "must be category, movie or day");
             None
@@ -162,24 +180,22 @@ async fn revenue(
     let days = days(&params, &mut problems)?;
     problems.take(params.min_position())?;
     problems.finish()?;
-    let group = group.expect("validated above");
+    let grouping = Grouping { group_by: group_by.expect("validated above") };
     read_your_writes(&state, &params, &[analytics::NAME]).await?;
-    let items: Vec<Value> = state
+    let items = state
         .analytics
-        .revenue(group, days)
+        .revenue(grouping.group_by.into(), days)
         .await?
         .into_iter()
-        .map(|r| {
-            json!({
-                "key": r.key,
-                "label": r.label,
-                "rentals": r.rentals,
-                "revenue_cents": r.revenue_cents,
-                "paid_cents": r.paid_cents,
-            })
+        .map(|r| RevenueRow {
+            key: r.key,
+            label: r.label,
+            rentals: r.rentals,
+            revenue_cents: r.revenue_cents,
+            paid_cents: r.paid_cents,
         })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(Revenue { items }).into_response())
 }
 
 /// The most rented movies (rentals started in the period)
@@ -199,19 +215,18 @@ async fn top_movies(
 ) -> Result<Response, ApiError> {
     let mut problems = Problems::default();
     let days = days(&params, &mut problems)?;
-    let limit = problems.take(params.limit())?;
+    let limit = TopLimit { limit: problems.take(params.limit())? };
     problems.take(params.min_position())?;
     problems.finish()?;
-    let limit = limit.expect("validated above");
     read_your_writes(&state, &params, &[analytics::NAME]).await?;
-    let items: Vec<Value> = state
+    let items = state
         .analytics
-        .top_movies(days, limit)
+        .top_movies(days, limit.limit.expect("validated above"))
         .await?
         .into_iter()
-        .map(|m| json!({ "movie_id": m.movie_id, "title": m.title, "rentals": m.rentals }))
+        .map(|m| TopMovie { movie_id: m.movie_id, title: m.title, rentals: m.rentals })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(TopMovies { items }).into_response())
 }
 
 /// The share of the period each movie's copy was rented
@@ -240,20 +255,18 @@ async fn utilization(
         Some(from) => from,
         None => state.analytics.origin().await?.unwrap_or(to).min(to),
     };
-    let items: Vec<Value> = state
+    let items = state
         .analytics
         .utilization(from, to, now)
         .await?
         .into_iter()
-        .map(|u| {
-            json!({
-                "movie_id": u.movie_id,
-                "title": u.title,
-                "rented_seconds": u.rented_seconds,
-                "period_seconds": u.period_seconds,
-                "share": u.share,
-            })
+        .map(|u| MovieUtilization {
+            movie_id: u.movie_id,
+            title: u.title,
+            rented_seconds: u.rented_seconds,
+            period_seconds: u.period_seconds,
+            share: u.share,
         })
         .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+    Ok(Json(Utilization { items }).into_response())
 }

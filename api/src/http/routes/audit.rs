@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use domain::category::Category;
 use domain::movie::Movie;
 use domain::rental::Rental;
-use projections::audit::{self, AuditLog, Export, Rebuilt, STREAM_TYPES};
+use projections::audit::{self, AuditEvent, AuditLog, Export, Rebuilt, STREAM_TYPES};
 use projections::engine::{Checkpoint, EventFilter, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -36,61 +36,25 @@ pub fn router() -> ApiRouter {
         .routes(routes!(export))
 }
 
-/// One event of the log, as stored (`payload` in its `schema_version`).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct Event {
-    /// The global position.
-    position: i64,
-    event_id: Uuid,
-    /// `movie`, `rental` or `category`.
-    stream_type: String,
-    stream_id: Uuid,
-    /// The event's sequence number in its stream, from 1.
-    version: i64,
-    /// The event type, e.g. `MovieRented`.
-    #[schema(rename = "type")]
-    kind: String,
-    schema_version: String,
-    recorded_at: DateTime<Utc>,
-    payload: Value,
-    metadata: EventMetadata,
-}
-
-/// Who and what caused an event.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct EventMetadata {
-    actor_id: Option<Uuid>,
-    request_id: Option<String>,
-    /// The request id of the client command that started the chain.
-    correlation_id: Option<String>,
-    /// The `event_id` a process manager reacted to; null for client commands.
-    causation_id: Option<Uuid>,
-}
-
 /// A page of the feed.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct EventPage {
-    items: Vec<Event>,
+#[derive(Serialize, ToSchema)]
+struct EventPage<'a> {
+    items: Vec<AuditEvent<'a>>,
     /// Pass as `after` for the next page; null when this page is empty (all released events read).
     next_after: Option<String>,
 }
 
 /// A page of one stream's events.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct StreamEvents {
-    items: Vec<Event>,
+#[derive(Serialize, ToSchema)]
+struct StreamEvents<'a> {
+    items: Vec<AuditEvent<'a>>,
     /// The `after_version` of the next page; null on the last one.
     next_after_version: Option<i64>,
 }
 
-/// Paging through one stream.
+/// Paging through one stream, as the query gives it.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 struct StreamQuery {
     /// Events after this stream version; default 0 (from the first).
     #[param(minimum = 0)]
@@ -101,27 +65,26 @@ struct StreamQuery {
 }
 
 /// A stream's state rebuilt from its events up to `as_of`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Serialize, ToSchema)]
 struct StreamState {
-    stream_type: String,
-    stream_id: Uuid,
+    stream_type: &'static str,
+    stream_id: String,
     version: i64,
-    as_of: DateTime<Utc>,
+    as_of: String,
     /// The aggregate's state (a movie's includes `available`).
     state: Value,
 }
 
-/// The feed's paging and filters.
+/// The feed's paging and filters, as the query gives them.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 struct FeedQuery {
     /// The `next_after` of the previous page; absent: from the start.
-    after: Option<String>,
+    #[param(value_type = Option<String>)]
+    after: Option<FeedCursor>,
     /// 1..=100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<i64>,
+    #[param(minimum = 1, maximum = 100, value_type = Option<i64>)]
+    limit: i64,
     /// `movie`, `rental` or `category`.
     stream_type: Option<String>,
     stream_id: Option<Uuid>,
@@ -134,10 +97,21 @@ struct FeedQuery {
     until: Option<DateTime<Utc>>,
 }
 
-/// The time a state is rebuilt at.
+impl FeedQuery {
+    fn filter(self) -> EventFilter {
+        EventFilter {
+            stream_type: self.stream_type,
+            stream_id: self.stream_id.map(|id| id.to_string()),
+            event_type: self.kind,
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+/// The time a state is rebuilt at, as the query gives it.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 struct AsOfQuery {
     /// RFC 3339; default now.
     as_of: Option<DateTime<Utc>>,
@@ -154,19 +128,22 @@ fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(raw).ok().map(|t| t.with_timezone(&Utc))
 }
 
-/// The feed's filters, every invalid one named.
-fn filter(params: &Params, problems: &mut Problems) -> EventFilter {
+/// The feed's query, every invalid parameter named.
+fn feed_query(params: &Params, problems: &mut Problems) -> Result<FeedQuery, ApiError> {
+    let limit = problems.take(params.limit())?.unwrap_or_default();
+    let after = problems.take(params.opaque::<FeedCursor>("after"))?.flatten();
     let mut error = |field: &str, message: &str| problems.add(field, message);
-    let mut filter = EventFilter::default();
+    let mut query =
+        FeedQuery { after, limit, stream_type: None, stream_id: None, kind: None, since: None, until: None };
     if let Some(raw) = params.get("stream_type") {
         match STREAM_TYPES.iter().find(|t| **t == raw) {
-            Some(t) => filter.stream_type = Some((*t).to_string()),
+            Some(t) => query.stream_type = Some((*t).to_string()),
             None => error("stream_type", "must be movie, rental or category"),
         }
     }
     if let Some(raw) = params.get("stream_id") {
         match Uuid::parse_str(raw) {
-            Ok(id) => filter.stream_id = Some(id.to_string()),
+            Ok(id) => query.stream_id = Some(id),
             Err(_) => error("stream_id", "must be a UUID"),
         }
     }
@@ -174,10 +151,10 @@ fn filter(params: &Params, problems: &mut Problems) -> EventFilter {
         if raw.is_empty() || raw.len() > 100 || !raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
             error("type", "must be an event type name, e.g. MovieRented");
         } else {
-            filter.event_type = Some(raw.to_string());
+            query.kind = Some(raw.to_string());
         }
     }
-    for (field, slot) in [("since", &mut filter.since), ("until", &mut filter.until)] {
+    for (field, slot) in [("since", &mut query.since), ("until", &mut query.until)] {
         if let Some(raw) = params.get(field) {
             match parse_time(raw) {
                 Some(time) => *slot = Some(time),
@@ -185,7 +162,7 @@ fn filter(params: &Params, problems: &mut Problems) -> EventFilter {
             }
         }
     }
-    filter
+    Ok(query)
 }
 
 /// `next_after` encodes the feed place (transaction id, position) of the page's last event, so a reader can always come back for
@@ -208,11 +185,10 @@ async fn events(
 ) -> Result<Response, ApiError> {
     log_released(&state, &params).await?;
     let mut problems = Problems::default();
-    let limit = problems.take(params.limit())?;
-    let after = problems.take(params.opaque::<FeedCursor>("after"))?.flatten();
-    let filter = filter(&params, &mut problems);
+    let mut query = feed_query(&params, &mut problems)?;
     problems.finish()?;
-    let limit = limit.expect("validated above");
+    let (limit, after) = (query.limit, query.after.take());
+    let filter = query.filter();
     let after = match after {
         None => Checkpoint::default(),
         Some(FeedCursor { x, p }) if x >= 0 && p >= 0 => Checkpoint { xid: x, position: p },
@@ -225,8 +201,8 @@ async fn events(
         let checkpoint = audit::checkpoint_of(last);
         cursor(&FeedCursor { x: checkpoint.xid, p: checkpoint.position })
     });
-    let items: Vec<Value> = rows.iter().map(audit::event_json).collect();
-    Ok(Json(json!({ "items": items, "next_after": next_after })).into_response())
+    let items = rows.iter().map(AuditEvent::from).collect();
+    Ok(Json(EventPage { items, next_after }).into_response())
 }
 
 /// The `{type}/{id}` of a stream path.
@@ -265,10 +241,12 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     log_released(&state, &params).await?;
     let mut problems = Problems::default();
-    let after_version = problems.take(params.whole("after_version", 0..=i64::MAX, 0))?;
-    let limit = problems.take(params.whole("limit", 1..=10_000, 1000))?;
+    let query = StreamQuery {
+        after_version: problems.take(params.whole("after_version", 0..=i64::MAX, 0))?,
+        limit: problems.take(params.whole("limit", 1..=10_000, 1000))?,
+    };
     problems.finish()?;
-    let (after_version, limit) = (after_version.expect("validated"), limit.expect("validated"));
+    let (after_version, limit) = (query.after_version.expect("validated"), query.limit.expect("validated"));
     let (stream_type, id) = stream_path(path)?;
     let log = audit_log(&state);
     let page = log.stream_page(stream_type, &id, after_version, limit).await?;
@@ -276,8 +254,8 @@ async fn stream(
         return Err(ApiError::NotFound("stream"));
     }
     let next_after_version = if page.more { page.events.last().map(|e| e.sequence) } else { None };
-    let items: Vec<Value> = page.events.iter().map(audit::event_json).collect();
-    Ok(Json(json!({ "items": items, "next_after_version": next_after_version })).into_response())
+    let items = page.events.iter().map(AuditEvent::from).collect();
+    Ok(Json(StreamEvents { items, next_after_version }).into_response())
 }
 
 /// The audit reader of this process: queries cancelled by PostgreSQL after 30 s, or sooner when
@@ -310,11 +288,15 @@ async fn state_as_of(
     params: Params,
 ) -> Result<Response, ApiError> {
     log_released(&state, &params).await?;
-    let as_of = match params.get("as_of") {
-        None => Utc::now(),
-        Some(raw) => parse_time(raw)
-            .ok_or_else(|| ApiError::field("as_of", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))?,
+    let query = AsOfQuery {
+        as_of: match params.get("as_of") {
+            None => None,
+            Some(raw) => Some(parse_time(raw).ok_or_else(|| {
+                ApiError::field("as_of", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
+            })?),
+        },
     };
+    let as_of = query.as_of.unwrap_or_else(Utc::now);
     let (stream_type, id) = stream_path(path)?;
     let events = audit_log(&state).stream(stream_type, &id, Some(as_of)).await?;
     let rebuilt = match stream_type {
@@ -323,14 +305,8 @@ async fn state_as_of(
         _ => rebuild::<Category>(&events, category_view)?,
     };
     let (version, view) = rebuilt.ok_or(ApiError::NotFound("stream"))?;
-    Ok(Json(json!({
-        "stream_type": stream_type,
-        "stream_id": id,
-        "version": version,
-        "as_of": as_of.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        "state": view,
-    }))
-    .into_response())
+    let as_of = as_of.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    Ok(Json(StreamState { stream_type, stream_id: id, version, as_of, state: view }).into_response())
 }
 
 fn rebuild<A: cqrs_es::Aggregate>(
