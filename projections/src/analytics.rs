@@ -39,19 +39,216 @@ impl ReadModel for Analytics {
         &["analytics_category", "analytics_movie", "analytics_rental", "analytics_movie_day"];
 
     fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-        decode(events)
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            match e.stream_type() {
+                Some(StreamType::Category) => changes.push(Change::Category {
+                    id: e.stream_uuid()?,
+                    position: e.position,
+                    at: e.recorded_at,
+                    event: e.decode()?,
+                }),
+                Some(StreamType::Movie) => changes.push(Change::Movie {
+                    id: e.stream_uuid()?,
+                    sequence: e.sequence,
+                    at: e.recorded_at,
+                    position: e.position,
+                    event: e.decode()?,
+                }),
+                Some(StreamType::Rental) => changes.push(Change::Rental {
+                    id: e.stream_uuid()?,
+                    position: e.position,
+                    event: e.decode()?,
+                }),
+                _ => {}
+            }
+        }
+        Ok(changes)
     }
 
+    /// Loads the categories, movies and rentals the batch can change. Per-day rows are not loaded:
+    /// the batch's increments are added to them when written.
     async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
-        load(conn, changes).await
+        let mut category_ids = HashSet::new();
+        let mut movie_ids = HashSet::new();
+        let mut rental_ids = HashSet::new();
+        for change in changes {
+            match change {
+                Change::Category { id, .. } => {
+                    category_ids.insert(*id);
+                }
+                Change::Movie { id, event, .. } => match event {
+                    MovieEvent::MovieRented { rental_id, .. }
+                    | MovieEvent::MovieReturned { rental_id, .. } => {
+                        rental_ids.insert(*rental_id);
+                    }
+                    MovieEvent::MovieAdded { .. }
+                    | MovieEvent::MovieUpdated { .. }
+                    | MovieEvent::MovieRetired {} => {
+                        movie_ids.insert(*id);
+                    }
+                },
+                Change::Rental { id, .. } => {
+                    rental_ids.insert(*id);
+                }
+            }
+        }
+        let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
+        let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
+        let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
+        let categories = sqlx::query_as::<_, CategoryState>(
+            "select category_id, name, created_at, revision from analytics_category where category_id = any($1)",
+        )
+        .bind(&category_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let movies = sqlx::query_as::<_, MovieState>(
+            "select movie_id, title, category_ids, added_at, retired_at, version
+               from analytics_movie where movie_id = any($1)",
+        )
+        .bind(&movie_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let rentals = sqlx::query_as::<_, RentalState>(
+            "select rental_id, movie_id, rented_at, returned_at, overdue_at, charge_cents, paid_cents, revision
+               from analytics_rental where rental_id = any($1)",
+        )
+        .bind(&rental_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Rows {
+            categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
+            movies: movies.into_iter().map(|m| (m.movie_id, m)).collect(),
+            rentals: rentals.into_iter().map(|r| (r.rental_id, r)).collect(),
+            ..Rows::default()
+        })
     }
 
+    /// Changes the rows in memory, in log order.
     fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
-        fold(rows, changes)
+        for change in changes {
+            match change {
+                Change::Category { id, position, at, event } => apply_category(rows, id, position, at, event),
+                Change::Movie { id, sequence, at, position, event } => {
+                    apply_movie(rows, id, sequence, at, position, event)
+                }
+                Change::Rental { id, position, event } => apply_rental(rows, id, position, event)?,
+            }
+        }
+        Ok(())
     }
 
+    /// Writes the changed rows: upserts (per-day rows add the batch's increments), or plain inserts
+    /// into the empty tables of an in-memory replay (which have no unique index until the end).
     async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
-        write(conn, rows, mode == WriteMode::Upsert).await
+        let upsert = mode == WriteMode::Upsert;
+        let on_conflict = |clause: &'static str| if upsert { clause } else { "" };
+
+        let categories: Vec<&CategoryState> =
+            rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
+        for chunk in categories.chunks(WRITE_CHUNK) {
+            sqlx::query(&format!(
+                "insert into analytics_category (category_id, name, created_at, revision)
+                 select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[]) {}",
+                on_conflict(
+                    "on conflict (category_id) do update
+                        set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision"
+                )
+            ))
+            .bind(chunk.iter().map(|c| c.category_id).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|c| c.created_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|c| c.revision).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+
+        let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
+        for chunk in movies.chunks(WRITE_CHUNK) {
+            // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so
+            // each movie's category ids travel as a JSON array.
+            let ids = |m: &MovieState| -> serde_json::Value {
+                m.category_ids.iter().map(|id| id.to_string()).collect()
+            };
+            sqlx::query(&format!(
+                "insert into analytics_movie (movie_id, title, category_ids, added_at, retired_at, version)
+                 select u.movie_id, u.title, array(select jsonb_array_elements_text(u.category_ids)::uuid),
+                        u.added_at, u.retired_at, u.version
+                   from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
+                        as u(movie_id, title, category_ids, added_at, retired_at, version)
+                 {}",
+                on_conflict(
+                    "on conflict (movie_id) do update
+                        set title = excluded.title, category_ids = excluded.category_ids,
+                            added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version"
+                )
+            ))
+            .bind(chunk.iter().map(|m| m.movie_id).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|m| ids(m)).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|m| m.added_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|m| m.retired_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|m| m.version).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+
+        let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
+        for chunk in rentals.chunks(WRITE_CHUNK) {
+            sqlx::query(&format!(
+                "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision,
+                                               overdue_at)
+                 select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+                                      $6::bigint[], $7::bigint[], $8::timestamptz[])
+                 {}",
+                on_conflict(
+                    "on conflict (rental_id) do update
+                        set returned_at = excluded.returned_at, overdue_at = excluded.overdue_at,
+                            charge_cents = excluded.charge_cents,
+                            paid_cents = excluded.paid_cents, revision = excluded.revision"
+                )
+            ))
+            .bind(chunk.iter().map(|r| r.rental_id).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.movie_id).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.rented_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.returned_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.revision).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.overdue_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+
+        let days: Vec<(&(NaiveDate, Uuid), &DayFacts)> =
+            rows.days.iter().filter(|(_, facts)| **facts != DayFacts::default()).collect();
+        for chunk in days.chunks(WRITE_CHUNK) {
+            sqlx::query(&format!(
+                "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents,
+                                                  overdues)
+                 select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[],
+                                      $7::int[])
+                 {}",
+                on_conflict(
+                    "on conflict (day, movie_id) do update
+                        set rentals_started = analytics_movie_day.rentals_started + excluded.rentals_started,
+                            charges = analytics_movie_day.charges + excluded.charges,
+                            revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
+                            paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents,
+                            overdues = analytics_movie_day.overdues + excluded.overdues"
+                )
+            ))
+            .bind(chunk.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|((_, movie), _)| *movie).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|(_, f)| f.rentals_started).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|(_, f)| f.charges).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|(_, f)| f.revenue_cents).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|(_, f)| f.paid_cents).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|(_, f)| f.overdues).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -113,91 +310,6 @@ pub struct Rows {
     dirty_categories: HashSet<Uuid>,
     dirty_movies: HashSet<Uuid>,
     dirty_rentals: HashSet<Uuid>,
-}
-
-fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-    let mut changes = Vec::with_capacity(events.len());
-    for e in events {
-        match e.stream_type() {
-            Some(StreamType::Category) => changes.push(Change::Category {
-                id: e.stream_uuid()?,
-                position: e.position,
-                at: e.recorded_at,
-                event: e.decode()?,
-            }),
-            Some(StreamType::Movie) => changes.push(Change::Movie {
-                id: e.stream_uuid()?,
-                sequence: e.sequence,
-                at: e.recorded_at,
-                position: e.position,
-                event: e.decode()?,
-            }),
-            Some(StreamType::Rental) => changes.push(Change::Rental {
-                id: e.stream_uuid()?,
-                position: e.position,
-                event: e.decode()?,
-            }),
-            _ => {}
-        }
-    }
-    Ok(changes)
-}
-
-/// Loads the categories, movies and rentals the batch can change. Per-day rows are not loaded:
-/// the batch's increments are added to them when written.
-async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
-    let mut category_ids = HashSet::new();
-    let mut movie_ids = HashSet::new();
-    let mut rental_ids = HashSet::new();
-    for change in changes {
-        match change {
-            Change::Category { id, .. } => {
-                category_ids.insert(*id);
-            }
-            Change::Movie { id, event, .. } => match event {
-                MovieEvent::MovieRented { rental_id, .. } | MovieEvent::MovieReturned { rental_id, .. } => {
-                    rental_ids.insert(*rental_id);
-                }
-                MovieEvent::MovieAdded { .. }
-                | MovieEvent::MovieUpdated { .. }
-                | MovieEvent::MovieRetired {} => {
-                    movie_ids.insert(*id);
-                }
-            },
-            Change::Rental { id, .. } => {
-                rental_ids.insert(*id);
-            }
-        }
-    }
-    let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
-    let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
-    let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
-    let categories = sqlx::query_as::<_, CategoryState>(
-        "select category_id, name, created_at, revision from analytics_category where category_id = any($1)",
-    )
-    .bind(&category_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let movies = sqlx::query_as::<_, MovieState>(
-        "select movie_id, title, category_ids, added_at, retired_at, version
-           from analytics_movie where movie_id = any($1)",
-    )
-    .bind(&movie_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let rentals = sqlx::query_as::<_, RentalState>(
-        "select rental_id, movie_id, rented_at, returned_at, overdue_at, charge_cents, paid_cents, revision
-           from analytics_rental where rental_id = any($1)",
-    )
-    .bind(&rental_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Rows {
-        categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),
-        movies: movies.into_iter().map(|m| (m.movie_id, m)).collect(),
-        rentals: rentals.into_iter().map(|r| (r.rental_id, r)).collect(),
-        ..Rows::default()
-    })
 }
 
 fn utc_day(at: DateTime<Utc>) -> NaiveDate {
@@ -338,132 +450,6 @@ fn apply_rental(rows: &mut Rows, id: Uuid, position: i64, event: RentalEvent) ->
     }
     rental.revision = position;
     rows.dirty_rentals.insert(id);
-    Ok(())
-}
-
-/// Changes the rows in memory, in log order.
-fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
-    for change in changes {
-        match change {
-            Change::Category { id, position, at, event } => apply_category(rows, id, position, at, event),
-            Change::Movie { id, sequence, at, position, event } => {
-                apply_movie(rows, id, sequence, at, position, event)
-            }
-            Change::Rental { id, position, event } => apply_rental(rows, id, position, event)?,
-        }
-    }
-    Ok(())
-}
-
-/// Writes the changed rows: upserts (per-day rows add the batch's increments), or plain inserts
-/// into the empty tables of an in-memory replay (which have no unique index until the end).
-async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
-    let on_conflict = |clause: &'static str| if upsert { clause } else { "" };
-
-    let categories: Vec<&CategoryState> =
-        rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
-    for chunk in categories.chunks(WRITE_CHUNK) {
-        sqlx::query(&format!(
-            "insert into analytics_category (category_id, name, created_at, revision)
-             select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[]) {}",
-            on_conflict(
-                "on conflict (category_id) do update
-                    set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision"
-            )
-        ))
-        .bind(chunk.iter().map(|c| c.category_id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| c.created_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| c.revision).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
-    for chunk in movies.chunks(WRITE_CHUNK) {
-        // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so
-        // each movie's category ids travel as a JSON array.
-        let ids = |m: &MovieState| -> serde_json::Value {
-            m.category_ids.iter().map(|id| id.to_string()).collect()
-        };
-        sqlx::query(&format!(
-            "insert into analytics_movie (movie_id, title, category_ids, added_at, retired_at, version)
-             select u.movie_id, u.title, array(select jsonb_array_elements_text(u.category_ids)::uuid),
-                    u.added_at, u.retired_at, u.version
-               from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
-                    as u(movie_id, title, category_ids, added_at, retired_at, version)
-             {}",
-            on_conflict(
-                "on conflict (movie_id) do update
-                    set title = excluded.title, category_ids = excluded.category_ids,
-                        added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version"
-            )
-        ))
-        .bind(chunk.iter().map(|m| m.movie_id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|m| ids(m)).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|m| m.added_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|m| m.retired_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|m| m.version).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
-    for chunk in rentals.chunks(WRITE_CHUNK) {
-        sqlx::query(&format!(
-            "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision,
-                                           overdue_at)
-             select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                                  $6::bigint[], $7::bigint[], $8::timestamptz[])
-             {}",
-            on_conflict(
-                "on conflict (rental_id) do update
-                    set returned_at = excluded.returned_at, overdue_at = excluded.overdue_at,
-                        charge_cents = excluded.charge_cents,
-                        paid_cents = excluded.paid_cents, revision = excluded.revision"
-            )
-        ))
-        .bind(chunk.iter().map(|r| r.rental_id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.movie_id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.rented_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.returned_at).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.revision).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|r| r.overdue_at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let days: Vec<(&(NaiveDate, Uuid), &DayFacts)> =
-        rows.days.iter().filter(|(_, facts)| **facts != DayFacts::default()).collect();
-    for chunk in days.chunks(WRITE_CHUNK) {
-        sqlx::query(&format!(
-            "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents,
-                                              overdues)
-             select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[],
-                                  $7::int[])
-             {}",
-            on_conflict(
-                "on conflict (day, movie_id) do update
-                    set rentals_started = analytics_movie_day.rentals_started + excluded.rentals_started,
-                        charges = analytics_movie_day.charges + excluded.charges,
-                        revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
-                        paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents,
-                        overdues = analytics_movie_day.overdues + excluded.overdues"
-            )
-        ))
-        .bind(chunk.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|((_, movie), _)| *movie).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|(_, f)| f.rentals_started).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|(_, f)| f.charges).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|(_, f)| f.revenue_cents).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|(_, f)| f.paid_cents).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|(_, f)| f.overdues).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
     Ok(())
 }
 

@@ -28,20 +28,202 @@ impl ReadModel for Rentals {
     const TABLES: &'static [&'static str] = &["rental_movie", "rental"];
 
     fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-        decode(events)
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            match e.stream_type() {
+                Some(StreamType::Movie) => changes.push(Change::Movie {
+                    movie_id: e.stream_uuid()?,
+                    position: e.position,
+                    event: e.decode()?,
+                }),
+                Some(StreamType::Rental) => changes.push(Change::Rental {
+                    rental_id: e.stream_uuid()?,
+                    position: e.position,
+                    event: e.decode()?,
+                }),
+                _ => {}
+            }
+        }
+        Ok(changes)
     }
 
+    /// Loads the rentals and movie titles the batch can change.
     async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
-        load(conn, changes).await
+        let mut movie_ids = HashSet::new();
+        let mut rental_ids = HashSet::new();
+        for change in changes {
+            match change {
+                Change::Movie { movie_id, event, .. } => {
+                    movie_ids.insert(*movie_id);
+                    if let MovieEvent::MovieRented { rental_id, .. }
+                    | MovieEvent::MovieReturned { rental_id, .. } = event
+                    {
+                        rental_ids.insert(*rental_id);
+                    }
+                }
+                Change::Rental { rental_id, .. } => {
+                    rental_ids.insert(*rental_id);
+                }
+            }
+        }
+        let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
+        let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
+        let titles = sqlx::query_as::<_, (Uuid, String)>(
+            "select movie_id, title from rental_movie where movie_id = any($1)",
+        )
+        .bind(&movie_ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let rentals = sqlx::query_as::<_, RentalState>(&format!(
+            "select {RENTAL_COLUMNS}, paid_cents, revision from rental where rental_id = any($1)"
+        ))
+        .bind(&rental_ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.rental_id, r))
+        .collect();
+        Ok(Rows { titles, rentals, ..Rows::default() })
     }
 
+    /// Changes the rows in memory, in log order, with per-row revision guards.
     fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
-        fold(rows, changes);
+        let Rows { titles, rentals, dirty_titles, dirty_rentals } = rows;
+        for change in changes {
+            match change {
+                Change::Movie { movie_id, position, event } => match event {
+                    MovieEvent::MovieAdded { title, .. }
+                    | MovieEvent::MovieUpdated { title: Some(title), .. } => {
+                        titles.insert(movie_id, title.as_str().to_string());
+                        dirty_titles.insert(movie_id);
+                    }
+                    MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                        // The title is the movie's title when it was rented.
+                        rentals.entry(rental_id).or_insert_with(|| {
+                            dirty_rentals.insert(rental_id);
+                            RentalState {
+                                rental_id,
+                                movie_id,
+                                movie_title: titles.get(&movie_id).cloned().unwrap_or_default(),
+                                customer_id,
+                                rented_at,
+                                due_at: None,
+                                overdue_at: None,
+                                returned_at: None,
+                                status: "active".into(),
+                                charge_days: None,
+                                charge_cents: None,
+                                currency: None,
+                                paid_at: None,
+                                paid_cents: None,
+                                revision: position,
+                            }
+                        });
+                    }
+                    MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+                        if let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) {
+                            rental.returned_at = Some(returned_at);
+                            if rental.status == "active" {
+                                rental.status = "returned".into();
+                            }
+                            rental.revision = position;
+                            dirty_rentals.insert(rental_id);
+                        }
+                    }
+                    MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {}
+                },
+                Change::Rental { rental_id, position, event } => {
+                    let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) else {
+                        continue;
+                    };
+                    match event {
+                        // The row was made from `MovieRented`, which comes first; the rental's own
+                        // stream fixes when it is due.
+                        RentalEvent::RentalOpened { due_at, .. } => rental.due_at = Some(due_at),
+                        RentalEvent::RentalOverdue { due_at } => rental.overdue_at = Some(due_at),
+                        // The return was taken from `MovieReturned`, which comes first.
+                        RentalEvent::RentalClosed { .. } => continue,
+                        RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
+                            rental.charge_days = Some(i32::try_from(days).unwrap_or(i32::MAX));
+                            rental.charge_cents = Some(amount_cents);
+                            rental.currency = Some(currency);
+                            if matches!(rental.status.as_str(), "active" | "returned") {
+                                rental.status = "charged".into();
+                            }
+                        }
+                        RentalEvent::RentalPaid { amount_cents, paid_at, .. } => {
+                            rental.paid_at = Some(paid_at);
+                            rental.paid_cents = Some(amount_cents);
+                            rental.status = "paid".into();
+                        }
+                    }
+                    rental.revision = position;
+                    dirty_rentals.insert(rental_id);
+                }
+            }
+        }
         Ok(())
     }
 
+    /// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
+    /// replay (which have no unique index to resolve conflicts with until the end).
     async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
-        write(conn, rows, mode == WriteMode::Upsert).await
+        let upsert = mode == WriteMode::Upsert;
+        let titles: Vec<(Uuid, &str)> =
+            rows.dirty_titles.iter().map(|id| (*id, rows.titles[id].as_str())).collect();
+        for chunk in titles.chunks(WRITE_CHUNK) {
+            let conflict =
+                if upsert { "on conflict (movie_id) do update set title = excluded.title" } else { "" };
+            sqlx::query(&format!(
+                "insert into rental_movie (movie_id, title) select * from unnest($1::uuid[], $2::text[]) {conflict}"
+            ))
+            .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|(_, title)| *title).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
+        let conflict = if upsert {
+            "on conflict (rental_id) do update set
+                    due_at = excluded.due_at, overdue_at = excluded.overdue_at,
+                    returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
+                    charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
+                    paid_cents = excluded.paid_cents, revision = excluded.revision"
+        } else {
+            ""
+        };
+        for rows in rentals.chunks(WRITE_CHUNK) {
+            sqlx::query(&format!(
+                "insert into rental (rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status,
+                                     charge_days, charge_cents, currency, paid_at, paid_cents, revision,
+                                     due_at, overdue_at)
+                 select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
+                                      $6::timestamptz[], $7::text[], $8::int[], $9::bigint[], $10::text[],
+                                      $11::timestamptz[], $12::bigint[], $13::bigint[], $14::timestamptz[],
+                                      $15::timestamptz[])
+                 {conflict}"
+            ))
+            .bind(rows.iter().map(|r| r.rental_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.movie_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.movie_title.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.rented_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.returned_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.charge_days).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.currency.as_deref()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.paid_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.due_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.overdue_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -78,203 +260,6 @@ struct RentalState {
     paid_at: Option<DateTime<Utc>>,
     paid_cents: Option<i64>,
     revision: i64,
-}
-
-fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-    let mut changes = Vec::with_capacity(events.len());
-    for e in events {
-        match e.stream_type() {
-            Some(StreamType::Movie) => changes.push(Change::Movie {
-                movie_id: e.stream_uuid()?,
-                position: e.position,
-                event: e.decode()?,
-            }),
-            Some(StreamType::Rental) => changes.push(Change::Rental {
-                rental_id: e.stream_uuid()?,
-                position: e.position,
-                event: e.decode()?,
-            }),
-            _ => {}
-        }
-    }
-    Ok(changes)
-}
-
-/// Loads the rentals and movie titles the batch can change.
-async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
-    let mut movie_ids = HashSet::new();
-    let mut rental_ids = HashSet::new();
-    for change in changes {
-        match change {
-            Change::Movie { movie_id, event, .. } => {
-                movie_ids.insert(*movie_id);
-                if let MovieEvent::MovieRented { rental_id, .. }
-                | MovieEvent::MovieReturned { rental_id, .. } = event
-                {
-                    rental_ids.insert(*rental_id);
-                }
-            }
-            Change::Rental { rental_id, .. } => {
-                rental_ids.insert(*rental_id);
-            }
-        }
-    }
-    let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
-    let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
-    let titles = sqlx::query_as::<_, (Uuid, String)>(
-        "select movie_id, title from rental_movie where movie_id = any($1)",
-    )
-    .bind(&movie_ids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
-    let rentals = sqlx::query_as::<_, RentalState>(&format!(
-        "select {RENTAL_COLUMNS}, paid_cents, revision from rental where rental_id = any($1)"
-    ))
-    .bind(&rental_ids)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| (r.rental_id, r))
-    .collect();
-    Ok(Rows { titles, rentals, ..Rows::default() })
-}
-
-/// Changes the rows in memory, in log order, with per-row revision guards.
-fn fold(rows: &mut Rows, changes: Vec<Change>) {
-    let Rows { titles, rentals, dirty_titles, dirty_rentals } = rows;
-    for change in changes {
-        match change {
-            Change::Movie { movie_id, position, event } => match event {
-                MovieEvent::MovieAdded { title, .. }
-                | MovieEvent::MovieUpdated { title: Some(title), .. } => {
-                    titles.insert(movie_id, title.as_str().to_string());
-                    dirty_titles.insert(movie_id);
-                }
-                MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
-                    // The title is the movie's title when it was rented.
-                    rentals.entry(rental_id).or_insert_with(|| {
-                        dirty_rentals.insert(rental_id);
-                        RentalState {
-                            rental_id,
-                            movie_id,
-                            movie_title: titles.get(&movie_id).cloned().unwrap_or_default(),
-                            customer_id,
-                            rented_at,
-                            due_at: None,
-                            overdue_at: None,
-                            returned_at: None,
-                            status: "active".into(),
-                            charge_days: None,
-                            charge_cents: None,
-                            currency: None,
-                            paid_at: None,
-                            paid_cents: None,
-                            revision: position,
-                        }
-                    });
-                }
-                MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-                    if let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) {
-                        rental.returned_at = Some(returned_at);
-                        if rental.status == "active" {
-                            rental.status = "returned".into();
-                        }
-                        rental.revision = position;
-                        dirty_rentals.insert(rental_id);
-                    }
-                }
-                MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {}
-            },
-            Change::Rental { rental_id, position, event } => {
-                let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) else {
-                    continue;
-                };
-                match event {
-                    // The row was made from `MovieRented`, which comes first; the rental's own
-                    // stream fixes when it is due.
-                    RentalEvent::RentalOpened { due_at, .. } => rental.due_at = Some(due_at),
-                    RentalEvent::RentalOverdue { due_at } => rental.overdue_at = Some(due_at),
-                    // The return was taken from `MovieReturned`, which comes first.
-                    RentalEvent::RentalClosed { .. } => continue,
-                    RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
-                        rental.charge_days = Some(i32::try_from(days).unwrap_or(i32::MAX));
-                        rental.charge_cents = Some(amount_cents);
-                        rental.currency = Some(currency);
-                        if matches!(rental.status.as_str(), "active" | "returned") {
-                            rental.status = "charged".into();
-                        }
-                    }
-                    RentalEvent::RentalPaid { amount_cents, paid_at, .. } => {
-                        rental.paid_at = Some(paid_at);
-                        rental.paid_cents = Some(amount_cents);
-                        rental.status = "paid".into();
-                    }
-                }
-                rental.revision = position;
-                dirty_rentals.insert(rental_id);
-            }
-        }
-    }
-}
-
-/// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
-/// replay (which have no unique index to resolve conflicts with until the end).
-async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
-    let titles: Vec<(Uuid, &str)> =
-        rows.dirty_titles.iter().map(|id| (*id, rows.titles[id].as_str())).collect();
-    for chunk in titles.chunks(WRITE_CHUNK) {
-        let conflict =
-            if upsert { "on conflict (movie_id) do update set title = excluded.title" } else { "" };
-        sqlx::query(&format!(
-            "insert into rental_movie (movie_id, title) select * from unnest($1::uuid[], $2::text[]) {conflict}"
-        ))
-        .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|(_, title)| *title).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
-    let conflict = if upsert {
-        "on conflict (rental_id) do update set
-                due_at = excluded.due_at, overdue_at = excluded.overdue_at,
-                returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
-                charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
-                paid_cents = excluded.paid_cents, revision = excluded.revision"
-    } else {
-        ""
-    };
-    for rows in rentals.chunks(WRITE_CHUNK) {
-        sqlx::query(&format!(
-            "insert into rental (rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status,
-                                 charge_days, charge_cents, currency, paid_at, paid_cents, revision,
-                                 due_at, overdue_at)
-             select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
-                                  $6::timestamptz[], $7::text[], $8::int[], $9::bigint[], $10::text[],
-                                  $11::timestamptz[], $12::bigint[], $13::bigint[], $14::timestamptz[],
-                                  $15::timestamptz[])
-             {conflict}"
-        ))
-        .bind(rows.iter().map(|r| r.rental_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.movie_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.movie_title.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.customer_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.rented_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.returned_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.charge_days).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.charge_cents).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.currency.as_deref()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.paid_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.paid_cents).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.revision).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.due_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.overdue_at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
 }
 
 /// A rental's status.

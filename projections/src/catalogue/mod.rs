@@ -45,7 +45,15 @@ impl ReadModel for Catalogue {
     const TABLES: &'static [&'static str] = &["category", MOVIE_TABLE];
 
     fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-        decode(events)
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            match e.stream_type() {
+                Some(StreamType::Category) => changes.push(Change::Category(locate(e)?)),
+                Some(StreamType::Movie) => changes.push(Change::Movie(locate(e)?)),
+                _ => {}
+            }
+        }
+        Ok(changes)
     }
 
     async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
@@ -138,16 +146,4 @@ fn locate<E: cqrs_es::DomainEvent>(e: &StoredEvent) -> Result<Located<E>, Projec
         at: e.recorded_at,
         event: e.decode()?,
     })
-}
-
-fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-    let mut changes = Vec::with_capacity(events.len());
-    for e in events {
-        match e.stream_type() {
-            Some(StreamType::Category) => changes.push(Change::Category(locate(e)?)),
-            Some(StreamType::Movie) => changes.push(Change::Movie(locate(e)?)),
-            _ => {}
-        }
-    }
-    Ok(changes)
 }
