@@ -222,6 +222,34 @@ pub fn bucket_quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
     Some(lower)
 }
 
+/// A pool on the migrated database `database_url` names (created when missing), which must hold
+/// no row of `table` yet: benchmarks that fill a queue run on a scratch database, never on one
+/// whose rows they would take for their own.
+pub async fn scratch_database(database_url: &str, table: &str, rows: &str) -> anyhow::Result<sqlx::PgPool> {
+    use anyhow::Context;
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = database_url.parse().context("--database-url")?;
+    let database = options.get_database().context("--database-url names no database")?.to_string();
+    let mut admin = options.clone().database("postgres").connect().await.context("connecting to postgres")?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&database)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("create database \"{}\"", database.replace('"', "\"\"")))
+            .execute(&mut admin)
+            .await?;
+    }
+    sqlx::Connection::close(admin).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect_with(options).await?;
+    sqlx::migrate!("../migrations").run(&pool).await.context("migrating")?;
+    let already: i64 = sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&pool).await?;
+    if already > 0 {
+        anyhow::bail!("{database} already holds {already} {rows}: use a scratch database");
+    }
+    Ok(pool)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,10 +85,6 @@ impl Projection for Notifications {
         NAME
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,

@@ -99,10 +99,6 @@ impl Projection for Payments {
         NAME
     }
 
-    fn tables(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn apply_batch<'a>(
         &'a self,
         _conn: &'a mut PgConnection,

@@ -12,15 +12,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::Utc;
 use clap::Parser;
 use domain::loan::LoanPolicy;
 use domain::rental::{Rental, RentalCommand};
 use eventstore::{BatchCommand, EventStore, Metadata};
 use projections::deadlines::Scheduler;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{ConnectOptions, Connection};
+
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -46,25 +45,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let options: sqlx::postgres::PgConnectOptions = args.database_url.parse().context("--database-url")?;
-    let database = options.get_database().context("--database-url names no database")?.to_string();
-    let mut admin = options.clone().database("postgres").connect().await.context("connecting to postgres")?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&database)
-        .fetch_one(&mut admin)
-        .await?;
-    if !exists {
-        sqlx::query(&format!("create database \"{}\"", database.replace('"', "\"\"")))
-            .execute(&mut admin)
-            .await?;
-    }
-    admin.close().await?;
-    let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await?;
-    sqlx::migrate!("../migrations").run(&pool).await.context("migrating")?;
-    let already: i64 = sqlx::query_scalar("select count(*) from deadline").fetch_one(&pool).await?;
-    if already > 0 {
-        bail!("{database} already holds {already} timers: use a scratch database");
-    }
+    let pool = moviestore_bench::scratch_database(&args.database_url, "deadline", "timers").await?;
 
     // Arrange: every timer falls due at one instant, `lead_secs` from now.
     let loan = LoanPolicy::default();

@@ -13,12 +13,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use api::config::MailConfig;
 use api::mail::{Sender, Transport};
 use clap::Parser;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{ConnectOptions, Connection};
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,25 +94,7 @@ async fn sink(listener: TcpListener, received: Received) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let options: sqlx::postgres::PgConnectOptions = args.database_url.parse().context("--database-url")?;
-    let database = options.get_database().context("--database-url names no database")?.to_string();
-    let mut admin = options.clone().database("postgres").connect().await.context("connecting to postgres")?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&database)
-        .fetch_one(&mut admin)
-        .await?;
-    if !exists {
-        sqlx::query(&format!("create database \"{}\"", database.replace('"', "\"\"")))
-            .execute(&mut admin)
-            .await?;
-    }
-    admin.close().await?;
-    let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await?;
-    sqlx::migrate!("../migrations").run(&pool).await.context("migrating")?;
-    let already: i64 = sqlx::query_scalar("select count(*) from notification").fetch_one(&pool).await?;
-    if already > 0 {
-        bail!("{database} already holds {already} emails: use a scratch database");
-    }
+    let pool = moviestore_bench::scratch_database(&args.database_url, "notification", "emails").await?;
 
     // Arrange: one account and one queued welcome email per email (lower-case ASCII names are
     // their own keys).

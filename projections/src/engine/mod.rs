@@ -185,9 +185,11 @@ pub trait Projection: Send + Sync + 'static {
     /// Stable name: the checkpoint's key.
     fn name(&self) -> &'static str;
 
-    /// The tables it owns in schema `read`, in creation order. Empty for a process manager,
-    /// which is never rebuilt (a rebuild would re-issue its commands).
-    fn tables(&self) -> &'static [&'static str];
+    /// The tables it owns in schema `read`, in creation order. None (the default) for a process
+    /// manager, which is never rebuilt (a rebuild would re-issue its commands).
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Applies a batch of events, in order, inside the batch's transaction, whose `search_path`
     /// puts the target schema (`read`, or a shadow schema during a rebuild) first: handlers name
