@@ -68,7 +68,7 @@ impl<E: std::error::Error> CommandOutcome<E> {
 }
 
 /// A stream of the batch, as the commands handled so far leave it.
-struct Stream<'a, A: Aggregate> {
+pub(crate) struct Stream<'a, A: Aggregate> {
     id: &'a str,
     state: A,
     /// Its version as loaded.
@@ -161,9 +161,9 @@ impl EventStore {
     {
         let prepared = {
             let mut conn = self.pool.acquire().await?;
-            self.prepare::<A>(&mut conn, commands).await?
+            self.prepare::<A>(&mut conn, commands, AfterRefusal::SkipTheStream).await?
         };
-        let Prepared { streams, rows, command_of, mut outcomes } = prepared;
+        let Prepared { streams, rows, command_of, mut outcomes, .. } = prepared;
         if rows.is_empty() {
             return Ok(Ran::Batched(outcomes));
         }
@@ -200,7 +200,8 @@ impl EventStore {
         A::Command: Clone + Send + Sync,
     {
         let started = Instant::now();
-        let Prepared { streams, rows, command_of, mut outcomes } = self.prepare::<A>(conn, &commands).await?;
+        let Prepared { streams, rows, command_of, mut outcomes, .. } =
+            self.prepare::<A>(conn, &commands, AfterRefusal::SkipTheStream).await?;
         if !rows.is_empty() {
             let recorded = write_batch(conn, &rows, &streams).await.map_err(|error| match error {
                 AppendError::Conflict => CommandError::Conflict,
@@ -224,10 +225,11 @@ impl EventStore {
 
     /// Loads every stream the commands name and handles each command on its own stream's
     /// aggregate, in order; returns the streams as the commands leave them and the rows to append.
-    async fn prepare<'c, A>(
+    pub(crate) async fn prepare<'c, A>(
         &self,
         conn: &mut PgConnection,
         commands: &'c [BatchCommand<A::Command>],
+        after_refusal: AfterRefusal,
     ) -> Result<Prepared<'c, A>, CommandError<A::Error>>
     where
         A: StreamKind,
@@ -263,10 +265,12 @@ impl EventStore {
         let mut rows = Rows::default();
         let mut command_of: HashMap<Uuid, usize> = HashMap::new();
         let mut outcomes = Vec::with_capacity(commands.len());
+        let mut after = Vec::with_capacity(commands.len());
         for (i, (command, &s)) in commands.iter().zip(&stream_of).enumerate() {
             let stream = &mut streams[s];
             if stream.failed {
                 outcomes.push(CommandOutcome::Skipped);
+                after.push(None);
                 continue;
             }
             // The sink applies each event as it is written: the state after the command, unless
@@ -275,8 +279,9 @@ impl EventStore {
             let sink = EventSink::<A>::default();
             if let Err(refusal) = stream.state.handle(command.command.clone(), &(), &sink).await {
                 stream.state = before;
-                stream.failed = true;
+                stream.failed = after_refusal == AfterRefusal::SkipTheStream;
                 outcomes.push(CommandOutcome::Failed(CommandError::Rejected(refusal)));
+                after.push(None);
                 continue;
             }
             let events = sink.collect().await;
@@ -290,8 +295,9 @@ impl EventStore {
                 stream.events.extend(events);
             }
             outcomes.push(CommandOutcome::Appended(Vec::new()));
+            after.push(Some((stream.state.clone(), stream.version)));
         }
-        Ok(Prepared { streams, rows, command_of, outcomes })
+        Ok(Prepared { streams, rows, command_of, outcomes, after })
     }
 
     /// The batch's one transaction: every event, then each changed stream's lookup rows and
@@ -311,7 +317,7 @@ impl EventStore {
         Ok(recorded)
     }
 
-    /// The fallback: each command through [`EventStore::execute`] (which counts it), in order,
+    /// The fallback: each command through [`EventStore::execute_alone`] (which counts it), in order,
     /// skipping a stream's commands after one of them failed.
     async fn one_by_one<A>(&self, commands: Vec<BatchCommand<A::Command>>) -> Vec<CommandOutcome<A::Error>>
     where
@@ -327,7 +333,7 @@ impl EventStore {
                 outcomes.push(outcome);
                 continue;
             }
-            match self.execute::<A>(&aggregate_id, command, &metadata.into()).await {
+            match self.execute_alone::<A>(&aggregate_id, command, &metadata.into()).await {
                 Ok(committed) => outcomes.push(CommandOutcome::Appended(committed.events)),
                 Err(error) => {
                     failed.insert(aggregate_id);
@@ -398,16 +404,29 @@ where
 
 /// A batch handled in memory: its streams as the commands leave them, the rows to append, which
 /// command each row belongs to, and each command's outcome so far.
-struct Prepared<'c, A: Aggregate> {
-    streams: Vec<Stream<'c, A>>,
-    rows: Rows,
-    command_of: HashMap<Uuid, usize>,
-    outcomes: Vec<CommandOutcome<A::Error>>,
+pub(crate) struct Prepared<'c, A: Aggregate> {
+    pub(crate) streams: Vec<Stream<'c, A>>,
+    pub(crate) rows: Rows,
+    pub(crate) command_of: HashMap<Uuid, usize>,
+    pub(crate) outcomes: Vec<CommandOutcome<A::Error>>,
+    /// Each command's stream state and version right after it, when it was handled.
+    pub(crate) after: Vec<Option<(A, i64)>>,
+}
+
+/// What a refused command means for the later commands of its stream in the same unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterRefusal {
+    /// A process manager's batch: a stream's commands only make sense in their order, so the
+    /// later ones are skipped.
+    SkipTheStream,
+    /// A group of independent commands: each later one runs against the state without the
+    /// refused one, as it would alone.
+    GoOn,
 }
 
 /// Writes a handled batch on `conn`: every event, then each changed stream's lookup rows and
 /// snapshot. Returns what was recorded, in log order.
-async fn write_batch<A>(
+pub(crate) async fn write_batch<A>(
     conn: &mut PgConnection,
     rows: &Rows,
     streams: &[Stream<'_, A>],
@@ -426,7 +445,7 @@ where
 }
 
 /// Hands each recorded event to the outcome of the command that wrote it.
-fn assign<E: std::error::Error>(
+pub(crate) fn assign<E: std::error::Error>(
     recorded: Vec<RecordedEvent>,
     command_of: &HashMap<Uuid, usize>,
     outcomes: &mut [CommandOutcome<E>],
@@ -440,7 +459,7 @@ fn assign<E: std::error::Error>(
 }
 
 /// The command error of an append that failed for another reason than a concurrent append.
-fn append_failed<E: std::error::Error>(error: AppendError) -> CommandError<E> {
+pub(crate) fn append_failed<E: std::error::Error>(error: AppendError) -> CommandError<E> {
     match error {
         AppendError::Conflict => CommandError::Conflict,
         AppendError::Unique(constraint) => CommandError::Unique(constraint),

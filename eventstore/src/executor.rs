@@ -139,6 +139,7 @@ pub struct EventStore {
     repo: Arc<PostgresEventRepository>,
     retry: RetryPolicy,
     pub(super) notifier: Notifier,
+    pub(super) groups: crate::group::Groups,
 }
 
 enum Attempt<A: Aggregate> {
@@ -153,7 +154,7 @@ impl EventStore {
     pub fn new(pool: PgPool) -> Self {
         let repo = Arc::new(PostgresEventRepository::new(pool.clone()));
         let notifier = Notifier::new(pool.clone());
-        Self { pool, repo, retry: RetryPolicy::default(), notifier }
+        Self { pool, repo, retry: RetryPolicy::default(), notifier, groups: Default::default() }
     }
 
     /// Rebuilds an aggregate from its latest snapshot and the events after it, read in one
@@ -233,10 +234,11 @@ impl EventStore {
         Ok(loaded)
     }
 
-    /// Runs a command: load, handle, append. A conflicting concurrent append is retried against
-    /// fresh state (the aggregate re-validates, so the final answer is the domain's).
+    /// Runs a command alone, outside any group: load, handle, append. A conflicting concurrent
+    /// append is retried against fresh state (the aggregate re-validates, so the final answer is
+    /// the domain's). [`EventStore::execute`] groups commands and falls back to this.
     #[tracing::instrument(skip_all, fields(stream = A::TYPE, aggregate_id = %aggregate_id))]
-    pub async fn execute<A>(
+    pub async fn execute_alone<A>(
         &self,
         aggregate_id: &str,
         command: A::Command,
@@ -360,7 +362,11 @@ impl EventStore {
         Ok(recorded)
     }
 
-    async fn stream_position(&self, aggregate_type: &str, aggregate_id: &str) -> Result<i64, sqlx::Error> {
+    pub(super) async fn stream_position(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64, sqlx::Error> {
         let position: Option<i64> = sqlx::query_scalar(
             "select max(position) from events where aggregate_type = $1 and aggregate_id = $2",
         )

@@ -204,8 +204,9 @@ pub async fn claim_capped(
 }
 
 /// Marks a claim with the position its command appended, inside the append transaction. `false`
-/// when the claim is no longer this request's (its lease ran out and another took the key over):
-/// the append must then be rolled back.
+/// when the claim is no longer this request's (its lease ran out and another took the key over)
+/// or when a command of it has appended already (one append per key): the append must then be
+/// rolled back.
 pub(crate) async fn mark_appended(
     conn: &mut PgConnection,
     claim: &Claim,
@@ -213,7 +214,7 @@ pub(crate) async fn mark_appended(
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "update idempotency set position = $4
-          where scope = $1 and key = $2 and claim = $3 and status is null",
+          where scope = $1 and key = $2 and claim = $3 and status is null and position is null",
     )
     .bind(&claim.scope)
     .bind(&claim.key)

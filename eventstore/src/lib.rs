@@ -20,6 +20,7 @@ mod batch;
 mod codec;
 pub mod deadline;
 mod executor;
+mod group;
 pub mod idempotency;
 pub mod lookup;
 mod notifier;
@@ -30,6 +31,7 @@ pub use codec::{decode_event, encode_event, upcast, EncodedEvent};
 pub use executor::{
     CommandContext, CommandError, Committed, EventStore, Metadata, RecordedEvent, RetryPolicy,
 };
+pub use group::MAX_GROUP;
 pub use stream::{Loaded, StreamKind};
 
 /// The channel projectors listen on. After appends commit, the store's notifier sends the last

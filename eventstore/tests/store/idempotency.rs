@@ -18,7 +18,7 @@ fn request<'a>(key: &'a str, body_hash: &'a [u8]) -> Fingerprint<'a> {
     Fingerprint { scope: "anonymous", key, method: "POST", path: "/api/v1/categories", body_hash }
 }
 
-async fn claimed(pool: &PgPool, key: &str, body_hash: &[u8]) -> Claim {
+pub(crate) async fn claimed(pool: &PgPool, key: &str, body_hash: &[u8]) -> Claim {
     match idempotency::claim(pool, &request(key, body_hash), LEASE, TTL).await.unwrap() {
         ClaimOutcome::Claimed(claim) => claim,
         other => panic!("expected a claim, got {other:?}"),
@@ -29,7 +29,7 @@ fn answer() -> StoredAnswer {
     StoredAnswer { status: 201, headers: json!([["x-position", "1"]]), nonce: vec![1; 12], body: vec![9, 9] }
 }
 
-fn create(name: &str) -> CategoryCommand {
+pub(crate) fn create(name: &str) -> CategoryCommand {
     CategoryCommand::CreateCategory { name: CategoryName::parse(name).unwrap() }
 }
 

@@ -17,12 +17,13 @@ async fn listener(pool: &PgPool) -> PgListener {
     listener
 }
 
-/// Creates a category; returns the position of its event.
+/// Creates a category in a transaction of its own (not grouped with others: the notifier is
+/// about many commits); returns the position of its event.
 async fn commit(store: &EventStore) -> i64 {
     let name = CategoryName::parse(&format!("Category {}", Uuid::now_v7())).unwrap();
     let command = CategoryCommand::CreateCategory { name };
     let done = store
-        .execute::<Category>(&Uuid::now_v7().to_string(), command, &CommandContext::default())
+        .execute_alone::<Category>(&Uuid::now_v7().to_string(), command, &CommandContext::default())
         .await
         .unwrap();
     done.position
