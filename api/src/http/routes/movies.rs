@@ -308,7 +308,12 @@ async fn movies(
     };
     let filter = MovieFilter { category, words, available, after: after.map(|c| (c.t, c.i)), limit };
     let rows = state.catalogue.movies(&filter).await?;
-    Ok(page(rows, limit, |m| MovieCursor { t: m.title.clone(), i: m.movie_id }, views::movie_summary))
+    Ok(page::<MoviePage, _, _>(
+        rows,
+        limit,
+        |m| MovieCursor { t: m.title.clone(), i: m.movie_id },
+        views::movie_summary,
+    ))
 }
 
 /// One movie, also a retired one

@@ -193,7 +193,7 @@ async fn list(
         limit: limit + 1,
     };
     let rows = outbox::list(&state.db, &filter).await?;
-    Ok(page(
+    Ok(page::<NotificationPage, _, _>(
         rows,
         limit,
         |r| NotificationCursor { c: r.created_at, i: r.id },

@@ -192,18 +192,25 @@ fn not_yet(message: String) -> ApiError {
     ApiError::rejected(axum::http::StatusCode::SERVICE_UNAVAILABLE, "not-yet-consistent", message)
 }
 
-/// The contract's page, `{"items": [...], "next_cursor": ...}`, from rows fetched with one extra
-/// row when there is a next page; the cursor is made from the last row shown.
-pub fn page<T, C: Serialize, V: Serialize>(
+/// A page answer of the contract, `{"items": [...], "next_cursor": ...}`.
+pub trait Paged: Serialize {
+    /// What it lists.
+    type Item;
+    /// The page of `items`; `next_cursor` is null on the last page.
+    fn of(items: Vec<Self::Item>, next_cursor: Option<String>) -> Self;
+}
+
+/// The page `P` from rows fetched with one extra row when there is a next page; the cursor is
+/// made from the last row shown.
+pub fn page<P: Paged, T, C: Serialize>(
     mut rows: Vec<T>,
     limit: i64,
     cursor_of: impl Fn(&T) -> C,
-    view: impl Fn(&T) -> V,
+    view: impl Fn(&T) -> P::Item,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = if more { rows.last().map(|last| cursor(&cursor_of(last))) } else { None };
-    let items: Vec<_> = rows.iter().map(view).collect();
-    axum::Json(serde_json::json!({ "items": items, "next_cursor": next })).into_response()
+    axum::Json(P::of(rows.iter().map(view).collect(), next)).into_response()
 }

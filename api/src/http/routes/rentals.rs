@@ -273,5 +273,10 @@ async fn list(State(state): State<AppState>, caller: AuthUser, params: Params) -
     let filter = RentalFilter { customer, status, overdue, after: after.map(|c| (c.r, c.i)), limit };
     let rows = state.rentals.rentals(&filter).await?;
     let loan = state.config.loan;
-    Ok(page(rows, limit, |r| RentalCursor { r: r.rented_at, i: r.rental_id }, |r| views::rental(r, loan)))
+    Ok(page::<RentalPage, _, _>(
+        rows,
+        limit,
+        |r| RentalCursor { r: r.rented_at, i: r.rental_id },
+        |r| views::rental(r, loan),
+    ))
 }

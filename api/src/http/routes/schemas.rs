@@ -648,3 +648,21 @@ pub struct NotificationQuery {
     /// The `next_cursor` of the previous page (opaque; one that does not decode is 422).
     pub cursor: Option<String>,
 }
+
+macro_rules! paged {
+    ($($page:ident of $item:ty;)+) => {$(
+        impl super::reads::Paged for $page {
+            type Item = $item;
+
+            fn of(items: Vec<$item>, next_cursor: Option<String>) -> Self {
+                Self { items, next_cursor }
+            }
+        }
+    )+};
+}
+
+paged! {
+    MoviePage of MovieSummary;
+    RentalPage of Rental;
+    NotificationPage of Notification;
+}
