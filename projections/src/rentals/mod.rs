@@ -3,6 +3,14 @@
 //! each customer's balance due. Tables `read.rental` and `read.rental_movie` (the titles this
 //! projection has seen, so it never reads another projection's tables); all SQL on them lives here.
 
+//!
+//! The parts: this module folds events into rows and writes them; [`reader`] answers the API's
+//! queries.
+
+mod reader;
+
+pub use reader::{RentalFilter, RentalRow, RentalsReader};
+
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -262,121 +270,8 @@ struct RentalState {
     revision: i64,
 }
 
-/// A rental's status.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct RentalRow {
-    /// Id.
-    pub rental_id: Uuid,
-    /// The movie.
-    pub movie_id: Uuid,
-    /// The movie's title when rented.
-    pub movie_title: String,
-    /// The customer.
-    pub customer_id: Uuid,
-    /// When it started.
-    pub rented_at: DateTime<Utc>,
-    /// When it is due back: `None` until the rental's own stream has recorded it (the payments
-    /// process manager opens the rental right after the rent).
-    pub due_at: Option<DateTime<Utc>>,
-    /// The due time it passed while the copy was out.
-    pub overdue_at: Option<DateTime<Utc>>,
-    /// When the copy came back.
-    pub returned_at: Option<DateTime<Utc>>,
-    /// `active`, `returned`, `charged` or `paid`.
-    pub status: String,
-    /// Days charged.
-    pub charge_days: Option<i32>,
-    /// Amount charged, in cents.
-    pub charge_cents: Option<i64>,
-    /// Currency of the charge.
-    pub currency: Option<String>,
-    /// When it was paid.
-    pub paid_at: Option<DateTime<Utc>>,
-}
-
-/// Which rentals to list.
-#[derive(Debug, Clone, Default)]
-pub struct RentalFilter {
-    /// Only this customer's.
-    pub customer: Option<Uuid>,
-    /// Only in this status.
-    pub status: Option<String>,
-    /// `Some(true)`: only active overdue rentals; `Some(false)`: every other rental.
-    pub overdue: Option<bool>,
-    /// Resume after this (rented_at, id), newest first.
-    pub after: Option<(DateTime<Utc>, Uuid)>,
-    /// Page size.
-    pub limit: i64,
-}
-
 const RENTAL_COLUMNS: &str = "rental_id, movie_id, movie_title, customer_id, rented_at, due_at, overdue_at,
      returned_at, status, charge_days, charge_cents, currency, paid_at";
 
 /// The rentals `?overdue=true` lists: still out, past their due time.
 const ACTIVE_OVERDUE: &str = "(status = 'active' and overdue_at is not null)";
-
-/// Reads rental status.
-#[derive(Debug, Clone)]
-pub struct RentalsReader {
-    pool: PgPool,
-}
-
-impl RentalsReader {
-    /// A reader over the pool.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// One rental.
-    pub async fn rental(&self, id: Uuid) -> Result<Option<RentalRow>, sqlx::Error> {
-        sqlx::query_as(&format!("select {RENTAL_COLUMNS} from read.rental where rental_id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-    }
-
-    /// A page of rentals, newest `rented_at` first; one row more than `limit` when there is a
-    /// next page.
-    pub async fn rentals(&self, filter: &RentalFilter) -> Result<Vec<RentalRow>, sqlx::Error> {
-        let mut query = QueryBuilder::new(format!("select {RENTAL_COLUMNS} from read.rental where true"));
-        if let Some(customer) = filter.customer {
-            query.push(" and customer_id = ").push_bind(customer);
-        }
-        if let Some(status) = &filter.status {
-            query.push(" and status = ").push_bind(status.clone());
-        }
-        match filter.overdue {
-            Some(true) => query.push(format!(" and {ACTIVE_OVERDUE}")),
-            Some(false) => query.push(format!(" and not {ACTIVE_OVERDUE}")),
-            None => &mut query,
-        };
-        if let Some((rented_at, id)) = filter.after {
-            query
-                .push(" and (rented_at, rental_id) < (")
-                .push_bind(rented_at)
-                .push(", ")
-                .push_bind(id)
-                .push(")");
-        }
-        query.push(" order by rented_at desc, rental_id desc limit ").push_bind(filter.limit + 1);
-        query.build_query_as().fetch_all(&self.pool).await
-    }
-
-    /// How many rentals are active and overdue.
-    pub async fn overdue_count(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(&format!("select count(*) from read.rental where {ACTIVE_OVERDUE}"))
-            .fetch_one(&self.pool)
-            .await
-    }
-
-    /// The sum of a customer's charges assessed and not yet paid, in cents.
-    pub async fn balance_due(&self, customer: Uuid) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "select coalesce(sum(charge_cents), 0)::bigint from read.rental
-              where customer_id = $1 and status = 'charged'",
-        )
-        .bind(customer)
-        .fetch_one(&self.pool)
-        .await
-    }
-}
