@@ -83,26 +83,6 @@ async fn wait_until_appends_wait(pool: &PgPool, count: i64) {
     }
 }
 
-/// Waits until a transaction of the app waits for another one to end (an append of a stream
-/// another transaction has appended to and not committed).
-async fn wait_until_an_append_waits_for_another(pool: &PgPool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_locks l where not l.granted and l.locktype = 'transactionid'
-                and l.pid in (select pid from pg_stat_activity where datname = current_database())",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting >= 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no append started waiting for the other writer");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn the_metrics_scrape_shows_requests_latencies_commands_cache_projections_and_the_pool(pool: PgPool) {
     // Arrange
@@ -118,24 +98,7 @@ async fn the_metrics_scrape_shows_requests_latencies_commands_cache_projections_
     let (_, maude) = app.customer("maude").await;
     // The payments process manager has nothing left to append while the other writer holds on.
     wait_for_projections(&app, &app.address, Duration::from_secs(10)).await;
-    let mut lock = pool.begin().await.unwrap();
-    let next: i64 = sqlx::query_scalar(
-        "select max(sequence) + 1 from events where aggregate_type = 'movie' and aggregate_id = $1",
-    )
-    .bind(contested.to_string())
-    .fetch_one(&mut *lock)
-    .await
-    .unwrap();
-    sqlx::query(
-        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
-                             metadata, event_id)
-         values ('movie', $1, $2, 'MovieUpdated', '1.0', '{\"rating\": 8.1}', '{}', gen_random_uuid())",
-    )
-    .bind(contested.to_string())
-    .bind(next)
-    .execute(&mut *lock)
-    .await
-    .unwrap();
+    let lock = movie_change_in_the_way(&pool, contested).await;
     let url = app.url(&format!("/api/v1/movies/{contested}/rent"));
     let racers: Vec<_> = [customer.clone(), maude]
         .into_iter()

@@ -670,3 +670,51 @@ pub fn samples<'a>(scrape: &'a str, name: &str, labels: &[&str]) -> Vec<&'a str>
 pub fn value(sample: &str) -> f64 {
     sample.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no value in {sample}"))
 }
+
+/// An open transaction that has appended a change of `movie`'s rating to its stream and not
+/// committed: an append of the same stream waits for it, and meets a conflict once it commits
+/// (how a test makes the app's commands conflict, now that one process groups its own).
+pub async fn movie_change_in_the_way(
+    pool: &PgPool,
+    movie: Uuid,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    let next: i64 = sqlx::query_scalar(
+        "select max(sequence) + 1 from events where aggregate_type = 'movie' and aggregate_id = $1",
+    )
+    .bind(movie.to_string())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload,
+                             metadata, event_id)
+         values ('movie', $1, $2, 'MovieUpdated', '1.0', '{\"rating\": 8.1}', '{}', gen_random_uuid())",
+    )
+    .bind(movie.to_string())
+    .bind(next)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
+/// Waits until a transaction of this database waits for another one to end (an append of a
+/// stream another transaction has appended to and not committed).
+pub async fn wait_until_an_append_waits_for_another(pool: &PgPool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_locks l where not l.granted and l.locktype = 'transactionid'
+                and l.pid in (select pid from pg_stat_activity where datname = current_database())",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting >= 1 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no append started waiting for the other writer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
