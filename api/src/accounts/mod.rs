@@ -206,6 +206,11 @@ impl Accounts {
     /// fewer than 3 reset emails in the last hour, a new token (which voids the older ones) is
     /// stored as its hash and its email queued. The caller cannot tell which happened.
     pub async fn request_password_reset(&self, email: &str) -> Result<(), sqlx::Error> {
+        if email.contains('\0') {
+            // No account can have this email (PostgreSQL cannot store NUL): nothing to send, and
+            // the caller's answer is the same as for any email.
+            return Ok(());
+        }
         let token = token::generate();
         let digest = token::digest(&token);
         let key = NameKey::of(email);
