@@ -249,7 +249,17 @@ impl EventStore {
                     return Ok(Attempt::Contended(Contention::Refusal));
                 }
             }
-            tx.commit().await?;
+            // Past this point the events may be in the log: nothing of the group runs again, and
+            // a commit whose outcome is unknown is each caller's to retry (their keys make that
+            // safe), as it would be alone.
+            if let Err(error) = tx.commit().await {
+                let unknown = |_: &CommandOutcome<A::Error>| {
+                    Err(CommandError::Database(sqlx::Error::Io(std::io::Error::other(format!(
+                        "the commit of a group of commands failed: {error}"
+                    )))))
+                };
+                return Ok(Attempt::Answered(outcomes.iter().map(unknown).collect()));
+            }
             if let Some(last) = last {
                 self.notifier.committed(last);
             }
@@ -259,11 +269,14 @@ impl EventStore {
             answers.push(match (outcome, after) {
                 (CommandOutcome::Appended(mut events), Some((state, version))) => {
                     events.sort_by_key(|e| e.sequence);
+                    // An error here is this command's own: the group has committed.
                     let position = match events.last() {
-                        Some(last) => last.position,
-                        None => self.stream_position(A::TYPE, &command.aggregate_id).await?,
+                        Some(last) => Ok(last.position),
+                        None => self.stream_position(A::TYPE, &command.aggregate_id).await,
                     };
-                    Ok(Committed { state, version, events, position })
+                    position
+                        .map(|position| Committed { state, version, events, position })
+                        .map_err(CommandError::Database)
                 }
                 (CommandOutcome::Failed(error), _) => Err(error),
                 // A group goes on after a refusal, so none is skipped; a handled command has its
