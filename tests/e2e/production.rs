@@ -58,31 +58,6 @@ async fn rented_events(pool: &PgPool, movie: Uuid) -> i64 {
     .unwrap()
 }
 
-/// Waits until a transaction of the app waits for a lock on `events` in this database.
-async fn wait_until_an_append_waits(pool: &PgPool) {
-    wait_until_appends_wait(pool, 1).await
-}
-
-/// Waits until `count` transactions of the app wait for a lock on `events` in this database.
-async fn wait_until_appends_wait(pool: &PgPool, count: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_locks l
-              where not l.granted and l.relation = 'events'::regclass
-                and l.database = (select oid from pg_database where datname = current_database())",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting >= count {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no append started waiting for the lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[sqlx::test(migrator = "api::MIGRATOR")]
 async fn the_metrics_scrape_shows_requests_latencies_commands_cache_projections_and_the_pool(pool: PgPool) {
     // Arrange

@@ -44,6 +44,13 @@ pub struct Options {
     pub extra_env: Vec<(String, String)>,
 }
 
+impl Options {
+    /// `MOVIESTORE_PROJECTORS=off`.
+    pub fn without_projectors() -> Self {
+        Options { extra_env: vec![("MOVIESTORE_PROJECTORS".into(), "off".into())] }
+    }
+}
+
 /// A running `moviestore serve` against a test database: the app built in this test process
 /// ([`TestApp::spawn`]), or the binary in a process of its own ([`TestApp::process`]) for the
 /// tests that need one (signals, kill -9, exit codes, logs, the process-wide metrics).
@@ -134,8 +141,7 @@ impl TestApp {
     /// [`TestApp::spawn`] with `MOVIESTORE_PROJECTORS=off` (see
     /// [`TestApp::process_without_projectors`]).
     pub async fn spawn_without_projectors(pool: PgPool) -> Self {
-        let options = Options { extra_env: vec![("MOVIESTORE_PROJECTORS".into(), "off".into())] };
-        Self::spawn_with(pool, options).await
+        Self::spawn_with(pool, Options::without_projectors()).await
     }
 
     /// [`TestApp::spawn`] with more settings (they win over the defaults).
@@ -193,8 +199,7 @@ impl TestApp {
     /// so a returned rental stays uncharged (pay answers 409 `charge-pending`) for as long as the
     /// test needs, instead of racing the payments process manager.
     pub async fn process_without_projectors(pool: PgPool) -> Self {
-        let options = Options { extra_env: vec![("MOVIESTORE_PROJECTORS".into(), "off".into())] };
-        Self::process_with(pool, options).await
+        Self::process_with(pool, Options::without_projectors()).await
     }
 
     /// [`TestApp::process`] with more settings (they win over the defaults).
@@ -699,22 +704,37 @@ pub async fn movie_change_in_the_way(
     tx
 }
 
+/// Waits until a transaction of the app waits for a lock on `events` in this database.
+pub async fn wait_until_an_append_waits(pool: &PgPool) {
+    wait_until_a_lock_is_awaited(
+        pool,
+        "l.relation = 'events'::regclass and l.database = (select oid from pg_database where datname = current_database())",
+        "no append started waiting for the lock",
+    )
+    .await
+}
+
 /// Waits until a transaction of this database waits for another one to end (an append of a
 /// stream another transaction has appended to and not committed).
 pub async fn wait_until_an_append_waits_for_another(pool: &PgPool) {
+    wait_until_a_lock_is_awaited(
+        pool,
+        "l.locktype = 'transactionid' and l.pid in (select pid from pg_stat_activity where datname = current_database())",
+        "no append started waiting for the other writer",
+    )
+    .await
+}
+
+/// Polls `pg_locks` until a lock that `which` (a condition on `l`) picks is waited for.
+async fn wait_until_a_lock_is_awaited(pool: &PgPool, which: &str, never: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let query = format!("select count(*) from pg_locks l where not l.granted and {which}");
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from pg_locks l where not l.granted and l.locktype = 'transactionid'
-                and l.pid in (select pid from pg_stat_activity where datname = current_database())",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
+        let waiting: i64 = sqlx::query_scalar(&query).fetch_one(pool).await.unwrap();
         if waiting >= 1 {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "no append started waiting for the other writer");
+        assert!(std::time::Instant::now() < deadline, "{never}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
