@@ -55,7 +55,11 @@ pub struct Parsed<T> {
 impl<T: DeserializeOwned + ToSchema> Parsed<T> {
     /// Reads `object` as `T`.
     pub fn new(object: Map<String, Value>) -> Self {
-        match serde_json::from_value::<T>(Value::Object(object.clone())) {
+        // Read in place: the object stays for `field` and the diagnosis.
+        let object = Value::Object(object);
+        let read = T::deserialize(&object);
+        let Value::Object(object) = object else { unreachable!("built as an object") };
+        match read {
             Ok(request) => Self { request: Some(request), object, errors: FieldErrors::new() },
             Err(error) => {
                 let mut errors = diagnose::<T>(&object);
@@ -72,7 +76,7 @@ impl<T: DeserializeOwned + ToSchema> Parsed<T> {
 impl<T> Parsed<T> {
     /// The field `name` as `F`, when it is present and reads on its own.
     pub fn field<F: DeserializeOwned>(&self, name: &str) -> Option<F> {
-        self.object.get(name).and_then(|value| serde_json::from_value(value.clone()).ok())
+        self.object.get(name).and_then(|value| F::deserialize(value).ok())
     }
 
     /// Records a failed check against a field.
