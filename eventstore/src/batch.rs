@@ -295,7 +295,9 @@ impl EventStore {
                 stream.events.extend(events);
             }
             outcomes.push(CommandOutcome::Appended(Vec::new()));
-            after.push(Some((stream.state.clone(), stream.version)));
+            // A group answers each command with the state it left; a batch's outcomes need none.
+            let state = (after_refusal == AfterRefusal::GoOn).then(|| (stream.state.clone(), stream.version));
+            after.push(state);
         }
         Ok(Prepared { streams, rows, command_of, outcomes, after })
     }
@@ -409,7 +411,7 @@ pub(crate) struct Prepared<'c, A: Aggregate> {
     pub(crate) rows: Rows,
     pub(crate) command_of: HashMap<Uuid, usize>,
     pub(crate) outcomes: Vec<CommandOutcome<A::Error>>,
-    /// Each command's stream state and version right after it, when it was handled.
+    /// Each command's stream state and version right after it, when it was handled in a group.
     pub(crate) after: Vec<Option<(A, i64)>>,
 }
 
