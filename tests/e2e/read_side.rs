@@ -504,7 +504,7 @@ async fn reads_waiting_for_a_position_never_reached_answer_503_with_retry_after(
         let token = &token;
         async move {
             let started = Instant::now();
-            let response = app.get(&format!("{path}?min_position={unreachable}"), Some(token)).await;
+            let response = app.get_once(&format!("{path}?min_position={unreachable}"), Some(token)).await;
             (path, response, started.elapsed())
         }
     });
