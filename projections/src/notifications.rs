@@ -112,6 +112,7 @@ impl Projection for Notifications {
             .into_iter()
             .map(|(rental, customer, movie)| (rental, (customer, movie)))
             .collect();
+            let mut emails = Vec::with_capacity(queued.len());
             for mut row in queued {
                 let Some(&(user_id, movie_id)) = owners.get(&row.rental_id) else {
                     return Err(ProjectionError::Decode(format!(
@@ -122,22 +123,22 @@ impl Projection for Notifications {
                 if let Value::Object(map) = &mut row.data {
                     map.insert("movie_id".into(), json!(movie_id));
                 }
-                insert(
-                    &mut *conn,
-                    row.kind,
-                    user_id,
-                    Some(row.rental_id),
-                    row.trigger_id,
-                    1,
-                    &row.data,
-                    None,
-                )
-                .await?;
                 if let Some(due_at) = row.reminder_from {
                     let next = due_at + chrono::Duration::days(REMINDER_EVERY_DAYS);
                     deadline::set(&mut *conn, &row.rental_id.to_string(), deadline::REMINDER, next).await?;
                 }
+                emails.push(NewEmail {
+                    kind: row.kind,
+                    user_id,
+                    rental_id: Some(row.rental_id),
+                    trigger_id: row.trigger_id,
+                    seq: 1,
+                    data: row.data,
+                    secret: None,
+                });
             }
+            // One statement for the batch's emails, however many.
+            insert_many(&mut *conn, &emails).await?;
             Ok(())
         })
     }
@@ -174,35 +175,54 @@ fn queued_for(event: &StoredEvent) -> Result<Option<Queued>, ProjectionError> {
     }))
 }
 
+/// An email to queue: a `notification` row.
+#[derive(Debug, Clone)]
+pub struct NewEmail<'a> {
+    /// One of [`kind`].
+    pub kind: &'a str,
+    /// The recipient's account.
+    pub user_id: Uuid,
+    /// The rental it is about, if any.
+    pub rental_id: Option<Uuid>,
+    /// What caused it (an event, an account, a reset request): with `kind` and `seq`, its key.
+    pub trigger_id: Uuid,
+    /// Its number among the emails of that trigger and kind (reminders repeat).
+    pub seq: i16,
+    /// The facts the email shows.
+    pub data: Value,
+    /// A secret the email carries (a reset token), erased once sent.
+    pub secret: Option<&'a str>,
+}
+
 /// Queues one email (nothing when its trigger already queued one of that kind and number);
 /// `true` when a row was inserted.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert(
-    conn: &mut PgConnection,
-    kind: &str,
-    user_id: Uuid,
-    rental_id: Option<Uuid>,
-    trigger_id: Uuid,
-    seq: i16,
-    data: &Value,
-    secret: Option<&str>,
-) -> Result<bool, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, email: NewEmail<'_>) -> Result<bool, sqlx::Error> {
+    Ok(insert_many(conn, std::slice::from_ref(&email)).await? == 1)
+}
+
+/// Queues emails in one statement, each unless its trigger already queued one of that kind and
+/// number; returns how many rows were inserted.
+pub async fn insert_many(conn: &mut PgConnection, emails: &[NewEmail<'_>]) -> Result<u64, sqlx::Error> {
+    if emails.is_empty() {
+        return Ok(0);
+    }
     let inserted = sqlx::query(
         "insert into notification (id, kind, user_id, rental_id, trigger_id, seq, data, secret)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         select * from unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::smallint[],
+                              $7::jsonb[], $8::text[])
          on conflict (trigger_id, kind, seq) do nothing",
     )
-    .bind(Uuid::now_v7())
-    .bind(kind)
-    .bind(user_id)
-    .bind(rental_id)
-    .bind(trigger_id)
-    .bind(seq)
-    .bind(data)
-    .bind(secret)
+    .bind(emails.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.user_id).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.rental_id).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.trigger_id).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.seq).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| &e.data).collect::<Vec<_>>())
+    .bind(emails.iter().map(|e| e.secret).collect::<Vec<_>>())
     .execute(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(inserted.rows_affected())
 }
 
 /// How many emails of `kind` were queued for the account within the last `within`.
@@ -270,9 +290,16 @@ pub async fn fire_reminders(pool: &PgPool, batch: i64) -> Result<usize, sqlx::Er
             map.insert("number".into(), json!(seq));
         }
         let rental_id = Uuid::parse_str(&stream_id).ok();
-        if insert(&mut tx, kind::OVERDUE_REMINDER, next.user_id, rental_id, next.trigger_id, seq, &data, None)
-            .await?
-        {
+        let email = NewEmail {
+            kind: kind::OVERDUE_REMINDER,
+            user_id: next.user_id,
+            rental_id,
+            trigger_id: next.trigger_id,
+            seq,
+            data,
+            secret: None,
+        };
+        if insert(&mut tx, email).await? {
             queued += 1;
         }
         if seq < MAX_REMINDERS {

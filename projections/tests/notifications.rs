@@ -8,7 +8,7 @@ use domain::price::PricePlan;
 use domain::rental::{Rental, RentalCommand};
 use eventstore::{BatchCommand, EventStore, Metadata};
 use projections::engine::{Engine, EngineConfig};
-use projections::notifications::{self as outbox, kind};
+use projections::notifications::{self as outbox, kind, NewEmail};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -57,18 +57,16 @@ async fn overdue_rental(pool: &PgPool) -> (Uuid, Uuid) {
     let mut conn = pool.acquire().await.unwrap();
     let data = json!({"due_at": Utc::now() - chrono::Duration::days(1), "number": 1});
     let trigger = Uuid::now_v7();
-    assert!(outbox::insert(
-        &mut conn,
-        kind::OVERDUE_REMINDER,
-        customer,
-        Some(rental),
-        trigger,
-        1,
-        &data,
-        None
-    )
-    .await
-    .unwrap());
+    let reminder = NewEmail {
+        kind: kind::OVERDUE_REMINDER,
+        user_id: customer,
+        rental_id: Some(rental),
+        trigger_id: trigger,
+        seq: 1,
+        data,
+        secret: None,
+    };
+    assert!(outbox::insert(&mut conn, reminder).await.unwrap());
     sqlx::query(
         "insert into deadline (stream_id, kind, due_at) values ($1, 'reminder', now() + interval '2 days')",
     )
@@ -129,7 +127,7 @@ async fn two_claimers_never_share_a_row_and_the_queue_goes_oldest_first(pool: Pg
     let mut conn = pool.acquire().await.unwrap();
     for _ in 0..30 {
         let user = Uuid::now_v7();
-        outbox::insert(&mut conn, kind::WELCOME, user, None, user, 1, &json!({}), None).await.unwrap();
+        outbox::insert(&mut conn, welcome(user)).await.unwrap();
     }
     drop(conn);
 
@@ -227,7 +225,7 @@ async fn a_paused_queue_gives_nothing_until_the_pause_ends_and_released_rows_kee
     let mut conn = pool.acquire().await.unwrap();
     for _ in 0..3 {
         let user = Uuid::now_v7();
-        outbox::insert(&mut conn, kind::WELCOME, user, None, user, 1, &json!({}), None).await.unwrap();
+        outbox::insert(&mut conn, welcome(user)).await.unwrap();
     }
     drop(conn);
     let first = outbox::claim(&pool, 3).await.unwrap();
@@ -241,4 +239,17 @@ async fn a_paused_queue_gives_nothing_until_the_pause_ends_and_released_rows_kee
     let again = outbox::claim(&pool, 3).await.unwrap();
     let ids: Vec<Uuid> = again.iter().map(|r| r.id).collect();
     assert_eq!(ids, [first[1].id, first[2].id], "the released rows, in their order");
+}
+
+/// A welcome email for an account.
+fn welcome(user: Uuid) -> NewEmail<'static> {
+    NewEmail {
+        kind: kind::WELCOME,
+        user_id: user,
+        rental_id: None,
+        trigger_id: user,
+        seq: 1,
+        data: json!({}),
+        secret: None,
+    }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::name_key::{self, Collision, NameKey};
 use eventstore::lookup::store_name_keys;
+use projections::notifications::{self, NewEmail};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -50,9 +51,16 @@ pub(super) async fn insert_user(
     .await
     .map_err(taken)?;
     if welcome && email.is_some() {
-        let kind = projections::notifications::kind::WELCOME;
-        let data = serde_json::json!({});
-        projections::notifications::insert(&mut tx, kind, user_id, None, user_id, 1, &data, None).await?;
+        let email = NewEmail {
+            kind: notifications::kind::WELCOME,
+            user_id,
+            rental_id: None,
+            trigger_id: user_id,
+            seq: 1,
+            data: serde_json::json!({}),
+            secret: None,
+        };
+        notifications::insert(&mut tx, email).await?;
     }
     tx.commit().await?;
     Ok(user)
@@ -368,7 +376,7 @@ pub(super) async fn erase_user(pool: &PgPool, username: &NameKey) -> Result<Opti
         .await?
         .rows_affected();
     sqlx::query("delete from password_resets where user_id = $1").bind(user_id).execute(&mut *tx).await?;
-    let notifications_skipped = projections::notifications::skip_pending_of(&mut tx, user_id).await?;
+    let notifications_skipped = notifications::skip_pending_of(&mut tx, user_id).await?;
     let revocation = announce(&mut tx, user_id).await?;
     tx.commit().await?;
     Ok(Some(Erased {
@@ -401,9 +409,9 @@ pub(super) async fn request_reset(
             .fetch_optional(&mut *tx)
             .await?;
     let Some(user_id) = user_id else { return Ok(None) };
-    let kind = projections::notifications::kind::PASSWORD_RESET;
+    let kind = notifications::kind::PASSWORD_RESET;
     let hour = Duration::from_secs(60 * 60);
-    let recent = projections::notifications::queued_within(&mut tx, user_id, kind, hour).await?;
+    let recent = notifications::queued_within(&mut tx, user_id, kind, hour).await?;
     if recent >= max_per_hour {
         return Ok(None);
     }
@@ -422,8 +430,16 @@ pub(super) async fn request_reset(
     .bind(ttl.as_secs_f64())
     .execute(&mut *tx)
     .await?;
-    let data = serde_json::json!({});
-    projections::notifications::insert(&mut tx, kind, user_id, None, reset_id, 1, &data, Some(token)).await?;
+    let email = NewEmail {
+        kind,
+        user_id,
+        rental_id: None,
+        trigger_id: reset_id,
+        seq: 1,
+        data: serde_json::json!({}),
+        secret: Some(token),
+    };
+    notifications::insert(&mut tx, email).await?;
     tx.commit().await?;
     Ok(Some(user_id))
 }
