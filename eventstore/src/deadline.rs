@@ -31,18 +31,19 @@ pub async fn set(
     Ok(())
 }
 
-/// Cancels the stream's timer of this kind, unless a scheduler is firing it at this very moment
-/// (it holds the row): then the return does not wait for it, and the timer, left behind if its
-/// firing rolls back, finds the rental returned and records nothing when it fires again.
-pub async fn cancel(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
+/// Cancels the stream's timers of these kinds, in one statement, except one that a scheduler is
+/// firing at this very moment (it holds the row): then the return does not wait for it, and the
+/// timer, left behind if its firing rolls back, finds the rental returned and records nothing
+/// when it fires again.
+pub async fn cancel(conn: &mut PgConnection, stream_id: &str, kinds: &[&str]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "delete from deadline
           where (stream_id, kind) in (select stream_id, kind from deadline
-                                       where stream_id = $1 and kind = $2
+                                       where stream_id = $1 and kind = any($2)
                                        for update skip locked)",
     )
     .bind(stream_id)
-    .bind(kind)
+    .bind(kinds)
     .execute(conn)
     .await?;
     Ok(())

@@ -129,8 +129,7 @@ impl StreamKind for Rental {
                     deadline::set(conn, aggregate_id, deadline::OVERDUE, *due_at).await?;
                 }
                 RentalEvent::RentalClosed { .. } => {
-                    deadline::cancel(conn, aggregate_id, deadline::OVERDUE).await?;
-                    deadline::cancel(conn, aggregate_id, deadline::REMINDER).await?;
+                    deadline::cancel(conn, aggregate_id, &[deadline::OVERDUE, deadline::REMINDER]).await?;
                 }
                 RentalEvent::RentalOverdue { .. } => {
                     deadline::fired(conn, aggregate_id, deadline::OVERDUE).await?;
