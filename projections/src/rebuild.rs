@@ -82,6 +82,18 @@ async fn create_shadow(
         sqlx::query(&format!("create table {schema}.{table} (like read.{table} including all)"))
             .execute(&mut *tx)
             .await?;
+        // `like` copies columns, defaults, constraints and indexes, not storage parameters: the
+        // free space a table keeps on each page for in-place updates (`fillfactor`) among them.
+        let options: Option<Vec<String>> =
+            sqlx::query_scalar("select reloptions from pg_class where oid = $1::regclass")
+                .bind(format!("read.{table}"))
+                .fetch_one(&mut *tx)
+                .await?;
+        if let Some(options) = options.filter(|options| !options.is_empty()) {
+            sqlx::query(&format!("alter table {schema}.{table} set ({})", options.join(", ")))
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     // The shadow's tables start with no index but their primary key; the live tables' indexes
     // are re-created from their definitions (keeping their names) once the shadow is filled. An
