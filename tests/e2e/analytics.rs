@@ -436,7 +436,7 @@ async fn analytics_answer_analysts_and_admins_only_and_name_every_invalid_parame
     // A position a running append holds: 503 once the wait runs out; one beyond the log: 422.
     let (running, given) = crate::read_side::pending_position(&app.pool).await;
     let path = format!("/api/v1/analytics/revenue?group_by=day&min_position={given}");
-    let waiting = app.get(&path, Some(&analyst)).await;
+    let waiting = app.get_once(&path, Some(&analyst)).await;
     running.rollback().await.unwrap();
     assert!(waiting.headers().contains_key("retry-after"), "503 carries Retry-After");
     assert_problem(waiting, 503, "not-yet-consistent").await;
