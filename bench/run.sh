@@ -310,8 +310,9 @@ for p in catalogue rentals analytics payments; do lag_row "$p"; done
 rate_p50=$(field "$out/commands-rate.tsv" total p50_ms)
 rate_p99=$(field "$out/commands-rate.tsv" total p99_ms)
 echo "| HTTP command p50 / p99, open loop at half the closed loop's cycles ($commands_rate cycles/s, $(num "$(field "$out/commands-rate.tsv" total per_sec)") commands/s), and p99 / p50 | $(ms "$rate_p50") / $(ms "$rate_p99") | | $(ratio "$rate_p99" "$rate_p50") | ≤ 3 |"
-echo "| commands started late (open loop at $commands_rate cycles/s) | $(num "$(field "$out/commands-rate.tsv" 'count:started late' requests)") | | | |"
-for p in catalogue rentals analytics payments notifications due-dates; do lag_rate_row "$p"; done
+rate_late=$(field "$out/commands-rate.tsv" 'count:started late' requests)
+echo "| cycles started late (open loop at $commands_rate cycles/s) | $(num "${rate_late:-0}") | | | |"
+for p in catalogue rentals analytics payments notifications; do lag_rate_row "$p"; done
 echo "| return answered → payment accepted, p50 / p99 (rent, open loop at $rent_rate cycles/s) | $(ms "$(field "$out/rent-rate.tsv" '(return answered -> paid)' p50_ms)") / $(ms "$(field "$out/rent-rate.tsv" '(return answered -> paid)' p99_ms)") | | | p99 < 50 ms |"
 echo "| rent p50 on a $(h 'count:history events' requests)-event movie vs a fresh one | $(ms "$(h "$rent_long" p50_ms)") | $(ms "$(h "$rent_fresh" p50_ms)") | $(ratio "$(h "$rent_long" p50_ms)" "$(h "$rent_fresh" p50_ms)") | ≤ 1.5 |"
 echo "| rent p99 on the long-history movie vs a fresh one | $(ms "$(h "$rent_long" p99_ms)") | $(ms "$(h "$rent_fresh" p99_ms)") | $(ratio "$(h "$rent_long" p99_ms)" "$(h "$rent_fresh" p99_ms)") | ≤ 1.5 |"
