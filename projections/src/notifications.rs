@@ -317,8 +317,8 @@ pub async fn fire_reminders(pool: &PgPool, batch: i64) -> Result<usize, sqlx::Er
     Ok(queued)
 }
 
-/// A row claimed for sending.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A row claimed for sending, with what its email needs, read in the claiming statement.
+#[derive(Debug, Clone)]
 pub struct Claimed {
     /// The row's id (the `Message-ID` is made from it).
     pub id: Uuid,
@@ -336,36 +336,14 @@ pub struct Claimed {
     pub attempts: i32,
     /// When it was queued.
     pub created_at: DateTime<Utc>,
-}
-
-/// Claims up to `batch` due rows, oldest first, and leases them to the caller for [`LEASE`];
-/// nothing while the queue is paused ([`pause_queue`]).
-pub async fn claim(pool: &PgPool, batch: i64) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(
-        "with due as (
-             select id from notification
-              where state = 'pending' and next_attempt_at <= now()
-                and not exists (select 1 from notification_queue where paused_until > now())
-              order by created_at, id
-              limit $1
-              for update skip locked)
-         update notification n
-            set next_attempt_at = now() + make_interval(secs => $2)
-           from due where n.id = due.id
-         returning n.id, n.kind, n.user_id, n.rental_id, n.data, n.secret, n.attempts, n.created_at",
-    )
-    .bind(batch)
-    .bind(LEASE.as_secs_f64())
-    .fetch_all(pool)
-    .await
-    .map(|mut rows: Vec<Claimed>| {
-        rows.sort_by_key(|r| (r.created_at, r.id));
-        rows
-    })
+    /// The account's address and preferences (none when the account is gone).
+    pub recipient: Option<Recipient>,
+    /// The rental's title and times (none without a rental, or when it is unknown).
+    pub facts: Option<RentalFacts>,
 }
 
 /// The recipient of an email and what they want to hear.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Recipient {
     /// Username.
     pub username: String,
@@ -377,21 +355,8 @@ pub struct Recipient {
     pub reminders: bool,
 }
 
-/// The account's address and preferences, read at send time.
-pub async fn recipient(pool: &PgPool, user_id: Uuid) -> Result<Option<Recipient>, sqlx::Error> {
-    sqlx::query_as(
-        "select u.username, u.email, coalesce(p.receipts, true) as receipts,
-                coalesce(p.reminders, true) as reminders
-           from users u left join notification_preferences p on p.user_id = u.user_id
-          where u.user_id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await
-}
-
 /// What a rental email needs to name the movie and its times.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RentalFacts {
     /// The movie's title (from the catalogue).
     pub title: Option<String>,
@@ -401,16 +366,81 @@ pub struct RentalFacts {
     pub returned_at: Option<DateTime<Utc>>,
 }
 
-/// A rental's title and times.
-pub async fn rental_facts(pool: &PgPool, rental_id: Uuid) -> Result<Option<RentalFacts>, sqlx::Error> {
-    sqlx::query_as(
-        "select m.title, l.rented_at, l.returned_at
-           from rental_lookup l left join read.movie m on m.movie_id = l.movie_id
-          where l.rental_id = $1",
+/// A claimed row as the claiming statement returns it.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: Uuid,
+    kind: String,
+    user_id: Uuid,
+    rental_id: Option<Uuid>,
+    data: Value,
+    secret: Option<String>,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    username: Option<String>,
+    email: Option<String>,
+    receipts: bool,
+    reminders: bool,
+    title: Option<String>,
+    rented_at: Option<DateTime<Utc>>,
+    returned_at: Option<DateTime<Utc>>,
+}
+
+/// Claims up to `batch` due rows, oldest first, and leases them to the caller for [`LEASE`];
+/// nothing while the queue is paused ([`pause_queue`]). The same statement reads each row's
+/// recipient (address and preferences, as they are when the batch is claimed) and rental.
+pub async fn claim(pool: &PgPool, batch: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+    let rows: Vec<ClaimedRow> = sqlx::query_as(
+        "with due as (
+             select id from notification
+              where state = 'pending' and next_attempt_at <= now()
+                and not exists (select 1 from notification_queue where paused_until > now())
+              order by created_at, id
+              limit $1
+              for update skip locked),
+         claimed as (
+             update notification n
+                set next_attempt_at = now() + make_interval(secs => $2)
+               from due where n.id = due.id
+             returning n.id, n.kind, n.user_id, n.rental_id, n.data, n.secret, n.attempts, n.created_at)
+         select c.id, c.kind, c.user_id, c.rental_id, c.data, c.secret, c.attempts, c.created_at,
+                u.username, u.email, coalesce(p.receipts, true) as receipts,
+                coalesce(p.reminders, true) as reminders, m.title, l.rented_at, l.returned_at
+           from claimed c
+           left join users u on u.user_id = c.user_id
+           left join notification_preferences p on p.user_id = c.user_id
+           left join rental_lookup l on l.rental_id = c.rental_id
+           left join read.movie m on m.movie_id = l.movie_id
+          order by c.created_at, c.id",
     )
-    .bind(rental_id)
-    .fetch_optional(pool)
-    .await
+    .bind(batch)
+    .bind(LEASE.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Claimed {
+            recipient: r.username.map(|username| Recipient {
+                username,
+                email: r.email,
+                receipts: r.receipts,
+                reminders: r.reminders,
+            }),
+            facts: r.rented_at.map(|rented_at| RentalFacts {
+                title: r.title,
+                rented_at,
+                returned_at: r.returned_at,
+            }),
+            id: r.id,
+            kind: r.kind,
+            user_id: r.user_id,
+            rental_id: r.rental_id,
+            data: r.data,
+            secret: r.secret,
+            attempts: r.attempts,
+            created_at: r.created_at,
+        })
+        .collect())
 }
 
 /// Marks a row sent (and forgets its token).

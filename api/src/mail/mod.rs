@@ -298,7 +298,7 @@ impl Sender {
         let skip = |why: &'static str| async move {
             outbox::mark_skipped(&self.pool, row.id, why).await.map(|()| Ok(Outcome::Skipped))
         };
-        let Some(recipient) = outbox::recipient(&self.pool, row.user_id).await? else {
+        let Some(recipient) = &row.recipient else {
             return skip("no such account").await;
         };
         let Some(address) = recipient.email.clone() else {
@@ -315,7 +315,7 @@ impl Sender {
         let Ok(to) = address.parse::<lettre::Address>() else {
             return skip("the account's email is not deliverable").await;
         };
-        let context = match self.context(row, &recipient.username).await? {
+        let context = match self.context(row, &recipient.username) {
             Ok(context) => context,
             Err(why) => return skip(why).await,
         };
@@ -342,11 +342,7 @@ impl Sender {
     }
 
     /// The values the templates show; `Err(why)` when the email has nothing left to say.
-    async fn context(
-        &self,
-        row: &Claimed,
-        username: &str,
-    ) -> Result<Result<Value, &'static str>, sqlx::Error> {
+    fn context(&self, row: &Claimed, username: &str) -> Result<Value, &'static str> {
         let mut context = json!({ "store": self.store_name, "username": username });
         let data = &row.data;
         let time = |key: &str| {
@@ -364,18 +360,18 @@ impl Sender {
         let extra = match row.kind.as_str() {
             kind::WELCOME => json!({}),
             kind::PASSWORD_RESET => {
-                let Some(token) = &row.secret else { return Ok(Err("the reset token is gone")) };
+                let Some(token) = &row.secret else { return Err("the reset token is gone") };
                 if Utc::now() - row.created_at > chrono::Duration::hours(1) {
-                    return Ok(Err("the reset token has expired"));
+                    return Err("the reset token has expired");
                 }
                 json!({ "token": token, "link": format!("{}/reset-password?token={token}", self.public_url) })
             }
             _ => {
-                let Some(rental_id) = row.rental_id else { return Ok(Err("no rental")) };
-                let Some(facts) = outbox::rental_facts(&self.pool, rental_id).await? else {
-                    return Ok(Err("no such rental"));
-                };
-                let title = facts.title.unwrap_or_else(|| "your movie".into());
+                if row.rental_id.is_none() {
+                    return Err("no rental");
+                }
+                let Some(facts) = &row.facts else { return Err("no such rental") };
+                let title = facts.title.clone().unwrap_or_else(|| "your movie".into());
                 match row.kind.as_str() {
                     kind::RENTAL_RECEIPT => json!({
                         "title": title,
@@ -404,14 +400,14 @@ impl Sender {
                             "number": data.get("number").and_then(Value::as_i64).unwrap_or(1),
                         })
                     }
-                    _ => return Ok(Err("unknown kind")),
+                    _ => return Err("unknown kind"),
                 }
             }
         };
         if let (Value::Object(context), Value::Object(extra)) = (&mut context, extra) {
             context.extend(extra);
         }
-        Ok(Ok(context))
+        Ok(context)
     }
 
     /// The message: both parts, our headers, the `Message-ID` of the row.
