@@ -71,17 +71,37 @@ pub fn decode_event<E: DomainEvent>(
         return serde_json::from_value(Value::Object(tagged));
     }
     // The current shape: deserialize as if from `{event_type: payload}`, without copying the
-    // payload into a tagged object first (the hot path of replays and of every projector).
+    // payload into a tagged object first (the hot path of every projector).
     E::deserialize(Tagged { variant: event_type, payload })
 }
 
-/// An externally tagged enum value whose tag and fields are stored apart.
-struct Tagged<'a> {
-    variant: &'a str,
-    payload: &'a Value,
+/// [`decode_event`] for a payload as stored in text: in the current shape it is decoded straight
+/// from the text, without a JSON tree between (the hot path of replays).
+pub fn decode_event_str<E: DomainEvent>(
+    event_type: &str,
+    event_version: &str,
+    payload: &str,
+) -> Result<E, serde_json::Error> {
+    if UPCASTERS.iter().any(|u| u.can_upcast(event_type, event_version)) {
+        return decode_event(event_type, event_version, &serde_json::from_str(payload)?);
+    }
+    let mut fields = serde_json::Deserializer::from_str(payload);
+    let event = E::deserialize(Tagged { variant: event_type, payload: &mut fields })?;
+    fields.end()?;
+    Ok(event)
 }
 
-impl<'de> serde::Deserializer<'de> for Tagged<'de> {
+/// An externally tagged enum value whose tag and fields are stored apart; the fields are read
+/// from `payload`, a JSON tree or JSON text.
+struct Tagged<'v, D> {
+    variant: &'v str,
+    payload: D,
+}
+
+impl<'de, D> serde::Deserializer<'de> for Tagged<'_, D>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
     type Error = serde_json::Error;
 
     fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -103,23 +123,30 @@ impl<'de> serde::Deserializer<'de> for Tagged<'de> {
     }
 }
 
-impl<'de> serde::de::EnumAccess<'de> for Tagged<'de> {
+impl<'de, D> serde::de::EnumAccess<'de> for Tagged<'_, D>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
     type Error = serde_json::Error;
-    type Variant = Fields<'de>;
+    type Variant = Fields<D>;
 
     fn variant_seed<S: serde::de::DeserializeSeed<'de>>(
         self,
         seed: S,
     ) -> Result<(S::Value, Self::Variant), Self::Error> {
-        let variant = seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(self.variant))?;
+        let variant =
+            seed.deserialize(serde::de::value::StrDeserializer::<serde_json::Error>::new(self.variant))?;
         Ok((variant, Fields(self.payload)))
     }
 }
 
 /// The stored fields of a variant.
-struct Fields<'a>(&'a Value);
+struct Fields<D>(D);
 
-impl<'de> serde::de::VariantAccess<'de> for Fields<'de> {
+impl<'de, D> serde::de::VariantAccess<'de> for Fields<D>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
     type Error = serde_json::Error;
 
     fn unit_variant(self) -> Result<(), Self::Error> {
@@ -138,7 +165,7 @@ impl<'de> serde::de::VariantAccess<'de> for Fields<'de> {
         _len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        serde::Deserializer::deserialize_seq(self.0, visitor)
+        self.0.deserialize_seq(visitor)
     }
 
     fn struct_variant<V: serde::de::Visitor<'de>>(
@@ -146,7 +173,7 @@ impl<'de> serde::de::VariantAccess<'de> for Fields<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        serde::Deserializer::deserialize_struct(self.0, "", fields, visitor)
+        self.0.deserialize_struct("", fields, visitor)
     }
 }
 
@@ -200,14 +227,20 @@ mod tests {
         ];
         for (event_type, payload) in &stored {
             let in_place = decode_event::<MovieEvent>(event_type, "1.0", payload);
+            let from_text = decode_event_str::<MovieEvent>(event_type, "1.0", &payload.to_string());
             let copied: Result<MovieEvent, _> =
                 serde_json::from_value(serde_json::json!({ *event_type: payload.clone() }));
-            match (&in_place, &copied) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
-                (Err(_), Err(_)) => {}
-                _ => panic!("{event_type} {payload}: in place {in_place:?}, copied {copied:?}"),
+            for decoded in [&in_place, &from_text] {
+                match (decoded, &copied) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{event_type} {payload}: decoded {decoded:?}, copied {copied:?}"),
+                }
             }
         }
+        // Text that is not one JSON value is refused, also with a valid value in front.
+        assert!(decode_event_str::<MovieEvent>("MovieRetired", "1.0", "{} {}").is_err());
+        assert!(decode_event_str::<MovieEvent>("MovieRetired", "1.0", "{").is_err());
         assert!(decode_event::<MovieEvent>("MovieRetired", "1.0", &serde_json::json!({})).is_ok());
         assert!(decode_event::<MovieEvent>("NoSuchEvent", "1.0", &serde_json::json!({})).is_err());
         assert!(decode_event::<MovieEvent>(
@@ -224,6 +257,8 @@ mod tests {
         let stored = serde_json::json!({ "amount_cents": 350, "paid_at": paid_at });
         let back: RentalEvent = decode_event("RentalPaid", "1.0", &stored).unwrap();
         assert_eq!(back, RentalEvent::RentalPaid { amount_cents: 350, currency: "EUR".into(), paid_at });
+        let from_text: RentalEvent = decode_event_str("RentalPaid", "1.0", &stored.to_string()).unwrap();
+        assert_eq!(from_text, back);
         let current = encode_event(&back).unwrap();
         assert_eq!(current.event_version, "2.0");
         let again: RentalEvent = decode_event("RentalPaid", "2.0", &current.payload).unwrap();

@@ -27,7 +27,7 @@ mod notifier;
 mod stream;
 
 pub use batch::{BatchCommand, CommandOutcome};
-pub use codec::{decode_event, encode_event, upcast, EncodedEvent};
+pub use codec::{decode_event, decode_event_str, encode_event, upcast, EncodedEvent};
 pub use executor::{
     CommandContext, CommandError, Committed, EventStore, Metadata, RecordedEvent, RetryPolicy,
 };

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use sqlx::{PgConnection, PgPool};
 
 use crate::engine::{
-    checkpoint, ensure_checkpoints, read_batch, Checkpoint, Projection, ProjectionError, Replay, Touched,
+    checkpoint, ensure_checkpoints, read_batch, read_for_replay, Checkpoint, LogEvent, Projection,
+    ProjectionError, Replay, ReplayBatch, Touched,
 };
 
 /// Events per batch when replaying through `apply_batch`.
@@ -189,39 +190,41 @@ async fn replay_into(
     Ok((from, events.len() as u64))
 }
 
-/// Reads the log in large batches, without metadata (read models do not use it), up to the
-/// horizon or `until`, and sends them on; returns the time spent reading.
+/// Reads the log in large batches, up to the horizon or `until`, decodes each once (without
+/// metadata, which read models do not use) and sends them on; returns the time spent reading and
+/// decoding.
 async fn read_ahead(
     pool: PgPool,
     until: Option<Checkpoint>,
-    batches: tokio::sync::mpsc::Sender<Result<Vec<crate::engine::StoredEvent>, sqlx::Error>>,
+    batches: tokio::sync::mpsc::Sender<Result<Vec<LogEvent>, ProjectionError>>,
 ) -> Duration {
     let mut reading = Duration::ZERO;
     let mut at = Checkpoint::default();
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
-            let _ = batches.send(Err(e)).await;
+            let _ = batches.send(Err(e.into())).await;
             return reading;
         }
     };
     loop {
         let started = Instant::now();
-        let result = crate::engine::read_batch_without_metadata(&mut conn, at, REPLAY_READ_BATCH).await;
+        let result = read_for_replay(&mut conn, at, REPLAY_READ_BATCH).await;
         reading += started.elapsed();
-        let mut events = match result {
-            Ok(events) => events,
+        let ReplayBatch { read, last, mut events } = match result {
+            Ok(batch) => batch,
             Err(e) => {
                 let _ = batches.send(Err(e)).await;
                 return reading;
             }
         };
-        let complete = (events.len() as i64) < REPLAY_READ_BATCH;
+        let complete = (read as i64) < REPLAY_READ_BATCH;
+        let Some(last) = last else { return reading };
+        at = last;
         if let Some(until) = until {
-            events.retain(|e| Checkpoint { xid: e.xid, position: e.position } <= until);
+            events.retain(|e| e.checkpoint() <= until);
+            at = at.min(until);
         }
-        let Some(last) = events.last() else { return reading };
-        at = Checkpoint { xid: last.xid, position: last.position };
         let stop = complete || until.is_some_and(|until| at >= until);
         if batches.send(Ok(events)).await.is_err() || stop {
             return reading;
@@ -338,7 +341,7 @@ async fn replay_together(
     let mut feeds = Vec::with_capacity(replays.len());
     let mut folders = Vec::with_capacity(replays.len());
     for (i, replay) in replays {
-        let (feed, received) = tokio::sync::mpsc::channel::<Arc<Vec<crate::engine::StoredEvent>>>(2);
+        let (feed, received) = tokio::sync::mpsc::channel::<Arc<Vec<LogEvent>>>(2);
         feeds.push(feed);
         folders.push(tokio::spawn(fold(replay, untils[i], received)));
     }
@@ -369,15 +372,13 @@ async fn replay_together(
 async fn fold(
     mut replay: Box<dyn Replay>,
     until: Option<Checkpoint>,
-    mut batches: tokio::sync::mpsc::Receiver<Arc<Vec<crate::engine::StoredEvent>>>,
+    mut batches: tokio::sync::mpsc::Receiver<Arc<Vec<LogEvent>>>,
 ) -> Result<Folded, ProjectionError> {
     let (mut at, mut applied, mut folding) = (Checkpoint::default(), 0u64, Duration::ZERO);
     while let Some(events) = batches.recv().await {
         // The log comes in checkpoint order, so the events to keep are a prefix.
         let keep = match until {
-            Some(until) => {
-                events.partition_point(|e| Checkpoint { xid: e.xid, position: e.position } <= until)
-            }
+            Some(until) => events.partition_point(|e| e.checkpoint() <= until),
             None => events.len(),
         };
         let Some(last) = events[..keep].last() else { continue };

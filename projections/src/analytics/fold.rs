@@ -6,13 +6,8 @@ pub(super) fn utc_day(at: DateTime<Utc>) -> NaiveDate {
     at.date_naive()
 }
 
-pub(super) fn apply_category(
-    rows: &mut Rows,
-    id: Uuid,
-    position: i64,
-    at: DateTime<Utc>,
-    event: CategoryEvent,
-) {
+pub(super) fn apply_category(rows: &mut Rows, e: &LogEvent, event: &CategoryEvent) {
+    let (id, position, at) = (e.stream, e.position, e.recorded_at);
     match event {
         CategoryEvent::CategoryCreated { name } => {
             rows.categories.entry(id).or_insert_with(|| {
@@ -35,14 +30,8 @@ pub(super) fn apply_category(
     }
 }
 
-pub(super) fn apply_movie(
-    rows: &mut Rows,
-    id: Uuid,
-    sequence: i64,
-    at: DateTime<Utc>,
-    position: i64,
-    event: MovieEvent,
-) {
+pub(super) fn apply_movie(rows: &mut Rows, e: &LogEvent, event: &MovieEvent) {
+    let (id, sequence, at, position) = (e.stream, e.sequence, e.recorded_at, e.position);
     match event {
         MovieEvent::MovieAdded { title, category_ids, .. } => {
             rows.movies.entry(id).or_insert_with(|| {
@@ -79,6 +68,7 @@ pub(super) fn apply_movie(
             rows.dirty_movies.insert(id);
         }
         MovieEvent::MovieRented { rental_id, rented_at, .. } => {
+            let (rental_id, rented_at) = (*rental_id, *rented_at);
             if rows.rentals.contains_key(&rental_id) {
                 return;
             }
@@ -99,10 +89,10 @@ pub(super) fn apply_movie(
             rows.days.entry((utc_day(rented_at), id)).or_default().rentals_started += 1;
         }
         MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-            if let Some(rental) = rows.rentals.get_mut(&rental_id).filter(|r| r.revision < position) {
-                rental.returned_at = Some(returned_at);
+            if let Some(rental) = rows.rentals.get_mut(rental_id).filter(|r| r.revision < position) {
+                rental.returned_at = Some(*returned_at);
                 rental.revision = position;
-                rows.dirty_rentals.insert(rental_id);
+                rows.dirty_rentals.insert(*rental_id);
             }
         }
     }
@@ -110,10 +100,10 @@ pub(super) fn apply_movie(
 
 pub(super) fn apply_rental(
     rows: &mut Rows,
-    id: Uuid,
-    position: i64,
-    event: RentalEvent,
+    e: &LogEvent,
+    event: &RentalEvent,
 ) -> Result<(), ProjectionError> {
+    let (id, position) = (e.stream, e.position);
     // The row was made from `MovieRented`, which comes first in the log.
     let Some(rental) = rows.rentals.get_mut(&id).filter(|r| r.revision < position) else { return Ok(()) };
     let returned_day = |rental: &RentalState| {
@@ -125,17 +115,17 @@ pub(super) fn apply_rental(
         RentalEvent::RentalOpened { .. } => return Ok(()),
         RentalEvent::RentalOverdue { due_at } => {
             // Counted on the UTC day of the due time it passed.
-            if rental.overdue_at.replace(due_at).is_none() {
-                rows.days.entry((utc_day(due_at), rental.movie_id)).or_default().overdues += 1;
+            if rental.overdue_at.replace(*due_at).is_none() {
+                rows.days.entry((utc_day(*due_at), rental.movie_id)).or_default().overdues += 1;
             }
         }
         RentalEvent::RentalClosed { returned_at } => {
-            rental.returned_at.get_or_insert(returned_at);
+            rental.returned_at.get_or_insert(*returned_at);
         }
         RentalEvent::ChargeAssessed { amount_cents, .. } => {
             let day = returned_day(rental)?;
             let facts = rows.days.entry((day, rental.movie_id)).or_default();
-            match rental.charge_cents.replace(amount_cents) {
+            match rental.charge_cents.replace(*amount_cents) {
                 None => {
                     facts.charges += 1;
                     facts.revenue_cents += amount_cents;
@@ -145,7 +135,7 @@ pub(super) fn apply_rental(
         }
         RentalEvent::RentalPaid { amount_cents, .. } => {
             let day = returned_day(rental)?;
-            let earlier = rental.paid_cents.replace(amount_cents).unwrap_or(0);
+            let earlier = rental.paid_cents.replace(*amount_cents).unwrap_or(0);
             rows.days.entry((day, rental.movie_id)).or_default().paid_cents += amount_cents - earlier;
         }
     }

@@ -29,7 +29,7 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::{ProjectionError, ReadModel, StoredEvent, StreamType, WriteMode, WRITE_CHUNK};
+use crate::engine::{Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK};
 use fold::{apply_category, apply_movie, apply_rental};
 
 /// The projection's name.
@@ -40,53 +40,26 @@ pub const NAME: &str = "analytics";
 pub struct Analytics;
 
 impl ReadModel for Analytics {
-    type Change = Change;
     type Rows = Rows;
 
     const NAME: &'static str = NAME;
     const TABLES: &'static [&'static str] =
         &["analytics_category", "analytics_movie", "analytics_rental", "analytics_movie_day"];
-
-    fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-        let mut changes = Vec::with_capacity(events.len());
-        for e in events {
-            match e.stream_type() {
-                Some(StreamType::Category) => changes.push(Change::Category {
-                    id: e.stream_uuid()?,
-                    position: e.position,
-                    at: e.recorded_at,
-                    event: e.decode()?,
-                }),
-                Some(StreamType::Movie) => changes.push(Change::Movie {
-                    id: e.stream_uuid()?,
-                    sequence: e.sequence,
-                    at: e.recorded_at,
-                    position: e.position,
-                    event: e.decode()?,
-                }),
-                Some(StreamType::Rental) => changes.push(Change::Rental {
-                    id: e.stream_uuid()?,
-                    position: e.position,
-                    event: e.decode()?,
-                }),
-                _ => {}
-            }
-        }
-        Ok(changes)
-    }
+    const STREAMS: &'static [StreamType] = &[StreamType::Category, StreamType::Movie, StreamType::Rental];
 
     /// Loads the categories, movies and rentals the batch can change. Per-day rows are not loaded:
     /// the batch's increments are added to them when written.
-    async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+    async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result<Rows, sqlx::Error> {
         let mut category_ids = HashSet::new();
         let mut movie_ids = HashSet::new();
         let mut rental_ids = HashSet::new();
-        for change in changes {
-            match change {
-                Change::Category { id, .. } => {
+        for e in events {
+            let id = &e.stream;
+            match &e.event {
+                Event::Category(_) => {
                     category_ids.insert(*id);
                 }
-                Change::Movie { id, event, .. } => match event {
+                Event::Movie(event) => match event {
                     MovieEvent::MovieRented { rental_id, .. }
                     | MovieEvent::MovieReturned { rental_id, .. } => {
                         rental_ids.insert(*rental_id);
@@ -97,7 +70,7 @@ impl ReadModel for Analytics {
                         movie_ids.insert(*id);
                     }
                 },
-                Change::Rental { id, .. } => {
+                Event::Rental(_) => {
                     rental_ids.insert(*id);
                 }
             }
@@ -134,14 +107,12 @@ impl ReadModel for Analytics {
     }
 
     /// Changes the rows in memory, in log order.
-    fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
-        for change in changes {
-            match change {
-                Change::Category { id, position, at, event } => apply_category(rows, id, position, at, event),
-                Change::Movie { id, sequence, at, position, event } => {
-                    apply_movie(rows, id, sequence, at, position, event)
-                }
-                Change::Rental { id, position, event } => apply_rental(rows, id, position, event)?,
+    fn fold(rows: &mut Rows, events: &[LogEvent]) -> Result<(), ProjectionError> {
+        for e in events {
+            match &e.event {
+                Event::Category(event) => apply_category(rows, e, event),
+                Event::Movie(event) => apply_movie(rows, e, event),
+                Event::Rental(event) => apply_rental(rows, e, event)?,
             }
         }
         Ok(())
@@ -259,13 +230,6 @@ impl ReadModel for Analytics {
         }
         Ok(())
     }
-}
-
-/// An event this read model reads, decoded, with its place in the log.
-pub enum Change {
-    Category { id: Uuid, position: i64, at: DateTime<Utc>, event: CategoryEvent },
-    Movie { id: Uuid, sequence: i64, at: DateTime<Utc>, position: i64, event: MovieEvent },
-    Rental { id: Uuid, position: i64, event: RentalEvent },
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -2,13 +2,14 @@
 
 use super::*;
 
-fn apply_category(rows: &mut Rows, c: Located<CategoryEvent>) {
-    match c.event {
+fn apply_category(rows: &mut Rows, c: &LogEvent, event: &CategoryEvent) {
+    let id = c.stream;
+    match event {
         CategoryEvent::CategoryCreated { name } => {
-            rows.categories.entry(c.id).or_insert_with(|| {
-                rows.dirty_categories.insert(c.id);
+            rows.categories.entry(id).or_insert_with(|| {
+                rows.dirty_categories.insert(id);
                 CategoryState {
-                    category_id: c.id,
+                    category_id: id,
                     name: name.as_str().to_string(),
                     movie_count: 0,
                     revision: c.position,
@@ -16,16 +17,16 @@ fn apply_category(rows: &mut Rows, c: Located<CategoryEvent>) {
             });
         }
         CategoryEvent::CategoryRenamed { name } => {
-            let Some(category) = rows.categories.get_mut(&c.id) else { return };
+            let Some(category) = rows.categories.get_mut(&id) else { return };
             if category.revision >= c.position {
                 return;
             }
             category.name = name.as_str().to_string();
             category.revision = c.position;
-            rows.dirty_categories.insert(c.id);
+            rows.dirty_categories.insert(id);
             // Movies carry their category names for fast listing: they change with the name.
             for movie in rows.movies.values_mut() {
-                if movie.category_ids.contains(&c.id) && movie.revision < c.position {
+                if movie.category_ids.contains(&id) && movie.revision < c.position {
                     movie.revision = c.position;
                     rows.dirty_movies.insert(movie.movie_id);
                 }
@@ -34,20 +35,20 @@ fn apply_category(rows: &mut Rows, c: Located<CategoryEvent>) {
     }
 }
 
-fn apply_movie(rows: &mut Rows, m: Located<MovieEvent>) -> Result<(), ProjectionError> {
+fn apply_movie(rows: &mut Rows, m: &LogEvent, event: &MovieEvent) -> Result<(), ProjectionError> {
+    let (id, at) = (m.stream, m.recorded_at);
     // Per-stream version guard: an event this row already reflects changes nothing.
-    if rows.movies.get(&m.id).is_some_and(|movie| movie.version >= m.sequence) {
+    if rows.movies.get(&id).is_some_and(|movie| movie.version >= m.sequence) {
         return Ok(());
     }
-    if let MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids } = m.event
-    {
+    if let MovieEvent::MovieAdded { title, storyline, release_date, rating, director, category_ids } = event {
         rows.count(category_ids.ids(), 1);
         let movie = MovieState {
-            movie_id: m.id,
+            movie_id: id,
             title: title.as_str().to_string(),
             storyline: storyline.as_str().to_string(),
-            director: director.map(|d| d.as_str().to_string()),
-            release_date,
+            director: director.as_ref().map(|d| d.as_str().to_string()),
+            release_date: *release_date,
             rating_tenths: i16::from(rating.tenths()),
             category_ids: category_ids.ids().to_vec(),
             available: true,
@@ -55,18 +56,18 @@ fn apply_movie(rows: &mut Rows, m: Located<MovieEvent>) -> Result<(), Projection
             times_rented: 0,
             version: m.sequence,
             revision: m.position,
-            added_at: m.at,
-            updated_at: m.at,
+            added_at: at,
+            updated_at: at,
         };
-        rows.movies.insert(m.id, movie);
-        rows.dirty_movies.insert(m.id);
+        rows.movies.insert(id, movie);
+        rows.dirty_movies.insert(id);
         return Ok(());
     }
-    let Some(movie) = rows.movies.get_mut(&m.id) else {
-        return Err(ProjectionError::Decode(format!("movie {} changed before it was added", m.id)));
+    let Some(movie) = rows.movies.get_mut(&id) else {
+        return Err(ProjectionError::Decode(format!("movie {id} changed before it was added")));
     };
     let mut recount = None;
-    match m.event {
+    match event {
         MovieEvent::MovieAdded { .. } => unreachable!("handled above"),
         MovieEvent::MovieUpdated { title, storyline, release_date, rating, director, category_ids } => {
             if let Some(title) = title {
@@ -76,13 +77,13 @@ fn apply_movie(rows: &mut Rows, m: Located<MovieEvent>) -> Result<(), Projection
                 movie.storyline = storyline.as_str().to_string();
             }
             if let Some(release_date) = release_date {
-                movie.release_date = release_date;
+                movie.release_date = *release_date;
             }
             if let Some(rating) = rating {
                 movie.rating_tenths = i16::from(rating.tenths());
             }
             if let Some(director) = director {
-                movie.director = director.map(|d| d.as_str().to_string());
+                movie.director = director.as_ref().map(|d| d.as_str().to_string());
             }
             if let Some(ids) = category_ids {
                 let old = std::mem::replace(&mut movie.category_ids, ids.ids().to_vec());
@@ -106,8 +107,8 @@ fn apply_movie(rows: &mut Rows, m: Located<MovieEvent>) -> Result<(), Projection
     }
     movie.version = m.sequence;
     movie.revision = m.position;
-    movie.updated_at = m.at;
-    rows.dirty_movies.insert(m.id);
+    movie.updated_at = at;
+    rows.dirty_movies.insert(id);
     if let Some((old, new)) = recount {
         rows.count(&old, -1);
         rows.count(&new, 1);
@@ -115,11 +116,12 @@ fn apply_movie(rows: &mut Rows, m: Located<MovieEvent>) -> Result<(), Projection
     Ok(())
 }
 
-pub(super) fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
-    for change in changes {
-        match change {
-            Change::Category(c) => apply_category(rows, c),
-            Change::Movie(m) => apply_movie(rows, m)?,
+pub(super) fn fold(rows: &mut Rows, events: &[LogEvent]) -> Result<(), ProjectionError> {
+    for e in events {
+        match &e.event {
+            Event::Category(event) => apply_category(rows, e, event),
+            Event::Movie(event) => apply_movie(rows, e, event)?,
+            Event::Rental(_) => {}
         }
     }
     Ok(())

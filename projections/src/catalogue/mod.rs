@@ -25,7 +25,9 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{ProjectionError, ReadModel, StoredEvent, StreamType, Touched, WriteMode, WRITE_CHUNK};
+use crate::engine::{
+    Event, LogEvent, ProjectionError, ReadModel, StreamType, Touched, WriteMode, WRITE_CHUNK,
+};
 
 /// The projection's name.
 pub const NAME: &str = "catalogue";
@@ -38,30 +40,18 @@ pub const MOVIE_TABLE: &str = "movie";
 pub struct Catalogue;
 
 impl ReadModel for Catalogue {
-    type Change = Change;
     type Rows = Rows;
 
     const NAME: &'static str = NAME;
     const TABLES: &'static [&'static str] = &["category", MOVIE_TABLE];
+    const STREAMS: &'static [StreamType] = &[StreamType::Category, StreamType::Movie];
 
-    fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-        let mut changes = Vec::with_capacity(events.len());
-        for e in events {
-            match e.stream_type() {
-                Some(StreamType::Category) => changes.push(Change::Category(locate(e)?)),
-                Some(StreamType::Movie) => changes.push(Change::Movie(locate(e)?)),
-                _ => {}
-            }
-        }
-        Ok(changes)
+    async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result<Rows, sqlx::Error> {
+        write::load(conn, events).await
     }
 
-    async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
-        write::load(conn, changes).await
-    }
-
-    fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
-        fold::fold(rows, changes)
+    fn fold(rows: &mut Rows, events: &[LogEvent]) -> Result<(), ProjectionError> {
+        fold::fold(rows, events)
     }
 
     async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
@@ -73,21 +63,6 @@ impl ReadModel for Catalogue {
             touched.row(MOVIE_TABLE, *id, rows.movies[id].revision);
         }
     }
-}
-
-/// A catalogue event with its place in the log.
-pub struct Located<E> {
-    id: Uuid,
-    sequence: i64,
-    position: i64,
-    at: DateTime<Utc>,
-    event: E,
-}
-
-/// An event this read model reads, decoded, with its place in the log.
-pub enum Change {
-    Category(Located<CategoryEvent>),
-    Movie(Located<MovieEvent>),
 }
 
 /// A `read.category` row being changed.
@@ -136,14 +111,4 @@ impl Rows {
             }
         }
     }
-}
-
-fn locate<E: cqrs_es::DomainEvent>(e: &StoredEvent) -> Result<Located<E>, ProjectionError> {
-    Ok(Located {
-        id: e.stream_uuid()?,
-        sequence: e.sequence,
-        position: e.position,
-        at: e.recorded_at,
-        event: e.decode()?,
-    })
 }

@@ -4,26 +4,27 @@ use super::*;
 
 /// Loads every row the batch can change: its movies, the movies of renamed categories, and every
 /// category those movies or the events name.
-pub(super) async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+pub(super) async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result<Rows, sqlx::Error> {
     let mut movie_ids = HashSet::new();
     let mut category_ids = HashSet::new();
     let mut renamed = HashSet::new();
-    for change in changes {
-        match change {
-            Change::Category(c) => {
-                category_ids.insert(c.id);
-                if matches!(c.event, CategoryEvent::CategoryRenamed { .. }) {
-                    renamed.insert(c.id);
+    for e in events {
+        match &e.event {
+            Event::Category(event) => {
+                category_ids.insert(e.stream);
+                if matches!(event, CategoryEvent::CategoryRenamed { .. }) {
+                    renamed.insert(e.stream);
                 }
             }
-            Change::Movie(m) => {
-                movie_ids.insert(m.id);
+            Event::Movie(event) => {
+                movie_ids.insert(e.stream);
                 if let MovieEvent::MovieAdded { category_ids: ids, .. }
-                | MovieEvent::MovieUpdated { category_ids: Some(ids), .. } = &m.event
+                | MovieEvent::MovieUpdated { category_ids: Some(ids), .. } = event
                 {
                     category_ids.extend(ids.ids());
                 }
             }
+            Event::Rental(_) => {}
         }
     }
     let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();

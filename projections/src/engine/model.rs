@@ -1,14 +1,15 @@
-//! One pipeline for every read model: decode a batch, load the rows it touches, fold the events
-//! into them in memory, write the changed rows back. A read model says how to do each step
-//! ([`ReadModel`]); the engine runs them, the same way for a live batch and for a rebuild's
-//! in-memory replay, and owns what is shared: the write chunk and the touched rows.
+//! One pipeline for every read model: the engine decodes a batch once into [`LogEvent`]s; a read
+//! model loads the rows they touch, folds the events into them in memory and writes the changed
+//! rows back. A read model says how to do each step ([`ReadModel`]); the engine runs them, the
+//! same way for a live batch and for a rebuild's in-memory replay (where one decoded batch feeds
+//! every read model), and owns what is shared: the decoding, the write chunk and the touched rows.
 
 use std::future::Future;
 use std::marker::PhantomData;
 
 use sqlx::PgConnection;
 
-use super::{BoxFuture, Projection, ProjectionError, Replay, StoredEvent, Touched};
+use super::{BoxFuture, LogEvent, Projection, ProjectionError, Replay, StoredEvent, StreamType, Touched};
 
 /// Rows per statement when a read model writes back.
 pub const WRITE_CHUNK: usize = 20_000;
@@ -25,8 +26,6 @@ pub enum WriteMode {
 
 /// What a read model knows; the engine's [`Model`] does the rest.
 pub trait ReadModel: Send + Sync + 'static {
-    /// A decoded event the model cares about, with its place in the log.
-    type Change: Send + Sync;
     /// The rows a batch touches (or, in a replay, every row), with what changed.
     type Rows: Default + Send + Sync;
 
@@ -35,17 +34,18 @@ pub trait ReadModel: Send + Sync + 'static {
     /// Its tables in schema `read`, in creation order.
     const TABLES: &'static [&'static str];
 
-    /// The batch's events this model reads, decoded (the others are left out).
-    fn decode(events: &[StoredEvent]) -> Result<Vec<Self::Change>, ProjectionError>;
+    /// The kinds of stream it reads: a live batch decodes only their events, and a batch with
+    /// none of them loads nothing.
+    const STREAMS: &'static [StreamType];
 
-    /// Loads the stored rows the changes touch.
+    /// Loads the stored rows the events touch.
     fn load<'a>(
         conn: &'a mut PgConnection,
-        changes: &'a [Self::Change],
+        events: &'a [LogEvent],
     ) -> impl Future<Output = Result<Self::Rows, sqlx::Error>> + Send + 'a;
 
-    /// Folds the changes, in log order, into the rows.
-    fn fold(rows: &mut Self::Rows, changes: Vec<Self::Change>) -> Result<(), ProjectionError>;
+    /// Folds the events, in log order, into the rows (passing over those it does not read).
+    fn fold(rows: &mut Self::Rows, events: &[LogEvent]) -> Result<(), ProjectionError>;
 
     /// Writes the changed rows.
     fn write<'a>(
@@ -90,12 +90,12 @@ impl<M: ReadModel> Projection for Model<M> {
         touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let changes = M::decode(events)?;
-            if changes.is_empty() {
+            let events = LogEvent::decode_batch(events, M::STREAMS)?;
+            if events.is_empty() {
                 return Ok(());
             }
-            let mut rows = M::load(conn, &changes).await?;
-            M::fold(&mut rows, changes)?;
+            let mut rows = M::load(conn, &events).await?;
+            M::fold(&mut rows, &events)?;
             M::write(conn, &rows, WriteMode::Upsert).await?;
             M::touched(&rows, touched);
             Ok(())
@@ -111,8 +111,8 @@ impl<M: ReadModel> Projection for Model<M> {
 struct ModelReplay<M: ReadModel>(M::Rows);
 
 impl<M: ReadModel> Replay for ModelReplay<M> {
-    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        M::fold(&mut self.0, M::decode(events)?)
+    fn apply(&mut self, events: &[LogEvent]) -> Result<(), ProjectionError> {
+        M::fold(&mut self.0, events)
     }
 
     fn flush<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), ProjectionError>> {

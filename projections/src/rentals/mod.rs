@@ -19,7 +19,7 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{ProjectionError, ReadModel, StoredEvent, StreamType, WriteMode, WRITE_CHUNK};
+use crate::engine::{Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK};
 
 /// The projection's name.
 pub const NAME: &str = "rentals";
@@ -29,49 +29,30 @@ pub const NAME: &str = "rentals";
 pub struct Rentals;
 
 impl ReadModel for Rentals {
-    type Change = Change;
     type Rows = Rows;
 
     const NAME: &'static str = NAME;
     const TABLES: &'static [&'static str] = &["rental_movie", "rental"];
-
-    fn decode(events: &[StoredEvent]) -> Result<Vec<Change>, ProjectionError> {
-        let mut changes = Vec::with_capacity(events.len());
-        for e in events {
-            match e.stream_type() {
-                Some(StreamType::Movie) => changes.push(Change::Movie {
-                    movie_id: e.stream_uuid()?,
-                    position: e.position,
-                    event: e.decode()?,
-                }),
-                Some(StreamType::Rental) => changes.push(Change::Rental {
-                    rental_id: e.stream_uuid()?,
-                    position: e.position,
-                    event: e.decode()?,
-                }),
-                _ => {}
-            }
-        }
-        Ok(changes)
-    }
+    const STREAMS: &'static [StreamType] = &[StreamType::Movie, StreamType::Rental];
 
     /// Loads the rentals and movie titles the batch can change.
-    async fn load(conn: &mut PgConnection, changes: &[Change]) -> Result<Rows, sqlx::Error> {
+    async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result<Rows, sqlx::Error> {
         let mut movie_ids = HashSet::new();
         let mut rental_ids = HashSet::new();
-        for change in changes {
-            match change {
-                Change::Movie { movie_id, event, .. } => {
-                    movie_ids.insert(*movie_id);
+        for e in events {
+            match &e.event {
+                Event::Movie(event) => {
+                    movie_ids.insert(e.stream);
                     if let MovieEvent::MovieRented { rental_id, .. }
                     | MovieEvent::MovieReturned { rental_id, .. } = event
                     {
                         rental_ids.insert(*rental_id);
                     }
                 }
-                Change::Rental { rental_id, .. } => {
-                    rental_ids.insert(*rental_id);
+                Event::Rental(_) => {
+                    rental_ids.insert(e.stream);
                 }
+                Event::Category(_) => {}
             }
         }
         let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
@@ -97,26 +78,28 @@ impl ReadModel for Rentals {
     }
 
     /// Changes the rows in memory, in log order, with per-row revision guards.
-    fn fold(rows: &mut Rows, changes: Vec<Change>) -> Result<(), ProjectionError> {
+    fn fold(rows: &mut Rows, events: &[LogEvent]) -> Result<(), ProjectionError> {
         let Rows { titles, rentals, dirty_titles, dirty_rentals } = rows;
-        for change in changes {
-            match change {
-                Change::Movie { movie_id, position, event } => match event {
+        for e in events {
+            let position = e.position;
+            match &e.event {
+                Event::Category(_) => {}
+                Event::Movie(event) => match event {
                     MovieEvent::MovieAdded { title, .. }
                     | MovieEvent::MovieUpdated { title: Some(title), .. } => {
-                        titles.insert(movie_id, title.as_str().to_string());
-                        dirty_titles.insert(movie_id);
+                        titles.insert(e.stream, title.as_str().to_string());
+                        dirty_titles.insert(e.stream);
                     }
                     MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
                         // The title is the movie's title when it was rented.
-                        rentals.entry(rental_id).or_insert_with(|| {
-                            dirty_rentals.insert(rental_id);
+                        rentals.entry(*rental_id).or_insert_with(|| {
+                            dirty_rentals.insert(*rental_id);
                             RentalState {
-                                rental_id,
-                                movie_id,
-                                movie_title: titles.get(&movie_id).cloned().unwrap_or_default(),
-                                customer_id,
-                                rented_at,
+                                rental_id: *rental_id,
+                                movie_id: e.stream,
+                                movie_title: titles.get(&e.stream).cloned().unwrap_or_default(),
+                                customer_id: *customer_id,
+                                rented_at: *rented_at,
                                 due_at: None,
                                 overdue_at: None,
                                 returned_at: None,
@@ -131,39 +114,40 @@ impl ReadModel for Rentals {
                         });
                     }
                     MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-                        if let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) {
-                            rental.returned_at = Some(returned_at);
+                        if let Some(rental) = rentals.get_mut(rental_id).filter(|r| r.revision < position) {
+                            rental.returned_at = Some(*returned_at);
                             if rental.status == "active" {
                                 rental.status = "returned".into();
                             }
                             rental.revision = position;
-                            dirty_rentals.insert(rental_id);
+                            dirty_rentals.insert(*rental_id);
                         }
                     }
                     MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {}
                 },
-                Change::Rental { rental_id, position, event } => {
+                Event::Rental(event) => {
+                    let rental_id = e.stream;
                     let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) else {
                         continue;
                     };
                     match event {
                         // The row was made from `MovieRented`, which comes first; the rental's own
                         // stream fixes when it is due.
-                        RentalEvent::RentalOpened { due_at, .. } => rental.due_at = Some(due_at),
-                        RentalEvent::RentalOverdue { due_at } => rental.overdue_at = Some(due_at),
+                        RentalEvent::RentalOpened { due_at, .. } => rental.due_at = Some(*due_at),
+                        RentalEvent::RentalOverdue { due_at } => rental.overdue_at = Some(*due_at),
                         // The return was taken from `MovieReturned`, which comes first.
                         RentalEvent::RentalClosed { .. } => continue,
                         RentalEvent::ChargeAssessed { days, amount_cents, currency, .. } => {
-                            rental.charge_days = Some(i32::try_from(days).unwrap_or(i32::MAX));
-                            rental.charge_cents = Some(amount_cents);
-                            rental.currency = Some(currency);
+                            rental.charge_days = Some(i32::try_from(*days).unwrap_or(i32::MAX));
+                            rental.charge_cents = Some(*amount_cents);
+                            rental.currency = Some(currency.clone());
                             if matches!(rental.status.as_str(), "active" | "returned") {
                                 rental.status = "charged".into();
                             }
                         }
                         RentalEvent::RentalPaid { amount_cents, paid_at, .. } => {
-                            rental.paid_at = Some(paid_at);
-                            rental.paid_cents = Some(amount_cents);
+                            rental.paid_at = Some(*paid_at);
+                            rental.paid_cents = Some(*amount_cents);
                             rental.status = "paid".into();
                         }
                     }
@@ -242,12 +226,6 @@ pub struct Rows {
     rentals: HashMap<Uuid, RentalState>,
     dirty_titles: HashSet<Uuid>,
     dirty_rentals: HashSet<Uuid>,
-}
-
-/// An event this read model reads, decoded, with its place in the log.
-pub enum Change {
-    Movie { movie_id: Uuid, position: i64, event: MovieEvent },
-    Rental { rental_id: Uuid, position: i64, event: RentalEvent },
 }
 
 /// A `read.rental` row being changed.
