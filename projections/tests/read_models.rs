@@ -15,7 +15,7 @@ use projections::catalogue::{self, CatalogueReader, MovieFilter, MovieRow};
 use projections::engine::{checkpoints, BatchOutcome, Engine, EngineConfig};
 use projections::rebuild::{self, TableDiff};
 use projections::rentals::{self, RentalRow, RentalsReader};
-use projections::{all, payments};
+use projections::{all, analytics, payments};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -748,12 +748,14 @@ async fn verify_finds_a_corrupted_row_and_a_rebuild_repairs_it(pool: PgPool) {
 
 /// `read.movie`'s updates so far, and how many of them were in place (heap-only tuples), once the
 /// statistics show at least `updates` (a backend reports its counts within about a second).
-async fn movie_updates(pool: &PgPool, updates: i64) -> (i64, i64) {
+/// `(updates, heap-only updates)` of `table` once the statistics show at least `updates`.
+async fn row_updates(pool: &PgPool, table: &str, updates: i64) -> (i64, i64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let counts: (i64, i64) = sqlx::query_as(
-            "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relid = 'read.movie'::regclass",
+            "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relid = $1::regclass",
         )
+        .bind(table)
         .fetch_one(pool)
         .await
         .unwrap();
@@ -777,7 +779,7 @@ async fn rents_and_returns_update_movie_rows_in_place_also_after_a_rebuild(pool:
     w.catch_up(catalogue::NAME).await;
     let catalogue = w.engine.projection(catalogue::NAME).unwrap();
     let customer = Uuid::now_v7();
-    let (mut before, mut hot_before) = movie_updates(&pool, 0).await;
+    let (mut before, mut hot_before) = row_updates(&pool, "read.movie", 0).await;
 
     for round in 0..2 {
         // Act: every movie rented, then returned, in two batches (20 row updates).
@@ -793,7 +795,7 @@ async fn rents_and_returns_update_movie_rows_in_place_also_after_a_rebuild(pool:
 
         // Assert: no index entry was added for any of them (no index holds what a rent changes,
         // and the pages keep room for the new versions), the rebuilt table as the migrated one.
-        let (updates, hot) = movie_updates(&pool, before + 20).await;
+        let (updates, hot) = row_updates(&pool, "read.movie", before + 20).await;
         assert_eq!(updates - before, 20, "round {round}: two updates of each movie");
         assert_eq!(hot - hot_before, 20, "round {round}: every update in place");
         let options: Vec<String> =
@@ -808,6 +810,77 @@ async fn rents_and_returns_update_movie_rows_in_place_also_after_a_rebuild(pool:
         // The second round runs on the table a rebuild swapped in (its statistics start at 0).
         rebuild::rebuild(&pool, catalogue.clone(), &()).await.unwrap();
         (before, hot_before) = (0, 0);
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rentals_life_updates_its_rows_in_place_also_after_a_rebuild(pool: PgPool) {
+    // Arrange: ten movies, each rented by one customer.
+    let w = World::new(&pool);
+    let drama = w.create_category("Drama").await;
+    let customer = Uuid::now_v7();
+    let mut movies = Vec::new();
+    for i in 0..10 {
+        movies.push(w.add_movie(&format!("Film {i:02}"), "A long storyline of words.", None, &[drama]).await);
+    }
+    let rentals = w.engine.projection(rentals::NAME).unwrap();
+    let analytics = w.engine.projection(analytics::NAME).unwrap();
+    let tables = ["read.rental", "read.analytics_rental"];
+    let mut before = [(0, 0); 2];
+    for (i, table) in tables.iter().enumerate() {
+        before[i] = row_updates(&pool, table, 0).await;
+    }
+
+    for round in 0..2 {
+        // Act: every rental opened, returned, charged and paid, a step per batch.
+        let mut ids = Vec::new();
+        for movie in &movies {
+            ids.push(w.rent(*movie, customer, days_ago(4 - 2 * round)).await.0);
+        }
+        w.catch_up_all().await;
+        w.catch_up(analytics::NAME).await;
+        for (movie, rental) in movies.iter().zip(&ids) {
+            w.give_back(*movie, *rental, customer, days_ago(3 - 2 * round)).await;
+        }
+        w.catch_up_all().await;
+        w.catch_up(analytics::NAME).await;
+        for rental in &ids {
+            let charge = w.rental(*rental).await.charge_cents.expect("charged");
+            w.pay(*rental, customer, charge).await.unwrap();
+        }
+        w.catch_up_all().await;
+        w.catch_up(analytics::NAME).await;
+
+        // Assert: the rows went through every status, and not one update added an index entry.
+        for rental in &ids {
+            assert_eq!(w.rental(*rental).await.status, "paid", "round {round}");
+        }
+        assert_eq!(w.rentals().balance_due(customer).await.unwrap(), 0, "round {round}");
+        for (i, table) in tables.iter().enumerate() {
+            let (updates, hot) = row_updates(&pool, table, before[i].0 + 20).await;
+            assert!(
+                updates - before[i].0 >= 20,
+                "round {round}: {table} updated {} times",
+                updates - before[i].0
+            );
+            assert_eq!(
+                hot - before[i].1,
+                updates - before[i].0,
+                "round {round}: {table}: every update in place"
+            );
+            let options: Vec<String> =
+                sqlx::query_scalar("select unnest(reloptions) from pg_class where oid = $1::regclass")
+                    .bind(table)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(options, ["fillfactor=80"], "round {round}: {table}");
+        }
+
+        // The second round runs on the tables a rebuild swapped in (their statistics start at 0).
+        rebuild::rebuild(&pool, rentals.clone(), &()).await.unwrap();
+        rebuild::rebuild(&pool, analytics.clone(), &()).await.unwrap();
+        before = [(0, 0); 2];
     }
 }
 

@@ -251,5 +251,6 @@ struct RentalState {
 const RENTAL_COLUMNS: &str = "rental_id, movie_id, movie_title, customer_id, rented_at, due_at, overdue_at,
      returned_at, status, charge_days, charge_cents, currency, paid_at";
 
-/// The rentals `?overdue=true` lists: still out, past their due time.
-const ACTIVE_OVERDUE: &str = "(status = 'active' and overdue_at is not null)";
+/// The rentals `?overdue=true` lists: still out, past their due time (the stored flag is
+/// `status = 'active' and overdue_at is not null`; the overdue listing's index is conditioned on it).
+const ACTIVE_OVERDUE: &str = "overdue_open";
