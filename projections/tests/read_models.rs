@@ -1056,7 +1056,7 @@ async fn a_refused_command_fails_the_batch_and_keeps_the_checkpoint_while_the_ot
     w.store.execute::<Rental>(&broken.to_string(), other, &w.meta().into()).await.unwrap();
     let payments = w.engine.projection(payments::NAME).unwrap();
     projections::engine::ensure_checkpoints(&pool, &[payments::NAME]).await.unwrap();
-    let before = w.checkpoint(payments::NAME).await;
+    let mut before = w.checkpoint(payments::NAME).await;
 
     // Act: the batch fails, twice (a failed batch's lock goes with its rollback, which the pool
     // finishes in the background: until then the projection is busy).
@@ -1079,13 +1079,18 @@ async fn a_refused_command_fails_the_batch_and_keeps_the_checkpoint_while_the_ot
         true
     };
     // The horizon is cluster-wide (other tests' transactions), so a batch may see only part of
-    // the log: run the failing batch until everything it can see is handled.
+    // the log: one that ends before the broken rental applies and moves the checkpoint (the
+    // checkpoint the failing batches must keep is then the one it left); run the batches until
+    // everything the failing one can see is handled.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let error = loop {
-        let outcome = batch().await;
-        assert!(outcome.is_err(), "{outcome:?}");
-        if all_charged().await {
-            break outcome.unwrap_err();
+        match batch().await {
+            Ok(_) => {
+                before = w.checkpoint(payments::NAME).await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(error) if all_charged().await => break error,
+            Err(_) => {}
         }
         assert!(std::time::Instant::now() < deadline, "the other rentals were never all charged");
     };
@@ -1168,6 +1173,9 @@ async fn an_overdue_rental_shows_its_due_and_overdue_times_counts_in_analytics_a
 ) {
     // Arrange: three rentals of three movies: one rented 10 days ago and still out, one rented 10
     // days ago and returned after 2 days, one rented yesterday.
+    // Every time is counted from one instant, so a slow run that crosses a second changes none.
+    let now = days_ago(0);
+    let ago = |days: i64| now - Duration::days(days);
     let w = World::new(&pool);
     let category = w.create_category("Noir").await;
     let customer = Uuid::now_v7();
@@ -1175,10 +1183,10 @@ async fn an_overdue_rental_shows_its_due_and_overdue_times_counts_in_analytics_a
     for title in ["Late", "Early", "Fresh"] {
         movies.push(w.add_movie(title, "A story.", None, &[category]).await);
     }
-    let (late, _) = w.rent(movies[0], customer, days_ago(10)).await;
-    let (early, _) = w.rent(movies[1], customer, days_ago(10)).await;
-    w.give_back(movies[1], early, customer, days_ago(8)).await;
-    let (fresh, _) = w.rent(movies[2], customer, days_ago(1)).await;
+    let (late, _) = w.rent(movies[0], customer, ago(10)).await;
+    let (early, _) = w.rent(movies[1], customer, ago(10)).await;
+    w.give_back(movies[1], early, customer, ago(8)).await;
+    let (fresh, _) = w.rent(movies[2], customer, ago(1)).await;
     w.catch_up(payments::NAME).await;
     let scheduler = projections::deadlines::Scheduler::with_config(
         pool.clone(),
@@ -1197,10 +1205,10 @@ async fn an_overdue_rental_shows_its_due_and_overdue_times_counts_in_analytics_a
     let late_row = reader.rental(late).await.unwrap().unwrap();
     let early_row = reader.rental(early).await.unwrap().unwrap();
     let fresh_row = reader.rental(fresh).await.unwrap().unwrap();
-    assert_eq!(late_row.due_at, Some(days_ago(3)));
-    assert_eq!(late_row.overdue_at, Some(days_ago(3)));
-    assert_eq!((early_row.due_at, early_row.overdue_at), (Some(days_ago(3)), None));
-    assert_eq!((fresh_row.due_at, fresh_row.overdue_at), (Some(days_ago(1) + Duration::days(7)), None));
+    assert_eq!(late_row.due_at, Some(ago(3)));
+    assert_eq!(late_row.overdue_at, Some(ago(3)));
+    assert_eq!((early_row.due_at, early_row.overdue_at), (Some(ago(3)), None));
+    assert_eq!((fresh_row.due_at, fresh_row.overdue_at), (Some(ago(1) + Duration::days(7)), None));
     let listed = |overdue| {
         let filter = rentals::RentalFilter { overdue: Some(overdue), limit: 10, ..Default::default() };
         let reader = w.rentals();
@@ -1217,7 +1225,7 @@ async fn an_overdue_rental_shows_its_due_and_overdue_times_counts_in_analytics_a
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(per_day, vec![(days_ago(3).date_naive(), movies[0], 1)]);
+    assert_eq!(per_day, vec![(ago(3).date_naive(), movies[0], 1)]);
 
     // The live tables are what a replay of the log gives, RentalOverdue included.
     for name in [rentals::NAME, projections::analytics::NAME] {
