@@ -297,39 +297,42 @@ pub fn engine(
     Engine::new(pool.clone(), projections::all(store.clone(), plan.clone(), loan), EngineConfig::default())
 }
 
-/// The router with its layers, outermost first: request id, the client address, the access log
-/// and HTTP metrics, the rate limit, tracing, sensitive headers, timeout, panic catching, reading
-/// the body, the concurrency cap (only once the body is in), idempotency keys; and the body limit.
+/// The router with its layers, outermost first: the front steps (request id, the client address,
+/// the access log and HTTP metrics, the rate limit), tracing, sensitive headers, panic catching,
+/// the inner steps (the timeout, reading the body, the concurrency cap only once the body is in,
+/// idempotency keys); and the body limit. Each group of steps is one layer calling its steps in
+/// turn: a layer of its own for every step would clone the rest of the stack and box it anew at
+/// each step of every request.
 pub fn router(state: AppState) -> Router {
     let timeout = state.config.http.request_timeout;
     crate::http::metrics::handle();
     let limits = crate::http::limits::Limits::new(&state.config.http);
-    let trusted = Arc::new(state.config.http.trusted_proxies.clone());
+    let front =
+        Arc::new(Front { trusted: state.config.http.trusted_proxies.clone(), limits: limits.clone() });
+    let inner = Inner { timeout, limits, state: state.clone() };
     let layers = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(crate::http::extract::request_id))
-        .layer(axum::middleware::from_fn_with_state(trusted, crate::http::client::middleware))
-        .layer(axum::middleware::from_fn(crate::http::access::record))
-        .layer(axum::middleware::from_fn_with_state(limits.clone(), crate::http::limits::rate))
+        .layer(axum::middleware::from_fn_with_state(front, front_steps))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
-                    let route = request
-                        .extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map(|p| p.as_str().to_string())
-                        .unwrap_or_default();
-                    let request_id = request
-                        .headers()
-                        .get(crate::http::extract::REQUEST_ID_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    tracing::info_span!("request", method = %request.method(), route, request_id)
+                    // The fields are evaluated only when the span is enabled.
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        route = request
+                            .extensions()
+                            .get::<axum::extract::MatchedPath>()
+                            .map_or("", |p| p.as_str()),
+                        request_id = request
+                            .headers()
+                            .get(crate::http::extract::REQUEST_ID_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                    )
                 })
                 .on_failure(()),
         )
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
-        .layer(axum::middleware::from_fn_with_state(timeout, out_of_time))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| -> Response {
             tracing::error!("a request handler panicked");
             problem(
@@ -338,9 +341,7 @@ pub fn router(state: AppState) -> Router {
                 "an unexpected error occurred; it has been logged",
             )
         }))
-        .layer(axum::middleware::from_fn(crate::http::extract::read_body_first))
-        .layer(axum::middleware::from_fn_with_state(limits, crate::http::limits::in_flight))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::http::idempotency::middleware));
+        .layer(axum::middleware::from_fn_with_state(inner, inner_steps));
     let cors = cors(&state.config.cors);
     crate::http::routes::router()
         .fallback(not_found)
@@ -349,6 +350,57 @@ pub fn router(state: AppState) -> Router {
         .layer(layers)
         .layer(tower::util::option_layer(cors))
         .with_state(state)
+}
+
+/// What the front steps need.
+struct Front {
+    trusted: crate::config::proxies::TrustedProxies,
+    limits: crate::http::limits::Limits,
+}
+
+/// The front steps, outermost first: the request id, the client address, the access record, the
+/// rate limit.
+async fn front_steps(
+    axum::extract::State(front): axum::extract::State<Arc<Front>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::http::{access, client, extract, limits};
+    extract::request_id(request, |request| {
+        client::attribute(&front.trusted, request, |request| {
+            access::record(request, |request| {
+                limits::rate(&front.limits, request, |request| next.run(request))
+            })
+        })
+    })
+    .await
+}
+
+/// What the inner steps need.
+#[derive(Clone)]
+struct Inner {
+    timeout: std::time::Duration,
+    limits: crate::http::limits::Limits,
+    state: AppState,
+}
+
+/// The inner steps, outermost first: the timeout, reading the body, the concurrency cap,
+/// idempotency keys.
+async fn inner_steps(
+    axum::extract::State(inner): axum::extract::State<Inner>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::http::{extract, idempotency, limits};
+    out_of_time(
+        inner.timeout,
+        extract::read_body_first(request, |request| {
+            limits::in_flight(&inner.limits, request, |request| {
+                idempotency::middleware(&inner.state, request, |request| next.run(request))
+            })
+        }),
+    )
+    .await
 }
 
 /// The CORS layer for `MOVIESTORE_CORS_ORIGINS`, outermost so that preflights are answered before
@@ -377,11 +429,10 @@ fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
 /// Bounds a request, its body's arrival included, by `MOVIESTORE_REQUEST_TIMEOUT_SECS`; one that
 /// runs out of time answers 503 problem+json with `Retry-After`, like every other 503.
 async fn out_of_time(
-    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
+    limit: std::time::Duration,
+    answer: impl std::future::Future<Output = Response>,
 ) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => {
             let mut response = problem(

@@ -3,12 +3,12 @@
 //! route, method and status). Labels are bounded: the matched route template, never the raw path,
 //! and a fixed set of methods. Nothing from headers or bodies is logged.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use uuid::Uuid;
 
@@ -46,8 +46,11 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: times the request, then logs it and counts it.
-pub async fn record(mut request: Request, next: Next) -> Response {
+/// Middleware step: times the request, then logs it and counts it.
+pub async fn record<F: Future<Output = Response>>(
+    mut request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
@@ -58,7 +61,7 @@ pub async fn record(mut request: Request, next: Next) -> Response {
     let client = request.extensions().get::<ClientAddr>().map(ToString::to_string).unwrap_or_default();
     let actor = ActorSlot::default();
     request.extensions_mut().insert(actor.clone());
-    let response = next.run(request).await;
+    let response = next(request).await;
     let latency = started.elapsed();
     let status = response.status().as_u16();
     let status_label = status.to_string();

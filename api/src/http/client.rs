@@ -5,12 +5,11 @@
 //! so an attacker cannot take a fresh counter with each of its 2^64 addresses.
 
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::config::proxies::{canonical, mask, TrustedProxies};
@@ -49,18 +48,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// Middleware: attributes the request to its client once, for every layer and handler after it.
-pub async fn middleware(
-    State(trusted): State<Arc<TrustedProxies>>,
+/// Middleware step: attributes the request to its client once, for every step and handler after it.
+pub async fn attribute<F: Future<Output = Response>>(
+    trusted: &TrustedProxies,
     mut request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> F,
 ) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(peer) = peer {
         let client = ClientAddr(trusted.attribute(peer, request.headers()));
         request.extensions_mut().insert(client);
     }
-    next.run(request).await
+    next(request).await
 }
 
 #[cfg(test)]

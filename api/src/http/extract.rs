@@ -5,13 +5,13 @@
 //! raw [`Body`] (only its size is checked while reading), parsed by the handler once role and
 //! ownership are settled.
 
+use std::future::Future;
 use std::pin::Pin;
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -37,7 +37,10 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<String> {
 }
 
 /// Middleware: settles the request id, makes it visible to handlers and errors, echoes it.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
+pub async fn request_id<F: Future<Output = Response>>(
+    mut request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -46,7 +49,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
     request.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = REQUEST_ID.scope(id, next.run(request)).await;
+    let mut response = REQUEST_ID.scope(id, next(request)).await;
     response.headers_mut().insert(REQUEST_ID_HEADER, value);
     response
 }
@@ -192,7 +195,10 @@ struct UnreadableBody;
 /// rest away. An answer given without reading the body (401, 403, 413) would otherwise close the
 /// connection with the client's bytes unread, and the client, still sending, would get a
 /// connection reset instead of the answer.
-pub async fn read_body_first(request: Request, next: Next) -> Response {
+pub async fn read_body_first<F: Future<Output = Response>>(
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let (mut parts, mut body) = request.into_parts();
     let keep = crate::config::MAX_BODY_BYTES + 1;
     let mut kept = Vec::new();
@@ -214,7 +220,7 @@ pub async fn read_body_first(request: Request, next: Next) -> Response {
             }
         }
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(kept))).await
+    next(Request::from_parts(parts, axum::body::Body::from(kept))).await
 }
 
 /// A request body, read up to the size limit but not yet parsed: the handler parses it after the

@@ -14,12 +14,12 @@
 //! answer. The SQL lives in
 //! `eventstore::idempotency`.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use eventstore::idempotency::{self, Claim, ClaimOutcome, Fingerprint, StoredAnswer};
 use rand::RngCore;
@@ -63,23 +63,38 @@ fn valid_key(value: &HeaderValue) -> Option<String> {
     visible.then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// Middleware: see the module documentation.
-pub async fn middleware(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Middleware step: see the module documentation.
+pub async fn middleware<F: Future<Output = Response>>(
+    state: &AppState,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     if !matches!(*request.method(), Method::POST | Method::PATCH | Method::DELETE) {
-        return next.run(request).await;
+        return next(request).await;
     }
+    // What a keyed command holds across its awaits is large: boxed, so the future of every
+    // other request (each read's) stays small and cheap to move.
+    Box::pin(command(state, request, next)).await
+}
+
+/// The step for a command: its key, when it has one.
+async fn command<F: Future<Output = Response>>(
+    state: &AppState,
+    mut request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let Some(raw_key) = request.headers().get(HEADER).cloned() else {
-        return next.run(request).await;
+        return next(request).await;
     };
     // Ignored on the account endpoints: an anonymous key could be replayed by anyone who guesses
     // it, and those bodies hold passwords.
     if request.uri().path().starts_with(AUTH_PATHS) {
-        return next.run(request).await;
+        return next(request).await;
     }
     // Scoped to the caller's account. Every other endpoint needs a token: a call without one, or
     // with one that does not authenticate, gets its 401 from the handler, with nothing recorded.
     let scope = match crate::http::extract::bearer_token(request.headers()) {
-        None => return next.run(request).await,
+        None => return next(request).await,
         Some(token) => match state.accounts.authenticate(token).await {
             Ok(Some((user, token_hash))) => {
                 if let Some(actor) = request.extensions().get::<crate::http::access::ActorSlot>() {
@@ -89,7 +104,7 @@ pub async fn middleware(State(state): State<AppState>, mut request: Request, nex
                 request.extensions_mut().insert(crate::http::extract::Authenticated { user, token_hash });
                 scope
             }
-            Ok(None) => return next.run(request).await,
+            Ok(None) => return next(request).await,
             Err(error) => return ApiError::from(error).into_response(),
         },
     };
@@ -189,17 +204,17 @@ impl Drop for ClaimGuard {
     }
 }
 
-async fn run_claimed(
+async fn run_claimed<F: Future<Output = Response>>(
     pool: &PgPool,
     claim: Claim,
     seal_key: &LessSafeKey,
-    next: Next,
+    next: impl FnOnce(Request) -> F,
     mut request: Request,
 ) -> Response {
     let mut guard = ClaimGuard { pool: pool.clone(), claim: Some(claim.clone()) };
     // The handler's caller carries the claim into its command's context (see `AuthUser`).
     request.extensions_mut().insert(claim.clone());
-    let response = next.run(request).await;
+    let response = next(request).await;
     let status = response.status();
     // 401 and 403 come before the key: they are not kept and the key stays free.
     let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);

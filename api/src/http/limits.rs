@@ -7,14 +7,14 @@
 //! Requests are counted by client address ([`crate::http::client`]: the TCP peer, the forwarded address
 //! behind a trusted proxy, an IPv6 /64).
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -66,8 +66,12 @@ impl Limits {
     }
 }
 
-/// Middleware: the rate limit, counted when the request head has arrived.
-pub async fn rate(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+/// Middleware step: the rate limit, counted when the request head has arrived.
+pub async fn rate<F: Future<Output = Response>>(
+    limits: &Limits,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     if let (Some(limiter), false) = (&limits.rate, is_exempt(request.uri().path())) {
         let client = request.extensions().get::<ClientAddr>().map(ClientAddr::key);
         if let Some(client) = client {
@@ -79,13 +83,17 @@ pub async fn rate(State(limits): State<Limits>, request: Request, next: Next) ->
             }
         }
     }
-    next.run(request).await
+    next(request).await
 }
 
-/// Middleware: the concurrency cap. It runs after the body has been read
+/// Middleware step: the concurrency cap. It runs after the body has been read
 /// ([`crate::http::extract::read_body_first`]), so a client trickling its body holds no slot and
 /// slow senders cannot starve anyone.
-pub async fn in_flight(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+pub async fn in_flight<F: Future<Output = Response>>(
+    limits: &Limits,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let _permit = match (&limits.in_flight, is_exempt(request.uri().path())) {
         (Some(semaphore), false) => match semaphore.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
@@ -93,7 +101,7 @@ pub async fn in_flight(State(limits): State<Limits>, request: Request, next: Nex
         },
         _ => None,
     };
-    next.run(request).await
+    next(request).await
 }
 
 fn overloaded() -> Response {
