@@ -304,14 +304,13 @@ pub fn engine(
 /// turn: a layer of its own for every step would clone the rest of the stack and box it anew at
 /// each step of every request.
 pub fn router(state: AppState) -> Router {
-    let timeout = state.config.http.request_timeout;
     crate::http::metrics::handle();
-    let limits = crate::http::limits::Limits::new(&state.config.http);
-    let front =
-        Arc::new(Front { trusted: state.config.http.trusted_proxies.clone(), limits: limits.clone() });
-    let inner = Inner { timeout, limits, state: state.clone() };
+    let steps = Arc::new(Steps {
+        limits: crate::http::limits::Limits::new(&state.config.http),
+        state: state.clone(),
+    });
     let layers = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn_with_state(front, front_steps))
+        .layer(axum::middleware::from_fn_with_state(steps.clone(), front_steps))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
@@ -341,7 +340,7 @@ pub fn router(state: AppState) -> Router {
                 "an unexpected error occurred; it has been logged",
             )
         }))
-        .layer(axum::middleware::from_fn_with_state(inner, inner_steps));
+        .layer(axum::middleware::from_fn_with_state(steps, inner_steps));
     let cors = cors(&state.config.cors);
     crate::http::routes::router()
         .fallback(not_found)
@@ -352,51 +351,44 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// What the front steps need.
-struct Front {
-    trusted: crate::config::proxies::TrustedProxies,
+/// What the steps need: the process's limits and the state (its configuration among it), behind
+/// one reference count.
+struct Steps {
     limits: crate::http::limits::Limits,
+    state: AppState,
 }
 
 /// The front steps, outermost first: the request id, the client address, the access record, the
 /// rate limit.
 async fn front_steps(
-    axum::extract::State(front): axum::extract::State<Arc<Front>>,
+    axum::extract::State(steps): axum::extract::State<Arc<Steps>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     use crate::http::{access, client, extract, limits};
     extract::request_id(request, |request| {
-        client::attribute(&front.trusted, request, |request| {
+        client::attribute(&steps.state.config.http.trusted_proxies, request, |request| {
             access::record(request, |request| {
-                limits::rate(&front.limits, request, |request| next.run(request))
+                limits::rate(&steps.limits, request, |request| next.run(request))
             })
         })
     })
     .await
 }
 
-/// What the inner steps need.
-#[derive(Clone)]
-struct Inner {
-    timeout: std::time::Duration,
-    limits: crate::http::limits::Limits,
-    state: AppState,
-}
-
 /// The inner steps, outermost first: the timeout, reading the body, the concurrency cap,
 /// idempotency keys.
 async fn inner_steps(
-    axum::extract::State(inner): axum::extract::State<Inner>,
+    axum::extract::State(steps): axum::extract::State<Arc<Steps>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     use crate::http::{extract, idempotency, limits};
     out_of_time(
-        inner.timeout,
+        steps.state.config.http.request_timeout,
         extract::read_body_first(request, |request| {
-            limits::in_flight(&inner.limits, request, |request| {
-                idempotency::middleware(&inner.state, request, |request| next.run(request))
+            limits::in_flight(&steps.limits, request, |request| {
+                idempotency::middleware(&steps.state, request, |request| next.run(request))
             })
         }),
     )
