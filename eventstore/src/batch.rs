@@ -172,6 +172,7 @@ impl EventStore {
             Err(AppendError::Conflict | AppendError::Unique(_)) => return Ok(Ran::Contended),
             Err(error) => return Err(append_failed(error)),
         };
+        self.remember(&streams);
         if let Some(last) = recorded.iter().map(|e| e.position).max() {
             self.notifier.committed(last);
         }
@@ -247,7 +248,8 @@ impl EventStore {
                 })
             })
             .collect();
-        let mut streams: Vec<Stream<'c, A>> = load_many::<A>(conn, &ids)
+        let mut streams: Vec<Stream<'c, A>> = self
+            .load_many::<A>(conn, &ids)
             .await?
             .into_iter()
             .zip(&ids)
@@ -358,50 +360,81 @@ where
     record_command(A::TYPE, A::command_name(command), outcome.label(), ran.then_some(elapsed));
 }
 
-/// Loads every stream named, in that order: snapshots (for kinds that take them) in one query,
-/// then every stream's events after its snapshot in another.
-async fn load_many<A>(conn: &mut PgConnection, ids: &[&str]) -> Result<Vec<Loaded<A>>, CommandError<A::Error>>
-where
-    A: StreamKind,
-    A::Command: Clone + Send + Sync,
-{
-    let mut loaded: Vec<Loaded<A>> = ids.iter().map(|_| Loaded { state: A::default(), version: 0 }).collect();
-    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-    if A::SNAPSHOT_EVERY.is_some() {
-        let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
-            "select aggregate_id, last_sequence, payload from snapshots
-              where aggregate_type = $1 and aggregate_id = any($2)",
+impl EventStore {
+    /// Loads every stream named, in that order: from the state this process remembers of it or,
+    /// for the others, from its snapshot (for kinds that take them, in one query); then every
+    /// stream's events after that, in one more query (usually none for a remembered stream).
+    /// Every state loaded is remembered.
+    async fn load_many<A>(
+        &self,
+        conn: &mut PgConnection,
+        ids: &[&str],
+    ) -> Result<Vec<Loaded<A>>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let mut forgotten: Vec<&str> = Vec::new();
+        let mut loaded: Vec<Loaded<A>> = ids
+            .iter()
+            .map(|id| {
+                self.recent.get::<A>(id).unwrap_or_else(|| {
+                    forgotten.push(id);
+                    Loaded { state: A::default(), version: 0 }
+                })
+            })
+            .collect();
+        let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        if A::SNAPSHOT_EVERY.is_some() && !forgotten.is_empty() {
+            let snapshots: Vec<(String, i64, Value)> = sqlx::query_as(
+                "select aggregate_id, last_sequence, payload from snapshots
+                  where aggregate_type = $1 and aggregate_id = any($2)",
+            )
+            .bind(A::TYPE)
+            .bind(&forgotten)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, sequence, payload) in snapshots {
+                let Some(&i) = index.get(id.as_str()) else { continue };
+                loaded[i].state = serde_json::from_value(payload)
+                    .map_err(|e| CommandError::Corrupt(format!("snapshot of {id}: {e}")))?;
+                loaded[i].version = sequence;
+            }
+        }
+        let after: Vec<i64> = loaded.iter().map(|l| l.version).collect();
+        let events: Vec<(String, i64, String, String, Value)> = sqlx::query_as(
+            "select e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
+               from unnest($2::text[], $3::bigint[]) as s(aggregate_id, after)
+               join events e
+                 on e.aggregate_type = $1 and e.aggregate_id = s.aggregate_id and e.sequence > s.after
+              order by e.aggregate_id, e.sequence",
         )
         .bind(A::TYPE)
         .bind(ids)
+        .bind(&after)
         .fetch_all(&mut *conn)
         .await?;
-        for (id, sequence, payload) in snapshots {
+        for (id, sequence, event_type, event_version, payload) in &events {
             let Some(&i) = index.get(id.as_str()) else { continue };
-            loaded[i].state = serde_json::from_value(payload)
-                .map_err(|e| CommandError::Corrupt(format!("snapshot of {id}: {e}")))?;
-            loaded[i].version = sequence;
+            let row = StoredRow { aggregate_id: id, sequence: *sequence, event_type, event_version, payload };
+            row.apply_to(&mut loaded[i])?;
+        }
+        for (id, loaded) in ids.iter().zip(&loaded) {
+            self.recent.put(id, &loaded.state, loaded.version);
+        }
+        Ok(loaded)
+    }
+
+    /// Remembers the state each stream of a committed unit was left in.
+    pub(crate) fn remember<A>(&self, streams: &[Stream<'_, A>])
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        for stream in streams {
+            self.recent.put(stream.id, &stream.state, stream.version);
         }
     }
-    let after: Vec<i64> = loaded.iter().map(|l| l.version).collect();
-    let events: Vec<(String, i64, String, String, Value)> = sqlx::query_as(
-        "select e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
-           from unnest($2::text[], $3::bigint[]) as s(aggregate_id, after)
-           join events e
-             on e.aggregate_type = $1 and e.aggregate_id = s.aggregate_id and e.sequence > s.after
-          order by e.aggregate_id, e.sequence",
-    )
-    .bind(A::TYPE)
-    .bind(ids)
-    .bind(&after)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (id, sequence, event_type, event_version, payload) in &events {
-        let Some(&i) = index.get(id.as_str()) else { continue };
-        let row = StoredRow { aggregate_id: id, sequence: *sequence, event_type, event_version, payload };
-        row.apply_to(&mut loaded[i])?;
-    }
-    Ok(loaded)
 }
 
 /// A batch handled in memory: its streams as the commands leave them, the rows to append, which
@@ -438,8 +471,10 @@ where
     A::Command: Clone + Send + Sync,
 {
     let mut recorded = rows.insert(&mut *conn, A::TYPE).await?;
+    let changed: Vec<(&str, &[A::Event])> =
+        streams.iter().filter(|s| !s.events.is_empty()).map(|s| (s.id, s.events.as_slice())).collect();
+    A::write_lookups(&mut *conn, &changed).await?;
     for stream in streams.iter().filter(|s| !s.events.is_empty()) {
-        A::write_lookups(&mut *conn, stream.id, &stream.events).await?;
         write_snapshot(&mut *conn, stream.id, stream.loaded, stream.version, &stream.state).await?;
     }
     recorded.sort_by_key(|e| e.position);

@@ -58,3 +58,74 @@ pub async fn fired(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Resu
         .await?;
     Ok(())
 }
+
+/// Timers of one kind to set, one per stream, in one statement.
+#[derive(Default)]
+pub(crate) struct Timers {
+    stream_ids: Vec<String>,
+    due_at: Vec<DateTime<Utc>>,
+}
+
+impl Timers {
+    pub(crate) fn push(&mut self, stream_id: &str, due_at: DateTime<Utc>) {
+        self.stream_ids.push(stream_id.to_string());
+        self.due_at.push(due_at);
+    }
+
+    /// Sets them all as [`set`] sets one (none: no statement).
+    pub(crate) async fn set(&self, conn: &mut PgConnection, kind: &str) -> Result<(), sqlx::Error> {
+        if self.stream_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into deadline (stream_id, kind, due_at)
+             select s, $2, d from unnest($1::text[], $3::timestamptz[]) as t(s, d)
+             on conflict (stream_id, kind) do nothing",
+        )
+        .bind(&self.stream_ids)
+        .bind(kind)
+        .bind(&self.due_at)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// [`cancel`] for many streams in one statement (none: no statement).
+pub(crate) async fn cancel_many(
+    conn: &mut PgConnection,
+    stream_ids: &[&str],
+    kinds: &[&str],
+) -> Result<(), sqlx::Error> {
+    if stream_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "delete from deadline
+          where (stream_id, kind) in (select stream_id, kind from deadline
+                                       where stream_id = any($1) and kind = any($2)
+                                       for update skip locked)",
+    )
+    .bind(stream_ids)
+    .bind(kinds)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// [`fired`] for many streams' timers of one kind in one statement (none: no statement).
+pub(crate) async fn fired_many(
+    conn: &mut PgConnection,
+    stream_ids: &[&str],
+    kind: &str,
+) -> Result<(), sqlx::Error> {
+    if stream_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("delete from deadline where stream_id = any($1) and kind = $2")
+        .bind(stream_ids)
+        .bind(kind)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -21,6 +21,7 @@ use crate::codec::{decode_event, encode_event};
 use crate::idempotency::{self, Claim};
 use crate::lookup::Constraint;
 use crate::notifier::Notifier;
+use crate::recent::RecentStates;
 use crate::stream::{Loaded, StreamKind};
 
 /// Who and what caused an append; recorded with every event.
@@ -140,6 +141,7 @@ pub struct EventStore {
     retry: RetryPolicy,
     pub(super) notifier: Notifier,
     pub(super) groups: crate::group::Groups,
+    pub(super) recent: RecentStates,
 }
 
 enum Attempt<A: Aggregate> {
@@ -154,12 +156,66 @@ impl EventStore {
     pub fn new(pool: PgPool) -> Self {
         let repo = Arc::new(PostgresEventRepository::new(pool.clone()));
         let notifier = Notifier::new(pool.clone());
-        Self { pool, repo, retry: RetryPolicy::default(), notifier, groups: Default::default() }
+        Self {
+            pool,
+            repo,
+            retry: RetryPolicy::default(),
+            notifier,
+            groups: Default::default(),
+            recent: RecentStates::new(RecentStates::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// The same store remembering at most `2 × streams` states in memory (`0`: none; every load
+    /// then reads the snapshot and the events after it).
+    pub fn with_remembered_streams(mut self, streams: usize) -> Self {
+        self.recent = RecentStates::new(streams);
+        self
     }
 
     /// Rebuilds an aggregate from its latest snapshot and the events after it, read in one
     /// query (one round trip per command, which is PostgreSQL-bound under load).
     pub async fn load<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let loaded = match self.recent.get::<A>(aggregate_id) {
+            Some(remembered) => self.load_after(aggregate_id, remembered).await?,
+            None => self.load_from_snapshot(aggregate_id).await?,
+        };
+        self.recent.put(aggregate_id, &loaded.state, loaded.version);
+        Ok(loaded)
+    }
+
+    /// A remembered state brought up to date with the events after it.
+    async fn load_after<A>(
+        &self,
+        aggregate_id: &str,
+        mut loaded: Loaded<A>,
+    ) -> Result<Loaded<A>, CommandError<A::Error>>
+    where
+        A: StreamKind,
+        A::Command: Clone + Send + Sync,
+    {
+        let rows: Vec<(i64, String, String, Value)> = sqlx::query_as(
+            "select sequence, event_type, event_version, payload from events
+              where aggregate_type = $1 and aggregate_id = $2 and sequence > $3
+              order by sequence",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(loaded.version)
+        .fetch_all(&self.pool)
+        .await?;
+        for (sequence, event_type, event_version, payload) in &rows {
+            StoredRow { aggregate_id, sequence: *sequence, event_type, event_version, payload }
+                .apply_to(&mut loaded)?;
+        }
+        Ok(loaded)
+    }
+
+    async fn load_from_snapshot<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
     where
         A: StreamKind,
         A::Command: Clone + Send + Sync,
@@ -316,6 +372,7 @@ impl EventStore {
                 let position = recorded.last().map_or(0, |e| e.position);
                 self.notifier.committed(position);
                 let version = version + events.len() as i64;
+                self.recent.put(aggregate_id, &state, version);
                 Ok(Attempt::Done(Committed { state, version, events: recorded, position }))
             }
             Err(AppendError::Conflict) => Ok(Attempt::Conflict),
@@ -348,7 +405,7 @@ impl EventStore {
         let mut tx = self.pool.begin().await?;
         let mut recorded = rows.insert(&mut tx, A::TYPE).await?;
         recorded.sort_by_key(|e| e.sequence);
-        A::write_lookups(&mut tx, aggregate_id, events).await?;
+        A::write_lookups(&mut tx, &[(aggregate_id, events)]).await?;
         write_snapshot(&mut tx, aggregate_id, version, new_version, state).await?;
         // The idempotency record commits with the events, so a key whose command appended is never
         // run again, whatever happens to the process after this commit.

@@ -260,6 +260,7 @@ impl EventStore {
                 };
                 return Ok(Attempt::Answered(outcomes.iter().map(unknown).collect()));
             }
+            self.remember(&streams);
             if let Some(last) = last {
                 self.notifier.committed(last);
             }

@@ -24,6 +24,7 @@ mod group;
 pub mod idempotency;
 pub mod lookup;
 mod notifier;
+mod recent;
 mod stream;
 
 pub use batch::{BatchCommand, CommandOutcome};

@@ -45,54 +45,107 @@ pub(crate) async fn upsert_category(
     Ok(())
 }
 
-pub(crate) async fn insert_rental(
-    conn: &mut PgConnection,
-    rental_id: Uuid,
-    movie_id: Uuid,
-    customer_id: Uuid,
-    rented_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into rental_lookup (rental_id, movie_id, customer_id, rented_at)
-         values ($1, $2, $3, $4)",
-    )
-    .bind(rental_id)
-    .bind(movie_id)
-    .bind(customer_id)
-    .bind(rented_at)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Rentals to enter into the rental lookup, column by column.
+#[derive(Default)]
+pub(crate) struct NewRentals {
+    rental_ids: Vec<Uuid>,
+    movie_ids: Vec<Uuid>,
+    customer_ids: Vec<Uuid>,
+    rented_at: Vec<DateTime<Utc>>,
 }
 
-pub(crate) async fn mark_rental_returned(
-    conn: &mut PgConnection,
-    rental_id: Uuid,
-    returned_at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update rental_lookup set returned_at = $2 where rental_id = $1")
-        .bind(rental_id)
-        .bind(returned_at)
+impl NewRentals {
+    pub(crate) fn push(
+        &mut self,
+        rental_id: Uuid,
+        movie_id: Uuid,
+        customer_id: Uuid,
+        rented_at: DateTime<Utc>,
+    ) {
+        self.rental_ids.push(rental_id);
+        self.movie_ids.push(movie_id);
+        self.customer_ids.push(customer_id);
+        self.rented_at.push(rented_at);
+    }
+
+    /// Inserts them all in one statement (none: no statement).
+    pub(crate) async fn insert(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.rental_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into rental_lookup (rental_id, movie_id, customer_id, rented_at)
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[])",
+        )
+        .bind(&self.rental_ids)
+        .bind(&self.movie_ids)
+        .bind(&self.customer_ids)
+        .bind(&self.rented_at)
         .execute(conn)
         .await?;
-    Ok(())
+        Ok(())
+    }
 }
 
+/// Returns to mark in the rental lookup.
+#[derive(Default)]
+pub(crate) struct Returns {
+    rental_ids: Vec<Uuid>,
+    returned_at: Vec<DateTime<Utc>>,
+}
+
+impl Returns {
+    pub(crate) fn push(&mut self, rental_id: Uuid, returned_at: DateTime<Utc>) {
+        self.rental_ids.push(rental_id);
+        self.returned_at.push(returned_at);
+    }
+
+    /// Marks them all in one statement (none: no statement).
+    pub(crate) async fn mark(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.rental_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            // `any($1)` lets the planner walk the primary key rather than join the whole table.
+            "update rental_lookup l set returned_at = r.returned_at
+               from unnest($1::uuid[], $2::timestamptz[]) as r(rental_id, returned_at)
+              where l.rental_id = any($1) and l.rental_id = r.rental_id",
+        )
+        .bind(&self.rental_ids)
+        .bind(&self.returned_at)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Sets each movie's categories to the ones given (none: it is in no category), in two
+/// statements for them all.
 pub(crate) async fn set_movie_categories(
     conn: &mut PgConnection,
-    movie_id: Uuid,
-    category_ids: &[Uuid],
+    movies: &[(Uuid, &[Uuid])],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from category_movie_lookup where movie_id = $1")
-        .bind(movie_id)
+    if movies.is_empty() {
+        return Ok(());
+    }
+    let movie_ids: Vec<Uuid> = movies.iter().map(|(movie, _)| *movie).collect();
+    let (categories, members): (Vec<Uuid>, Vec<Uuid>) = movies
+        .iter()
+        .flat_map(|(movie, categories)| categories.iter().map(move |category| (*category, *movie)))
+        .unzip();
+    sqlx::query("delete from category_movie_lookup where movie_id = any($1)")
+        .bind(&movie_ids)
         .execute(&mut *conn)
         .await?;
+    if categories.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "insert into category_movie_lookup (category_id, movie_id)
-         select unnest($1::uuid[]), $2",
+         select * from unnest($1::uuid[], $2::uuid[])",
     )
-    .bind(category_ids)
-    .bind(movie_id)
+    .bind(&categories)
+    .bind(&members)
     .execute(&mut *conn)
     .await?;
     Ok(())

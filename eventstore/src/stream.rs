@@ -8,6 +8,7 @@ use domain::category::{Category, CategoryCommand, CategoryEvent};
 use domain::movie::{Movie, MovieCommand, MovieEvent};
 use domain::rental::{Rental, RentalCommand, RentalEvent};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::{deadline, lookup};
 
@@ -22,12 +23,12 @@ where
     /// The command's name, a label of the command metrics (a bounded set: the variant).
     fn command_name(command: &Self::Command) -> &'static str;
 
-    /// Writes the synchronous lookup rows for events being appended, inside the append
-    /// transaction, so that a lookup never disagrees with the log.
+    /// Writes the synchronous lookup rows for the events being appended, inside the append
+    /// transaction, so that a lookup never disagrees with the log: every stream of the unit at
+    /// once (each with its new events, in order), a statement per kind of row rather than per event.
     fn write_lookups<'a>(
         _conn: &'a mut PgConnection,
-        _aggregate_id: &'a str,
-        _events: &'a [Self::Event],
+        _streams: &'a [(&'a str, &'a [Self::Event])],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
         async { Ok(()) }
     }
@@ -57,29 +58,39 @@ impl StreamKind for Movie {
 
     async fn write_lookups(
         conn: &mut PgConnection,
-        aggregate_id: &str,
-        events: &[MovieEvent],
+        streams: &[(&str, &[MovieEvent])],
     ) -> Result<(), sqlx::Error> {
-        let movie_id = lookup::parse_stream_id(aggregate_id)?;
-        for event in events {
-            match event {
-                MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
-                    lookup::insert_rental(conn, *rental_id, movie_id, *customer_id, *rented_at).await?;
+        let mut rentals = lookup::NewRentals::default();
+        let mut returns = lookup::Returns::default();
+        // A movie's categories are those of its last event that sets them.
+        let mut categories: Vec<(Uuid, &[Uuid])> = Vec::new();
+        for (aggregate_id, events) in streams {
+            let movie_id = lookup::parse_stream_id(aggregate_id)?;
+            for event in *events {
+                match event {
+                    MovieEvent::MovieRented { rental_id, customer_id, rented_at } => {
+                        rentals.push(*rental_id, movie_id, *customer_id, *rented_at);
+                    }
+                    MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
+                        returns.push(*rental_id, *returned_at);
+                    }
+                    MovieEvent::MovieAdded { category_ids, .. }
+                    | MovieEvent::MovieUpdated { category_ids: Some(category_ids), .. } => {
+                        categories.retain(|(id, _)| *id != movie_id);
+                        categories.push((movie_id, category_ids.ids()));
+                    }
+                    MovieEvent::MovieRetired {} => {
+                        categories.retain(|(id, _)| *id != movie_id);
+                        categories.push((movie_id, &[]));
+                    }
+                    MovieEvent::MovieUpdated { .. } => {}
                 }
-                MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-                    lookup::mark_rental_returned(conn, *rental_id, *returned_at).await?;
-                }
-                MovieEvent::MovieAdded { category_ids, .. }
-                | MovieEvent::MovieUpdated { category_ids: Some(category_ids), .. } => {
-                    lookup::set_movie_categories(conn, movie_id, category_ids.ids()).await?;
-                }
-                MovieEvent::MovieRetired {} => {
-                    lookup::set_movie_categories(conn, movie_id, &[]).await?;
-                }
-                MovieEvent::MovieUpdated { .. } => {}
             }
         }
-        Ok(())
+        // A rental's lookup row exists before its return marks it (both can be in one unit).
+        rentals.insert(&mut *conn).await?;
+        returns.mark(&mut *conn).await?;
+        lookup::set_movie_categories(conn, &categories).await
     }
 }
 
@@ -93,13 +104,15 @@ impl StreamKind for Category {
 
     async fn write_lookups(
         conn: &mut PgConnection,
-        aggregate_id: &str,
-        events: &[CategoryEvent],
+        streams: &[(&str, &[CategoryEvent])],
     ) -> Result<(), sqlx::Error> {
-        let category_id = lookup::parse_stream_id(aggregate_id)?;
-        for event in events {
-            let (CategoryEvent::CategoryCreated { name } | CategoryEvent::CategoryRenamed { name }) = event;
-            lookup::upsert_category(conn, category_id, name.as_str()).await?;
+        for (aggregate_id, events) in streams {
+            let category_id = lookup::parse_stream_id(aggregate_id)?;
+            for event in *events {
+                let (CategoryEvent::CategoryCreated { name } | CategoryEvent::CategoryRenamed { name }) =
+                    event;
+                lookup::upsert_category(conn, category_id, name.as_str()).await?;
+            }
         }
         Ok(())
     }
@@ -120,23 +133,24 @@ impl StreamKind for Rental {
     /// reminders' timer too.
     async fn write_lookups(
         conn: &mut PgConnection,
-        aggregate_id: &str,
-        events: &[RentalEvent],
+        streams: &[(&str, &[RentalEvent])],
     ) -> Result<(), sqlx::Error> {
-        for event in events {
-            match event {
-                RentalEvent::RentalOpened { due_at, .. } => {
-                    deadline::set(conn, aggregate_id, deadline::OVERDUE, *due_at).await?;
+        let mut due = deadline::Timers::default();
+        let mut fired: Vec<&str> = Vec::new();
+        let mut closed: Vec<&str> = Vec::new();
+        for (aggregate_id, events) in streams {
+            for event in *events {
+                match event {
+                    RentalEvent::RentalOpened { due_at, .. } => due.push(aggregate_id, *due_at),
+                    RentalEvent::RentalOverdue { .. } => fired.push(aggregate_id),
+                    RentalEvent::RentalClosed { .. } => closed.push(aggregate_id),
+                    RentalEvent::ChargeAssessed { .. } | RentalEvent::RentalPaid { .. } => {}
                 }
-                RentalEvent::RentalClosed { .. } => {
-                    deadline::cancel(conn, aggregate_id, &[deadline::OVERDUE, deadline::REMINDER]).await?;
-                }
-                RentalEvent::RentalOverdue { .. } => {
-                    deadline::fired(conn, aggregate_id, deadline::OVERDUE).await?;
-                }
-                RentalEvent::ChargeAssessed { .. } | RentalEvent::RentalPaid { .. } => {}
             }
         }
-        Ok(())
+        // A stream's events come in its life's order (opened, overdue, closed), and so do these.
+        due.set(&mut *conn, deadline::OVERDUE).await?;
+        deadline::fired_many(&mut *conn, &fired, deadline::OVERDUE).await?;
+        deadline::cancel_many(conn, &closed, &[deadline::OVERDUE, deadline::REMINDER]).await
     }
 }

@@ -373,7 +373,9 @@ async fn a_batch_on_snapshotting_streams_starts_from_their_snapshots_and_writes_
         || async { sqlx::query_scalar::<_, i64>(snapshot).bind(&long).fetch_optional(&pool).await.unwrap() };
     assert_eq!(at_sequence().await, Some(20));
 
-    // Act: a rent and a return of `long` (39 → 41 events, across 40) and a rent of `fresh`.
+    // Act: a rent and a return of `long` (39 → 41 events, across 40) and a rent of `fresh`, by a
+    // store that remembers neither stream (another process).
+    let store = EventStore::new(pool.clone());
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
     let command = |aggregate_id: &str, command| BatchCommand {
         aggregate_id: aggregate_id.into(),

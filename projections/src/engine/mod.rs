@@ -20,6 +20,7 @@
 mod feed;
 mod model;
 mod runner;
+mod window;
 
 use std::future::Future;
 use std::pin::Pin;

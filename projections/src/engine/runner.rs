@@ -8,7 +8,8 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::feed::{checkpoint, ensure_checkpoints, read_batch, Checkpoint};
+use super::feed::{checkpoint, ensure_checkpoints, Checkpoint};
+use super::window::RecentLog;
 use super::{Projection, ProjectionError, Touched};
 use eventstore::EVENTS_CHANNEL;
 
@@ -51,6 +52,7 @@ pub struct Engine {
     projections: Vec<Arc<dyn Projection>>,
     listener: Option<Arc<dyn Listener>>,
     config: EngineConfig,
+    recent: Arc<RecentLog>,
 }
 
 /// The outcome of one batch.
@@ -65,7 +67,7 @@ pub enum BatchOutcome {
 impl Engine {
     /// An engine over these projections.
     pub fn new(pool: PgPool, projections: Vec<Arc<dyn Projection>>, config: EngineConfig) -> Self {
-        Self { pool, projections, listener: None, config }
+        Self { pool, projections, listener: None, config, recent: Arc::default() }
     }
 
     /// The same engine, telling `listener` what each batch changed.
@@ -180,7 +182,7 @@ impl Engine {
             return Ok(BatchOutcome::Busy);
         }
         let from = checkpoint(&mut tx, projection.name()).await?;
-        let events = read_batch(&mut tx, from, limit).await?;
+        let events = self.recent.read(&mut tx, from, limit).await?;
         let Some(last) = events.last() else {
             return Ok(BatchOutcome::Applied(0));
         };
