@@ -41,9 +41,9 @@ struct Generations {
 }
 
 impl RecentStates {
-    /// Streams per generation by default: a few thousand streams in use at once stay loaded from
-    /// memory, at a few hundred bytes each.
-    pub(crate) const DEFAULT_CAPACITY: usize = 4096;
+    /// Streams per generation by default: the streams in use at once (a movie and its rentals for
+    /// each client at work) stay loaded from memory, and all of them take a few hundred KB.
+    pub(crate) const DEFAULT_CAPACITY: usize = 1024;
 
     /// At most `2 × capacity` states (`0` remembers none).
     pub(crate) fn new(capacity: usize) -> Self {

@@ -44,7 +44,7 @@ impl Window {
 
 impl RecentLog {
     /// Events the window holds at most.
-    pub(crate) const CAPACITY: usize = 2048;
+    pub(crate) const CAPACITY: usize = 1024;
 
     /// Up to `limit` events after `from`, behind the horizon, in log order: from the window as far
     /// as it reaches, then from the log through `conn`.
