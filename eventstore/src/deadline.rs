@@ -31,24 +31,6 @@ pub async fn set(
     Ok(())
 }
 
-/// Cancels the stream's timers of these kinds, in one statement, except one that a scheduler is
-/// firing at this very moment (it holds the row): then the return does not wait for it, and the
-/// timer, left behind if its firing rolls back, finds the rental returned and records nothing
-/// when it fires again.
-pub async fn cancel(conn: &mut PgConnection, stream_id: &str, kinds: &[&str]) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "delete from deadline
-          where (stream_id, kind) in (select stream_id, kind from deadline
-                                       where stream_id = $1 and kind = any($2)
-                                       for update skip locked)",
-    )
-    .bind(stream_id)
-    .bind(kinds)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Deletes the timer that fired (the scheduler holds its row, in this same transaction).
 pub async fn fired(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
     sqlx::query("delete from deadline where stream_id = $1 and kind = $2")
@@ -91,8 +73,11 @@ impl Timers {
     }
 }
 
-/// [`cancel`] for many streams in one statement (none: no statement).
-pub(crate) async fn cancel_many(
+/// Cancels the streams' timers of these kinds, in one statement (none: no statement), except one
+/// that a scheduler is firing at this very moment (it holds the row): then the return does not
+/// wait for it, and the timer, left behind if its firing rolls back, finds the rental returned and
+/// records nothing when it fires again.
+pub(crate) async fn cancel(
     conn: &mut PgConnection,
     stream_ids: &[&str],
     kinds: &[&str],

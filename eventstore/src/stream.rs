@@ -151,6 +151,6 @@ impl StreamKind for Rental {
         // A stream's events come in its life's order (opened, overdue, closed), and so do these.
         due.set(&mut *conn, deadline::OVERDUE).await?;
         deadline::fired_many(&mut *conn, &fired, deadline::OVERDUE).await?;
-        deadline::cancel_many(conn, &closed, &[deadline::OVERDUE, deadline::REMINDER]).await
+        deadline::cancel(conn, &closed, &[deadline::OVERDUE, deadline::REMINDER]).await
     }
 }
