@@ -365,7 +365,7 @@ impl EventStore {
     /// for the others, from its snapshot (for kinds that take them, in one query); then every
     /// stream's events after that, in one more query (usually none for a remembered stream).
     /// Every state loaded is remembered.
-    async fn load_many<A>(
+    pub(crate) async fn load_many<A>(
         &self,
         conn: &mut PgConnection,
         ids: &[&str],

@@ -19,26 +19,9 @@ pub async fn set(
     kind: &str,
     due_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into deadline (stream_id, kind, due_at) values ($1, $2, $3)
-         on conflict (stream_id, kind) do nothing",
-    )
-    .bind(stream_id)
-    .bind(kind)
-    .bind(due_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Deletes the timer that fired (the scheduler holds its row, in this same transaction).
-pub async fn fired(conn: &mut PgConnection, stream_id: &str, kind: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("delete from deadline where stream_id = $1 and kind = $2")
-        .bind(stream_id)
-        .bind(kind)
-        .execute(conn)
-        .await?;
-    Ok(())
+    let mut timers = Timers::default();
+    timers.push(stream_id, due_at);
+    timers.set(conn, kind).await
 }
 
 /// Timers of one kind to set, one per stream, in one statement.
@@ -54,7 +37,7 @@ impl Timers {
         self.due_at.push(due_at);
     }
 
-    /// Sets them all as [`set`] sets one (none: no statement).
+    /// Sets them all in one statement (none: no statement); a repeated set keeps the first.
     pub(crate) async fn set(&self, conn: &mut PgConnection, kind: &str) -> Result<(), sqlx::Error> {
         if self.stream_ids.is_empty() {
             return Ok(());
@@ -98,12 +81,9 @@ pub(crate) async fn cancel(
     Ok(())
 }
 
-/// [`fired`] for many streams' timers of one kind in one statement (none: no statement).
-pub(crate) async fn fired_many(
-    conn: &mut PgConnection,
-    stream_ids: &[&str],
-    kind: &str,
-) -> Result<(), sqlx::Error> {
+/// Deletes the streams' timers of this kind that fired (the scheduler holds their rows, in this
+/// same transaction), in one statement (none: no statement).
+pub async fn fired(conn: &mut PgConnection, stream_ids: &[&str], kind: &str) -> Result<(), sqlx::Error> {
     if stream_ids.is_empty() {
         return Ok(());
     }

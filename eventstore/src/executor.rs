@@ -166,110 +166,18 @@ impl EventStore {
         }
     }
 
-    /// The same store remembering at most `2 × streams` states in memory (`0`: none; every load
-    /// then reads the snapshot and the events after it).
-    pub fn with_remembered_streams(mut self, streams: usize) -> Self {
-        self.recent = RecentStates::new(streams);
-        self
-    }
-
-    /// Rebuilds an aggregate from its latest snapshot and the events after it, read in one
-    /// query (one round trip per command, which is PostgreSQL-bound under load).
+    /// Loads an aggregate as a command would: from the state this process remembers of it or else
+    /// from its latest snapshot, then the events after that (see the batch loader), and remembers
+    /// the result.
     pub async fn load<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
     where
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
-        let loaded = match self.recent.get::<A>(aggregate_id) {
-            Some(remembered) => self.load_after(aggregate_id, remembered).await?,
-            None => self.load_from_snapshot(aggregate_id).await?,
-        };
-        self.recent.put(aggregate_id, &loaded.state, loaded.version);
-        Ok(loaded)
-    }
-
-    /// A remembered state brought up to date with the events after it.
-    async fn load_after<A>(
-        &self,
-        aggregate_id: &str,
-        mut loaded: Loaded<A>,
-    ) -> Result<Loaded<A>, CommandError<A::Error>>
-    where
-        A: StreamKind,
-        A::Command: Clone + Send + Sync,
-    {
-        let rows: Vec<(i64, String, String, Value)> = sqlx::query_as(
-            "select sequence, event_type, event_version, payload from events
-              where aggregate_type = $1 and aggregate_id = $2 and sequence > $3
-              order by sequence",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(loaded.version)
-        .fetch_all(&self.pool)
-        .await?;
-        for (sequence, event_type, event_version, payload) in &rows {
-            StoredRow { aggregate_id, sequence: *sequence, event_type, event_version, payload }
-                .apply_to(&mut loaded)?;
-        }
-        Ok(loaded)
-    }
-
-    async fn load_from_snapshot<A>(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>>
-    where
-        A: StreamKind,
-        A::Command: Clone + Send + Sync,
-    {
-        let mut loaded = Loaded { state: A::default(), version: 0 };
-        // The snapshot, if the kind takes them, comes first (kind 0), then the events after it
-        // in stream order. A kind that never snapshots does not look for one.
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            kind: i32,
-            sequence: i64,
-            event_type: Option<String>,
-            event_version: Option<String>,
-            payload: Value,
-        }
-        let rows: Vec<Row> = sqlx::query_as(
-            "with snapshot as (
-                 select last_sequence, payload from snapshots
-                  where $3 and aggregate_type = $1 and aggregate_id = $2)
-             select 0 as kind, last_sequence as sequence, null as event_type, null as event_version,
-                    payload
-               from snapshot
-             union all
-             select 1, e.sequence, e.event_type, e.event_version, e.payload
-               from events e
-              where e.aggregate_type = $1 and e.aggregate_id = $2
-                and e.sequence > coalesce((select last_sequence from snapshot), 0)
-             order by 1, 2",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(A::SNAPSHOT_EVERY.is_some())
-        .fetch_all(&self.pool)
-        .await?;
-        for Row { kind, sequence, event_type, event_version, payload } in rows {
-            match (kind, event_type.as_deref(), event_version.as_deref()) {
-                (0, _, _) => {
-                    loaded.state = serde_json::from_value(payload)
-                        .map_err(|e| CommandError::Corrupt(format!("snapshot of {aggregate_id}: {e}")))?;
-                    loaded.version = sequence;
-                }
-                (_, Some(event_type), Some(event_version)) => {
-                    StoredRow { aggregate_id, sequence, event_type, event_version, payload: &payload }
-                        .apply_to(&mut loaded)?;
-                }
-                _ => {
-                    return Err(CommandError::Corrupt(format!(
-                        "{} {aggregate_id} #{sequence}: an event without a type",
-                        A::TYPE
-                    )))
-                }
-            }
-        }
-        Ok(loaded)
+        let mut conn = self.pool.acquire().await?;
+        let mut loaded = self.load_many::<A>(&mut conn, &[aggregate_id]).await?;
+        // One state for each stream named.
+        Ok(loaded.swap_remove(0))
     }
 
     /// Rebuilds an aggregate from every one of its events, ignoring snapshots.

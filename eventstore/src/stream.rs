@@ -150,7 +150,7 @@ impl StreamKind for Rental {
         }
         // A stream's events come in its life's order (opened, overdue, closed), and so do these.
         due.set(&mut *conn, deadline::OVERDUE).await?;
-        deadline::fired_many(&mut *conn, &fired, deadline::OVERDUE).await?;
+        deadline::fired(&mut *conn, &fired, deadline::OVERDUE).await?;
         deadline::cancel(conn, &closed, &[deadline::OVERDUE, deadline::REMINDER]).await
     }
 }

@@ -280,7 +280,7 @@ pub async fn fire_reminders(pool: &PgPool, batch: i64) -> Result<usize, sqlx::Er
         let next = match last {
             Some(last) if !last.returned && last.seq < MAX_REMINDERS => last,
             _ => {
-                deadline::fired(&mut tx, &stream_id, deadline::REMINDER).await?;
+                deadline::fired(&mut tx, &[stream_id.as_str()], deadline::REMINDER).await?;
                 continue;
             }
         };
@@ -310,7 +310,7 @@ pub async fn fire_reminders(pool: &PgPool, batch: i64) -> Result<usize, sqlx::Er
                 .execute(&mut *tx)
                 .await?;
         } else {
-            deadline::fired(&mut tx, &stream_id, deadline::REMINDER).await?;
+            deadline::fired(&mut tx, &[stream_id.as_str()], deadline::REMINDER).await?;
         }
     }
     tx.commit().await?;
