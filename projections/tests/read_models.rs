@@ -1233,3 +1233,129 @@ async fn an_overdue_rental_shows_its_due_and_overdue_times_counts_in_analytics_a
         assert_eq!(rebuild::verify(&pool, projection, &()).await.unwrap(), vec![], "{name}");
     }
 }
+
+/// Appends one event raw inside `conn`'s open transaction; returns its position.
+async fn append_raw<E: cqrs_es::DomainEvent>(
+    conn: &mut sqlx::PgConnection,
+    stream_type: &str,
+    id: Uuid,
+    sequence: i64,
+    event: &E,
+) -> i64 {
+    let encoded = eventstore::encode_event(event).unwrap();
+    sqlx::query_scalar(
+        "insert into events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+                             event_id)
+         values ($1, $2, $3, $4, $5, $6, '{}', $7)
+         returning position",
+    )
+    .bind(stream_type)
+    .bind(id.to_string())
+    .bind(sequence)
+    .bind(encoded.event_type)
+    .bind(encoded.event_version)
+    .bind(encoded.payload)
+    .bind(Uuid::now_v7())
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// A transaction that has its id before `during` runs and appends after it: in the feed (ordered
+/// by transaction id) its event comes before what `during` appended, with a higher position.
+async fn xid_first(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("select pg_current_xact_id()").execute(&mut *tx).await.unwrap();
+    tx
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn events_of_one_row_whose_positions_run_against_the_feed_order_are_all_applied(pool: PgPool) {
+    // Arrange: a rental goes overdue in a transaction that began before its return and appended
+    // after it, so the overdue comes first in the feed with the higher position; likewise a
+    // movie changed in a transaction around a rename of its category.
+    let w = World::new(&pool);
+    let noir = w.create_category("Noir").await;
+    let customer = Uuid::now_v7();
+    let movie = w.add_movie("The Third Man", "A story.", None, &[noir]).await;
+    let other = w.add_movie("Gilda", "A story.", None, &[noir]).await;
+    let rented_at = days_ago(10);
+    let returned_at = rented_at + Duration::hours(2);
+    let (rental, _) = w.rent(movie, customer, rented_at).await;
+    w.catch_up_all().await;
+    w.catch_up(analytics::NAME).await;
+    let due_at = w.rental(rental).await.due_at.expect("opened");
+    let revision_before = w.movie(other).await.revision;
+
+    // Act
+    let mut overdue = xid_first(&pool).await;
+    let returned_version = w.give_back(movie, rental, customer, returned_at).await;
+    let overdue_position =
+        append_raw(&mut overdue, "rental", rental, 2, &domain::rental::RentalEvent::RentalOverdue { due_at })
+            .await;
+    overdue.commit().await.unwrap();
+    let mut update = xid_first(&pool).await;
+    w.rename_category(noir, "Film Noir").await;
+    let change = domain::movie::MovieEvent::MovieUpdated {
+        title: None,
+        storyline: Some(Storyline::parse("Another story.").unwrap()),
+        release_date: None,
+        rating: None,
+        director: None,
+        category_ids: None,
+    };
+    append_raw(&mut update, "movie", other, 2, &change).await;
+    update.commit().await.unwrap();
+    // One event a batch, so that the rename does not find the movie's row already changed by
+    // its own batch.
+    let one_by_one = Engine::new(
+        pool.clone(),
+        all(EventStore::new(pool.clone()), PricePlan::default(), Default::default()),
+        EngineConfig { batch_size: 1, ..EngineConfig::default() },
+    );
+    one_by_one.catch_up(catalogue::NAME).await.unwrap();
+    w.catch_up_all().await;
+    w.catch_up(analytics::NAME).await;
+
+    // Assert: the feed had them against position order...
+    let (returned_position, returned_xid): (i64, i64) = sqlx::query_as(
+        "select position, transaction_id::text::bigint from events
+          where aggregate_type = 'movie' and aggregate_id = $1 and sequence = $2",
+    )
+    .bind(movie.to_string())
+    .bind(returned_version)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let overdue_xid: i64 =
+        sqlx::query_scalar("select transaction_id::text::bigint from events where position = $1")
+            .bind(overdue_position)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(overdue_xid < returned_xid && overdue_position > returned_position);
+    // ...and every read model took each of them.
+    let row = w.rental(rental).await;
+    assert_eq!(
+        (row.returned_at, row.overdue_at, row.status.as_str(), row.charge_days),
+        (Some(returned_at), Some(due_at), "charged", Some(1))
+    );
+    let facts: (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<i64>) = sqlx::query_as(
+        "select returned_at, overdue_at, charge_cents from read.analytics_rental where rental_id = $1",
+    )
+    .bind(rental)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(facts, (Some(returned_at), Some(due_at), Some(100)));
+    let changed = w.movie(other).await;
+    assert_eq!(
+        (changed.storyline.as_str(), changed.category_names.clone()),
+        ("Another story.", vec!["Film Noir".to_string()])
+    );
+    assert!(changed.revision > revision_before + 1, "each change raised the revision");
+    for name in [catalogue::NAME, rentals::NAME, analytics::NAME] {
+        let projection = w.engine.projection(name).unwrap();
+        assert_eq!(rebuild::verify(&pool, projection, &()).await.unwrap(), vec![], "{name}");
+    }
+}

@@ -88,10 +88,12 @@ pub(super) fn apply_movie(rows: &mut Rows, e: &LogEvent, event: &MovieEvent) {
             rows.dirty_rentals.insert(rental_id);
             rows.days.entry((utc_day(rented_at), id)).or_default().rentals_started += 1;
         }
+        // A rental comes back once: guarded by the row's state, not by the revision, which follows
+        // the rental's own stream (in the feed, the return can follow an event of that stream with
+        // a higher position: positions need not grow with the order of the transactions).
         MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-            if let Some(rental) = rows.rentals.get_mut(rental_id).filter(|r| r.revision < position) {
+            if let Some(rental) = rows.rentals.get_mut(rental_id).filter(|r| r.returned_at.is_none()) {
                 rental.returned_at = Some(*returned_at);
-                rental.revision = position;
                 rows.dirty_rentals.insert(*rental_id);
             }
         }

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A movie row's revision after a change by the event at `position`: it grows with every change
+/// (the details cache keeps the newest revision it has seen), even when the event's position is
+/// below the revision. The feed's order is the order of the appending transactions, and positions
+/// need not grow with it across streams: a category renamed while one of its movies was rented
+/// can come first in the feed with the higher position.
+fn next_revision(revision: i64, position: i64) -> i64 {
+    (revision + 1).max(position)
+}
+
 fn apply_category(rows: &mut Rows, c: &LogEvent, event: &CategoryEvent) {
     let id = c.stream;
     match event {
@@ -26,8 +35,8 @@ fn apply_category(rows: &mut Rows, c: &LogEvent, event: &CategoryEvent) {
             rows.dirty_categories.insert(id);
             // Movies carry their category names for fast listing: they change with the name.
             for movie in rows.movies.values_mut() {
-                if movie.category_ids.contains(&id) && movie.revision < c.position {
-                    movie.revision = c.position;
+                if movie.category_ids.contains(&id) {
+                    movie.revision = next_revision(movie.revision, c.position);
                     rows.dirty_movies.insert(movie.movie_id);
                 }
             }
@@ -106,7 +115,7 @@ fn apply_movie(rows: &mut Rows, m: &LogEvent, event: &MovieEvent) -> Result<(), 
         MovieEvent::MovieReturned { .. } => movie.available = !movie.retired,
     }
     movie.version = m.sequence;
-    movie.revision = m.position;
+    movie.revision = next_revision(movie.revision, m.position);
     movie.updated_at = at;
     rows.dirty_movies.insert(id);
     if let Some((old, new)) = recount {

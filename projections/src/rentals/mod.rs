@@ -9,7 +9,7 @@
 
 mod reader;
 
-pub use reader::{RentalFilter, RentalRow, RentalsReader};
+pub use reader::{RentalFilter, RentalRow, RentalTarget, RentalsReader};
 
 use std::collections::{HashMap, HashSet};
 
@@ -113,19 +113,25 @@ impl ReadModel for Rentals {
                             }
                         });
                     }
+                    // A rental comes back once: its return is guarded by the row's state, not by
+                    // the revision, which follows the rental's own stream. The feed's order is the
+                    // order of the appending transactions, and positions need not grow with it
+                    // across streams: the return can follow, in the feed, an event of the
+                    // rental's stream with a higher position (an overdue recorded meanwhile).
                     MovieEvent::MovieReturned { rental_id, returned_at, .. } => {
-                        if let Some(rental) = rentals.get_mut(rental_id).filter(|r| r.revision < position) {
+                        if let Some(rental) = rentals.get_mut(rental_id).filter(|r| r.returned_at.is_none()) {
                             rental.returned_at = Some(*returned_at);
                             if rental.status == "active" {
                                 rental.status = "returned".into();
                             }
-                            rental.revision = position;
                             dirty_rentals.insert(*rental_id);
                         }
                     }
                     MovieEvent::MovieUpdated { .. } | MovieEvent::MovieRetired {} => {}
                 },
                 Event::Rental(event) => {
+                    // Events of the rental's stream come after its `MovieRented` (they are caused
+                    // by it) and in their stream's order: the revision guard holds among them.
                     let rental_id = e.stream;
                     let Some(rental) = rentals.get_mut(&rental_id).filter(|r| r.revision < position) else {
                         continue;
