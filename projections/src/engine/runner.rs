@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::feed::{checkpoint, ensure_checkpoints, Checkpoint};
+use super::feed::{ensure_checkpoints, Checkpoint};
 use super::window::RecentLog;
 use super::{Projection, ProjectionError, Touched};
 use eventstore::EVENTS_CHANNEL;
@@ -173,21 +173,25 @@ impl Engine {
         limit: i64,
     ) -> Result<BatchOutcome, ProjectionError> {
         let mut tx = self.pool.begin().await?;
-        let locked: bool =
-            sqlx::query_scalar("select pg_try_advisory_xact_lock(hashtext('projection:' || $1))")
+        // The lock, the read models' `search_path` and the checkpoint read after the lock, in
+        // one round trip.
+        let (locked, xid, position): (bool, Option<i64>, Option<i64>) =
+            sqlx::query_as("select locked, last_xid, last_position from projection_batch_start($1)")
                 .bind(projection.name())
                 .fetch_one(&mut *tx)
                 .await?;
         if !locked {
             return Ok(BatchOutcome::Busy);
         }
-        let from = checkpoint(&mut tx, projection.name()).await?;
+        let from = match (xid, position) {
+            (Some(xid), Some(position)) => Checkpoint { xid, position },
+            _ => Checkpoint::default(),
+        };
         let events = self.recent.read(&mut tx, from, limit).await?;
         let Some(last) = events.last() else {
             return Ok(BatchOutcome::Applied(0));
         };
         let to = Checkpoint { xid: last.xid, position: last.position };
-        sqlx::query("set local search_path to read, public").execute(&mut *tx).await?;
         let mut touched = Touched::default();
         let applied = async {
             projection.apply_batch(&mut tx, &events, &mut touched).await?;
