@@ -180,6 +180,60 @@ async fn a_back_dated_rent_goes_overdue_within_5_seconds_once_and_is_listed_as_o
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_return_answers_the_overdue_its_stream_recorded_even_before_the_read_model_shows_it(pool: PgPool) {
+    // Arrange: an overdue rental whose read-model row is held back to before its `RentalOverdue`,
+    // as it is for the moments between the overdue's append and the rentals projection's batch.
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let (greg, greg_token) = app.customer("greg").await;
+    let category = app.category("Noir").await;
+    let movie = app.movie("The Third Man", &[category]).await;
+    let rented_at = (Utc::now() - chrono::Duration::days(8)).trunc_subsecs(0);
+    let rental = rent_back_dated(&app, &admin, movie, greg, rented_at, "late-rent-3").await;
+    let due_at = rented_at + chrono::Duration::days(7);
+    wait_for_overdue(&app, &greg_token, rental, Duration::from_secs(5)).await;
+    let held_back = sqlx::query("update read.rental set overdue_at = null where rental_id = $1")
+        .bind(rental)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(held_back.rows_affected(), 1);
+
+    // Act
+    let returned = app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&greg_token), None).await;
+
+    // Assert: the answer is the stream's (overdue at its due time), not the lagging row's.
+    let returned = expect_status(returned, StatusCode::OK).await;
+    assert_eq!(
+        (returned["status"].clone(), time_of(&returned["due_at"]), time_of(&returned["overdue_at"])),
+        (json!("returned"), due_at, due_at)
+    );
+    // And the payment's answer names the movie as the rental does (the title when rented).
+    let charged = crate::read_side::wait_for_rental_status(
+        &app,
+        &app.address,
+        &greg_token,
+        rental,
+        "charged",
+        Duration::from_secs(10),
+    )
+    .await;
+    let paid = app
+        .post(
+            &format!("/api/v1/rentals/{rental}/pay"),
+            Some(&greg_token),
+            Some(json!({"amount_cents": charged["charge"]["amount_cents"]})),
+        )
+        .await;
+    let paid = expect_status(paid, StatusCode::OK).await;
+    assert_eq!(
+        (paid["status"].clone(), paid["movie_title"].clone()),
+        (json!("paid"), json!("The Third Man"))
+    );
+    assert_eq!((time_of(&paid["due_at"]), time_of(&paid["overdue_at"])), (due_at, due_at));
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
 async fn the_loan_policy_sets_due_times_and_an_invalid_one_stops_the_process(pool: PgPool) {
     // Arrange
     let options = Options { extra_env: vec![("MOVIESTORE_LOAN_DAYS".into(), "3".into())] };

@@ -34,6 +34,29 @@ pub struct RentalRow {
     pub paid_at: Option<DateTime<Utc>>,
 }
 
+/// A rental as a command on it starts from: the rental lookup, written in the rent's own
+/// transaction (so it is there the moment the rent has answered), and what the read model knows
+/// of it so far (nothing yet, right after the rent).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RentalTarget {
+    /// Id.
+    pub rental_id: Uuid,
+    /// The movie.
+    pub movie_id: Uuid,
+    /// The customer.
+    pub customer_id: Uuid,
+    /// When it started.
+    pub rented_at: DateTime<Utc>,
+    /// When the copy came back, as the lookup has it.
+    pub returned_at: Option<DateTime<Utc>>,
+    /// The movie's title when rented, once the read model has the rental.
+    pub movie_title: Option<String>,
+    /// Its due time, once the read model has it.
+    pub due_at: Option<DateTime<Utc>>,
+    /// The due time it passed, as far as the read model has applied.
+    pub overdue_at: Option<DateTime<Utc>>,
+}
+
 /// Which rentals to list.
 #[derive(Debug, Clone, Default)]
 pub struct RentalFilter {
@@ -67,6 +90,20 @@ impl RentalsReader {
             .bind(id)
             .fetch_optional(&self.pool)
             .await
+    }
+
+    /// The rental a return or a payment acts on, in one round trip: its lookup row with the read
+    /// model's row beside it; `None` when no rent recorded it.
+    pub async fn target(&self, id: Uuid) -> Result<Option<RentalTarget>, sqlx::Error> {
+        sqlx::query_as(
+            "select l.rental_id, l.movie_id, l.customer_id, l.rented_at, l.returned_at,
+                    r.movie_title, r.due_at, r.overdue_at
+               from rental_lookup l left join read.rental r on r.rental_id = l.rental_id
+              where l.rental_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// A page of rentals, newest `rented_at` first; one row more than `limit` when there is a

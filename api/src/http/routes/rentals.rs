@@ -10,8 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use domain::movie::{Movie, MovieCommand};
 use domain::rental::{Rental, RentalCommand, RentalStatus};
-use eventstore::lookup::{self, RentalRef};
-use projections::rentals::{self, RentalFilter};
+use projections::rentals::{self, RentalFilter, RentalTarget};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -44,8 +43,8 @@ async fn owned_rental(
     state: &AppState,
     caller: &AuthUser,
     rental_id: Uuid,
-) -> Result<Option<RentalRef>, ApiError> {
-    let rental = lookup::find_rental(&state.db, rental_id).await?;
+) -> Result<Option<RentalTarget>, ApiError> {
+    let rental = state.rentals.target(rental_id).await?;
     if let Some(rental) = &rental {
         if !caller.actor().may_act_for(rental.customer_id) {
             return Err(ApiError::Forbidden("this rental belongs to another customer"));
@@ -54,9 +53,35 @@ async fn owned_rental(
     Ok(rental)
 }
 
-async fn movie_title(state: &AppState, movie_id: Uuid) -> Result<Option<String>, ApiError> {
-    let movie = state.store.load::<Movie>(&movie_id.to_string()).await?;
+/// The title the rental's answer shows: the read model's (the title when rented, as
+/// `GET /rentals/{id}` shows it) or, before the read model has the rental, the movie's own.
+async fn movie_title(state: &AppState, rental: &RentalTarget) -> Result<Option<String>, ApiError> {
+    if let Some(title) = &rental.movie_title {
+        return Ok(Some(title.clone()));
+    }
+    let movie = state.store.load::<Movie>(&rental.movie_id.to_string()).await?;
     Ok(movie.state.details.map(|d| d.title.as_str().to_string()))
+}
+
+/// How close to its due time a rental's overdue is taken from its own stream rather than the read
+/// model, which may not have applied the `RentalOverdue` yet (the clocks of this process and of
+/// whichever process records it may differ a little).
+const OVERDUE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// The rental's due time and the due time it passed. The read model's, unless the rental may have
+/// gone overdue since the read model last applied it (its due time is near or past and the row
+/// shows no overdue): then the rental's own stream says.
+async fn due_dates(
+    state: &AppState,
+    rental: &RentalTarget,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), ApiError> {
+    let due_at = views::due_at(rental.due_at, rental.rented_at, state.config.loan);
+    if rental.overdue_at.is_some() || now + OVERDUE_MARGIN < due_at {
+        return Ok((due_at, rental.overdue_at));
+    }
+    let opened = state.store.load::<Rental>(&rental.rental_id.to_string()).await?.state;
+    Ok((views::due_at(opened.due_at, rental.rented_at, state.config.loan), opened.overdue_at))
 }
 
 fn status_name(status: RentalStatus) -> String {
@@ -115,17 +140,15 @@ async fn return_movie(
     let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
     let done = state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.context()).await?;
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
-    // The rental's own stream knows its due time (and whether it went overdue) once the payments
-    // process manager has opened it.
-    let opened = state.store.load::<Rental>(&rental_id.to_string()).await?.state;
+    let (due_at, overdue_at) = due_dates(&state, &rental, now).await?;
     let rental = schemas::Rental {
         id: rental_id,
         movie_id: rental.movie_id,
         movie_title: title.unwrap_or_default(),
         customer_id: rental.customer_id,
         rented_at: rental.rented_at,
-        due_at: views::due_at(opened.due_at, rental.rented_at, state.config.loan),
-        overdue_at: opened.overdue_at,
+        due_at,
+        overdue_at,
         returned_at: Some(returned_at),
         status: status_name(RentalStatus::Returned),
         charge: None,
@@ -172,7 +195,7 @@ async fn pay(
     }
     let command = RentalCommand::PayRental { amount_cents, by: caller.actor(), paid_at: crate::clock::now() };
     let done = state.store.execute::<Rental>(&rental_id.to_string(), command, &caller.context()).await?;
-    let title = movie_title(&state, rental.movie_id).await?;
+    let title = movie_title(&state, &rental).await?;
     let r = &done.state;
     let rental = schemas::Rental {
         id: rental_id,
