@@ -29,7 +29,9 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::{Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK};
+use crate::engine::{
+    rows_by_id, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK,
+};
 use fold::{apply_category, apply_movie, apply_rental};
 
 /// The projection's name.
@@ -78,25 +80,25 @@ impl ReadModel for Analytics {
         let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
         let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
         let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
-        let categories = sqlx::query_as::<_, CategoryState>(
+        let categories: Vec<CategoryState> = rows_by_id(
+            conn,
             "select category_id, name, created_at, revision from analytics_category where category_id = any($1)",
+            &category_ids,
         )
-        .bind(&category_ids)
-        .fetch_all(&mut *conn)
         .await?;
-        let movies = sqlx::query_as::<_, MovieState>(
+        let movies: Vec<MovieState> = rows_by_id(
+            conn,
             "select movie_id, title, category_ids, added_at, retired_at, version
                from analytics_movie where movie_id = any($1)",
+            &movie_ids,
         )
-        .bind(&movie_ids)
-        .fetch_all(&mut *conn)
         .await?;
-        let rentals = sqlx::query_as::<_, RentalState>(
+        let rentals: Vec<RentalState> = rows_by_id(
+            conn,
             "select rental_id, movie_id, rented_at, returned_at, overdue_at, charge_cents, paid_cents, revision
                from analytics_rental where rental_id = any($1)",
+            &rental_ids,
         )
-        .bind(&rental_ids)
-        .fetch_all(&mut *conn)
         .await?;
         Ok(Rows {
             categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),

@@ -1,6 +1,7 @@
 //! Loading the rows a batch changes and writing them back; the categories' name keys.
 
 use super::*;
+use crate::engine::rows_by_id;
 
 /// Loads every row the batch can change: its movies, the movies of renamed categories, and every
 /// category those movies or the events name.
@@ -31,9 +32,7 @@ pub(super) async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result
     let renamed: Vec<Uuid> = renamed.into_iter().collect();
     // Two statements, not one with `or`: each uses its own index.
     let mut movies: Vec<MovieState> =
-        sqlx::query_as(&format!("select {STATE_COLUMNS} from movie where movie_id = any($1)"))
-            .bind(&movie_ids)
-            .fetch_all(&mut *conn)
+        rows_by_id(conn, &format!("select {STATE_COLUMNS} from movie where movie_id = any($1)"), &movie_ids)
             .await?;
     if !renamed.is_empty() {
         let in_renamed: Vec<MovieState> = sqlx::query_as(&format!(
@@ -49,11 +48,11 @@ pub(super) async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result
         category_ids.extend(movie.category_ids.iter().copied());
     }
     let category_ids: Vec<Uuid> = category_ids.into_iter().collect();
-    let categories: Vec<CategoryState> = sqlx::query_as(
+    let categories: Vec<CategoryState> = rows_by_id(
+        conn,
         "select category_id, name, movie_count, revision from category where category_id = any($1)",
+        &category_ids,
     )
-    .bind(&category_ids)
-    .fetch_all(&mut *conn)
     .await?;
     Ok(Rows {
         categories: categories.into_iter().map(|c| (c.category_id, c)).collect(),

@@ -37,7 +37,7 @@ pub use feed::{
     checkpoint, checkpoints, ensure_checkpoints, position_given_out, read_batch, read_filtered,
     read_for_replay, wait_for_position, wait_for_release, Checkpoint, EventFilter, ReplayBatch, Status,
 };
-pub use model::{Model, ReadModel, WriteMode, WRITE_CHUNK};
+pub use model::{rows_by_id, Model, ReadModel, WriteMode, WRITE_CHUNK};
 pub(crate) use runner::save_checkpoint as save;
 pub use runner::{BatchOutcome, Engine, EngineConfig, Listener, LAG_HISTOGRAM};
 

@@ -14,6 +14,22 @@ use super::{BoxFuture, LogEvent, Projection, ProjectionError, Replay, StoredEven
 /// Rows per statement when a read model writes back.
 pub const WRITE_CHUNK: usize = 20_000;
 
+/// The rows of a read model's table that a batch touches: `sql` selects them by the ids bound as
+/// `$1`. No round trip when there are none (a batch of rents touches no category row).
+pub async fn rows_by_id<T>(
+    conn: &mut PgConnection,
+    sql: &str,
+    ids: &[uuid::Uuid],
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(sql).bind(ids).fetch_all(conn).await
+}
+
 /// How changed rows are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {

@@ -19,7 +19,9 @@ use domain::rental::RentalEvent;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::engine::{Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK};
+use crate::engine::{
+    rows_by_id, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK,
+};
 
 /// The projection's name.
 pub const NAME: &str = "rentals";
@@ -57,19 +59,19 @@ impl ReadModel for Rentals {
         }
         let movie_ids: Vec<Uuid> = movie_ids.into_iter().collect();
         let rental_ids: Vec<Uuid> = rental_ids.into_iter().collect();
-        let titles = sqlx::query_as::<_, (Uuid, String)>(
+        let titles = rows_by_id::<(Uuid, String)>(
+            conn,
             "select movie_id, title from rental_movie where movie_id = any($1)",
+            &movie_ids,
         )
-        .bind(&movie_ids)
-        .fetch_all(&mut *conn)
         .await?
         .into_iter()
         .collect();
-        let rentals = sqlx::query_as::<_, RentalState>(&format!(
-            "select {RENTAL_COLUMNS}, paid_cents, revision from rental where rental_id = any($1)"
-        ))
-        .bind(&rental_ids)
-        .fetch_all(&mut *conn)
+        let rentals = rows_by_id::<RentalState>(
+            conn,
+            &format!("select {RENTAL_COLUMNS}, paid_cents, revision from rental where rental_id = any($1)"),
+            &rental_ids,
+        )
         .await?
         .into_iter()
         .map(|r| (r.rental_id, r))

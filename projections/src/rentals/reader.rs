@@ -1,6 +1,7 @@
 //! Rental status as the API reads it.
 
 use super::*;
+use eventstore::lookup::RentalRef;
 
 /// A rental's status.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -39,16 +40,9 @@ pub struct RentalRow {
 /// of it so far (nothing yet, right after the rent).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RentalTarget {
-    /// Id.
-    pub rental_id: Uuid,
-    /// The movie.
-    pub movie_id: Uuid,
-    /// The customer.
-    pub customer_id: Uuid,
-    /// When it started.
-    pub rented_at: DateTime<Utc>,
-    /// When the copy came back, as the lookup has it.
-    pub returned_at: Option<DateTime<Utc>>,
+    /// The lookup row.
+    #[sqlx(flatten)]
+    pub lookup: RentalRef,
     /// The movie's title when rented, once the read model has the rental.
     pub movie_title: Option<String>,
     /// Its due time, once the read model has it.

@@ -46,7 +46,7 @@ async fn owned_rental(
 ) -> Result<Option<RentalTarget>, ApiError> {
     let rental = state.rentals.target(rental_id).await?;
     if let Some(rental) = &rental {
-        if !caller.actor().may_act_for(rental.customer_id) {
+        if !caller.actor().may_act_for(rental.lookup.customer_id) {
             return Err(ApiError::Forbidden("this rental belongs to another customer"));
         }
     }
@@ -59,7 +59,7 @@ async fn movie_title(state: &AppState, rental: &RentalTarget) -> Result<Option<S
     if let Some(title) = &rental.movie_title {
         return Ok(Some(title.clone()));
     }
-    let movie = state.store.load::<Movie>(&rental.movie_id.to_string()).await?;
+    let movie = state.store.load::<Movie>(&rental.lookup.movie_id.to_string()).await?;
     Ok(movie.state.details.map(|d| d.title.as_str().to_string()))
 }
 
@@ -76,12 +76,12 @@ async fn due_dates(
     rental: &RentalTarget,
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), ApiError> {
-    let due_at = views::due_at(rental.due_at, rental.rented_at, state.config.loan);
+    let due_at = views::due_at(rental.due_at, rental.lookup.rented_at, state.config.loan);
     if rental.overdue_at.is_some() || now + OVERDUE_MARGIN < due_at {
         return Ok((due_at, rental.overdue_at));
     }
-    let opened = state.store.load::<Rental>(&rental.rental_id.to_string()).await?.state;
-    Ok((views::due_at(opened.due_at, rental.rented_at, state.config.loan), opened.overdue_at))
+    let opened = state.store.load::<Rental>(&rental.lookup.rental_id.to_string()).await?.state;
+    Ok((views::due_at(opened.due_at, rental.lookup.rented_at, state.config.loan), opened.overdue_at))
 }
 
 fn status_name(status: RentalStatus) -> String {
@@ -138,15 +138,16 @@ async fn return_movie(
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
     let returned_at = returned_at.unwrap_or(now);
     let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
-    let done = state.store.execute::<Movie>(&rental.movie_id.to_string(), command, &caller.context()).await?;
+    let done =
+        state.store.execute::<Movie>(&rental.lookup.movie_id.to_string(), command, &caller.context()).await?;
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
     let (due_at, overdue_at) = due_dates(&state, &rental, now).await?;
     let rental = schemas::Rental {
         id: rental_id,
-        movie_id: rental.movie_id,
+        movie_id: rental.lookup.movie_id,
         movie_title: title.unwrap_or_default(),
-        customer_id: rental.customer_id,
-        rented_at: rental.rented_at,
+        customer_id: rental.lookup.customer_id,
+        rented_at: rental.lookup.rented_at,
         due_at,
         overdue_at,
         returned_at: Some(returned_at),
@@ -186,7 +187,7 @@ async fn pay(
     let rental = owned_rental(&state, &caller, rental_id).await?;
     let amount_cents = body.parse::<Payment>()?.amount_cents.0 .0;
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
-    if rental.returned_at.is_none() {
+    if rental.lookup.returned_at.is_none() {
         return Err(ApiError::rejected(
             axum::http::StatusCode::CONFLICT,
             "not-returned",
@@ -199,11 +200,11 @@ async fn pay(
     let r = &done.state;
     let rental = schemas::Rental {
         id: rental_id,
-        movie_id: rental.movie_id,
+        movie_id: rental.lookup.movie_id,
         movie_title: title.unwrap_or_default(),
-        customer_id: rental.customer_id,
-        rented_at: r.rented_at.unwrap_or(rental.rented_at),
-        due_at: views::due_at(r.due_at, rental.rented_at, state.config.loan),
+        customer_id: rental.lookup.customer_id,
+        rented_at: r.rented_at.unwrap_or(rental.lookup.rented_at),
+        due_at: views::due_at(r.due_at, rental.lookup.rented_at, state.config.loan),
         overdue_at: r.overdue_at,
         returned_at: r.returned_at,
         status: r.status().map(status_name).unwrap_or_default(),
