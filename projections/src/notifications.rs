@@ -15,6 +15,12 @@
 //! short transaction, sends outside of it, and then marks them; a process that dies mid-send
 //! leaves its lease to run out, after which another sends the email again, with the same
 //! `Message-ID`.
+//!
+//! A statement on rows named by id says "not yet sent" as `state not in ('sent', 'failed',
+//! 'skipped')`, not as `state = 'pending'`: the queue's partial index (`where state = 'pending'`)
+//! cannot serve that condition, so PostgreSQL finds such rows through the primary key whatever its
+//! statistics say. Gathered while the queue was nearly empty, they made it walk the partial index
+//! of the whole queue for each row instead (2.5 ms a row with 11,000 emails waiting).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -448,7 +454,7 @@ pub async fn mark_sent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update notification
             set state = 'sent', sent_at = now(), attempts = attempts + 1, last_error = null, secret = null
-          where id = $1 and state = 'pending'",
+          where id = $1 and state not in ('sent', 'failed', 'skipped')",
     )
     .bind(id)
     .execute(pool)
@@ -460,7 +466,7 @@ pub async fn mark_sent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
 pub async fn mark_skipped(pool: &PgPool, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "update notification set state = 'skipped', last_error = $2, secret = null
-          where id = $1 and state = 'pending'",
+          where id = $1 and state not in ('sent', 'failed', 'skipped')",
     )
     .bind(id)
     .bind(why)
@@ -483,7 +489,7 @@ pub async fn mark_failed_attempt(
                 state = case when created_at <= now() - make_interval(secs => $4) then 'failed' else 'pending' end,
                 secret = case when created_at <= now() - make_interval(secs => $4) then null else secret end,
                 next_attempt_at = now() + make_interval(secs => $3)
-          where id = $1 and state = 'pending'
+          where id = $1 and state not in ('sent', 'failed', 'skipped')
           returning state",
     )
     .bind(id)
@@ -511,7 +517,7 @@ pub async fn pause_queue(pool: &PgPool, retry_in: Duration) -> Result<(), sqlx::
 /// Gives claimed rows back before their lease ends (a sender that stops its batch early), so
 /// that they keep their place in the queue.
 pub async fn release(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("update notification set next_attempt_at = now() where id = any($1) and state = 'pending'")
+    sqlx::query("update notification set next_attempt_at = now() where id = any($1) and state not in ('sent', 'failed', 'skipped')")
         .bind(ids)
         .execute(pool)
         .await?;
