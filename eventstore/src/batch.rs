@@ -402,12 +402,18 @@ impl EventStore {
             }
         }
         let after: Vec<i64> = loaded.iter().map(|l| l.version).collect();
+        // One probe of the primary key per stream, whatever the statistics say: `offset 0` keeps
+        // the lateral subquery from being flattened into a join the planner may choose to run as
+        // a hash join over every event of the kind (a generic plan did, once the log had
+        // statistics: 6.4 ms a load at 100,000 movies instead of 0.04 ms).
         let events: Vec<(String, i64, String, String, Value)> = sqlx::query_as(
-            "select e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
+            "select s.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload
                from unnest($2::text[], $3::bigint[]) as s(aggregate_id, after)
-               join events e
-                 on e.aggregate_type = $1 and e.aggregate_id = s.aggregate_id and e.sequence > s.after
-              order by e.aggregate_id, e.sequence",
+               cross join lateral (
+                   select sequence, event_type, event_version, payload from events
+                    where aggregate_type = $1 and aggregate_id = s.aggregate_id and sequence > s.after
+                   offset 0) e
+              order by s.aggregate_id, e.sequence",
         )
         .bind(A::TYPE)
         .bind(ids)
