@@ -183,12 +183,15 @@ caught_up() {
   exit 1
 }
 caught_up
-# Statistics for the planner once the tables are filled, as after any bulk load. PostgreSQL's
-# autovacuum would gather them by itself, but it may be off (it is on some CI machines): then every
-# table keeps the statistics of an empty one, and each connection keeps the plans it made while
-# the tables were nearly empty (sequential scans; measured: a read model's batch load at 100,000
-# movies took 3.7-5.4 ms instead of 0.1 ms, and lag p99 at half load rose to 73-133 ms).
-psql -q "$DATABASE_URL" -c "analyze"
+# Statistics for the planner, gathered once seeded and again before each measurement, as
+# PostgreSQL's autovacuum would as the tables grow (it re-analyzes a table once a tenth of it has
+# changed, and that replaces the plans the connections keep). It may be off (it is on some CI
+# machines): then every table keeps the statistics of an empty one and each connection the plans
+# it made while the tables were nearly empty (measured: a read model's batch load at 100,000 movies
+# took 3.7-5.4 ms instead of 0.1 ms, and lag p99 at half load rose to 73-133 ms); gathered only
+# once, after seeding, they describe a store with 5 rentals for the rest of the run.
+settle() { psql -q "$DATABASE_URL" -c "analyze"; }
+settle
 events=$(psql -tA "$DATABASE_URL" -c "select count(*) from events")
 log "seeded and projected $events events in $(awk -v a="$seed_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 
@@ -256,12 +259,14 @@ wrk_field() {
 wrk_run bare "$url/"
 kill "$bare_pid"
 
+# scenario NAME CONNECTIONS: one closed-loop measurement (statistics gathered first, see settle).
 scenario() {
   local name=$1 connections=$2
   log "scenario $name, $connections connections, $secs s"
   $loadgen --base "$api" --scenario "$name" --connections "$connections" --duration "$secs" \
     --tsv "$out/$name.tsv" || failed+=("$name")
 }
+settle
 cpu_before=$(cpu_ticks)
 scenario details "$conns"
 cpu_details=$(cpu_split "$cpu_before" "$(cpu_ticks)")
@@ -270,12 +275,17 @@ curl -sf "$api/api/v1/movies?limit=100&available=any" -H "authorization: Bearer 
   jq -r '.items[].id | "/api/v1/movies/" + .' >"$out/details.paths"
 while read -r path; do curl -sf -o /dev/null "$api$path" -H "authorization: Bearer $admin"; done <"$out/details.paths"
 wrk_run details "$api/" "authorization: Bearer $admin"
+settle
 scenario browse "$conns"
 log "scenario browse, open loop at $browse_rate req/s, at most $conns connections, $secs s"
+settle
 $loadgen --base "$api" --scenario browse --connections "$conns" --duration "$secs" --rate "$browse_rate" \
   --tsv "$out/browse-rate.tsv" || failed+=(browse-rate)
+settle
 scenario rent "$conns"
+settle
 scenario accounts "$account_conns"
+settle
 scenario mixed "$conns"
 
 # Commands that do not wait for the charge. Append transactions in the window are counted in the
@@ -283,6 +293,7 @@ scenario mixed "$conns"
 # process manager's); the projections' commit lag comes from /metrics before and after, once they
 # have caught up with everything the scenario appended.
 caught_up
+settle
 curl -sf "$api/metrics" >"$out/metrics-before.txt"
 window_start=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
 cpu_before=$(cpu_ticks)
@@ -304,6 +315,7 @@ append_txps=$(awk -v n="$append_txs" -v s="$window_secs" 'BEGIN { if (s > 0) pri
 half() { awk -v r="$1" 'BEGIN { r = r / 2; if (r < 1) r = 1; printf "%.1f", r }'; }
 commands_rate=$(half "$(field "$out/commands.tsv" count:cycles per_sec)")
 rent_rate=$(half "$(field "$out/rent.tsv" count:cycles per_sec)")
+settle
 curl -sf "$api/metrics" >"$out/metrics-rate-before.txt"
 log "scenario commands, open loop at $commands_rate cycles/s, at most $conns connections, $secs s"
 $loadgen --base "$api" --scenario commands --connections "$conns" --duration "$secs" --rate "$commands_rate" \
@@ -312,6 +324,7 @@ caught_up
 curl -sf "$api/metrics" >"$out/metrics-rate-after.txt"
 $bins/lag "$out/metrics-rate-before.txt" "$out/metrics-rate-after.txt" >"$out/lag-rate.tsv"
 log "scenario rent, open loop at $rent_rate cycles/s, at most $conns connections, $secs s"
+settle
 rent_rate_start=$(psql -tA "$DATABASE_URL" -c "select clock_timestamp()")
 $loadgen --base "$api" --scenario rent --connections "$conns" --duration "$secs" --rate "$rent_rate" \
   --tsv "$out/rent-rate.tsv" || failed+=(rent-rate)
