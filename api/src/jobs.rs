@@ -119,7 +119,7 @@ pub struct Ran {
 /// went, in one transaction. `None` when no job is due.
 pub async fn run_due(pool: &PgPool, jobs: &[Job]) -> Result<Option<Ran>, sqlx::Error> {
     let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let claimed: Option<String> = sqlx::query_scalar(
         "select name from job where next_run_at <= now() and name = any($1)
           order by next_run_at limit 1 for update skip locked",
@@ -266,7 +266,7 @@ mod tests {
         // Arrange: every job registered and due; another process holds one of them.
         let jobs = the_jobs();
         register(&pool, &jobs).await.unwrap();
-        let mut other = pool.begin().await.unwrap();
+        let mut other = eventstore::db::begin(&pool).await.unwrap();
         sqlx::query("select name from job where name = 'purge-expired-tokens' for update")
             .execute(&mut *other)
             .await

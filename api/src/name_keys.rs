@@ -41,7 +41,7 @@ impl Report {
 /// for each pair of names that share one, and reports.
 pub async fn settle(pool: &PgPool) -> anyhow::Result<Report> {
     let version = name_key::version();
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     // Computing many keys keeps the transaction idle meanwhile, as the server sees it.
     sqlx::query("set local idle_in_transaction_session_timeout = 0").execute(&mut *tx).await?;
     sqlx::query("select pg_advisory_xact_lock(hashtext('name-keys'))").execute(&mut *tx).await?;

@@ -315,7 +315,7 @@ impl EventStore {
         A: StreamKind,
         A::Command: Clone + Send + Sync,
     {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let recorded = write_batch(&mut tx, rows, streams).await?;
         tx.commit().await?;
         Ok(recorded)

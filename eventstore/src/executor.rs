@@ -310,7 +310,7 @@ impl EventStore {
         }
         let new_version = version + events.len() as i64;
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let mut recorded = rows.insert(&mut tx, A::TYPE).await?;
         recorded.sort_by_key(|e| e.sequence);
         A::write_lookups(&mut tx, &[(aggregate_id, events)]).await?;

@@ -224,7 +224,7 @@ impl EventStore {
         };
         let Prepared { streams, rows, command_of, mut outcomes, after } = prepared;
         if !rows.is_empty() {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = crate::db::begin(&self.pool).await?;
             let recorded = match write_batch(&mut tx, &rows, &streams).await {
                 Ok(recorded) => recorded,
                 Err(AppendError::Conflict) => return Ok(Attempt::Contended(Contention::Conflict)),

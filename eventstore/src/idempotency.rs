@@ -113,7 +113,7 @@ pub async fn claim_capped(
     // Between the two statements the row may be released or expire; a few rounds settle it.
     for _ in 0..3 {
         let token = Uuid::now_v7();
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let full = match max_live {
             None => false,
             Some(max) => {
@@ -246,7 +246,7 @@ pub async fn complete(pool: &PgPool, claim: &Claim, answer: &StoredAnswer) -> Re
 /// Gives a claim up without an answer: the key is free again when nothing was appended; when
 /// something was, the record stays (so the key never runs again) and its answer is lost.
 pub async fn release(pool: &PgPool, claim: &Claim) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query(
         "delete from idempotency
           where scope = $1 and key = $2 and claim = $3 and status is null and position is null",

@@ -18,6 +18,7 @@
 
 mod batch;
 mod codec;
+pub mod db;
 pub mod deadline;
 mod executor;
 mod group;

@@ -57,7 +57,7 @@ impl AuditLog {
 
     /// A transaction whose statements PostgreSQL cancels after the timeout (SQLSTATE 57014).
     async fn bounded(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = eventstore::db::begin(&self.pool).await?;
         let millis = self.timeout.as_millis().min(i32::MAX as u128);
         sqlx::query(&format!("set local statement_timeout = {millis}")).execute(&mut *tx).await?;
         Ok(tx)

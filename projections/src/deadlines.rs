@@ -98,7 +98,7 @@ impl Scheduler {
     /// Runs one round: claims the due timers (up to the batch size), fires them, deletes them and
     /// commits, all in one transaction.
     pub async fn fire_due(&self) -> Result<Round, CommandError<domain::rental::RentalError>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = eventstore::db::begin(&self.pool).await?;
         let due: Vec<Due> = sqlx::query_as(
             "select d.stream_id, d.due_at, o.metadata->>'correlation_id' as correlation_id, l.returned_at
                from deadline d

@@ -253,7 +253,7 @@ pub async fn queued_within(
 /// queues its next overdue reminder and moves the timer on (or deletes it after the last one);
 /// for a returned one, deletes the timer. Returns how many reminders were queued.
 pub async fn fire_reminders(pool: &PgPool, batch: i64) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let due: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "select stream_id, due_at from deadline where kind = $1 and due_at <= now()
           order by due_at limit $2 for update skip locked",

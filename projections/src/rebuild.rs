@@ -76,7 +76,7 @@ async fn create_shadow(
     in_memory: bool,
 ) -> Result<Shadow, sqlx::Error> {
     let schema = shadow_schema(projection);
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     sqlx::query(&format!("drop schema if exists {schema} cascade")).execute(&mut *tx).await?;
     sqlx::query(&format!("create schema {schema}")).execute(&mut *tx).await?;
     for table in projection.tables() {
@@ -282,7 +282,7 @@ async fn fill_shadows(
             let (pool, schema, name) = (pool.clone(), filled[i].shadow.schema.clone(), projections[i].name());
             writers.spawn(async move {
                 let started = Instant::now();
-                let mut tx = pool.begin().await?;
+                let mut tx = eventstore::db::begin(&pool).await?;
                 sqlx::query(&format!("set local search_path to {schema}, public")).execute(&mut *tx).await?;
                 replay.flush(&mut tx).await?;
                 tx.commit().await?;
@@ -306,7 +306,7 @@ async fn fill_shadows(
         }
         let schema = filled[i].shadow.schema.clone();
         loop {
-            let mut tx = pool.begin().await?;
+            let mut tx = eventstore::db::begin(pool).await?;
             let (next, n) =
                 replay_into(&mut tx, projection.as_ref(), &schema, filled[i].at, untils[i], REPLAY_BATCH)
                     .await?;
@@ -515,7 +515,7 @@ async fn rebuild_under_claim(
     let mut done = Vec::with_capacity(projections.len());
     for (projection, Filled { shadow, mut at, mut events }) in projections.iter().zip(filled) {
         let schema = shadow.schema;
-        let mut tx = pool.begin().await?;
+        let mut tx = eventstore::db::begin(pool).await?;
         sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
         loop {
             let (next, n) =
@@ -599,7 +599,7 @@ async fn verify_under_claim(
     let mut all = Vec::with_capacity(projections.len());
     for (projection, Filled { shadow, mut at, .. }) in projections.iter().zip(filled) {
         let schema = shadow.schema;
-        let mut tx = pool.begin().await?;
+        let mut tx = eventstore::db::begin(pool).await?;
         sqlx::query(lock_sql()).bind(projection.name()).execute(&mut *tx).await?;
         let live = checkpoint(&mut tx, projection.name()).await?;
         loop {

@@ -227,7 +227,7 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
 
 /// Applies these events again through the projection, in one transaction on schema `read`.
 async fn apply_again(pool: &PgPool, events: &[projections::engine::StoredEvent]) {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(pool).await.unwrap();
     sqlx::query("set local search_path to read, public").execute(&mut *tx).await.unwrap();
     Model::<Analytics>::new().apply_batch(&mut tx, events, &mut Touched::default()).await.unwrap();
     tx.commit().await.unwrap();
@@ -403,7 +403,7 @@ async fn a_rebuild_and_a_verify_replay_exactly_the_live_analytics_tables(pool: P
 
 /// Whether `moviestore_analyst` may run `sql`: `Ok`, or the SQLSTATE of the refusal.
 async fn as_analyst(pool: &PgPool, sql: &str) -> Result<(), String> {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(pool).await.unwrap();
     sqlx::query("set local role moviestore_analyst").execute(&mut *tx).await.unwrap();
     let result = sqlx::query(sql).fetch_all(&mut *tx).await;
     tx.rollback().await.unwrap();

@@ -49,7 +49,7 @@ async fn the_feed_holds_back_a_transaction_still_open_and_every_later_one_until_
     // Arrange: one committed event, then A opens and appends, then B appends and commits.
     let log = AuditLog::new(pool.clone());
     let first = append(&mut pool.acquire().await.unwrap()).await;
-    let mut a = pool.begin().await.unwrap();
+    let mut a = eventstore::db::begin(&pool).await.unwrap();
     let early = append(&mut a).await;
     let late = append(&mut pool.acquire().await.unwrap()).await;
 
@@ -68,7 +68,7 @@ async fn the_feed_holds_back_a_transaction_still_open_and_every_later_one_until_
 async fn the_export_reads_the_log_page_by_page_in_feed_order_and_stops_at_its_end(pool: PgPool) {
     // Arrange: 23 events; the transaction of one takes its id first and appends last, so its
     // event comes first in feed order although its position is the highest.
-    let mut late = pool.begin().await.unwrap();
+    let mut late = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("select pg_current_xact_id()").execute(&mut *late).await.unwrap();
     for _ in 0..22 {
         append(&mut pool.acquire().await.unwrap()).await;

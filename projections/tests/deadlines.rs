@@ -243,7 +243,7 @@ async fn timers_another_transaction_holds_are_skipped_and_fire_once_it_rolls_bac
     // Arrange: 4 due timers; another transaction (a scheduler that will crash) holds 2 of them.
     let store = EventStore::new(pool.clone());
     open_rentals(&store, 4, 8).await;
-    let mut crashing = pool.begin().await.unwrap();
+    let mut crashing = eventstore::db::begin(&pool).await.unwrap();
     let held: Vec<String> =
         sqlx::query_scalar("select stream_id from deadline order by stream_id limit 2 for update")
             .fetch_all(&mut *crashing)

@@ -96,9 +96,9 @@ async fn an_event_committed_late_is_not_skipped_as_a_naive_reader_skips_it(pool:
     // Arrange: A appends first but commits last; B appends after A and commits at once.
     setup(&pool).await;
     let engine = engine(&pool, 100);
-    let mut a = pool.begin().await.unwrap();
+    let mut a = eventstore::db::begin(&pool).await.unwrap();
     let early = append(&mut a).await;
-    let mut b = pool.begin().await.unwrap();
+    let mut b = eventstore::db::begin(&pool).await.unwrap();
     let late = append(&mut b).await;
     b.commit().await.unwrap();
     assert!(early < late);
@@ -133,7 +133,7 @@ async fn under_concurrent_appends_with_open_transactions_every_event_is_applied_
         let pool = pool.clone();
         tasks.spawn(async move {
             for i in 0..per_writer {
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = eventstore::db::begin(&pool).await.unwrap();
                 append(&mut tx).await;
                 if (w + i) % 3 == 0 {
                     append(&mut tx).await;
@@ -189,12 +189,12 @@ async fn a_batch_and_its_checkpoint_commit_together_and_a_second_process_waits_i
     setup(&pool).await;
     let engine = engine(&pool, 100);
     engine.catch_up("recorder").await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(&pool).await.unwrap();
     append(&mut tx).await;
     tx.commit().await.unwrap();
 
     // Another process holds the projection's lock: this one must not apply the batch.
-    let mut holder = pool.begin().await.unwrap();
+    let mut holder = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("select pg_advisory_xact_lock(hashtext('projection:recorder'))")
         .execute(&mut *holder)
         .await
@@ -298,7 +298,7 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
     setup(&pool).await;
     let flaky = Arc::new(Flaky::failing_every_batch());
     let (shutdown, running) = run_with_quick_retries(&pool, flaky.clone());
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(&pool).await.unwrap();
     append(&mut tx).await;
     append(&mut tx).await;
     tx.commit().await.unwrap();
@@ -355,7 +355,7 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
 #[sqlx::test(migrations = "../migrations")]
 async fn a_position_whose_append_rolled_back_is_released_once_the_transactions_before_it_end(pool: PgPool) {
     // A position taken by an append that is still running cannot be released yet...
-    let mut running = pool.begin().await.unwrap();
+    let mut running = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("select pg_current_xact_id()").execute(&mut *running).await.unwrap();
     let held: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('events', 'position'))")
         .fetch_one(&mut *running)
@@ -386,7 +386,7 @@ async fn an_event_a_projection_cannot_apply_is_named_those_before_it_are_applied
     use std::sync::atomic::Ordering;
     // Arrange: five events in one transaction (one batch); the third cannot be applied.
     setup(&pool).await;
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(&pool).await.unwrap();
     let mut positions = Vec::new();
     for _ in 0..5 {
         positions.push(append(&mut tx).await);

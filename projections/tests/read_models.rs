@@ -1264,7 +1264,7 @@ async fn append_raw<E: cqrs_es::DomainEvent>(
 /// A transaction that has its id before `during` runs and appends after it: in the feed (ordered
 /// by transaction id) its event comes before what `during` appended, with a higher position.
 async fn xid_first(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(pool).await.unwrap();
     sqlx::query("select pg_current_xact_id()").execute(&mut *tx).await.unwrap();
     tx
 }

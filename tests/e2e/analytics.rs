@@ -382,7 +382,7 @@ async fn analytics_agree_with_the_charges_of_a_randomized_back_dated_workload(po
     let as_analyst = |sql: &'static str| {
         let pool = pool.clone();
         async move {
-            let mut tx = pool.begin().await.unwrap();
+            let mut tx = eventstore::db::begin(&pool).await.unwrap();
             sqlx::query("set local role moviestore_analyst").execute(&mut *tx).await.unwrap();
             let result: Result<i64, _> = sqlx::query_scalar(sql).fetch_one(&mut *tx).await;
             tx.rollback().await.unwrap();

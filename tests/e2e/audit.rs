@@ -898,7 +898,7 @@ async fn an_audit_query_that_runs_out_of_time_answers_503_and_is_cancelled_in_po
     let options = Options { extra_env: vec![("MOVIESTORE_REQUEST_TIMEOUT_SECS".into(), "2".into())] };
     let app = TestApp::spawn_with(pool.clone(), options).await;
     let (_, auditor) = app.staff("audrey", "auditor").await;
-    let mut holder = pool.begin().await.unwrap();
+    let mut holder = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("lock table events in access exclusive mode").execute(&mut *holder).await.unwrap();
 
     // Act

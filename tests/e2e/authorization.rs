@@ -471,8 +471,18 @@ async fn every_endpoint_answers_each_kind_of_caller_as_the_contract_says(pool: P
             .fetch_optional(&app.pool)
             .await
             .unwrap();
+            // Sessions of the server left inside a transaction run every later statement of
+            // theirs unseen by the others (a cancelled begin could do that).
+            let open: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and state like 'idle in transaction%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
             mismatches.push(format!(
-                "POST /api/v1/auth/logout as {}: {status}, expected 204 ({text}; token row: {row:?})",
+                "POST /api/v1/auth/logout as {}: {status}, expected 204 ({text}; token row: {row:?}; \
+                 sessions idle in a transaction: {open})",
                 CALLERS[i + 1]
             ));
         }

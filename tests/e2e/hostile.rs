@@ -305,7 +305,7 @@ async fn a_flood_of_readiness_probes_and_scrapes_shares_one_reading_and_starves_
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // Hold the table the progress query reads, so every reading in flight stays visible in
     // PostgreSQL as a backend waiting for that lock.
-    let mut holder = pool.begin().await.unwrap();
+    let mut holder = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("lock table projection_checkpoint in access exclusive mode")
         .execute(&mut *holder)
         .await

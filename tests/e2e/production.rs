@@ -370,7 +370,7 @@ async fn a_second_call_while_the_first_is_running_gets_409_in_progress_then_the_
     let path = format!("/api/v1/movies/{movie}/rent");
     let url = app.url(&path);
     // Appends wait for this lock: the first call stops inside its append transaction.
-    let mut lock = pool.begin().await.unwrap();
+    let mut lock = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("lock table events in exclusive mode").execute(&mut *lock).await.unwrap();
     let (client, token) = (app.client.clone(), customer.clone());
     let first = tokio::spawn(async move {
@@ -408,7 +408,7 @@ async fn sixteen_identical_concurrent_calls_append_one_event_and_answer_one_201_
     let before = event_count(&pool).await;
     // Appends wait for this lock: whichever call claims the key first stops inside its append
     // transaction, so it cannot finish while the others arrive, and all 16 are in flight together.
-    let mut lock = pool.begin().await.unwrap();
+    let mut lock = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("lock table events in exclusive mode").execute(&mut *lock).await.unwrap();
 
     // Act
@@ -507,7 +507,7 @@ async fn a_request_over_the_concurrency_cap_gets_503_with_retry_after(pool: PgPo
     let (_, customer) = app.customer("greg").await;
     let drama = app.category("Drama").await;
     let movie = app.movie("Heat", &[drama]).await;
-    let mut lock = pool.begin().await.unwrap();
+    let mut lock = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("lock table events in exclusive mode").execute(&mut *lock).await.unwrap();
     let (client, url, token) =
         (app.client.clone(), app.url(&format!("/api/v1/movies/{movie}/rent")), customer.clone());
@@ -711,7 +711,7 @@ async fn a_claim_left_by_a_process_that_died_before_appending_is_run_once_its_le
     let drama = first.category("Drama").await;
     let movie = first.movie("Heat", &[drama]).await;
     let path = format!("/api/v1/movies/{movie}/rent");
-    let mut lock = pool.begin().await.unwrap();
+    let mut lock = eventstore::db::begin(&pool).await.unwrap();
     sqlx::query("lock table events in exclusive mode").execute(&mut *lock).await.unwrap();
     let (client, url, token) = (first.client.clone(), first.url(&path), customer.clone());
     let call = tokio::spawn(async move {

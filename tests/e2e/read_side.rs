@@ -122,7 +122,7 @@ pub(crate) async fn wait_for_projections(app: &TestApp, base: &str, within: Dura
 /// as an append does) until the returned transaction is dropped: no read model can reach it
 /// meanwhile. It holds the cluster's projection horizon too, so keep it short.
 pub(crate) async fn pending_position(pool: &PgPool) -> (sqlx::Transaction<'static, sqlx::Postgres>, i64) {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(pool).await.unwrap();
     sqlx::query("select pg_current_xact_id()").execute(&mut *tx).await.unwrap();
     let position: i64 = sqlx::query_scalar("select nextval(pg_get_serial_sequence('events', 'position'))")
         .fetch_one(&mut *tx)

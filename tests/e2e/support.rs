@@ -714,7 +714,7 @@ pub async fn movie_change_in_the_way(
     pool: &PgPool,
     movie: Uuid,
 ) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(pool).await.unwrap();
     let next: i64 = sqlx::query_scalar(
         "select max(sequence) + 1 from events where aggregate_type = 'movie' and aggregate_id = $1",
     )

@@ -35,7 +35,7 @@ pub(super) async fn insert_user(
         Some(EMAIL_CONSTRAINT) => CreateError::EmailTaken,
         _ => CreateError::Database(error),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let user: User = sqlx::query_as(&format!(
         "insert into users (user_id, username, username_key, email, email_key, password_hash, role)
          values ($1, $2, $3, $4, $5, $6, $7) returning {USER_COLUMNS}"
@@ -144,7 +144,7 @@ pub(super) async fn replace_password(
     hash: &str,
     keep_token: &[u8],
 ) -> Result<i64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     sqlx::query("update users set password_hash = $2 where user_id = $1")
         .bind(user_id)
         .bind(hash)
@@ -166,7 +166,7 @@ pub(super) async fn delete_token(
     pool: &PgPool,
     token_hash: &[u8],
 ) -> Result<Option<(Uuid, i64)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let owner: Option<Uuid> =
         sqlx::query_scalar("delete from tokens where token_hash = $1 returning user_id")
             .bind(token_hash)
@@ -187,7 +187,7 @@ pub(super) async fn set_role(
     user_id: Uuid,
     role: Role,
 ) -> Result<Option<Result<(User, i64), RoleRefusal>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     sqlx::query("select pg_advisory_xact_lock(hashtext('accounts:roles'))").execute(&mut *tx).await?;
     let current: Option<User> =
         sqlx::query_as(&format!("select {USER_COLUMNS} from users where user_id = $1 for update"))
@@ -237,7 +237,7 @@ pub(super) async fn reserve_attempt(
     window: Duration,
     max: i64,
 ) -> Result<Result<(), Failures>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     sqlx::query("select pg_advisory_xact_lock(hashtextextended('login:' || $1 || chr(31) || $2, 0))")
         .bind(username.as_str())
         .bind(client_addr)
@@ -343,7 +343,7 @@ pub(super) const ERASED_PREFIX: &str = "erased:";
 /// password-reset tokens and the account's idempotency records, and skips the emails still queued
 /// for the account, in one transaction. `None` when no account has that username.
 pub(super) async fn erase_user(pool: &PgPool, username: &NameKey) -> Result<Option<Erased>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let user_id: Option<Uuid> =
         sqlx::query_scalar("select user_id from users where username_key = $1 for update")
             .bind(username.as_str())
@@ -402,7 +402,7 @@ pub(super) async fn request_reset(
     ttl: Duration,
     max_per_hour: i64,
 ) -> Result<Option<Uuid>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let user_id: Option<Uuid> =
         sqlx::query_scalar("select user_id from users where email_key = $1 for update")
             .bind(email.as_str())
@@ -452,7 +452,7 @@ pub(super) async fn confirm_reset(
     token_hash: &[u8],
     password_hash: &str,
 ) -> Result<Option<(Uuid, i64)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = eventstore::db::begin(pool).await?;
     let user_id: Option<Uuid> = sqlx::query_scalar(
         "update password_resets set used_at = now()
           where token_hash = $1 and used_at is null and expires_at > now()

@@ -258,7 +258,7 @@ async fn a_batch_that_meets_a_concurrent_append_runs_its_commands_one_at_a_time_
     let store = EventStore::new(pool.clone());
     let cases = cases(5);
     let contested = &cases[2];
-    let mut other = pool.begin().await.unwrap();
+    let mut other = eventstore::db::begin(&pool).await.unwrap();
     let opened = encode_event(&RentalEvent::RentalOpened {
         movie_id: contested.movie,
         customer_id: contested.customer,

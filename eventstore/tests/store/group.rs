@@ -53,7 +53,7 @@ async fn append_in_the_way(
     id: &str,
     name: &str,
 ) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = eventstore::db::begin(pool).await.unwrap();
     let next: i64 = sqlx::query_scalar(
         "select coalesce(max(sequence), 0) + 1 from events where aggregate_type = 'category' and aggregate_id = $1",
     )

@@ -1,7 +1,7 @@
 //! The event store on a real database, one test binary: appends, snapshots, conflicts and lookup
 //! tables (`store`), batches (`batch`), grouped appends (`group`), idempotency records
-//! (`idempotency`) and the commit
-//! notifier (`notifier`).
+//! (`idempotency`), the commit
+//! notifier (`notifier`) and cancel-safe transactions (`transactions`).
 
 mod batch;
 mod common;
@@ -9,3 +9,4 @@ mod group;
 mod idempotency;
 mod notifier;
 mod store;
+mod transactions;

@@ -98,7 +98,7 @@ async fn a_burst_of_commits_costs_far_fewer_notifications_than_commits(pool: PgP
     let started = std::time::Instant::now();
     let mut last = 0;
     for _ in 0..rounds {
-        let mut gate = pool.begin().await.unwrap();
+        let mut gate = eventstore::db::begin(&pool).await.unwrap();
         sqlx::query("lock table events in share mode").execute(&mut *gate).await.unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..writers {

@@ -172,7 +172,7 @@ impl Engine {
         projection: &dyn Projection,
         limit: i64,
     ) -> Result<BatchOutcome, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = eventstore::db::begin(&self.pool).await?;
         // The lock, the read models' `search_path` and the checkpoint read after the lock, in
         // one round trip.
         let (locked, xid, position): (bool, Option<i64>, Option<i64>) =
