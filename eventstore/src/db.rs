@@ -6,8 +6,8 @@
 //! end: sqlx's rollback-on-drop does not know of it, and the pool's check on release only waits
 //! for the server to be ready. Every later statement on that connection then runs inside it,
 //! invisible to every other session: a token issued on it is unknown to the next request, and
-//! what it wrote is lost when the server ends the idle transaction (sqlx issue 4393; fixed
-//! upstream after 0.8.6). [`begin`] runs the `BEGIN` round trip on a task of its own, which
+//! what it wrote is lost when the server ends the idle transaction (sqlx issue 4393, reported on
+//! 0.8.6 and 0.9.0). [`begin`] runs the `BEGIN` round trip on a task of its own, which
 //! finishes it whatever happens to the caller; a transaction nobody takes is then dropped as
 //! any other, and its rollback is sent before the connection is reused.
 
