@@ -173,8 +173,8 @@ impl Engine {
         limit: i64,
     ) -> Result<BatchOutcome, ProjectionError> {
         let mut tx = eventstore::db::begin(&self.pool).await?;
-        // The lock, the read models' `search_path` and the checkpoint read after the lock, in
-        // one round trip.
+        // The lock, the read models' `search_path`, kept plans for the batch's statements (the
+        // log's read among them) and the checkpoint read after the lock, in one round trip.
         let (locked, xid, position): (bool, Option<i64>, Option<i64>) =
             sqlx::query_as("select locked, last_xid, last_position from projection_batch_start($1)")
                 .bind(projection.name())
