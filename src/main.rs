@@ -6,6 +6,8 @@ use clap::Parser;
 /// mimalloc instead of the system allocator: with glibc's malloc, the 19 MiB argon2 blocks of
 /// password hashing stay resident after they are freed (1.6 GB after ten seconds of logins in
 /// our measurements); mimalloc gives freed memory back to the system (README, "Decisions").
+/// Built without transparent huge pages (`no_thp`): with them, the allocator's memory is backed
+/// by 2 MiB pages, and a few live objects on one keep it all resident (README, ADR 34).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
