@@ -10,7 +10,7 @@ cycles=${2:-4}
 base=${BENCH_DATABASE_BASE:-postgres://postgres@127.0.0.1:5432}
 db=${BENCH_REBUILD_DATABASE:-moviestore_bench_rebuild}
 export DATABASE_URL="$base/$db"
-export RUST_LOG=error
+export RUST_LOG=${RUST_LOG:-error}
 export PGOPTIONS="-c client_min_messages=warning"
 trap 'psql -q "$base/postgres" -c "drop database if exists $db" || true' EXIT
 

@@ -67,6 +67,7 @@ fn lock_sql() -> &'static str {
 #[derive(Clone)]
 struct Shadow {
     schema: String,
+    tables: &'static [&'static str],
     deferred_indexes: Vec<String>,
 }
 
@@ -150,17 +151,32 @@ async fn create_shadow(
         }
     }
     tx.commit().await?;
-    Ok(Shadow { schema, deferred_indexes })
+    Ok(Shadow { schema, tables: projection.tables(), deferred_indexes })
 }
 
-/// Builds the indexes that were left out while filling.
-async fn index_shadow(conn: &mut PgConnection, shadow: &Shadow) -> Result<(), sqlx::Error> {
+/// Memory for sorting an index's keys while it is built (PostgreSQL's default is 64 MB): the
+/// largest shadow index sorts in memory instead of spilling runs to disk.
+const INDEX_BUILD_MEMORY: &str = "256MB";
+
+/// Builds the indexes that were left out while filling, in one transaction.
+async fn index_shadow(pool: &PgPool, shadow: &Shadow) -> Result<(), sqlx::Error> {
     let started = Instant::now();
+    let mut tx = eventstore::db::begin(pool).await?;
+    sqlx::query("select set_config('maintenance_work_mem', $1, true)")
+        .bind(INDEX_BUILD_MEMORY)
+        .execute(&mut *tx)
+        .await?;
     for definition in &shadow.deferred_indexes {
-        sqlx::query(definition).execute(&mut *conn).await?;
+        sqlx::query(definition).execute(&mut *tx).await?;
     }
+    tx.commit().await?;
     tracing::info!(schema = %shadow.schema, index_ms = started.elapsed().as_millis() as u64, "indexes built");
-    sqlx::query(&format!("analyze {}", shadow.schema.as_str())).execute(&mut *conn).await.ok();
+    // Statistics for the planner, so the tables are not planned as empty once swapped in.
+    let tables: Vec<String> =
+        shadow.tables.iter().map(|table| format!("{}.{table}", shadow.schema)).collect();
+    if !tables.is_empty() {
+        sqlx::query(&format!("analyze {}", tables.join(", "))).execute(pool).await?;
+    }
     Ok(())
 }
 
@@ -248,7 +264,8 @@ struct Filled {
 /// horizon (or that projection's `until`). Projections with an in-memory replay share one read of
 /// the log: each batch is read and decoded from the wire once and folded by every projection, in
 /// parallel, then each writes its rows on a connection of its own, at the same time as the others.
-/// The others replay through `apply_batch` in large batches, each its own transaction.
+/// The others replay through `apply_batch` in large batches, each its own transaction. Each
+/// shadow's deferred indexes are built as soon as its rows are in.
 async fn fill_shadows(
     pool: &PgPool,
     projections: &[Arc<dyn Projection>],
@@ -279,11 +296,15 @@ async fn fill_shadows(
         for (i, (mut replay, at, events, fold_ms)) in members.into_iter().zip(folded) {
             filled[i].at = at;
             filled[i].events = events;
-            let (pool, schema, name) = (pool.clone(), filled[i].shadow.schema.clone(), projections[i].name());
+            let (pool, shadow, name) = (pool.clone(), filled[i].shadow.clone(), projections[i].name());
+            // Each shadow's indexes are built as soon as its rows are in, while the other
+            // writers still write theirs.
             writers.spawn(async move {
                 let started = Instant::now();
                 let mut tx = eventstore::db::begin(&pool).await?;
-                sqlx::query(&format!("set local search_path to {schema}, public")).execute(&mut *tx).await?;
+                sqlx::query(&format!("set local search_path to {}, public", shadow.schema))
+                    .execute(&mut *tx)
+                    .await?;
                 replay.flush(&mut tx).await?;
                 tx.commit().await?;
                 tracing::info!(
@@ -293,6 +314,7 @@ async fn fill_shadows(
                     write_ms = started.elapsed().as_millis() as u64,
                     "replayed in memory"
                 );
+                index_shadow(&pool, &shadow).await?;
                 Ok::<_, ProjectionError>(())
             });
         }
@@ -318,6 +340,7 @@ async fn fill_shadows(
                 break;
             }
         }
+        index_shadow(pool, &filled[i].shadow).await?;
     }
     Ok(filled)
 }
@@ -511,7 +534,6 @@ async fn rebuild_under_claim(
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     ensure_checkpoints(pool, &names).await?;
     let filled = fill_shadows(pool, projections, &vec![None; projections.len()], progress).await?;
-    index_shadows(pool, &filled).await?;
     let mut done = Vec::with_capacity(projections.len());
     for (projection, Filled { shadow, mut at, mut events }) in projections.iter().zip(filled) {
         let schema = shadow.schema;
@@ -539,20 +561,6 @@ async fn rebuild_under_claim(
         done.push(Rebuilt { events, checkpoint: at });
     }
     Ok(done)
-}
-
-/// Builds every shadow's deferred indexes, the shadows at the same time on connections of their
-/// own.
-async fn index_shadows(pool: &PgPool, filled: &[Filled]) -> Result<(), ProjectionError> {
-    let mut builders = tokio::task::JoinSet::new();
-    for shadow in filled.iter().map(|f| f.shadow.clone()) {
-        let pool = pool.clone();
-        builders.spawn(async move { index_shadow(&mut *pool.acquire().await?, &shadow).await });
-    }
-    while let Some(built) = builders.join_next().await {
-        built.map_err(|e| ProjectionError::Decode(format!("index task: {e}")))??;
-    }
-    Ok(())
 }
 
 /// Replays one read model and compares it with the live tables at the same checkpoint.
@@ -595,7 +603,6 @@ async fn verify_under_claim(
     }
     // A live checkpoint only moves forward, so replaying up to it never overshoots.
     let filled = fill_shadows(pool, projections, &lives, progress).await?;
-    index_shadows(pool, &filled).await?;
     let mut all = Vec::with_capacity(projections.len());
     for (projection, Filled { shadow, mut at, .. }) in projections.iter().zip(filled) {
         let schema = shadow.schema;

@@ -712,6 +712,18 @@ async fn verify_finds_a_corrupted_row_and_a_rebuild_repairs_it(pool: PgPool) {
 
     // A rebuild swaps in the replay and moves the checkpoint to what it reflects.
     let rebuilt = rebuild::rebuild(&pool, catalogue.clone(), &()).await.unwrap();
+    // The swapped-in tables come with the planner's statistics: each table with rows has its
+    // columns' statistics (building an index counts the rows, but only ANALYZE describes them).
+    let unanalyzed: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text from pg_class c
+          where c.relnamespace = 'read'::regnamespace and c.relname = any($1) and c.reltuples > 0
+            and not exists (select 1 from pg_statistic s where s.starelid = c.oid)",
+    )
+    .bind(catalogue.tables())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unanalyzed, Vec::<String>::new(), "every rebuilt table analyzed");
     assert_eq!(rebuild::verify(&pool, catalogue.clone(), &()).await.unwrap(), vec![]);
     assert_eq!(w.movie(ids[0]).await.title, "Film 00");
     let total = w.count("select count(*) from events").await;

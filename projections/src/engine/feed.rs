@@ -38,28 +38,34 @@ pub struct ReplayBatch {
     pub events: Vec<LogEvent>,
 }
 
-/// A row of the log as a replay reads it: the payload as text, no metadata.
+/// A row of the log as a replay reads it: the payload as text, no metadata, its text borrowed
+/// from the row as received.
 #[derive(sqlx::FromRow)]
-struct ReplayRow {
+struct ReplayRow<'r> {
     position: i64,
     xid: i64,
-    aggregate_type: String,
-    aggregate_id: String,
+    aggregate_type: &'r str,
+    aggregate_id: &'r str,
     sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: String,
+    event_type: &'r str,
+    event_version: &'r str,
+    payload: &'r str,
     recorded_at: DateTime<Utc>,
 }
 
 /// [`read_batch`] for replays of read models: without the metadata (which they do not use), the
-/// payload read as text and decoded straight into its event type, with no JSON tree between.
+/// payload read as text and decoded straight into its event type, with no JSON tree between. Each
+/// row is decoded as it arrives, while PostgreSQL still sends the rest, and its text is borrowed
+/// from the received row instead of copied.
 pub async fn read_for_replay(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
 ) -> Result<ReplayBatch, ProjectionError> {
-    let rows: Vec<ReplayRow> = sqlx::query_as(
+    use futures_util::TryStreamExt;
+    use sqlx::FromRow;
+
+    let mut rows = sqlx::query(
         "select position, transaction_id::text::bigint as xid, aggregate_type, aggregate_id, sequence,
                 event_type, event_version, payload::text as payload, recorded_at
            from events
@@ -71,21 +77,20 @@ pub async fn read_for_replay(
     .bind(after.xid.to_string())
     .bind(after.position)
     .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    let mut batch = ReplayBatch {
-        read: rows.len(),
-        last: rows.last().map(|r| Checkpoint { xid: r.xid, position: r.position }),
-        events: Vec::with_capacity(rows.len()),
-    };
-    for row in rows {
-        let Some(kind) = StreamType::of(&row.aggregate_type) else { continue };
-        let event = Event::from_text(kind, &row.event_type, &row.event_version, &row.payload)
-            .map_err(|e| decode_error(row.position, &row.event_type, e))?;
+    .fetch(conn);
+    let mut batch =
+        ReplayBatch { read: 0, last: None, events: Vec::with_capacity(limit.clamp(0, 65_536) as usize) };
+    while let Some(received) = rows.try_next().await? {
+        let row = ReplayRow::from_row(&received)?;
+        batch.read += 1;
+        batch.last = Some(Checkpoint { xid: row.xid, position: row.position });
+        let Some(kind) = StreamType::of(row.aggregate_type) else { continue };
+        let event = Event::from_text(kind, row.event_type, row.event_version, row.payload)
+            .map_err(|e| decode_error(row.position, row.event_type, e))?;
         batch.events.push(LogEvent {
             position: row.position,
             xid: row.xid,
-            stream: parse_stream(&row.aggregate_id)?,
+            stream: parse_stream(row.aggregate_id)?,
             sequence: row.sequence,
             recorded_at: row.recorded_at,
             event,
