@@ -16,7 +16,7 @@
 # BENCH_DATABASE_BASE (postgres://postgres@127.0.0.1:5432), BENCH_DATABASE (moviestore_bench),
 # BENCH_REDIS_PREFIX (moviestore-bench:), REDIS_HOST/REDIS_PORT (127.0.0.1/6379), REBUILD (0 skips
 # the rebuild benchmark), REBUILD_MOVIES (111111: 1,000,009 events; 1000 when SMOKE), HISTORY_CYCLES
-# (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (200
+# (5000 rent → return cycles build the long-history movie: 10,000 events) and HISTORY_SAMPLES (1000
 # measured cycles on it and as many on a fresh movie), RENTAL_HISTORY_SECS (15; 1 with SMOKE) of
 # rent → return → pay cycles that give the seeded store a rental history before any measurement,
 # DEADLINE_TIMERS (10000; 200 with SMOKE) timers falling due at once, fired by two schedulers, and
@@ -44,7 +44,7 @@ else
   secs=${DURATION:-20}
   redis_requests=500000
   history_cycles=${HISTORY_CYCLES:-5000}
-  history_samples=${HISTORY_SAMPLES:-200}
+  history_samples=${HISTORY_SAMPLES:-1000}
   rental_history_secs=${RENTAL_HISTORY_SECS:-15}
   rebuild_movies=${REBUILD_MOVIES:-111111}
   deadline_timers=${DEADLINE_TIMERS:-10000}
