@@ -131,7 +131,8 @@ async fn engine(config: &Config) -> anyhow::Result<(sqlx::PgPool, Engine)> {
     let pool = crate::db::connect(&config.database).await?;
     crate::db::migrate(&pool).await?;
     let store = eventstore::EventStore::new(pool.clone());
-    let engine = crate::startup::engine(&pool, &store, &domain::price::PricePlan::default(), config.loan);
+    let plan = domain::price::PricePlan::default();
+    let engine = crate::startup::engine(&pool, &store, &plan, config.loan, Default::default());
     Ok((pool, engine))
 }
 

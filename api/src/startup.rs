@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use projections::catalogue::CatalogueReader;
 use projections::engine::{Engine, EngineConfig};
+use projections::payments::ChargeWaits;
 use projections::rentals::RentalsReader;
 
 use crate::accounts::Accounts;
@@ -79,7 +80,8 @@ impl App {
         let plan = domain::price::PricePlan::default();
         let cache = Cache::new(&config.redis);
         let catalogue = CatalogueReader::new(pool.clone());
-        let engine = engine(&pool, &store, &plan, config.loan)
+        let waits = ChargeWaits::default();
+        let engine = engine(&pool, &store, &plan, config.loan, waits.clone())
             .with_listener(Arc::new(CacheRefresher { cache: cache.clone(), catalogue: catalogue.clone() }));
         let (listener, public_url) = match role {
             Process::Serve => {
@@ -105,6 +107,8 @@ impl App {
                     db: pool.clone(),
                     accounts,
                     price_plan: Arc::new(plan.clone()),
+                    // Only this process's payments process manager wakes a waiting payment.
+                    charge_waits: config.run_projectors.then_some(waits),
                     secrets: Arc::new(secrets),
                     config: Arc::new(config.clone()),
                 });
@@ -286,15 +290,20 @@ pub fn sender(
     crate::mail::Sender::new(pool.clone(), transport, &config.mail, public_url, plan)
 }
 
-/// The projection engine over every projection; the payments process manager prices with `plan`
-/// and fixes due times with `loan`.
+/// The projection engine over every projection; the payments process manager prices with `plan`,
+/// fixes due times with `loan` and wakes the payments waiting in `waits`.
 pub fn engine(
     pool: &PgPool,
     store: &EventStore,
     plan: &domain::price::PricePlan,
     loan: domain::loan::LoanPolicy,
+    waits: ChargeWaits,
 ) -> Engine {
-    Engine::new(pool.clone(), projections::all(store.clone(), plan.clone(), loan), EngineConfig::default())
+    Engine::new(
+        pool.clone(),
+        projections::all(store.clone(), plan.clone(), loan, waits),
+        EngineConfig::default(),
+    )
 }
 
 /// The router with its layers, outermost first: the front steps (request id, the client address,

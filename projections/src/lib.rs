@@ -29,17 +29,19 @@ use std::sync::Arc;
 use engine::{Model, Projection};
 
 /// Every projection of the product: the read models, the payments process manager (which
-/// prices with `plan` and fixes due times with `loan`) and the notifications projection.
+/// prices with `plan`, fixes due times with `loan` and wakes the payments waiting in `waits`) and
+/// the notifications projection.
 pub fn all(
     store: eventstore::EventStore,
     plan: domain::price::PricePlan,
     loan: domain::loan::LoanPolicy,
+    waits: payments::ChargeWaits,
 ) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(Model::<catalogue::Catalogue>::new()),
         Arc::new(Model::<rentals::Rentals>::new()),
         Arc::new(Model::<analytics::Analytics>::new()),
-        Arc::new(payments::Payments::new(store, plan, loan)),
+        Arc::new(payments::Payments::new(store, plan, loan, waits)),
         Arc::new(notifications::Notifications),
     ]
 }

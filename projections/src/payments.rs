@@ -13,9 +13,16 @@
 //! once every command has succeeded; a refused command skips the rest of its own rental's steps
 //! and fails the batch, which the engine retries, and the commands that had succeeded change
 //! nothing the second time.
+//!
+//! A customer may pay right after the return, before the charge is assessed. [`ChargeWaits`]
+//! lets such a payment wait for this process's process manager instead of answering
+//! `charge-pending` at once: a waiter registers before its command runs, and each committed
+//! close wakes the waiters of its rental.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use domain::loan::LoanPolicy;
 use domain::movie::MovieEvent;
@@ -42,12 +49,78 @@ pub struct Payments {
     store: EventStore,
     plan: Arc<PricePlan>,
     loan: LoanPolicy,
+    waits: ChargeWaits,
 }
 
 impl Payments {
-    /// Issues its commands through `store`, pricing with `plan` and fixing due times with `loan`.
-    pub fn new(store: EventStore, plan: PricePlan, loan: LoanPolicy) -> Self {
-        Self { store, plan: Arc::new(plan), loan }
+    /// Issues its commands through `store`, pricing with `plan` and fixing due times with `loan`;
+    /// wakes the callers waiting in `waits` for the charges it assesses.
+    pub fn new(store: EventStore, plan: PricePlan, loan: LoanPolicy, waits: ChargeWaits) -> Self {
+        Self { store, plan: Arc::new(plan), loan, waits }
+    }
+}
+
+/// The callers waiting, in this process, for rentals' charges to be assessed. Clones share the
+/// waiters.
+#[derive(Clone, Default)]
+pub struct ChargeWaits(Arc<Mutex<HashMap<Uuid, Vec<oneshot::Sender<()>>>>>);
+
+impl ChargeWaits {
+    /// Starts waiting for `rental`'s charge. Taken before the command that may find it pending,
+    /// so a charge assessed in between still wakes the wait.
+    pub fn wait_for(&self, rental: Uuid) -> ChargeWait {
+        let (sender, receiver) = oneshot::channel();
+        self.waiters().entry(rental).or_default().push(sender);
+        ChargeWait { waits: self.clone(), rental, receiver }
+    }
+
+    /// Wakes every wait for these rentals: their charges are assessed.
+    fn assessed(&self, rentals: impl IntoIterator<Item = Uuid>) {
+        let mut waiters = self.waiters();
+        if waiters.is_empty() {
+            return;
+        }
+        for rental in rentals {
+            for sender in waiters.remove(&rental).unwrap_or_default() {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    /// How many rentals have a wait (for tests).
+    pub fn waiting(&self) -> usize {
+        self.waiters().len()
+    }
+
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<()>>>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One caller's wait for a rental's charge; dropping it stops waiting.
+pub struct ChargeWait {
+    waits: ChargeWaits,
+    rental: Uuid,
+    receiver: oneshot::Receiver<()>,
+}
+
+impl ChargeWait {
+    /// Whether the charge was assessed within `limit` of the wait's start or of this call.
+    pub async fn assessed_within(mut self, limit: std::time::Duration) -> bool {
+        matches!(tokio::time::timeout(limit, &mut self.receiver).await, Ok(Ok(())))
+    }
+}
+
+impl Drop for ChargeWait {
+    fn drop(&mut self) {
+        self.receiver.close();
+        let mut waiters = self.waits.waiters();
+        if let Some(senders) = waiters.get_mut(&self.rental) {
+            senders.retain(|sender| !sender.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&self.rental);
+            }
+        }
     }
 }
 
@@ -131,17 +204,28 @@ impl Projection for Payments {
                         chunk.len()
                     ))
                 })?;
+                let mut closed = Vec::new();
                 for ((step, _, position), outcome) in chunk.iter().zip(outcomes) {
-                    if let CommandOutcome::Failed(error) = outcome {
-                        let rental_id = step.rental_id();
-                        failed.insert(rental_id);
-                        first_error.get_or_insert_with(|| {
-                            ProjectionError::Command(format!(
-                                "rental {rental_id} for event {position}: {error}"
-                            ))
-                        });
+                    match outcome {
+                        CommandOutcome::Failed(error) => {
+                            let rental_id = step.rental_id();
+                            failed.insert(rental_id);
+                            first_error.get_or_insert_with(|| {
+                                ProjectionError::Command(format!(
+                                    "rental {rental_id} for event {position}: {error}"
+                                ))
+                            });
+                        }
+                        CommandOutcome::Appended(_) => {
+                            if let Step::Close { rental_id, .. } = step {
+                                closed.push(*rental_id);
+                            }
+                        }
+                        CommandOutcome::Skipped => {}
                     }
                 }
+                // Committed: a payment waiting for one of these charges finds it now.
+                self.waits.assessed(closed);
             }
             first_error.map_or(Ok(()), Err)
         })

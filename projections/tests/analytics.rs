@@ -177,7 +177,12 @@ fn engine(pool: &PgPool) -> Engine {
     let config = EngineConfig { batch_size: 3, ..EngineConfig::default() };
     Engine::new(
         pool.clone(),
-        projections::all(EventStore::new(pool.clone()), PricePlan::default(), Default::default()),
+        projections::all(
+            EventStore::new(pool.clone()),
+            PricePlan::default(),
+            Default::default(),
+            Default::default(),
+        ),
         config,
     )
 }

@@ -333,7 +333,7 @@ async fn a_rental_opened_in_version_1_is_due_7_days_after_its_rent_fires_and_rep
     let round = Scheduler::with_config(pool.clone(), store.clone(), config(10)).fire_due().await.unwrap();
     let engine = projections::engine::Engine::new(
         pool.clone(),
-        projections::all(store, PricePlan::default(), LoanPolicy::default()),
+        projections::all(store, PricePlan::default(), LoanPolicy::default(), Default::default()),
         projections::engine::EngineConfig::default(),
     );
     // The horizon is cluster-wide: catch up until each checkpoint has passed the last event.

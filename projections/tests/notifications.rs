@@ -173,7 +173,7 @@ async fn the_projection_queues_each_rental_email_once_even_when_a_batch_runs_aga
     store.execute_batch::<Rental>(vec![open]).await.unwrap();
     let engine = Engine::new(
         pool.clone(),
-        projections::all(store.clone(), PricePlan::default(), LoanPolicy::default()),
+        projections::all(store.clone(), PricePlan::default(), LoanPolicy::default(), Default::default()),
         EngineConfig::default(),
     );
 

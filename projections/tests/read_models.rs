@@ -22,10 +22,10 @@ use uuid::Uuid;
 
 const READ_MODELS: [&str; 2] = [catalogue::NAME, rentals::NAME];
 
-fn engine(pool: &PgPool) -> Engine {
+fn engine(pool: &PgPool, waits: payments::ChargeWaits) -> Engine {
     Engine::new(
         pool.clone(),
-        all(EventStore::new(pool.clone()), PricePlan::default(), Default::default()),
+        all(EventStore::new(pool.clone()), PricePlan::default(), Default::default(), waits),
         EngineConfig::default(),
     )
 }
@@ -50,15 +50,19 @@ struct World {
     pool: PgPool,
     store: EventStore,
     engine: Engine,
+    /// The payments waiting for charges that the engine's process manager wakes.
+    waits: payments::ChargeWaits,
     admin: Uuid,
 }
 
 impl World {
     fn new(pool: &PgPool) -> Self {
+        let waits = payments::ChargeWaits::default();
         Self {
             pool: pool.clone(),
             store: EventStore::new(pool.clone()),
-            engine: engine(pool),
+            engine: engine(pool, waits.clone()),
+            waits,
             admin: Uuid::now_v7(),
         }
     }
@@ -1322,7 +1326,7 @@ async fn events_of_one_row_whose_positions_run_against_the_feed_order_are_all_ap
     // its own batch.
     let one_by_one = Engine::new(
         pool.clone(),
-        all(EventStore::new(pool.clone()), PricePlan::default(), Default::default()),
+        all(EventStore::new(pool.clone()), PricePlan::default(), Default::default(), Default::default()),
         EngineConfig { batch_size: 1, ..EngineConfig::default() },
     );
     one_by_one.catch_up(catalogue::NAME).await.unwrap();
@@ -1370,4 +1374,45 @@ async fn events_of_one_row_whose_positions_run_against_the_feed_order_are_all_ap
         let projection = w.engine.projection(name).unwrap();
         assert_eq!(rebuild::verify(&pool, projection, &()).await.unwrap(), vec![], "{name}");
     }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_payment_waiting_for_its_charge_is_woken_when_the_process_manager_commits_it(pool: PgPool) {
+    // Arrange: two rentals returned, neither charged yet; a payment waits for each.
+    let w = World::new(&pool);
+    let drama = w.create_category("Drama").await;
+    let heat = w.add_movie("Heat", "A heist.", None, &[drama]).await;
+    let ronin = w.add_movie("Ronin", "A car chase.", None, &[drama]).await;
+    let customer = Uuid::now_v7();
+    let (charged, _) = w.rent(heat, customer, days_ago(1)).await;
+    let (pending, _) = w.rent(ronin, customer, days_ago(1)).await;
+    w.catch_up(payments::NAME).await;
+    w.give_back(heat, charged, customer, days_ago(0)).await;
+    let charged_wait = w.waits.wait_for(charged);
+    let pending_wait = w.waits.wait_for(pending);
+    let dropped_wait = w.waits.wait_for(pending);
+    let before_the_charge = w.pay(charged, customer, 1).await;
+    assert!(
+        matches!(before_the_charge, Err(CommandError::Rejected(RentalError::NotReturned))),
+        "{before_the_charge:?}"
+    );
+    drop(dropped_wait);
+    assert_eq!(w.waits.waiting(), 2, "a dropped wait leaves the others of its rental");
+
+    // Act: the process manager closes the returned rental (the other is still out).
+    w.catch_up(payments::NAME).await;
+
+    // Assert: the returned rental's wait is woken at once and the payment goes through; the
+    // other's times out; no wait is left behind.
+    assert!(charged_wait.assessed_within(std::time::Duration::ZERO).await, "woken by the committed close");
+    let charge_is_there = w.pay(charged, customer, 1).await;
+    assert!(
+        matches!(charge_is_there, Err(CommandError::Rejected(RentalError::WrongAmount { .. }))),
+        "the payment now meets the charge: {charge_is_there:?}"
+    );
+    assert!(
+        !pending_wait.assessed_within(std::time::Duration::from_millis(50)).await,
+        "not returned: not woken"
+    );
+    assert_eq!(w.waits.waiting(), 0);
 }

@@ -61,6 +61,44 @@ async fn a_customer_rents_returns_and_is_told_the_charge_is_pending(pool: PgPool
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_payment_right_after_the_return_waits_for_the_charge_instead_of_answering_charge_pending(
+    pool: PgPool,
+) {
+    // Arrange: the server computes charges itself (its payments process manager runs), and a
+    // transaction left open holds the log's horizon back, so the process manager cannot see the
+    // return until it ends.
+    let app = TestApp::spawn(pool.clone()).await;
+    let category = app.category("Drama").await;
+    let movie = app.movie("Heat", &[category]).await;
+    let (_, token) = app.customer("greg").await;
+    let rental = app.rent(movie, &token).await;
+    let mut horizon = eventstore::db::begin(&pool).await.unwrap();
+    sqlx::query("select pg_current_xact_id()").execute(&mut *horizon).await.unwrap();
+    let returned = app.post(&format!("/api/v1/rentals/{rental}/return"), Some(&token), None).await;
+    expect_status(returned, StatusCode::OK).await;
+
+    // Act: the payment at once, with no retry; the horizon moves on while it waits.
+    let path = format!("/api/v1/rentals/{rental}/pay");
+    let pay = app.post(&path, Some(&token), Some(json!({"amount_cents": 100})));
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        horizon.commit().await.unwrap();
+        std::time::Instant::now()
+    };
+    let ((pay, answered), released) = tokio::join!(async { (pay.await, std::time::Instant::now()) }, release);
+
+    // Assert: the payment waited for the charge, then was accepted against it, on the first try.
+    assert!(answered > released, "answered only after the charge could be assessed");
+    let paid = expect_status(pay, StatusCode::OK).await;
+    assert_eq!(paid["status"], "paid", "{paid}");
+    assert_eq!(paid["charge"]["amount_cents"], 100, "{paid}");
+    let kinds: Vec<String> =
+        app.events_of("rental", rental).await.into_iter().map(|(kind, _, _)| kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "ChargeAssessed").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("RentalPaid"), "{kinds:?}");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
 async fn of_forty_simultaneous_rents_of_one_movie_exactly_one_succeeds(pool: PgPool) {
     // Arrange
     let app = TestApp::spawn(pool).await;

@@ -48,6 +48,9 @@ pub struct Handles {
     pub secrets: Arc<crate::secret::Secrets>,
     /// The price plan new charges are assessed with.
     pub price_plan: Arc<domain::price::PricePlan>,
+    /// Where a payment that finds its charge pending waits for it: `None` when no payments
+    /// process manager runs in this process (it would not be woken).
+    pub charge_waits: Option<projections::payments::ChargeWaits>,
     /// The catalogue read model.
     pub catalogue: CatalogueReader,
     /// The rental status read model.
