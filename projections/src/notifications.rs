@@ -449,13 +449,22 @@ pub async fn claim(pool: &PgPool, batch: i64) -> Result<Vec<Claimed>, sqlx::Erro
         .collect())
 }
 
+/// The condition that a row is still queued (not sent, failed or skipped): only such a row's
+/// outcome may still be recorded.
+macro_rules! still_queued {
+    () => {
+        "state not in ('sent', 'failed', 'skipped')"
+    };
+}
+
 /// Marks a row sent (and forgets its token).
 pub async fn mark_sent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(concat!(
         "update notification
-            set state = 'sent', sent_at = now(), attempts = attempts + 1, last_error = null, secret = null
-          where id = $1 and state not in ('sent', 'failed', 'skipped')",
-    )
+                set state = 'sent', sent_at = now(), attempts = attempts + 1, last_error = null, secret = null
+              where id = $1 and ",
+        still_queued!()
+    ))
     .bind(id)
     .execute(pool)
     .await?;
@@ -464,10 +473,11 @@ pub async fn mark_sent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
 
 /// Marks a row skipped, saying why (and forgets its token).
 pub async fn mark_skipped(pool: &PgPool, id: Uuid, why: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(concat!(
         "update notification set state = 'skipped', last_error = $2, secret = null
-          where id = $1 and state not in ('sent', 'failed', 'skipped')",
-    )
+              where id = $1 and ",
+        still_queued!()
+    ))
     .bind(id)
     .bind(why)
     .execute(pool)
@@ -484,13 +494,16 @@ pub async fn mark_failed_attempt(
     retry_in: Duration,
 ) -> Result<bool, sqlx::Error> {
     let state: Option<String> = sqlx::query_scalar(
-        "update notification
-            set attempts = attempts + 1, last_error = $2,
-                state = case when created_at <= now() - make_interval(secs => $4) then 'failed' else 'pending' end,
-                secret = case when created_at <= now() - make_interval(secs => $4) then null else secret end,
-                next_attempt_at = now() + make_interval(secs => $3)
-          where id = $1 and state not in ('sent', 'failed', 'skipped')
-          returning state",
+        concat!(
+            "update notification
+                set attempts = attempts + 1, last_error = $2,
+                    state = case when created_at <= now() - make_interval(secs => $4) then 'failed' else 'pending' end,
+                    secret = case when created_at <= now() - make_interval(secs => $4) then null else secret end,
+                    next_attempt_at = now() + make_interval(secs => $3)
+              where id = $1 and ",
+            still_queued!(),
+            " returning state"
+        ),
     )
     .bind(id)
     .bind(error)
@@ -517,10 +530,13 @@ pub async fn pause_queue(pool: &PgPool, retry_in: Duration) -> Result<(), sqlx::
 /// Gives claimed rows back before their lease ends (a sender that stops its batch early), so
 /// that they keep their place in the queue.
 pub async fn release(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("update notification set next_attempt_at = now() where id = any($1) and state not in ('sent', 'failed', 'skipped')")
-        .bind(ids)
-        .execute(pool)
-        .await?;
+    sqlx::query(concat!(
+        "update notification set next_attempt_at = now() where id = any($1) and ",
+        still_queued!()
+    ))
+    .bind(ids)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
