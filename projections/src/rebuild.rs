@@ -272,17 +272,18 @@ async fn fill_shadows(
     untils: &[Option<Checkpoint>],
     progress: &dyn Progress,
 ) -> Result<Vec<Filled>, ProjectionError> {
-    let total = count_events(pool).await?;
-    let mut filled = Vec::with_capacity(projections.len());
-    let mut replays = Vec::new();
-    for (i, projection) in projections.iter().enumerate() {
-        let replay = projection.replay();
-        let shadow = create_shadow(pool, projection.as_ref(), replay.is_some()).await?;
-        filled.push(Filled { shadow, at: Checkpoint::default(), events: 0 });
-        if let Some(replay) = replay {
-            replays.push((i, replay));
-        }
-    }
+    // The log is counted (for progress) while the shadows are made, each on a connection of its own.
+    let replays: Vec<Option<Box<dyn Replay>>> = projections.iter().map(|p| p.replay()).collect();
+    let shadows = projections
+        .iter()
+        .zip(&replays)
+        .map(|(projection, replay)| create_shadow(pool, projection.as_ref(), replay.is_some()));
+    let (total, shadows) = tokio::join!(count_events(pool), futures_util::future::try_join_all(shadows));
+    let (total, shadows) = (total?, shadows?);
+    let mut filled: Vec<Filled> =
+        shadows.into_iter().map(|shadow| Filled { shadow, at: Checkpoint::default(), events: 0 }).collect();
+    let replays: Vec<(usize, Box<dyn Replay>)> =
+        replays.into_iter().enumerate().filter_map(|(i, replay)| Some((i, replay?))).collect();
     let in_memory: Vec<usize> = replays.iter().map(|(i, _)| *i).collect();
     if !replays.is_empty() {
         let members = in_memory.clone();
