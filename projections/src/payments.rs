@@ -105,7 +105,8 @@ pub struct ChargeWait {
 }
 
 impl ChargeWait {
-    /// Whether the charge was assessed within `limit` of the wait's start or of this call.
+    /// Whether the charge was assessed since the wait was taken, waiting up to `limit` from this
+    /// call for it.
     pub async fn assessed_within(mut self, limit: std::time::Duration) -> bool {
         matches!(tokio::time::timeout(limit, &mut self.receiver).await, Ok(Ok(())))
     }
