@@ -30,7 +30,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::engine::{
-    rows_by_id, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK,
+    rows_by_id, BulkCopy, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK,
 };
 use fold::{apply_category, apply_movie, apply_rental};
 
@@ -120,23 +120,26 @@ impl ReadModel for Analytics {
         Ok(())
     }
 
-    /// Writes the changed rows: upserts (per-day rows add the batch's increments), or plain inserts
+    /// Writes the changed rows: upserts (per-day rows add the batch's increments), or a bulk copy
     /// into the empty tables of an in-memory replay (which have no unique index until the end).
     async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
-        let upsert = mode == WriteMode::Upsert;
-        let on_conflict = |clause: &'static str| if upsert { clause } else { "" };
-
         let categories: Vec<&CategoryState> =
             rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
+        let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
+        let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
+        let days: Vec<(&(NaiveDate, Uuid), &DayFacts)> =
+            rows.days.iter().filter(|(_, facts)| **facts != DayFacts::default()).collect();
+        if mode == WriteMode::Bulk {
+            return copy_rows(conn, &categories, &movies, &rentals, &days).await;
+        }
+
         for chunk in categories.chunks(WRITE_CHUNK) {
-            sqlx::query(&format!(
+            sqlx::query(
                 "insert into analytics_category (category_id, name, created_at, revision)
-                 select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[]) {}",
-                on_conflict(
-                    "on conflict (category_id) do update
-                        set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision"
-                )
-            ))
+                 select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[])
+                 on conflict (category_id) do update
+                    set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision",
+            )
             .bind(chunk.iter().map(|c| c.category_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
             .bind(chunk.iter().map(|c| c.created_at).collect::<Vec<_>>())
@@ -145,26 +148,22 @@ impl ReadModel for Analytics {
             .await?;
         }
 
-        let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
         for chunk in movies.chunks(WRITE_CHUNK) {
             // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so
             // each movie's category ids travel as a JSON array.
             let ids = |m: &MovieState| -> serde_json::Value {
                 m.category_ids.iter().map(|id| id.to_string()).collect()
             };
-            sqlx::query(&format!(
+            sqlx::query(
                 "insert into analytics_movie (movie_id, title, category_ids, added_at, retired_at, version)
                  select u.movie_id, u.title, array(select jsonb_array_elements_text(u.category_ids)::uuid),
                         u.added_at, u.retired_at, u.version
                    from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
                         as u(movie_id, title, category_ids, added_at, retired_at, version)
-                 {}",
-                on_conflict(
-                    "on conflict (movie_id) do update
-                        set title = excluded.title, category_ids = excluded.category_ids,
-                            added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version"
-                )
-            ))
+                 on conflict (movie_id) do update
+                    set title = excluded.title, category_ids = excluded.category_ids,
+                        added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version",
+            )
             .bind(chunk.iter().map(|m| m.movie_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
             .bind(chunk.iter().map(|m| ids(m)).collect::<Vec<_>>())
@@ -175,21 +174,17 @@ impl ReadModel for Analytics {
             .await?;
         }
 
-        let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
         for chunk in rentals.chunks(WRITE_CHUNK) {
-            sqlx::query(&format!(
+            sqlx::query(
                 "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision,
                                                overdue_at)
                  select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
                                       $6::bigint[], $7::bigint[], $8::timestamptz[])
-                 {}",
-                on_conflict(
-                    "on conflict (rental_id) do update
-                        set returned_at = excluded.returned_at, overdue_at = excluded.overdue_at,
-                            charge_cents = excluded.charge_cents,
-                            paid_cents = excluded.paid_cents, revision = excluded.revision"
-                )
-            ))
+                 on conflict (rental_id) do update
+                    set returned_at = excluded.returned_at, overdue_at = excluded.overdue_at,
+                        charge_cents = excluded.charge_cents,
+                        paid_cents = excluded.paid_cents, revision = excluded.revision",
+            )
             .bind(chunk.iter().map(|r| r.rental_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.movie_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.rented_at).collect::<Vec<_>>())
@@ -202,24 +197,19 @@ impl ReadModel for Analytics {
             .await?;
         }
 
-        let days: Vec<(&(NaiveDate, Uuid), &DayFacts)> =
-            rows.days.iter().filter(|(_, facts)| **facts != DayFacts::default()).collect();
         for chunk in days.chunks(WRITE_CHUNK) {
-            sqlx::query(&format!(
+            sqlx::query(
                 "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents,
                                                   overdues)
                  select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[],
                                       $7::int[])
-                 {}",
-                on_conflict(
-                    "on conflict (day, movie_id) do update
-                        set rentals_started = analytics_movie_day.rentals_started + excluded.rentals_started,
-                            charges = analytics_movie_day.charges + excluded.charges,
-                            revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
-                            paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents,
-                            overdues = analytics_movie_day.overdues + excluded.overdues"
-                )
-            ))
+                 on conflict (day, movie_id) do update
+                    set rentals_started = analytics_movie_day.rentals_started + excluded.rentals_started,
+                        charges = analytics_movie_day.charges + excluded.charges,
+                        revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
+                        paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents,
+                        overdues = analytics_movie_day.overdues + excluded.overdues",
+            )
             .bind(chunk.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
             .bind(chunk.iter().map(|((_, movie), _)| *movie).collect::<Vec<_>>())
             .bind(chunk.iter().map(|(_, f)| f.rentals_started).collect::<Vec<_>>())
@@ -232,6 +222,78 @@ impl ReadModel for Analytics {
         }
         Ok(())
     }
+}
+
+/// A replay's rows, copied into the empty shadow tables.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    categories: &[&CategoryState],
+    movies: &[&MovieState],
+    rentals: &[&RentalState],
+    days: &[(&(NaiveDate, Uuid), &DayFacts)],
+) -> Result<(), sqlx::Error> {
+    let columns = ["category_id", "name", "created_at", "revision"];
+    let mut copy = BulkCopy::into(conn, "analytics_category", &columns).await?;
+    for c in categories {
+        copy.row().await?.value(c.category_id).value(c.name.as_str()).value(c.created_at).value(c.revision);
+    }
+    copy.finish().await?;
+
+    let columns = ["movie_id", "title", "category_ids", "added_at", "retired_at", "version"];
+    let mut copy = BulkCopy::into(conn, "analytics_movie", &columns).await?;
+    for m in movies {
+        copy.row()
+            .await?
+            .value(m.movie_id)
+            .value(m.title.as_str())
+            .value(&m.category_ids)
+            .value(m.added_at)
+            .value(m.retired_at)
+            .value(m.version);
+    }
+    copy.finish().await?;
+
+    let columns = [
+        "rental_id",
+        "movie_id",
+        "rented_at",
+        "returned_at",
+        "charge_cents",
+        "paid_cents",
+        "revision",
+        "overdue_at",
+    ];
+    let mut copy = BulkCopy::into(conn, "analytics_rental", &columns).await?;
+    for r in rentals {
+        copy.row()
+            .await?
+            .value(r.rental_id)
+            .value(r.movie_id)
+            .value(r.rented_at)
+            .value(r.returned_at)
+            .value(r.charge_cents)
+            .value(r.paid_cents)
+            .value(r.revision)
+            .value(r.overdue_at);
+    }
+    copy.finish().await?;
+
+    let columns =
+        ["day", "movie_id", "rentals_started", "charges", "revenue_cents", "paid_cents", "overdues"];
+    let mut copy = BulkCopy::into(conn, "analytics_movie_day", &columns).await?;
+    for ((day, movie_id), f) in days {
+        copy.row()
+            .await?
+            .value(*day)
+            .value(*movie_id)
+            .value(f.rentals_started)
+            .value(f.charges)
+            .value(f.revenue_cents)
+            .value(f.paid_cents)
+            .value(f.overdues);
+    }
+    copy.finish().await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -26,7 +26,7 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::engine::{
-    Event, LogEvent, ProjectionError, ReadModel, StreamType, Touched, WriteMode, WRITE_CHUNK,
+    BulkCopy, Event, LogEvent, ProjectionError, ReadModel, StreamType, Touched, WriteMode, WRITE_CHUNK,
 };
 
 /// The projection's name.
@@ -55,7 +55,7 @@ impl ReadModel for Catalogue {
     }
 
     async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
-        write::write(conn, rows, mode == WriteMode::Upsert).await
+        write::write(conn, rows, mode).await
     }
 
     fn touched(rows: &Rows, touched: &mut Touched) {

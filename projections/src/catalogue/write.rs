@@ -64,37 +64,37 @@ pub(super) async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result
 const STATE_COLUMNS: &str = "movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
      available, retired, times_rented, version, revision, added_at, updated_at";
 
-/// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
-/// replay (which have no unique index to resolve conflicts with until the end).
-pub(super) async fn write(conn: &mut PgConnection, rows: &Rows, upsert: bool) -> Result<(), sqlx::Error> {
+/// Writes the changed rows: upserts, or a bulk copy into the empty tables of an in-memory replay
+/// (which have no unique index to resolve conflicts with until the end).
+pub(super) async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
     let categories: Vec<&CategoryState> =
         rows.dirty_categories.iter().map(|id| &rows.categories[id]).collect();
-    for chunk in categories.chunks(WRITE_CHUNK) {
-        write_categories(conn, chunk, upsert).await?;
-    }
     let movies: Vec<&MovieState> = rows.dirty_movies.iter().map(|id| &rows.movies[id]).collect();
+    if mode == WriteMode::Bulk {
+        return copy_rows(conn, &categories, &movies, &rows.categories).await;
+    }
+    for chunk in categories.chunks(WRITE_CHUNK) {
+        upsert_categories(conn, chunk).await?;
+    }
     for chunk in movies.chunks(WRITE_CHUNK) {
-        write_movies(conn, chunk, &rows.categories, upsert).await?;
+        upsert_movies(conn, chunk, &rows.categories).await?;
     }
     Ok(())
 }
 
-async fn write_categories(
-    conn: &mut PgConnection,
-    dirty: &[&CategoryState],
-    upsert: bool,
-) -> Result<(), sqlx::Error> {
-    let conflict = if upsert {
-        "on conflict (category_id) do update
-            set name = excluded.name, name_key = excluded.name_key, movie_count = excluded.movie_count,
-                revision = excluded.revision"
-    } else {
-        ""
-    };
-    sqlx::query(&format!(
+/// The names of a movie's categories, in the order of its ids (a category not loaded is left out).
+fn category_names(movie: &MovieState, categories: &HashMap<Uuid, CategoryState>) -> Vec<String> {
+    movie.category_ids.iter().filter_map(|id| categories.get(id).map(|c| c.name.clone())).collect()
+}
+
+async fn upsert_categories(conn: &mut PgConnection, dirty: &[&CategoryState]) -> Result<(), sqlx::Error> {
+    sqlx::query(
         "insert into category (category_id, name, name_key, movie_count, revision)
-         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[]) {conflict}"
-    ))
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[])
+         on conflict (category_id) do update
+            set name = excluded.name, name_key = excluded.name_key, movie_count = excluded.movie_count,
+                revision = excluded.revision",
+    )
     .bind(dirty.iter().map(|c| c.category_id).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| NameKey::of(&c.name).into_string()).collect::<Vec<_>>())
@@ -105,47 +105,37 @@ async fn write_categories(
     Ok(())
 }
 
-async fn write_movies(
+async fn upsert_movies(
     conn: &mut PgConnection,
     dirty: &[&MovieState],
     categories: &HashMap<Uuid, CategoryState>,
-    upsert: bool,
 ) -> Result<(), sqlx::Error> {
-    let names = |m: &MovieState| -> serde_json::Value {
-        m.category_ids.iter().filter_map(|id| categories.get(id).map(|c| c.name.clone())).collect()
-    };
+    let names = |m: &MovieState| -> serde_json::Value { category_names(m, categories).into() };
     let ids =
         |m: &MovieState| -> serde_json::Value { m.category_ids.iter().map(|id| id.to_string()).collect() };
     // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so the
-    // per-row category ids and names travel as JSON arrays.
-    let conflict = if upsert {
-        "on conflict (movie_id) do update set
-            title = excluded.title, storyline = excluded.storyline, director = excluded.director,
-            release_date = excluded.release_date, rating_tenths = excluded.rating_tenths,
-            category_ids = excluded.category_ids, category_names = excluded.category_names,
-            available = excluded.available, retired = excluded.retired, times_rented = excluded.times_rented,
-            version = excluded.version, revision = excluded.revision, search = excluded.search,
-            added_at = excluded.added_at, updated_at = excluded.updated_at"
-    } else {
-        ""
-    };
-    sqlx::query(&format!(
+    // per-row category ids and names travel as JSON arrays. `search` is generated from the row.
+    sqlx::query(
         "insert into movie (movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
-                            category_names, available, retired, times_rented, version, revision, search,
+                            category_names, available, retired, times_rented, version, revision,
                             added_at, updated_at)
          select u.movie_id, u.title, u.storyline, u.director, u.release_date, u.rating_tenths,
                 array(select jsonb_array_elements_text(u.category_ids)::uuid),
                 array(select jsonb_array_elements_text(u.category_names)),
-                u.available, u.retired, u.times_rented, u.version, u.revision,
-                lower(u.title || ' ' || u.storyline || ' ' || coalesce(u.director, '')),
-                u.added_at, u.updated_at
+                u.available, u.retired, u.times_rented, u.version, u.revision, u.added_at, u.updated_at
            from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::date[], $6::smallint[], $7::jsonb[],
                        $8::jsonb[], $9::bool[], $10::bool[], $11::bigint[], $12::bigint[], $13::bigint[],
                        $14::timestamptz[], $15::timestamptz[])
                 as u(movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
                      category_names, available, retired, times_rented, version, revision, added_at, updated_at)
-         {conflict}"
-    ))
+         on conflict (movie_id) do update set
+            title = excluded.title, storyline = excluded.storyline, director = excluded.director,
+            release_date = excluded.release_date, rating_tenths = excluded.rating_tenths,
+            category_ids = excluded.category_ids, category_names = excluded.category_names,
+            available = excluded.available, retired = excluded.retired, times_rented = excluded.times_rented,
+            version = excluded.version, revision = excluded.revision,
+            added_at = excluded.added_at, updated_at = excluded.updated_at",
+    )
     .bind(dirty.iter().map(|m| m.movie_id).collect::<Vec<_>>())
     .bind(dirty.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
     .bind(dirty.iter().map(|m| m.storyline.as_str()).collect::<Vec<_>>())
@@ -163,6 +153,66 @@ async fn write_movies(
     .bind(dirty.iter().map(|m| m.updated_at).collect::<Vec<_>>())
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A replay's rows, copied into the empty shadow tables.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    categories: &[&CategoryState],
+    movies: &[&MovieState],
+    loaded: &HashMap<Uuid, CategoryState>,
+) -> Result<(), sqlx::Error> {
+    let columns = ["category_id", "name", "name_key", "movie_count", "revision"];
+    let mut copy = BulkCopy::into(conn, "category", &columns).await?;
+    for c in categories {
+        copy.row()
+            .await?
+            .value(c.category_id)
+            .value(c.name.as_str())
+            .value(NameKey::of(&c.name).into_string())
+            .value(c.movie_count)
+            .value(c.revision);
+    }
+    copy.finish().await?;
+    let columns = [
+        "movie_id",
+        "title",
+        "storyline",
+        "director",
+        "release_date",
+        "rating_tenths",
+        "category_ids",
+        "category_names",
+        "available",
+        "retired",
+        "times_rented",
+        "version",
+        "revision",
+        "added_at",
+        "updated_at",
+    ];
+    let mut copy = BulkCopy::into(conn, "movie", &columns).await?;
+    for m in movies {
+        copy.row()
+            .await?
+            .value(m.movie_id)
+            .value(m.title.as_str())
+            .value(m.storyline.as_str())
+            .value(m.director.as_deref())
+            .value(m.release_date)
+            .value(m.rating_tenths)
+            .value(&m.category_ids)
+            .value(category_names(m, loaded))
+            .value(m.available)
+            .value(m.retired)
+            .value(m.times_rented)
+            .value(m.version)
+            .value(m.revision)
+            .value(m.added_at)
+            .value(m.updated_at);
+    }
+    copy.finish().await?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 //! It must not skip an event to keep going: a failing batch is retried with backoff, and the
 //! error is recorded in the checkpoint row (for `/api/v1/admin/projections`) and logged.
 
+mod copy;
 mod feed;
 mod model;
 mod runner;
@@ -33,6 +34,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+pub use copy::BulkCopy;
 pub use feed::{
     checkpoint, checkpoints, ensure_checkpoints, position_given_out, read_batch, read_filtered,
     read_for_replay, wait_for_position, wait_for_release, Checkpoint, EventFilter, ReplayBatch, Status,

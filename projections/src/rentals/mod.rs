@@ -20,7 +20,8 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::engine::{
-    rows_by_id, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK,
+    rows_by_id, BulkCopy, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode,
+    WRITE_CHUNK,
 };
 
 /// The projection's name.
@@ -167,43 +168,64 @@ impl ReadModel for Rentals {
         Ok(())
     }
 
-    /// Writes the changed rows: upserts, or plain inserts into the empty tables of an in-memory
+    /// Writes the changed rows: upserts, or a bulk copy into the empty tables of an in-memory
     /// replay (which have no unique index to resolve conflicts with until the end).
     async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
-        let upsert = mode == WriteMode::Upsert;
         let titles: Vec<(Uuid, &str)> =
             rows.dirty_titles.iter().map(|id| (*id, rows.titles[id].as_str())).collect();
+        let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
+        if mode == WriteMode::Bulk {
+            let mut copy = BulkCopy::into(conn, "rental_movie", &["movie_id", "title"]).await?;
+            for (id, title) in &titles {
+                copy.row().await?.value(id).value(*title);
+            }
+            copy.finish().await?;
+            let mut copy = BulkCopy::into(conn, "rental", &RENTAL_ROW).await?;
+            for r in &rentals {
+                copy.row()
+                    .await?
+                    .value(r.rental_id)
+                    .value(r.movie_id)
+                    .value(r.movie_title.as_str())
+                    .value(r.customer_id)
+                    .value(r.rented_at)
+                    .value(r.returned_at)
+                    .value(r.status.as_str())
+                    .value(r.charge_days)
+                    .value(r.charge_cents)
+                    .value(r.currency.as_deref())
+                    .value(r.paid_at)
+                    .value(r.paid_cents)
+                    .value(r.revision)
+                    .value(r.due_at)
+                    .value(r.overdue_at);
+            }
+            copy.finish().await?;
+            return Ok(());
+        }
         for chunk in titles.chunks(WRITE_CHUNK) {
-            let conflict =
-                if upsert { "on conflict (movie_id) do update set title = excluded.title" } else { "" };
-            sqlx::query(&format!(
-                "insert into rental_movie (movie_id, title) select * from unnest($1::uuid[], $2::text[]) {conflict}"
-            ))
+            sqlx::query(
+                "insert into rental_movie (movie_id, title) select * from unnest($1::uuid[], $2::text[])
+                 on conflict (movie_id) do update set title = excluded.title",
+            )
             .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|(_, title)| *title).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
-        let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
-        let conflict = if upsert {
-            "on conflict (rental_id) do update set
-                    due_at = excluded.due_at, overdue_at = excluded.overdue_at,
-                    returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
-                    charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
-                    paid_cents = excluded.paid_cents, revision = excluded.revision"
-        } else {
-            ""
-        };
         for rows in rentals.chunks(WRITE_CHUNK) {
             sqlx::query(&format!(
-                "insert into rental (rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status,
-                                     charge_days, charge_cents, currency, paid_at, paid_cents, revision,
-                                     due_at, overdue_at)
+                "insert into rental ({})
                  select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
                                       $6::timestamptz[], $7::text[], $8::int[], $9::bigint[], $10::text[],
                                       $11::timestamptz[], $12::bigint[], $13::bigint[], $14::timestamptz[],
                                       $15::timestamptz[])
-                 {conflict}"
+                 on conflict (rental_id) do update set
+                    due_at = excluded.due_at, overdue_at = excluded.overdue_at,
+                    returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
+                    charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
+                    paid_cents = excluded.paid_cents, revision = excluded.revision",
+                RENTAL_ROW.join(", ")
             ))
             .bind(rows.iter().map(|r| r.rental_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.movie_id).collect::<Vec<_>>())
@@ -226,6 +248,25 @@ impl ReadModel for Rentals {
         Ok(())
     }
 }
+
+/// The columns of a written `read.rental` row, in the order both writers send them.
+const RENTAL_ROW: [&str; 15] = [
+    "rental_id",
+    "movie_id",
+    "movie_title",
+    "customer_id",
+    "rented_at",
+    "returned_at",
+    "status",
+    "charge_days",
+    "charge_cents",
+    "currency",
+    "paid_at",
+    "paid_cents",
+    "revision",
+    "due_at",
+    "overdue_at",
+];
 
 /// The rows a batch touches, loaded once, changed in memory, written back once.
 #[derive(Default)]
