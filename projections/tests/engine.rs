@@ -438,3 +438,99 @@ async fn an_event_a_projection_cannot_apply_is_named_those_before_it_are_applied
     assert_eq!(after.last_error, None);
     println!("poisoned event: reported as `{error}`; 2 events before it applied, 0 after; all 5 once fixed");
 }
+
+/// A bulk copy writes each value as a query parameter of its type would: NULLs, empty and
+/// non-empty arrays, dates, timestamps, JSON and text with every character COPY's text format
+/// would have to escape. A row with a value too few, or a value of another type than its column's,
+/// fails the copy and leaves nothing behind.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_bulk_copy_writes_every_value_as_a_parameter_would_and_a_bad_row_keeps_nothing(pool: PgPool) {
+    // Arrange
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use projections::engine::BulkCopy;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query(
+        "create table copied (id uuid, name text, ids uuid[], names text[], day date, at timestamptz,
+                              n smallint, m integer, big bigint, flag boolean, doc jsonb)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let id = uuid::Uuid::now_v7();
+    let awkward = "tab\there, newline\nhere, backslash \\ and \\N, quote ' \" and ünïcödé 🎬";
+    let at =
+        Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap() + chrono::Duration::microseconds(123_456);
+    let day = NaiveDate::from_ymd_opt(1895, 12, 28).unwrap();
+    let doc = serde_json::json!({"a": [1, 2.5, null], "b": "é"});
+    let columns = ["id", "name", "ids", "names", "day", "at", "n", "m", "big", "flag", "doc"];
+
+    // Act
+    let mut copy = BulkCopy::into(&mut conn, "copied", &columns).await.unwrap();
+    copy.row()
+        .await
+        .unwrap()
+        .value(id)
+        .value(awkward)
+        .value(vec![id, id])
+        .value(vec![awkward.to_string(), String::new()])
+        .value(day)
+        .value(at)
+        .value(i16::MIN)
+        .value(i32::MAX)
+        .value(i64::MIN)
+        .value(true)
+        .value(&doc);
+    copy.row()
+        .await
+        .unwrap()
+        .value(None::<uuid::Uuid>)
+        .value(None::<&str>)
+        .value(Vec::<uuid::Uuid>::new())
+        .value(Vec::<String>::new())
+        .value(None::<NaiveDate>)
+        .value(None::<chrono::DateTime<Utc>>)
+        .value(None::<i16>)
+        .value(None::<i32>)
+        .value(None::<i64>)
+        .value(None::<bool>)
+        .value(None::<serde_json::Value>);
+    let written = copy.finish().await.unwrap();
+    let mut short = BulkCopy::into(&mut conn, "copied", &columns).await.unwrap();
+    short.row().await.unwrap().value(id).value("a value too few");
+    let too_few = short.finish().await.map(|_| ()).unwrap_err().to_string();
+    let mut mistyped = BulkCopy::into(&mut conn, "copied", &["m"]).await.unwrap();
+    mistyped.row().await.unwrap().value(7i64);
+    let wrong_type = mistyped.finish().await.map(|_| ()).unwrap_err().to_string();
+
+    // Assert
+    assert_eq!(written, 2);
+    let same: bool = sqlx::query_scalar(
+        "select id = $1 and name = $2 and ids = array[$1, $1] and names = array[$2, ''] and day = $3
+                and at = $4 and n = -32768 and m = 2147483647 and big = -9223372036854775808 and flag
+                and doc = $5
+           from copied where id is not null",
+    )
+    .bind(id)
+    .bind(awkward)
+    .bind(day)
+    .bind(at)
+    .bind(&doc)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(same, "the first row reads back exactly as it was sent");
+    let nulls: (i64, i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where ids = '{}' and names = '{}'),
+                count(*) filter (where num_nulls(id, name, day, at, n, m, big, flag, doc) = 9)
+           from copied where id is null",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(nulls, (1, 1, 1), "the second row: empty arrays and nine NULLs");
+    assert!(too_few.contains("row 1 has 2 values for 11 columns"), "{too_few}");
+    assert!(wrong_type.contains("incorrect binary data format"), "{wrong_type}");
+    let rows: i64 = sqlx::query_scalar("select count(*) from copied").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(rows, 2, "the failed copies kept nothing");
+    println!("bulk copy: 2 rows read back exactly; a short row and a mistyped value refused, 0 rows kept");
+}

@@ -26,10 +26,11 @@ const SEND_AT: usize = 1 << 18;
 
 /// One `COPY` into a table: [`BulkCopy::row`] starts each row, [`BulkCopy::value`] adds its
 /// values in column order, [`BulkCopy::finish`] ends it. A value that cannot be encoded, or a row
-/// with the wrong number of values, fails the copy at its next send or at its finish (nothing of
-/// it is kept: the copy is aborted with the caller's transaction).
+/// with the wrong number of values, fails the copy at its next send or at its finish: the `COPY`
+/// is aborted (nothing of it is kept) and the connection is ready for its next statement.
 pub struct BulkCopy<'c> {
-    copy: PgCopyIn<&'c mut PgConnection>,
+    /// `None` once aborted.
+    copy: Option<PgCopyIn<&'c mut PgConnection>>,
     buf: PgArgumentBuffer,
     columns: usize,
     /// Values of the current row so far.
@@ -50,7 +51,7 @@ impl<'c> BulkCopy<'c> {
         let copy = conn.copy_in_raw(&statement).await?;
         let mut buf = PgArgumentBuffer::default();
         buf.extend_from_slice(HEADER);
-        Ok(BulkCopy { copy, buf, columns: columns.len(), values: 0, rows: 0, failed: None })
+        Ok(BulkCopy { copy: Some(copy), buf, columns: columns.len(), values: 0, rows: 0, failed: None })
     }
 
     /// Ends the previous row (sending what has gathered when it is enough) and starts the next.
@@ -69,7 +70,9 @@ impl<'c> BulkCopy<'c> {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0i32.to_be_bytes());
         let length = match value.encode(&mut self.buf) {
-            Ok(IsNull::No) => i32::try_from(self.buf.len() - at - 4).map_err(|_| "a value of 2 GiB or more".into()),
+            Ok(IsNull::No) => {
+                i32::try_from(self.buf.len() - at - 4).map_err(|_| "a value of 2 GiB or more".into())
+            }
             Ok(IsNull::Yes) => {
                 self.buf.truncate(at + 4);
                 Ok(-1)
@@ -92,7 +95,8 @@ impl<'c> BulkCopy<'c> {
         self.end_row();
         self.buf.extend_from_slice(&TRAILER.to_be_bytes());
         self.send().await?;
-        let written = self.copy.finish().await?;
+        let copy = self.copy.take().ok_or_else(aborted)?;
+        let written = copy.finish().await?;
         debug_assert_eq!(written, self.rows);
         Ok(written)
     }
@@ -100,18 +104,28 @@ impl<'c> BulkCopy<'c> {
     /// Checks that the row just written had a value for every column.
     fn end_row(&mut self) {
         if self.rows > 0 && self.values != self.columns && self.failed.is_none() {
-            self.failed =
-                Some(format!("row {} has {} values for {} columns", self.rows, self.values, self.columns).into());
+            self.failed = Some(
+                format!("row {} has {} values for {} columns", self.rows, self.values, self.columns).into(),
+            );
         }
         self.values = 0;
     }
 
+    /// Sends what has gathered, or aborts the `COPY` when a row or value failed.
     async fn send(&mut self) -> Result<(), sqlx::Error> {
+        let copy = self.copy.as_mut().ok_or_else(aborted)?;
         if let Some(error) = self.failed.take() {
+            if let Some(copy) = self.copy.take() {
+                copy.abort(error.to_string()).await?;
+            }
             return Err(sqlx::Error::Encode(error));
         }
-        self.copy.send(self.buf.as_slice()).await?;
+        copy.send(self.buf.as_slice()).await?;
         self.buf.clear();
         Ok(())
     }
+}
+
+fn aborted() -> sqlx::Error {
+    sqlx::Error::Encode("the copy was aborted by an earlier failure".into())
 }

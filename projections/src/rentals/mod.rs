@@ -20,8 +20,7 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::engine::{
-    rows_by_id, BulkCopy, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode,
-    WRITE_CHUNK,
+    rows_by_id, BulkCopy, Event, LogEvent, ProjectionError, ReadModel, StreamType, WriteMode, WRITE_CHUNK,
 };
 
 /// The projection's name.
