@@ -35,8 +35,8 @@ where
 pub enum WriteMode {
     /// Live batches: insert or update.
     Upsert,
-    /// A rebuild's in-memory replay: plain inserts into empty tables, which have no unique index
-    /// to resolve conflicts with until the end.
+    /// A rebuild's in-memory replay: a [`BulkCopy`](super::BulkCopy) into empty tables, which
+    /// have no unique index to resolve conflicts with until the end.
     Bulk,
 }
 
