@@ -462,10 +462,10 @@ async fn a_bulk_copy_writes_every_value_as_a_parameter_would_and_a_bad_row_keeps
         Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap() + chrono::Duration::microseconds(123_456);
     let day = NaiveDate::from_ymd_opt(1895, 12, 28).unwrap();
     let doc = serde_json::json!({"a": [1, 2.5, null], "b": "é"});
-    let columns = ["id", "name", "ids", "names", "day", "at", "n", "m", "big", "flag", "doc"];
+    let columns = "id, name, ids, names, day, at, n, m, big, flag, doc";
 
     // Act
-    let mut copy = BulkCopy::into(&mut conn, "copied", &columns).await.unwrap();
+    let mut copy = BulkCopy::into(&mut conn, "copied", columns).await.unwrap();
     copy.row()
         .await
         .unwrap()
@@ -495,10 +495,10 @@ async fn a_bulk_copy_writes_every_value_as_a_parameter_would_and_a_bad_row_keeps
         .value(None::<bool>)
         .value(None::<serde_json::Value>);
     let written = copy.finish().await.unwrap();
-    let mut short = BulkCopy::into(&mut conn, "copied", &columns).await.unwrap();
+    let mut short = BulkCopy::into(&mut conn, "copied", columns).await.unwrap();
     short.row().await.unwrap().value(id).value("a value too few");
     let too_few = short.finish().await.map(|_| ()).unwrap_err().to_string();
-    let mut mistyped = BulkCopy::into(&mut conn, "copied", &["m"]).await.unwrap();
+    let mut mistyped = BulkCopy::into(&mut conn, "copied", "m").await.unwrap();
     mistyped.row().await.unwrap().value(7i64);
     let wrong_type = mistyped.finish().await.map(|_| ()).unwrap_err().to_string();
 

@@ -134,12 +134,12 @@ impl ReadModel for Analytics {
         }
 
         for chunk in categories.chunks(WRITE_CHUNK) {
-            sqlx::query(
-                "insert into analytics_category (category_id, name, created_at, revision)
+            sqlx::query(&format!(
+                "insert into analytics_category ({CATEGORY_ROW})
                  select * from unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bigint[])
                  on conflict (category_id) do update
-                    set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision",
-            )
+                    set name = excluded.name, created_at = excluded.created_at, revision = excluded.revision"
+            ))
             .bind(chunk.iter().map(|c| c.category_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
             .bind(chunk.iter().map(|c| c.created_at).collect::<Vec<_>>())
@@ -154,16 +154,16 @@ impl ReadModel for Analytics {
             let ids = |m: &MovieState| -> serde_json::Value {
                 m.category_ids.iter().map(|id| id.to_string()).collect()
             };
-            sqlx::query(
-                "insert into analytics_movie (movie_id, title, category_ids, added_at, retired_at, version)
+            sqlx::query(&format!(
+                "insert into analytics_movie ({MOVIE_ROW})
                  select u.movie_id, u.title, array(select jsonb_array_elements_text(u.category_ids)::uuid),
                         u.added_at, u.retired_at, u.version
                    from unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::timestamptz[], $6::bigint[])
                         as u(movie_id, title, category_ids, added_at, retired_at, version)
                  on conflict (movie_id) do update
                     set title = excluded.title, category_ids = excluded.category_ids,
-                        added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version",
-            )
+                        added_at = excluded.added_at, retired_at = excluded.retired_at, version = excluded.version"
+            ))
             .bind(chunk.iter().map(|m| m.movie_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
             .bind(chunk.iter().map(|m| ids(m)).collect::<Vec<_>>())
@@ -175,16 +175,15 @@ impl ReadModel for Analytics {
         }
 
         for chunk in rentals.chunks(WRITE_CHUNK) {
-            sqlx::query(
-                "insert into analytics_rental (rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision,
-                                               overdue_at)
+            sqlx::query(&format!(
+                "insert into analytics_rental ({RENTAL_ROW})
                  select * from unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
                                       $6::bigint[], $7::bigint[], $8::timestamptz[])
                  on conflict (rental_id) do update
                     set returned_at = excluded.returned_at, overdue_at = excluded.overdue_at,
                         charge_cents = excluded.charge_cents,
-                        paid_cents = excluded.paid_cents, revision = excluded.revision",
-            )
+                        paid_cents = excluded.paid_cents, revision = excluded.revision"
+            ))
             .bind(chunk.iter().map(|r| r.rental_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.movie_id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.rented_at).collect::<Vec<_>>())
@@ -198,9 +197,8 @@ impl ReadModel for Analytics {
         }
 
         for chunk in days.chunks(WRITE_CHUNK) {
-            sqlx::query(
-                "insert into analytics_movie_day (day, movie_id, rentals_started, charges, revenue_cents, paid_cents,
-                                                  overdues)
+            sqlx::query(&format!(
+                "insert into analytics_movie_day ({DAY_ROW})
                  select * from unnest($1::date[], $2::uuid[], $3::int[], $4::int[], $5::bigint[], $6::bigint[],
                                       $7::int[])
                  on conflict (day, movie_id) do update
@@ -208,8 +206,8 @@ impl ReadModel for Analytics {
                         charges = analytics_movie_day.charges + excluded.charges,
                         revenue_cents = analytics_movie_day.revenue_cents + excluded.revenue_cents,
                         paid_cents = analytics_movie_day.paid_cents + excluded.paid_cents,
-                        overdues = analytics_movie_day.overdues + excluded.overdues",
-            )
+                        overdues = analytics_movie_day.overdues + excluded.overdues"
+            ))
             .bind(chunk.iter().map(|((day, _), _)| *day).collect::<Vec<_>>())
             .bind(chunk.iter().map(|((_, movie), _)| *movie).collect::<Vec<_>>())
             .bind(chunk.iter().map(|(_, f)| f.rentals_started).collect::<Vec<_>>())
@@ -224,6 +222,13 @@ impl ReadModel for Analytics {
     }
 }
 
+// The columns of each table's written rows, in the order both writers send them.
+const CATEGORY_ROW: &str = "category_id, name, created_at, revision";
+const MOVIE_ROW: &str = "movie_id, title, category_ids, added_at, retired_at, version";
+const RENTAL_ROW: &str =
+    "rental_id, movie_id, rented_at, returned_at, charge_cents, paid_cents, revision, overdue_at";
+const DAY_ROW: &str = "day, movie_id, rentals_started, charges, revenue_cents, paid_cents, overdues";
+
 /// A replay's rows, copied into the empty shadow tables.
 async fn copy_rows(
     conn: &mut PgConnection,
@@ -232,15 +237,13 @@ async fn copy_rows(
     rentals: &[&RentalState],
     days: &[(&(NaiveDate, Uuid), &DayFacts)],
 ) -> Result<(), sqlx::Error> {
-    let columns = ["category_id", "name", "created_at", "revision"];
-    let mut copy = BulkCopy::into(conn, "analytics_category", &columns).await?;
+    let mut copy = BulkCopy::into(conn, "analytics_category", CATEGORY_ROW).await?;
     for c in categories {
         copy.row().await?.value(c.category_id).value(c.name.as_str()).value(c.created_at).value(c.revision);
     }
     copy.finish().await?;
 
-    let columns = ["movie_id", "title", "category_ids", "added_at", "retired_at", "version"];
-    let mut copy = BulkCopy::into(conn, "analytics_movie", &columns).await?;
+    let mut copy = BulkCopy::into(conn, "analytics_movie", MOVIE_ROW).await?;
     for m in movies {
         copy.row()
             .await?
@@ -253,17 +256,7 @@ async fn copy_rows(
     }
     copy.finish().await?;
 
-    let columns = [
-        "rental_id",
-        "movie_id",
-        "rented_at",
-        "returned_at",
-        "charge_cents",
-        "paid_cents",
-        "revision",
-        "overdue_at",
-    ];
-    let mut copy = BulkCopy::into(conn, "analytics_rental", &columns).await?;
+    let mut copy = BulkCopy::into(conn, "analytics_rental", RENTAL_ROW).await?;
     for r in rentals {
         copy.row()
             .await?
@@ -278,9 +271,7 @@ async fn copy_rows(
     }
     copy.finish().await?;
 
-    let columns =
-        ["day", "movie_id", "rentals_started", "charges", "revenue_cents", "paid_cents", "overdues"];
-    let mut copy = BulkCopy::into(conn, "analytics_movie_day", &columns).await?;
+    let mut copy = BulkCopy::into(conn, "analytics_movie_day", DAY_ROW).await?;
     for ((day, movie_id), f) in days {
         copy.row()
             .await?

@@ -64,6 +64,12 @@ pub(super) async fn load(conn: &mut PgConnection, events: &[LogEvent]) -> Result
 const STATE_COLUMNS: &str = "movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
      available, retired, times_rented, version, revision, added_at, updated_at";
 
+// The columns of each table's written rows, in the order both writers send them (`search` is
+// generated from the row).
+const CATEGORY_ROW: &str = "category_id, name, name_key, movie_count, revision";
+const MOVIE_ROW: &str = "movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
+     category_names, available, retired, times_rented, version, revision, added_at, updated_at";
+
 /// Writes the changed rows: upserts, or a bulk copy into the empty tables of an in-memory replay
 /// (which have no unique index to resolve conflicts with until the end).
 pub(super) async fn write(conn: &mut PgConnection, rows: &Rows, mode: WriteMode) -> Result<(), sqlx::Error> {
@@ -88,13 +94,13 @@ fn category_names(movie: &MovieState, categories: &HashMap<Uuid, CategoryState>)
 }
 
 async fn upsert_categories(conn: &mut PgConnection, dirty: &[&CategoryState]) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into category (category_id, name, name_key, movie_count, revision)
+    sqlx::query(&format!(
+        "insert into category ({CATEGORY_ROW})
          select * from unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[])
          on conflict (category_id) do update
             set name = excluded.name, name_key = excluded.name_key, movie_count = excluded.movie_count,
-                revision = excluded.revision",
-    )
+                revision = excluded.revision"
+    ))
     .bind(dirty.iter().map(|c| c.category_id).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())
     .bind(dirty.iter().map(|c| NameKey::of(&c.name).into_string()).collect::<Vec<_>>())
@@ -115,10 +121,8 @@ async fn upsert_movies(
         |m: &MovieState| -> serde_json::Value { m.category_ids.iter().map(|id| id.to_string()).collect() };
     // Arrays of arrays cannot be bound as columns (PostgreSQL arrays are rectangular), so the
     // per-row category ids and names travel as JSON arrays. `search` is generated from the row.
-    sqlx::query(
-        "insert into movie (movie_id, title, storyline, director, release_date, rating_tenths, category_ids,
-                            category_names, available, retired, times_rented, version, revision,
-                            added_at, updated_at)
+    sqlx::query(&format!(
+        "insert into movie ({MOVIE_ROW})
          select u.movie_id, u.title, u.storyline, u.director, u.release_date, u.rating_tenths,
                 array(select jsonb_array_elements_text(u.category_ids)::uuid),
                 array(select jsonb_array_elements_text(u.category_names)),
@@ -134,8 +138,8 @@ async fn upsert_movies(
             category_ids = excluded.category_ids, category_names = excluded.category_names,
             available = excluded.available, retired = excluded.retired, times_rented = excluded.times_rented,
             version = excluded.version, revision = excluded.revision,
-            added_at = excluded.added_at, updated_at = excluded.updated_at",
-    )
+            added_at = excluded.added_at, updated_at = excluded.updated_at"
+    ))
     .bind(dirty.iter().map(|m| m.movie_id).collect::<Vec<_>>())
     .bind(dirty.iter().map(|m| m.title.as_str()).collect::<Vec<_>>())
     .bind(dirty.iter().map(|m| m.storyline.as_str()).collect::<Vec<_>>())
@@ -163,8 +167,7 @@ async fn copy_rows(
     movies: &[&MovieState],
     loaded: &HashMap<Uuid, CategoryState>,
 ) -> Result<(), sqlx::Error> {
-    let columns = ["category_id", "name", "name_key", "movie_count", "revision"];
-    let mut copy = BulkCopy::into(conn, "category", &columns).await?;
+    let mut copy = BulkCopy::into(conn, "category", CATEGORY_ROW).await?;
     for c in categories {
         copy.row()
             .await?
@@ -175,24 +178,7 @@ async fn copy_rows(
             .value(c.revision);
     }
     copy.finish().await?;
-    let columns = [
-        "movie_id",
-        "title",
-        "storyline",
-        "director",
-        "release_date",
-        "rating_tenths",
-        "category_ids",
-        "category_names",
-        "available",
-        "retired",
-        "times_rented",
-        "version",
-        "revision",
-        "added_at",
-        "updated_at",
-    ];
-    let mut copy = BulkCopy::into(conn, "movie", &columns).await?;
+    let mut copy = BulkCopy::into(conn, "movie", MOVIE_ROW).await?;
     for m in movies {
         copy.row()
             .await?

@@ -9,7 +9,7 @@
 //!
 //! A binary value must be of its column's exact type (an `i64` into an `integer` column is refused
 //! by PostgreSQL as "incorrect binary data format"), so each writer names its columns beside the
-//! Rust values it sends, in the same order.
+//! Rust values it sends, in the same order: the same column list its live upsert inserts.
 
 use sqlx::encode::{Encode, IsNull};
 use sqlx::error::BoxDynError;
@@ -41,17 +41,18 @@ pub struct BulkCopy<'c> {
 
 impl<'c> BulkCopy<'c> {
     /// Starts a binary `COPY` into `table` (resolved through the connection's `search_path`) of
-    /// `columns`, in that order.
+    /// `columns`, a comma-separated list of column names, in that order.
     pub async fn into(
         conn: &'c mut PgConnection,
         table: &str,
-        columns: &[&str],
+        columns: &str,
     ) -> Result<BulkCopy<'c>, sqlx::Error> {
-        let statement = format!("copy {table} ({}) from stdin (format binary)", columns.join(", "));
+        let statement = format!("copy {table} ({columns}) from stdin (format binary)");
         let copy = conn.copy_in_raw(&statement).await?;
         let mut buf = PgArgumentBuffer::default();
         buf.extend_from_slice(HEADER);
-        Ok(BulkCopy { copy: Some(copy), buf, columns: columns.len(), values: 0, rows: 0, failed: None })
+        let columns = columns.split(',').count();
+        Ok(BulkCopy { copy: Some(copy), buf, columns, values: 0, rows: 0, failed: None })
     }
 
     /// Ends the previous row (sending what has gathered when it is enough) and starts the next.

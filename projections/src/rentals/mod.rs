@@ -174,12 +174,12 @@ impl ReadModel for Rentals {
             rows.dirty_titles.iter().map(|id| (*id, rows.titles[id].as_str())).collect();
         let rentals: Vec<&RentalState> = rows.dirty_rentals.iter().map(|id| &rows.rentals[id]).collect();
         if mode == WriteMode::Bulk {
-            let mut copy = BulkCopy::into(conn, "rental_movie", &["movie_id", "title"]).await?;
+            let mut copy = BulkCopy::into(conn, "rental_movie", TITLE_ROW).await?;
             for (id, title) in &titles {
                 copy.row().await?.value(id).value(*title);
             }
             copy.finish().await?;
-            let mut copy = BulkCopy::into(conn, "rental", &RENTAL_ROW).await?;
+            let mut copy = BulkCopy::into(conn, "rental", RENTAL_ROW).await?;
             for r in &rentals {
                 copy.row()
                     .await?
@@ -203,10 +203,10 @@ impl ReadModel for Rentals {
             return Ok(());
         }
         for chunk in titles.chunks(WRITE_CHUNK) {
-            sqlx::query(
-                "insert into rental_movie (movie_id, title) select * from unnest($1::uuid[], $2::text[])
-                 on conflict (movie_id) do update set title = excluded.title",
-            )
+            sqlx::query(&format!(
+                "insert into rental_movie ({TITLE_ROW}) select * from unnest($1::uuid[], $2::text[])
+                     on conflict (movie_id) do update set title = excluded.title"
+            ))
             .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
             .bind(chunk.iter().map(|(_, title)| *title).collect::<Vec<_>>())
             .execute(&mut *conn)
@@ -214,7 +214,7 @@ impl ReadModel for Rentals {
         }
         for rows in rentals.chunks(WRITE_CHUNK) {
             sqlx::query(&format!(
-                "insert into rental ({})
+                "insert into rental ({RENTAL_ROW})
                  select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::timestamptz[],
                                       $6::timestamptz[], $7::text[], $8::int[], $9::bigint[], $10::text[],
                                       $11::timestamptz[], $12::bigint[], $13::bigint[], $14::timestamptz[],
@@ -223,8 +223,7 @@ impl ReadModel for Rentals {
                     due_at = excluded.due_at, overdue_at = excluded.overdue_at,
                     returned_at = excluded.returned_at, status = excluded.status, charge_days = excluded.charge_days,
                     charge_cents = excluded.charge_cents, currency = excluded.currency, paid_at = excluded.paid_at,
-                    paid_cents = excluded.paid_cents, revision = excluded.revision",
-                RENTAL_ROW.join(", ")
+                    paid_cents = excluded.paid_cents, revision = excluded.revision"
             ))
             .bind(rows.iter().map(|r| r.rental_id).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.movie_id).collect::<Vec<_>>())
@@ -248,24 +247,13 @@ impl ReadModel for Rentals {
     }
 }
 
+/// The columns of a written `read.rental_movie` row, in the order both writers send them.
+const TITLE_ROW: &str = "movie_id, title";
+
 /// The columns of a written `read.rental` row, in the order both writers send them.
-const RENTAL_ROW: [&str; 15] = [
-    "rental_id",
-    "movie_id",
-    "movie_title",
-    "customer_id",
-    "rented_at",
-    "returned_at",
-    "status",
-    "charge_days",
-    "charge_cents",
-    "currency",
-    "paid_at",
-    "paid_cents",
-    "revision",
-    "due_at",
-    "overdue_at",
-];
+const RENTAL_ROW: &str =
+    "rental_id, movie_id, movie_title, customer_id, rented_at, returned_at, status, charge_days,
+     charge_cents, currency, paid_at, paid_cents, revision, due_at, overdue_at";
 
 /// The rows a batch touches, loaded once, changed in memory, written back once.
 #[derive(Default)]
