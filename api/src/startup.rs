@@ -5,18 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
 use eventstore::EventStore;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
 
 use projections::catalogue::CatalogueReader;
 use projections::engine::{Engine, EngineConfig};
@@ -306,102 +302,20 @@ pub fn engine(
     )
 }
 
-/// The router with its layers, outermost first: the front steps (request id, the client address,
-/// the access log and HTTP metrics, the rate limit), tracing, sensitive headers, panic catching,
-/// the inner steps (the timeout, reading the body, the concurrency cap only once the body is in,
-/// idempotency keys); and the body limit. Each group of steps is one layer calling its steps in
-/// turn: a layer of its own for every step would clone the rest of the stack and box it anew at
-/// each step of every request.
+/// The router with its layers: every route behind the request's steps
+/// ([`crate::http::steps`]: request id, client address, access log and metrics, limits, tracing,
+/// panics, timeout, body, idempotency) and the body limit, with the CORS layer outermost.
 pub fn router(state: AppState) -> Router {
     crate::http::metrics::handle();
-    let steps = Arc::new(Steps {
-        limits: crate::http::limits::Limits::new(&state.config.http),
-        state: state.clone(),
-    });
-    let layers = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn_with_state(steps.clone(), front_steps))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &axum::http::Request<_>| {
-                    // The fields are evaluated only when the span is enabled.
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        route = request
-                            .extensions()
-                            .get::<axum::extract::MatchedPath>()
-                            .map_or("", |p| p.as_str()),
-                        request_id = request
-                            .headers()
-                            .get(crate::http::extract::REQUEST_ID_HEADER)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                    )
-                })
-                .on_failure(()),
-        )
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
-        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| -> Response {
-            tracing::error!("a request handler panicked");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "an unexpected error occurred; it has been logged",
-            )
-        }))
-        .layer(axum::middleware::from_fn_with_state(steps, inner_steps));
+    let steps = crate::http::steps::StepsLayer::new(&state);
     let cors = cors(&state.config.cors);
     crate::http::routes::router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(crate::config::MAX_BODY_BYTES))
-        .layer(layers)
+        .layer(steps)
         .layer(tower::util::option_layer(cors))
         .with_state(state)
-}
-
-/// What the steps need: the process's limits and the state (its configuration among it), behind
-/// one reference count.
-struct Steps {
-    limits: crate::http::limits::Limits,
-    state: AppState,
-}
-
-/// The front steps, outermost first: the request id, the client address, the access record, the
-/// rate limit.
-async fn front_steps(
-    axum::extract::State(steps): axum::extract::State<Arc<Steps>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use crate::http::{access, client, extract, limits};
-    extract::request_id(request, |request| {
-        client::attribute(&steps.state.config.http.trusted_proxies, request, |request| {
-            access::record(request, |request| {
-                limits::rate(&steps.limits, request, |request| next.run(request))
-            })
-        })
-    })
-    .await
-}
-
-/// The inner steps, outermost first: the timeout, reading the body, the concurrency cap,
-/// idempotency keys.
-async fn inner_steps(
-    axum::extract::State(steps): axum::extract::State<Arc<Steps>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use crate::http::{extract, idempotency, limits};
-    out_of_time(
-        steps.state.config.http.request_timeout,
-        extract::read_body_first(request, |request| {
-            limits::in_flight(&steps.limits, request, |request| {
-                idempotency::middleware(&steps.state, request, |request| next.run(request))
-            })
-        }),
-    )
-    .await
 }
 
 /// The CORS layer for `MOVIESTORE_CORS_ORIGINS`, outermost so that preflights are answered before
@@ -425,26 +339,6 @@ fn cors(origins: &CorsOrigins) -> Option<CorsLayer> {
             .expose_headers(names(&["x-position", "x-request-id", "x-cache", "retry-after", "location"]))
             .max_age(std::time::Duration::from_secs(3600)),
     )
-}
-
-/// Bounds a request, its body's arrival included, by `MOVIESTORE_REQUEST_TIMEOUT_SECS`; one that
-/// runs out of time answers 503 problem+json with `Retry-After`, like every other 503.
-async fn out_of_time(
-    limit: std::time::Duration,
-    answer: impl std::future::Future<Output = Response>,
-) -> Response {
-    match tokio::time::timeout(limit, answer).await {
-        Ok(response) => response,
-        Err(_) => {
-            let mut response = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                &format!("the request did not complete within {} s; retry shortly", limit.as_secs()),
-            );
-            response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(1u64));
-            response
-        }
-    }
 }
 
 async fn not_found() -> Response {

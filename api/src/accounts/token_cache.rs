@@ -24,7 +24,7 @@
 //! generation from before its lookup, and every revocation, join and leave moves the generation.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -117,15 +117,21 @@ impl TokenCache {
         }
         let now = Instant::now();
         let state = self.read();
+        // Registered once (the recorder is installed when the router is built, before any request): building the labelled key and finding it in the registry on every
+        // request cost as much as the lookup itself.
+        static LOOKUPS: LazyLock<[metrics::Counter; 3]> = LazyLock::new(|| {
+            ["off", "hit", "miss"]
+                .map(|result| metrics::counter!("token_cache_lookups_total", "result" => result))
+        });
+        let [off, hit, miss] = &*LOOKUPS;
         if state.usable_until.is_none_or(|until| now >= until) {
-            metrics::counter!("token_cache_lookups_total", "result" => "off").increment(1);
+            off.increment(1);
             return None;
         }
         let found = state.entries.get(digest).filter(|entry| {
             entry.expires_at > Utc::now() && now.duration_since(entry.cached_at) < MAX_ENTRY_AGE
         });
-        let result = if found.is_some() { "hit" } else { "miss" };
-        metrics::counter!("token_cache_lookups_total", "result" => result).increment(1);
+        if found.is_some() { hit } else { miss }.increment(1);
         found.map(|entry| entry.user.clone())
     }
 

@@ -5,16 +5,14 @@
 //! so an attacker cannot take a fresh counter with each of its 2^64 addresses.
 
 use std::fmt;
-use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::response::Response;
 
 use crate::config::proxies::{canonical, mask, TrustedProxies};
 
-/// The client a request is attributed to, left in the request's extensions by [`middleware`].
+/// The client a request is attributed to, left in the request's extensions by [`attribute`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
@@ -48,18 +46,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// Middleware step: attributes the request to its client once, for every step and handler after it.
-pub async fn attribute<F: Future<Output = Response>>(
-    trusted: &TrustedProxies,
-    mut request: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response {
+/// Step: attributes the request to its client once, for every step and handler after it.
+pub fn attribute(trusted: &TrustedProxies, request: &mut Request) {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     if let Some(peer) = peer {
         let client = ClientAddr(trusted.attribute(peer, request.headers()));
         request.extensions_mut().insert(client);
     }
-    next(request).await
 }
 
 #[cfg(test)]

@@ -1,23 +1,21 @@
-//! Extractors and the request-id middleware.
+//! Extractors, and the request id and body steps of [`crate::http::steps`].
 //!
 //! The contract's order of checks (401, then 403, then the body, then 404/409) falls out of the
 //! order handlers take these in: the caller first ([`AuthUser`] and its role guards), then the
 //! raw [`Body`] (only its size is checked while reading), parsed by the handler once role and
 //! ownership are settled.
 
-use std::future::Future;
 use std::pin::Pin;
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
-use axum::response::Response;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::accounts::{Role, User};
-use crate::http::error::{ApiError, REQUEST_ID};
+use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use eventstore::idempotency::Claim;
 use eventstore::{CommandContext, Metadata};
@@ -36,11 +34,9 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<String> {
     valid.then(|| text.to_string())
 }
 
-/// Middleware: settles the request id, makes it visible to handlers and errors, echoes it.
-pub async fn request_id<F: Future<Output = Response>>(
-    mut request: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response {
+/// Step: settles the request id and makes it visible to handlers (an extension) and to the
+/// headers. Returns the id, for the errors' task-local, and the header the answer echoes.
+pub fn request_id(request: &mut Request) -> (String, HeaderValue) {
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -49,9 +45,7 @@ pub async fn request_id<F: Future<Output = Response>>(
     let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
     request.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = REQUEST_ID.scope(id, next(request)).await;
-    response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    response
+    (id, value)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
@@ -190,15 +184,12 @@ const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct UnreadableBody;
 
-/// Middleware: reads the request body before the handler runs, keeping at most one byte more
-/// than the limit (so [`Body`] still answers 413 in its turn, after 401 and 403) and throwing the
-/// rest away. An answer given without reading the body (401, 403, 413) would otherwise close the
+/// Step: reads the request body before the handler runs, keeping at most one byte more than
+/// the limit (so [`Body`] still answers 413 in its turn, after 401 and 403) and throwing the rest
+/// away. An answer given without reading the body (401, 403, 413) would otherwise close the
 /// connection with the client's bytes unread, and the client, still sending, would get a
 /// connection reset instead of the answer.
-pub async fn read_body_first<F: Future<Output = Response>>(
-    request: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response {
+pub async fn read_body_first(request: Request) -> Request {
     let (mut parts, mut body) = request.into_parts();
     let keep = crate::config::MAX_BODY_BYTES + 1;
     let mut kept = Vec::new();
@@ -220,7 +211,7 @@ pub async fn read_body_first<F: Future<Output = Response>>(
             }
         }
     }
-    next(Request::from_parts(parts, axum::body::Body::from(kept))).await
+    Request::from_parts(parts, axum::body::Body::from(kept))
 }
 
 /// A request body, read up to the size limit but not yet parsed: the handler parses it after the

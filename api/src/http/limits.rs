@@ -7,7 +7,6 @@
 //! Requests are counted by client address ([`crate::http::client`]: the TCP peer, the forwarded address
 //! behind a trusted proxy, an IPv6 /64).
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::HttpConfig;
 use crate::http::client::ClientAddr;
@@ -66,42 +65,40 @@ impl Limits {
     }
 }
 
-/// Middleware step: the rate limit, counted when the request head has arrived.
-pub async fn rate<F: Future<Output = Response>>(
-    limits: &Limits,
-    request: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response {
+/// Step: the rate limit, counted when the request head has arrived. `Err` is the refusal (429).
+pub fn rate(limits: &Limits, request: &Request) -> Result<(), ApiError> {
     if let (Some(limiter), false) = (&limits.rate, is_exempt(request.uri().path())) {
         let client = request.extensions().get::<ClientAddr>().map(ClientAddr::key);
         if let Some(client) = client {
             if let Err(not_until) = limiter.check_key(&client) {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return ApiError::TooManyRequests { retry_after_secs: retry_after_secs.max(1) }
-                    .into_response();
+                return Err(ApiError::TooManyRequests { retry_after_secs: retry_after_secs.max(1) });
             }
         }
     }
-    next(request).await
+    Ok(())
 }
 
-/// Middleware step: the concurrency cap. It runs after the body has been read
-/// ([`crate::http::extract::read_body_first`]), so a client trickling its body holds no slot and
-/// slow senders cannot starve anyone.
-pub async fn in_flight<F: Future<Output = Response>>(
-    limits: &Limits,
-    request: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response {
-    let _permit = match (&limits.in_flight, is_exempt(request.uri().path())) {
-        (Some(semaphore), false) => match semaphore.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => return overloaded(),
-        },
-        _ => None,
-    };
-    next(request).await
+/// Step: the concurrency cap, a slot held for as long as the returned permit lives (none when
+/// there is no cap or the route is exempt). `Err` is the answer (503). It runs after the body
+/// has been read ([`crate::http::extract::read_body_first`]), so a client trickling its body
+/// holds no slot and slow senders cannot starve anyone.
+pub fn in_flight(limits: &Limits, request: &Request) -> Result<Option<OwnedSemaphorePermit>, Overloaded> {
+    match (&limits.in_flight, is_exempt(request.uri().path())) {
+        (Some(semaphore), false) => semaphore.clone().try_acquire_owned().map(Some).map_err(|_| Overloaded),
+        _ => Ok(None),
+    }
+}
+
+/// Every slot of the concurrency cap is taken: answered 503 with `Retry-After`.
+#[derive(Debug)]
+pub struct Overloaded;
+
+impl IntoResponse for Overloaded {
+    fn into_response(self) -> Response {
+        overloaded()
+    }
 }
 
 fn overloaded() -> Response {

@@ -10,6 +10,7 @@
 //! - [`client`]: the client address a request is attributed to (trusted proxies, IPv6 /64).
 //! - [`access`], [`metrics`], [`limits`], [`idempotency`]: the per-request log line and HTTP
 //!   metrics, the Prometheus exporter, rate and concurrency limits, `Idempotency-Key`.
+//! - [`steps`]: every step a request takes before its handler, in one layer.
 //! - [`refresh`]: keeps the cached movie details (rendered as the answers are) in step with the
 //!   catalogue.
 
@@ -26,4 +27,5 @@ pub mod openapi;
 pub mod refresh;
 pub mod routes;
 pub mod state;
+pub mod steps;
 pub mod validate;
