@@ -7,7 +7,8 @@
 //! - An idle keep-alive connection (its last answer sent, no byte of the next request) is closed
 //!   after [`IDLE_TIMEOUT`].
 //! - A body must arrive within the request timeout; that limit, the 503 it answers and the
-//!   concurrency slot taken only once the body is in, are middleware (`startup::router`).
+//!   concurrency slot taken only once the body is in, are steps of every request
+//!   ([`crate::http::steps`]).
 //!
 //! hyper's own `header_read_timeout` is not used: it starts when hyper begins waiting for a head,
 //! which on a keep-alive connection is as soon as the previous answer went out, so it would close
