@@ -162,8 +162,9 @@ impl Cache {
     /// The cached JSON body of a movie's details, or None on a miss, an error, or Redis down.
     /// Counted in `cache_hits_total` and `cache_misses_total`.
     pub async fn get_movie(&self, movie_id: Uuid) -> Option<String> {
-        // Registered once (the recorder is installed when the router is built, before any request): building the key and finding it in the registry on every read cost
-        // as much as the rest of the counting.
+        // Registered once (the recorder is installed when the router is built, before any
+        // request): building the key and finding it in the registry on every read cost as much
+        // as the rest of the counting.
         static HITS: LazyLock<metrics::Counter> = LazyLock::new(|| metrics::counter!("cache_hits_total"));
         static MISSES: LazyLock<metrics::Counter> = LazyLock::new(|| metrics::counter!("cache_misses_total"));
         let body = self.lookup_movie(movie_id).await;

@@ -117,8 +117,9 @@ impl TokenCache {
         }
         let now = Instant::now();
         let state = self.read();
-        // Registered once (the recorder is installed when the router is built, before any request): building the labelled key and finding it in the registry on every
-        // request cost as much as the lookup itself.
+        // Registered once (the recorder is installed when the router is built, before any
+        // request): building the labelled key and finding it in the registry on every request
+        // cost as much as the lookup itself.
         static LOOKUPS: LazyLock<[metrics::Counter; 3]> = LazyLock::new(|| {
             ["off", "hit", "miss"]
                 .map(|result| metrics::counter!("token_cache_lookups_total", "result" => result))

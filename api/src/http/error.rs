@@ -168,7 +168,8 @@ pub struct Problem {
     pub errors: Option<FieldErrors>,
 }
 
-/// Writes a problem document. Also used by layers (timeouts, panics) that have no `ApiError`.
+/// Writes a problem document. Also used by steps (timeouts, panics, the concurrency cap) that
+/// have no `ApiError`. Every 503 says when to come back: `Retry-After: 1`.
 pub fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
     problem_with(status, kind, detail, None)
 }
@@ -184,7 +185,11 @@ fn problem_with(status: StatusCode, kind: &str, detail: &str, errors: Option<&Fi
     };
     let body = serde_json::to_string(&body).unwrap_or_default();
     let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    }
     response
 }
 
@@ -224,9 +229,6 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
         if self.is_retryable() {
             response.extensions_mut().insert(Retryable);

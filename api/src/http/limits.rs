@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -97,18 +97,12 @@ pub struct Overloaded;
 
 impl IntoResponse for Overloaded {
     fn into_response(self) -> Response {
-        overloaded()
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is handling as many requests as it can; retry shortly",
+        )
     }
-}
-
-fn overloaded() -> Response {
-    let mut response = problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "the server is handling as many requests as it can; retry shortly",
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-    response
 }
 
 #[cfg(test)]

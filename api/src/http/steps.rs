@@ -1,7 +1,7 @@
 //! Every step a request takes on its way to a handler, in one layer, outermost first:
 //!
 //! 1. the request id ([`extract::request_id`]), the client address ([`client::attribute`]), the
-//!    access record and HTTP metrics ([`access::record`]), the rate limit ([`limits::rate`]);
+//!    access record and HTTP metrics ([`access::Record`]), the rate limit ([`limits::rate`]);
 //! 2. the request's tracing span, credentials marked sensitive, and panics caught (a handler
 //!    that panics answers a 500 problem document, logged and counted like any other answer);
 //! 3. the timeout, reading the body ([`extract::read_body_first`]), the concurrency cap only once
@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tower::{Layer, Service};
@@ -171,20 +171,19 @@ fn guarded(answer: impl Future<Output = Response>) -> impl Future<Output = Respo
     })
 }
 
-/// The answer to a request that did not finish within `limit`: 503 with `Retry-After`.
+/// The answer to a request that did not finish within `limit`: 503 (with `Retry-After`).
 fn out_of_time(limit: Duration) -> Response {
-    let mut response = problem(
+    problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "timeout",
         &format!("the request did not complete within {} s; retry shortly", limit.as_secs()),
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-    response
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[tokio::test]
     async fn a_handler_that_panics_answers_a_500_problem_document_and_the_next_answer_is_its_own() {
