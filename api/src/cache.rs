@@ -18,8 +18,10 @@
 //!
 //! - Be a source of truth: the PostgreSQL read models are. Any entry can vanish at any moment (TTL,
 //!   eviction, a Redis restart), and a miss is always a correct answer.
-//! - Block startup or fail a request: [`Cache::new`] never connects; every call is bounded by short
-//!   timeouts and turns any failure into a miss (`None` / `false`), logged at debug. It never panics.
+//! - Block startup or fail a request: [`Cache::new`] never connects; every call is bounded (a
+//!   connection with calls waiting and no reply for [`COMMAND_TIMEOUT`] is closed by its watchdog,
+//!   which fails them all) and turns any failure into a miss (`None` / `false`), logged at debug.
+//!   It never panics.
 //! - Hammer a Redis that is down: after a failure the connection is dropped and no new one is tried
 //!   for [`RECONNECT_BACKOFF`]; calls in between fail at once. The first call after that tries again,
 //!   so the cache resumes by itself when Redis comes back.
@@ -27,18 +29,22 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, RedisResult};
+use redis::{ErrorKind, RedisError, RedisResult};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 /// The longest a connection attempt (TCP connect and handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// The longest one cache call may wait for Redis once connected.
+/// The longest a connection may have calls waiting without any reply before its watchdog closes
+/// it (failing them all); also the bound of a whole script call or PING.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often a connection's watchdog looks for a stall.
+const STALL_CHECK: Duration = Duration::from_millis(50);
 /// After a failure, how long calls fail at once before a new connection is tried.
 pub const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// The lifetime of an entry: a safety net in case an invalidation from the projector is lost.
@@ -129,6 +135,71 @@ struct Slot {
 struct Lease {
     generation: u64,
     conn: MultiplexedConnection,
+    progress: Arc<Progress>,
+}
+
+/// The calls on one connection, for its watchdog ([`drive`]): how many were sent, how many have
+/// ended (answered, failed, or given up by their caller), and how many got an answer.
+///
+/// The watchdog replaces a timer per call: a timer is registered in, and removed from, the
+/// runtime's one timer wheel behind one lock, and a cached read took two (its own and the
+/// request's deadline). Redis answers a connection's calls in order, so a connection with calls
+/// waiting and no answer for [`COMMAND_TIMEOUT`] has stopped answering all of them.
+#[derive(Default)]
+struct Progress {
+    sent: AtomicU64,
+    ended: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Progress {
+    fn begin(&self) -> Waiting<'_> {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        Waiting(self)
+    }
+}
+
+/// One call in flight; ends when dropped.
+struct Waiting<'a>(&'a Progress);
+
+impl Waiting<'_> {
+    /// The call got its reply (or its connection's error).
+    fn answered(self) {
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Drives one connection (its replies reach its calls only while this runs), and closes it when
+/// calls have waited [`COMMAND_TIMEOUT`] with no answer: dropping the driver fails every waiting
+/// call at once, and their failure drops the connection and starts the back-off. Ends with the
+/// connection (when its last clone is dropped, or the socket closes).
+async fn drive(driver: impl Future<Output = ()>, progress: Arc<Progress>) {
+    let watchdog = async {
+        let mut answered = progress.answered.load(Ordering::Relaxed);
+        // The last look at which nothing was waiting, or an answer had come since the look before.
+        let mut quiet_at = Instant::now();
+        loop {
+            tokio::time::sleep(STALL_CHECK).await;
+            let now_answered = progress.answered.load(Ordering::Relaxed);
+            let waiting = progress.sent.load(Ordering::Relaxed) > progress.ended.load(Ordering::Relaxed);
+            if !waiting || now_answered != answered {
+                answered = now_answered;
+                quiet_at = Instant::now();
+            } else if quiet_at.elapsed() >= COMMAND_TIMEOUT {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = driver => {}
+        () = watchdog => tracing::debug!("movie cache: Redis stopped answering; its connection is closed"),
+    }
 }
 
 enum State {
@@ -177,9 +248,11 @@ impl Cache {
 
     async fn lookup_movie(&self, movie_id: Uuid) -> Option<String> {
         let key = self.inner.key(movie_id);
-        let Lease { generation, mut conn } = self.inner.connection().await?;
-        // One round trip: the connection's response timeout bounds it, with no timer of its own.
+        let Lease { generation, mut conn, progress } = self.inner.connection().await?;
+        // One round trip, bounded by the connection's watchdog, with no timer of its own.
+        let waiting = progress.begin();
         let reply = redis::cmd("HGET").arg(&key).arg("body").query_async(&mut conn).await;
+        waiting.answered();
         self.inner.outcome(generation, "HGET", Some(reply)).flatten()
     }
 
@@ -213,7 +286,7 @@ impl Cache {
             return None;
         }
         let key = self.inner.key(movie_id);
-        let Lease { generation, mut conn } = self.inner.connection().await?;
+        let Lease { generation, mut conn, progress } = self.inner.connection().await?;
         let mut invocation = self.inner.put_script.prepare_invoke();
         invocation
             .key(&key)
@@ -222,7 +295,9 @@ impl Cache {
             .arg(ENTRY_TTL.as_secs())
             .arg(mode)
             .arg(FLOOR_TTL.as_secs());
+        let waiting = progress.begin();
         let reply = bounded(invocation.invoke_async::<i64>(&mut conn)).await;
+        waiting.answered();
         self.inner.outcome(generation, "put script", reply)
     }
 
@@ -231,10 +306,12 @@ impl Cache {
     /// During the back-off after a failure this answers `false` without asking Redis, so that a
     /// flood of readiness probes cannot turn into a flood of connection attempts.
     pub async fn is_up(&self) -> bool {
-        let Some(Lease { generation, mut conn }) = self.inner.connection().await else {
+        let Some(Lease { generation, mut conn, progress }) = self.inner.connection().await else {
             return false;
         };
+        let waiting = progress.begin();
         let reply = bounded(redis::cmd("PING").query_async::<()>(&mut conn)).await;
+        waiting.answered();
         self.inner.outcome(generation, "PING", reply).is_some()
     }
 }
@@ -249,8 +326,9 @@ impl fmt::Debug for Cache {
     }
 }
 
-/// Bounds one call. The connection also has a response timeout, but a script call can take up to
-/// three round trips (EVALSHA, SCRIPT LOAD after a NOSCRIPT, EVALSHA): this is the overall bound.
+/// Bounds one call as a whole. The connection's watchdog closes a connection that stops
+/// answering, but a script call can take up to three round trips (EVALSHA, SCRIPT LOAD after a
+/// NOSCRIPT, EVALSHA), each answered: this bounds them together.
 async fn bounded<T>(call: impl Future<Output = RedisResult<T>>) -> Option<RedisResult<T>> {
     tokio::time::timeout(COMMAND_TIMEOUT, call).await.ok()
 }
@@ -305,17 +383,20 @@ impl Inner {
             State::BackingOff => return None,
             State::Disconnected => {}
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT);
         // If this future is dropped mid-way (the request was cancelled), nothing has changed and the
         // next call simply tries again.
-        let result = client.get_multiplexed_async_connection_with_config(&config).await;
+        let result =
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.create_multiplexed_tokio_connection()).await {
+                Ok(result) => result,
+                Err(_) => Err(RedisError::from((ErrorKind::IoError, "connecting took too long"))),
+            };
         let mut slot = self.slot();
         match result {
-            Ok(conn) => {
+            Ok((conn, driver)) => {
+                let progress = Arc::new(Progress::default());
+                tokio::spawn(drive(driver, Arc::clone(&progress)));
                 slot.generation += 1;
-                let lease = Lease { generation: slot.generation, conn };
+                let lease = Lease { generation: slot.generation, conn, progress };
                 slot.conn = Some(lease.clone());
                 slot.retry_at = None;
                 tracing::info!("movie cache: connected to Redis");
@@ -457,6 +538,13 @@ mod tests {
                 assert!(Instant::now() < deadline, "redis-server on port {port} did not start");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+
+        /// Sends a signal (`STOP`, `CONT`) to the server.
+        fn signal(&self, name: &str) {
+            let pid = self.child.as_ref().expect("running").id().to_string();
+            let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("kill");
+            assert!(status.success(), "kill -{name} {pid}");
         }
 
         fn stop(&mut self) {
@@ -685,6 +773,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(cache.is_up().await);
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_stops_answering_is_given_up_at_once_for_every_waiting_read_and_found_again() {
+        // Arrange: a cached movie on a private server, which then stops (SIGSTOP): its socket
+        // stays open and nothing answers.
+        let port = free_port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let server = RedisServer::start(port).await;
+        let cache = cache_at(&url, &unique_prefix());
+        let movie = Uuid::now_v7();
+        assert!(cache.put_movie(movie, 1, "one").await);
+        assert_eq!(cache.get_movie(movie).await.as_deref(), Some("one"));
+        server.signal("STOP");
+
+        // Act: twenty reads wait on the one connection.
+        let started = Instant::now();
+        let reads = futures_util::future::join_all((0..20).map(|_| cache.get_movie(movie))).await;
+        let waited = started.elapsed();
+
+        // Assert: all missed together, after the watchdog's bound (not at once: they did wait
+        // for a reply) and well within a second; during the back-off a read fails at once.
+        assert_eq!(reads.iter().filter(|read| read.is_none()).count(), 20);
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(1), "waited {waited:?}");
+        let started = Instant::now();
+        assert_eq!(cache.get_movie(movie).await, None);
+        assert!(started.elapsed() < Duration::from_millis(50), "took {:?}", started.elapsed());
+
+        // The server answers again: the cache finds it by itself.
+        server.signal("CONT");
+        let started = Instant::now();
+        while cache.get_movie(movie).await.as_deref() != Some("one") {
+            assert!(started.elapsed() < Duration::from_millis(2500), "the cache did not recover");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -20,8 +20,8 @@ use crate::http::state::AppState;
 use eventstore::idempotency::Claim;
 use eventstore::{CommandContext, Metadata};
 
-/// The header carrying the request id.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The header carrying the request id (a name made once, not parsed at every use).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request id: the client's when it is 1..=64 of `A-Za-z0-9._-`, otherwise generated.
 #[derive(Debug, Clone)]
@@ -37,13 +37,19 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<String> {
 /// Step: settles the request id and makes it visible to handlers (an extension) and to the
 /// headers. Returns the id, for the errors' task-local, and the header the answer echoes.
 pub fn request_id(request: &mut Request) -> (String, HeaderValue) {
-    let id = request
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(acceptable_request_id)
-        .unwrap_or_else(|| Uuid::now_v7().to_string());
-    let value = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
-    request.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+    let (id, value) = match request.headers().get(&REQUEST_ID_HEADER).and_then(acceptable_request_id) {
+        Some(id) => {
+            let value = request.headers()[&REQUEST_ID_HEADER].clone();
+            (id, value)
+        }
+        None => {
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = Uuid::now_v7().hyphenated().encode_lower(&mut text);
+            let value = HeaderValue::from_str(id).expect("a UUID is visible ASCII");
+            request.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+            (id.to_owned(), value)
+        }
+    };
     request.extensions_mut().insert(RequestId(id.clone()));
     (id, value)
 }

@@ -4,7 +4,7 @@
 //!    access record and HTTP metrics ([`access::Record`]), the rate limit ([`limits::rate`]);
 //! 2. the request's tracing span, credentials marked sensitive, and panics caught (a handler
 //!    that panics answers a 500 problem document, logged and counted like any other answer);
-//! 3. the timeout, reading the body ([`extract::read_body_first`]), the concurrency cap only once
+//! 3. the timeout (kept by the connection's watchdog, [`RequestClock`]), reading the body ([`extract::read_body_first`]), the concurrency cap only once
 //!    the body is in ([`limits::in_flight`]), `Idempotency-Key` ([`idempotency::middleware`]).
 //!
 //! One layer, not one per step: each layer around a route clones the rest of the stack and boxes
@@ -23,10 +23,12 @@ use std::time::Duration;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use futures_util::FutureExt;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::http::connections::RequestClock;
 use crate::http::error::{problem, REQUEST_ID};
 use crate::http::limits::Limits;
 use crate::http::state::AppState;
@@ -105,7 +107,7 @@ where
         }
         let span = request_span(&request);
         hide_credentials(&mut request);
-        let deadline = tokio::time::Instant::now() + http.request_timeout;
+        let clock = request.extensions().get::<RequestClock>().cloned();
         let served = async move {
             let request = extract::read_body_first(request).await;
             let _slot = match limits::in_flight(&steps.limits, &request) {
@@ -120,8 +122,14 @@ where
             })
             .await
         };
-        let timed = tokio::time::timeout_at(deadline, served)
-            .map(|answer| answer.unwrap_or_else(|_| out_of_time(http.request_timeout)));
+        // The connection's watchdog keeps the deadline (no timer per request); a router served
+        // some other way has a timer.
+        let limit = http.request_timeout;
+        let timed = match clock {
+            Some(clock) => Either::Left(clock.bound(limit, served)),
+            None => Either::Right(tokio::time::timeout(limit, served).map(Result::ok)),
+        }
+        .map(|answer| answer.unwrap_or_else(|| out_of_time(limit)));
         guarded(timed).instrument(span).await
     };
     let mut response = REQUEST_ID.scope(id, answer).await;
@@ -139,7 +147,7 @@ fn request_span(request: &Request) -> tracing::Span {
         route = request.extensions().get::<MatchedPath>().map_or("", |p| p.as_str()),
         request_id = request
             .headers()
-            .get(extract::REQUEST_ID_HEADER)
+            .get(&extract::REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     )

@@ -4,7 +4,7 @@
 //! the command.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
@@ -351,6 +351,7 @@ fn json_with_cache(body: String, cache: &'static str) -> Response {
     let mut response =
         ([(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
             .into_response();
-    response.headers_mut().insert("x-cache", HeaderValue::from_static(cache));
+    const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(cache));
     response
 }
