@@ -4,8 +4,9 @@
 //!    access record and HTTP metrics ([`access::Record`]), the rate limit ([`limits::rate`]);
 //! 2. the request's tracing span, credentials marked sensitive, and panics caught (a handler
 //!    that panics answers a 500 problem document, logged and counted like any other answer);
-//! 3. the timeout (kept by the connection's watchdog, [`RequestClock`]), reading the body ([`extract::read_body_first`]), the concurrency cap only once
-//!    the body is in ([`limits::in_flight`]), `Idempotency-Key` ([`idempotency::middleware`]).
+//! 3. the timeout (kept by the connection's watchdog, [`RequestClock`]), reading the body
+//!    ([`extract::read_body_first`]), the concurrency cap only once the body is in
+//!    ([`limits::in_flight`]), `Idempotency-Key` ([`idempotency::middleware`]).
 //!
 //! One layer, not one per step: each layer around a route clones the rest of the stack and boxes
 //! its future anew for every request, and with a layer per step that was most of a cached read's
