@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult};
 use secrecy::ExposeSecret;
@@ -153,9 +154,15 @@ struct Progress {
 }
 
 impl Progress {
-    fn begin(&self) -> Waiting<'_> {
+    /// `call`, counted: sent now, answered when it completes, ended when it completes or is
+    /// dropped. A combinator, not an async function, so the call's future is stored once.
+    fn track<'a, F: Future + 'a>(&'a self, call: F) -> impl Future<Output = F::Output> + 'a {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        Waiting(self)
+        let waiting = Waiting(self);
+        call.map(move |reply| {
+            waiting.answered();
+            reply
+        })
     }
 }
 
@@ -163,7 +170,8 @@ impl Progress {
 struct Waiting<'a>(&'a Progress);
 
 impl Waiting<'_> {
-    /// The call got its reply (or its connection's error).
+    /// The call got its reply (or its connection's error). Takes the whole guard, so the closure
+    /// in [`Progress::track`] holds it (not only its field) until the call completes.
     fn answered(self) {
         self.0.answered.fetch_add(1, Ordering::Relaxed);
     }
@@ -250,9 +258,7 @@ impl Cache {
         let key = self.inner.key(movie_id);
         let Lease { generation, mut conn, progress } = self.inner.connection().await?;
         // One round trip, bounded by the connection's watchdog, with no timer of its own.
-        let waiting = progress.begin();
-        let reply = redis::cmd("HGET").arg(&key).arg("body").query_async(&mut conn).await;
-        waiting.answered();
+        let reply = progress.track(redis::cmd("HGET").arg(&key).arg("body").query_async(&mut conn)).await;
         self.inner.outcome(generation, "HGET", Some(reply)).flatten()
     }
 
@@ -295,9 +301,7 @@ impl Cache {
             .arg(ENTRY_TTL.as_secs())
             .arg(mode)
             .arg(FLOOR_TTL.as_secs());
-        let waiting = progress.begin();
-        let reply = bounded(invocation.invoke_async::<i64>(&mut conn)).await;
-        waiting.answered();
+        let reply = bounded(progress.track(invocation.invoke_async::<i64>(&mut conn))).await;
         self.inner.outcome(generation, "put script", reply)
     }
 
@@ -309,9 +313,7 @@ impl Cache {
         let Some(Lease { generation, mut conn, progress }) = self.inner.connection().await else {
             return false;
         };
-        let waiting = progress.begin();
-        let reply = bounded(redis::cmd("PING").query_async::<()>(&mut conn)).await;
-        waiting.answered();
+        let reply = bounded(progress.track(redis::cmd("PING").query_async::<()>(&mut conn))).await;
         self.inner.outcome(generation, "PING", reply).is_some()
     }
 }

@@ -37,11 +37,12 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<String> {
 /// Step: settles the request id and makes it visible to handlers (an extension) and to the
 /// headers. Returns the id, for the errors' task-local, and the header the answer echoes.
 pub fn request_id(request: &mut Request) -> (String, HeaderValue) {
-    let (id, value) = match request.headers().get(&REQUEST_ID_HEADER).and_then(acceptable_request_id) {
-        Some(id) => {
-            let value = request.headers()[&REQUEST_ID_HEADER].clone();
-            (id, value)
-        }
+    let given = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|value| Some((acceptable_request_id(value)?, value.clone())));
+    let (id, value) = match given {
+        Some(given) => given,
         None => {
             let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
             let id = Uuid::now_v7().hyphenated().encode_lower(&mut text);

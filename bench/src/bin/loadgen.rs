@@ -274,13 +274,12 @@ impl Worker {
         let waited = self.due.take().map_or(Duration::ZERO, |due| sent.saturating_duration_since(due));
         let mut retried = false;
         loop {
-            let answer = send(&self.client, method.clone(), url, token, body).await;
-            return match answer {
+            match send(&self.client, method.clone(), url, token, body).await {
                 Ok(mut answer) if ok.contains(&answer.status) => {
                     // After a retry, from the first attempt: the wait the server asked for counts.
                     answer.latency = if retried { sent.elapsed() } else { answer.latency } + waited;
                     self.rec.ok(endpoint, answer.latency);
-                    Some(answer)
+                    return Some(answer);
                 }
                 Ok(Answer { status: StatusCode::SERVICE_UNAVAILABLE, retry_after: Some(secs), .. })
                     if SHEDS_LOAD.contains(&endpoint) && sent.elapsed() < Duration::from_secs(30) =>
@@ -288,17 +287,16 @@ impl Worker {
                     self.rec.retry(endpoint);
                     retried = true;
                     tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
-                    continue;
                 }
                 Ok(answer) => {
                     self.fail(endpoint, &format!("{} {}", answer.status, answer.body));
-                    None
+                    return None;
                 }
                 Err(e) => {
                     self.fail(endpoint, &e.to_string());
-                    None
+                    return None;
                 }
-            };
+            }
         }
     }
 
