@@ -21,6 +21,7 @@ mod codec;
 pub mod db;
 pub mod deadline;
 mod executor;
+pub mod generations;
 mod group;
 pub mod idempotency;
 pub mod lookup;

@@ -10,20 +10,19 @@
 //! sequence)`. Only committed states are remembered (a load's, or an append's after its commit),
 //! and a state never replaces a newer one.
 //!
-//! The memory is bounded by two generations of at most [`RecentStates::capacity`] streams each:
-//! when the young one is full it becomes the old one and the old one is dropped; a state found in
-//! the old one moves back to the young one.
+//! The memory is bounded by two [`Generations`] of at most [`RecentStates::capacity`] streams
+//! each.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::generations::Generations;
 use crate::stream::{Loaded, StreamKind};
 
 /// The streams' remembered states, shared by every clone of a store.
 #[derive(Clone)]
 pub(crate) struct RecentStates {
-    inner: Arc<Mutex<Generations>>,
+    inner: Arc<Mutex<Generations<Key, Remembered>>>,
     capacity: usize,
 }
 
@@ -34,12 +33,6 @@ struct Remembered {
     state: Box<dyn Any + Send + Sync>,
 }
 
-#[derive(Default)]
-struct Generations {
-    young: HashMap<Key, Remembered>,
-    old: HashMap<Key, Remembered>,
-}
-
 impl RecentStates {
     /// Streams per generation by default: the streams in use at once (a movie and its rentals for
     /// each client at work) stay loaded from memory, and all of them take a few hundred KB.
@@ -47,7 +40,7 @@ impl RecentStates {
 
     /// At most `2 × capacity` states (`0` remembers none).
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { inner: Arc::default(), capacity }
+        Self { inner: Arc::new(Mutex::new(Generations::new(capacity))), capacity }
     }
 
     /// The remembered state of a stream, if any.
@@ -61,14 +54,7 @@ impl RecentStates {
         }
         let key = (A::TYPE, aggregate_id.to_string());
         let mut generations = self.lock();
-        let remembered = match generations.young.get(&key) {
-            Some(remembered) => remembered,
-            None => {
-                let remembered = generations.old.remove(&key)?;
-                generations.promote(key.clone(), remembered, self.capacity);
-                generations.young.get(&key)?
-            }
-        };
+        let remembered = generations.get(&key)?;
         let state = remembered.state.downcast_ref::<A>()?.clone();
         Some(Loaded { state, version: remembered.version })
     }
@@ -84,34 +70,20 @@ impl RecentStates {
         }
         let key = (A::TYPE, aggregate_id.to_string());
         let mut generations = self.lock();
-        let newer = |g: &HashMap<Key, Remembered>| g.get(&key).is_some_and(|r| r.version >= version);
-        if newer(&generations.young) || newer(&generations.old) {
+        if generations.peek(&key).is_some_and(|r| r.version >= version) {
             return;
         }
-        generations.old.remove(&key);
-        let remembered = Remembered { version, state: Box::new(state.clone()) };
-        generations.promote(key, remembered, self.capacity);
+        generations.insert(key, Remembered { version, state: Box::new(state.clone()) });
     }
 
     /// How many streams are remembered (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        let generations = self.lock();
-        generations.young.len() + generations.old.len()
+        self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<Key, Remembered>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Generations {
-    /// Puts a state in the young generation, which becomes the old one first when it is full.
-    fn promote(&mut self, key: Key, remembered: Remembered, capacity: usize) {
-        if self.young.len() >= capacity && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
-        }
-        self.young.insert(key, remembered);
     }
 }
 

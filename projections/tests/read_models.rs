@@ -1416,3 +1416,51 @@ async fn a_payment_waiting_for_its_charge_is_woken_when_the_process_manager_comm
     );
     assert_eq!(w.waits.waiting(), 0);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rental_target_is_read_once_then_remembered_except_a_return_not_yet_seen(pool: PgPool) {
+    // Arrange: a rental the read models have applied.
+    let w = World::new(&pool);
+    let category = w.create_category("Drama").await;
+    let movie = w.add_movie("Heat", "A story.", None, &[category]).await;
+    let customer = Uuid::now_v7();
+    let (rental, _) = w.rent_with(movie, customer, days_ago(2), &meta(customer, "rent")).await;
+    w.catch_up_all().await;
+    let reader = w.rentals();
+    let first = reader.target(rental, false).await.unwrap().expect("the rental");
+    assert_eq!(first.lookup.customer_id, customer);
+    assert_eq!(first.movie_title.as_deref(), Some("Heat"));
+    assert!(first.due_at.is_some());
+    // The rows change under the reader (here by hand, so that where an answer came from shows).
+    let tamper = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(sql).bind(rental).execute(&pool).await.unwrap() }
+    };
+    tamper("update rental_lookup set customer_id = gen_random_uuid() where rental_id = $1").await;
+
+    // Act and assert: its facts come from memory (a clone shares it)...
+    let again = reader.clone().target(rental, false).await.unwrap().expect("the rental");
+    assert_eq!(again, first);
+    // ...but not whether it was returned, which memory does not know yet.
+    let back = days_ago(1);
+    w.give_back_with(movie, rental, customer, back, &meta(customer, "return")).await;
+    let read = reader.target(rental, true).await.unwrap().expect("the rental");
+    assert_eq!(read.lookup.returned_at, Some(back));
+    assert_ne!(read.lookup.customer_id, customer, "read from the tampered row");
+    // What was known first is kept: a fact, once known, never changes.
+    tamper("update rental_lookup set returned_at = null where rental_id = $1").await;
+    let known = reader.target(rental, true).await.unwrap().expect("the rental");
+    assert_eq!(known.lookup.returned_at, Some(back));
+    assert_eq!(known.lookup.customer_id, customer);
+
+    // A return this process made is remembered without a read.
+    let (second, _) =
+        w.rent_with(movie, customer, back + Duration::hours(1), &meta(customer, "rent-2")).await;
+    let fresh = RentalsReader::new(pool.clone());
+    let opened = fresh.target(second, false).await.unwrap().expect("the rental");
+    fresh.returned(second, back);
+    sqlx::query("delete from rental_lookup where rental_id = $1").bind(second).execute(&pool).await.unwrap();
+    let remembered = fresh.target(second, true).await.unwrap().expect("remembered");
+    assert_eq!(remembered.lookup, eventstore::lookup::RentalRef { returned_at: Some(back), ..opened.lookup });
+    assert!(RentalsReader::new(pool.clone()).target(second, false).await.unwrap().is_none());
+}

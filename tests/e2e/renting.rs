@@ -61,6 +61,51 @@ async fn a_customer_rents_returns_and_is_told_the_charge_is_pending(pool: PgPool
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_process_trusts_what_it_remembers_of_a_rental_only_where_it_cannot_be_out_of_date(pool: PgPool) {
+    // Arrange: two processes on one store; `here` computes the charges, and remembers the rental
+    // it rents (whose it is, the movie, the title), so its return and payment need no lookup.
+    let here = TestApp::spawn(pool.clone()).await;
+    let there = TestApp::spawn_without_projectors(pool).await;
+    let category = here.category("Drama").await;
+    let movie = here.movie("Heat", &[category]).await;
+    let (_, token) = here.customer("greg").await;
+    let (_, stranger) = here.customer("maude").await;
+    let rental = here.rent(movie, &token).await;
+    let pay_path = format!("/api/v1/rentals/{rental}/pay");
+    let return_path = format!("/api/v1/rentals/{rental}/return");
+
+    // Act and assert: what `here` remembers still says whose the rental is...
+    let forbidden = here.post(&return_path, Some(&stranger), None).await;
+    assert_problem(forbidden, 403, "forbidden").await;
+    let early = here.post(&pay_path, Some(&token), Some(json!({"amount_cents": 100}))).await;
+    assert_problem(early, 409, "not-returned").await;
+
+    // ...but not whether it came back: it was returned through the other process.
+    let returned = there.post(&return_path, Some(&token), None).await;
+    let returned = expect_status(returned, StatusCode::OK).await;
+    assert_eq!(returned["movie_title"], "Heat");
+    let twice = here.post(&return_path, Some(&token), None).await;
+    assert_problem(twice, 409, "not-active").await;
+    let paid = here.post(&pay_path, Some(&token), Some(json!({"amount_cents": 100}))).await;
+    let paid = expect_status(paid, StatusCode::OK).await;
+    assert_eq!(paid["status"], "paid", "{paid}");
+    assert_eq!(paid["movie_title"], "Heat", "{paid}");
+    assert_eq!(paid["returned_at"], returned["returned_at"], "{paid}");
+
+    // A rental returned here is paid here once, whichever process is asked again.
+    let rental = here.rent(movie, &token).await;
+    let returned = here.post(&format!("/api/v1/rentals/{rental}/return"), Some(&token), None).await;
+    expect_status(returned, StatusCode::OK).await;
+    let pay_path = format!("/api/v1/rentals/{rental}/pay");
+    let paid = here.post(&pay_path, Some(&token), Some(json!({"amount_cents": 100}))).await;
+    assert_eq!(expect_status(paid, StatusCode::OK).await["status"], "paid");
+    let again = there.post(&pay_path, Some(&token), Some(json!({"amount_cents": 100}))).await;
+    assert_problem(again, 409, "already-paid").await;
+    let again = here.post(&pay_path, Some(&token), Some(json!({"amount_cents": 100}))).await;
+    assert_problem(again, 409, "already-paid").await;
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
 async fn a_payment_right_after_the_return_waits_for_the_charge_instead_of_answering_charge_pending(
     pool: PgPool,
 ) {

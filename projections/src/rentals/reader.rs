@@ -1,6 +1,9 @@
 //! Rental status as the API reads it.
 
+use std::sync::{Arc, Mutex};
+
 use super::*;
+use eventstore::generations::Generations;
 use eventstore::lookup::RentalRef;
 
 /// A rental's status.
@@ -66,16 +69,21 @@ pub struct RentalFilter {
     pub limit: i64,
 }
 
-/// Reads rental status.
+/// Reads rental status. Clones share what they know of rentals (see [`RentalsReader::target`]).
 #[derive(Debug, Clone)]
 pub struct RentalsReader {
     pool: PgPool,
+    known: Arc<Mutex<Generations<Uuid, RentalTarget>>>,
 }
+
+/// Rentals per generation whose facts a reader remembers: those clients are at work on (rented a
+/// moment ago, about to be returned or paid) stay, at about 200 bytes each.
+pub const KNOWN_RENTALS: usize = 4096;
 
 impl RentalsReader {
     /// A reader over the pool.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, known: Arc::new(Mutex::new(Generations::new(KNOWN_RENTALS))) }
     }
 
     /// One rental.
@@ -86,10 +94,27 @@ impl RentalsReader {
             .await
     }
 
-    /// The rental a return or a payment acts on, in one round trip: its lookup row with the read
-    /// model's row beside it; `None` when no rent recorded it.
-    pub async fn target(&self, id: Uuid) -> Result<Option<RentalTarget>, sqlx::Error> {
-        sqlx::query_as(
+    /// The rental a return or a payment acts on, in at most one round trip: its lookup row with
+    /// the read model's row beside it; `None` when no rent recorded it.
+    ///
+    /// What this process already knows of the rental answers without a query when it is enough:
+    /// its facts never change once known (whose it is, the movie, when it was rented, the title
+    /// then, the due time once recorded, the return once made), so only what is not known yet is
+    /// read: a rental this process has not seen, or, with `must_know_return`, one it has not seen
+    /// returned (another process may have returned it). A remembered `overdue_at` of `None` may
+    /// be out of date, as the read model's may: a caller that needs it near or past the due time
+    /// reads the rental's own stream.
+    pub async fn target(
+        &self,
+        id: Uuid,
+        must_know_return: bool,
+    ) -> Result<Option<RentalTarget>, sqlx::Error> {
+        let known =
+            self.lock().get(&id).filter(|k| !must_know_return || k.lookup.returned_at.is_some()).cloned();
+        if known.is_some() {
+            return Ok(known);
+        }
+        let found: Option<RentalTarget> = sqlx::query_as(
             "select l.rental_id, l.movie_id, l.customer_id, l.rented_at, l.returned_at,
                     r.movie_title, r.due_at, r.overdue_at
                from rental_lookup l left join read.rental r on r.rental_id = l.rental_id
@@ -97,7 +122,41 @@ impl RentalsReader {
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await
+        .await?;
+        if let Some(found) = &found {
+            self.remember(found.clone());
+        }
+        Ok(found)
+    }
+
+    /// Remembers what is known of a rental (a rent this process made, or a lookup), keeping what
+    /// was known already: each fact goes from unknown to known, never back.
+    pub fn remember(&self, target: RentalTarget) {
+        let mut known = self.lock();
+        let merged = match known.peek(&target.lookup.rental_id) {
+            Some(before) => RentalTarget {
+                lookup: RentalRef {
+                    returned_at: before.lookup.returned_at.or(target.lookup.returned_at),
+                    ..before.lookup.clone()
+                },
+                movie_title: before.movie_title.clone().or(target.movie_title),
+                due_at: before.due_at.or(target.due_at),
+                overdue_at: before.overdue_at.or(target.overdue_at),
+            },
+            None => target,
+        };
+        known.insert(merged.lookup.rental_id, merged);
+    }
+
+    /// Remembers that a rental this process knows of was returned (by a return this process made).
+    pub fn returned(&self, id: Uuid, returned_at: DateTime<Utc>) {
+        if let Some(known) = self.lock().get(&id) {
+            known.lookup.returned_at.get_or_insert(returned_at);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations<Uuid, RentalTarget>> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A page of rentals, newest `rented_at` first; one row more than `limit` when there is a

@@ -9,8 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use domain::movie::{Movie, MovieChanges, MovieCommand, MovieDetails};
 use domain::values::{CategoryIds, Storyline};
+use eventstore::lookup::RentalRef;
 use eventstore::{lookup, Committed};
 use projections::catalogue::{self, MovieFilter};
+use projections::rentals::RentalTarget;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -250,6 +252,13 @@ async fn rent(
     let rental_id = Uuid::now_v7();
     let command = MovieCommand::RentMovie { rental_id, customer_id, rented_at, now };
     let done = state.store.execute::<Movie>(&movie_id.to_string(), command, &caller.context()).await?;
+    // The rental's facts, for its return and payment to start from without a lookup.
+    state.rentals.remember(RentalTarget {
+        lookup: RentalRef { rental_id, movie_id, customer_id, rented_at, returned_at: None },
+        movie_title: done.state.details.as_ref().map(|d| d.title.as_str().to_string()),
+        due_at: None,
+        overdue_at: None,
+    });
     let body = Rented { rental_id, movie_id, customer_id, rented_at, position: done.position };
     let response = with_position(done.position, (StatusCode::CREATED, Json(body)));
     Ok(with_location(format!("/api/v1/rentals/{rental_id}"), response))

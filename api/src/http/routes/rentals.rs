@@ -39,13 +39,15 @@ pub fn router() -> ApiRouter {
 }
 
 /// The rental, when it exists and the caller may act on it. An unknown rental is reported only
-/// after the body is checked (the contract's order: 403, body, then 404), hence `Option`.
+/// after the body is checked (the contract's order: 403, body, then 404), hence `Option`. With
+/// `must_know_return`, whether it was returned is read unless this process knows it was.
 async fn owned_rental(
     state: &AppState,
     caller: &AuthUser,
     rental_id: Uuid,
+    must_know_return: bool,
 ) -> Result<Option<RentalTarget>, ApiError> {
-    let rental = state.rentals.target(rental_id).await?;
+    let rental = state.rentals.target(rental_id, must_know_return).await?;
     if let Some(rental) = &rental {
         if !caller.actor().may_act_for(rental.lookup.customer_id) {
             return Err(ApiError::Forbidden("this rental belongs to another customer"));
@@ -121,7 +123,7 @@ async fn return_movie(
     PathId(rental_id): PathId,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let rental = owned_rental(&state, &caller, rental_id).await?;
+    let rental = owned_rental(&state, &caller, rental_id, false).await?;
     if !caller.is_admin() && body.object()?.is_some_and(|map| map.contains_key("returned_at")) {
         return Err(ApiError::Forbidden("only an admin may back-date a return"));
     }
@@ -141,6 +143,7 @@ async fn return_movie(
     let command = MovieCommand::ReturnMovie { rental_id, by: caller.actor(), returned_at, now };
     let done =
         state.store.execute::<Movie>(&rental.lookup.movie_id.to_string(), command, &caller.context()).await?;
+    state.rentals.returned(rental_id, returned_at);
     let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
     let (due_at, overdue_at) = due_dates(&state, &rental, now).await?;
     let rental = schemas::Rental {
@@ -193,7 +196,7 @@ async fn pay(
     PathId(rental_id): PathId,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let rental = owned_rental(&state, &caller, rental_id).await?;
+    let rental = owned_rental(&state, &caller, rental_id, true).await?;
     let amount_cents = body.parse::<Payment>()?.amount_cents.0 .0;
     let rental = rental.ok_or(ApiError::NotFound("rental"))?;
     if rental.lookup.returned_at.is_none() {
