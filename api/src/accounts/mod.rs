@@ -258,7 +258,7 @@ impl Accounts {
 
     /// The account a token belongs to, if the token is valid, with the token's digest: from the
     /// token cache when it holds the token, else from PostgreSQL (filling the cache).
-    pub async fn authenticate(&self, token: &str) -> Result<Option<(User, Vec<u8>)>, sqlx::Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<Option<(Arc<User>, Vec<u8>)>, sqlx::Error> {
         if token.len() > 256 {
             return Ok(None);
         }
@@ -270,8 +270,9 @@ impl Accounts {
         let Some((user, expires_at)) = store::user_by_token(&self.pool, &digest).await? else {
             return Ok(None);
         };
+        let user = Arc::new(user);
         if let Some(ticket) = ticket {
-            self.tokens.fill(ticket, digest.clone(), user.clone(), expires_at);
+            self.tokens.fill(ticket, digest.clone(), Arc::clone(&user), expires_at);
         }
         Ok(Some((user, digest)))
     }

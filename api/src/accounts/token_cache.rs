@@ -81,7 +81,7 @@ impl State {
 }
 
 struct Entry {
-    user: User,
+    user: Arc<User>,
     expires_at: DateTime<Utc>,
     cached_at: Instant,
 }
@@ -111,7 +111,7 @@ impl TokenCache {
     }
 
     /// The account of a cached, unexpired token, while this process is a member.
-    pub fn get(&self, digest: &[u8]) -> Option<User> {
+    pub fn get(&self, digest: &[u8]) -> Option<Arc<User>> {
         if !self.enabled() {
             return None;
         }
@@ -143,7 +143,7 @@ impl TokenCache {
     }
 
     /// Stores a lookup's result, unless a revocation, join or leave came after its ticket.
-    pub fn fill(&self, ticket: Ticket, digest: Vec<u8>, user: User, expires_at: DateTime<Utc>) {
+    pub fn fill(&self, ticket: Ticket, digest: Vec<u8>, user: Arc<User>, expires_at: DateTime<Utc>) {
         let mut state = self.write();
         if state.generation != ticket.0 || state.usable_until.is_none() {
             return;
@@ -361,8 +361,14 @@ mod tests {
     use super::*;
     use crate::accounts::Role;
 
-    fn user(id: Uuid) -> User {
-        User { id, username: "greg".into(), email: None, role: Role::Customer, created_at: Utc::now() }
+    fn user(id: Uuid) -> Arc<User> {
+        Arc::new(User {
+            id,
+            username: "greg".into(),
+            email: None,
+            role: Role::Customer,
+            created_at: Utc::now(),
+        })
     }
 
     fn later() -> DateTime<Utc> {

@@ -6,6 +6,7 @@
 //! ownership are settled.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::body::{Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -70,8 +71,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
-    /// The account.
-    pub user: User,
+    /// The account (shared with the token cache).
+    pub user: Arc<User>,
     /// The SHA-256 of the token used, so logout can revoke exactly it.
     pub token_hash: Vec<u8>,
     /// The request id, recorded with every event the request causes.
@@ -119,7 +120,7 @@ pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// before the handler runs), so the extractor does not look the token up twice.
 #[derive(Debug, Clone)]
 pub(crate) struct Authenticated {
-    pub(crate) user: User,
+    pub(crate) user: Arc<User>,
     pub(crate) token_hash: Vec<u8>,
 }
 

@@ -178,5 +178,5 @@ async fn me(State(state): State<AppState>, caller: AuthUser, params: Params) -> 
     read_your_writes(&state, &params, &[rentals::NAME]).await?;
     let due = state.rentals.balance_due(caller.user.id).await?;
     let balance_due = Money { amount_cents: due, currency: state.price_plan.currency.clone() };
-    Ok(Json(Me { user: caller.user, balance_due }).into_response())
+    Ok(Json(Me { user: std::sync::Arc::unwrap_or_clone(caller.user), balance_due }).into_response())
 }
