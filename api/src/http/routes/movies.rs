@@ -255,7 +255,7 @@ async fn rent(
     // The rental's facts, for its return and payment to start from without a lookup.
     state.rentals.remember(RentalTarget {
         lookup: RentalRef { rental_id, movie_id, customer_id, rented_at, returned_at: None },
-        movie_title: done.state.details.as_ref().map(|d| d.title.as_str().to_string()),
+        movie_title: views::title(&done.state),
         due_at: None,
         overdue_at: None,
     });

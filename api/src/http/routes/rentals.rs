@@ -63,7 +63,7 @@ async fn movie_title(state: &AppState, rental: &RentalTarget) -> Result<Option<S
         return Ok(Some(title.clone()));
     }
     let movie = state.store.load::<Movie>(&rental.lookup.movie_id.to_string()).await?;
-    Ok(movie.state.details.map(|d| d.title.as_str().to_string()))
+    Ok(views::title(&movie.state))
 }
 
 /// How close to its due time a rental's overdue is taken from its own stream rather than the read
@@ -144,7 +144,7 @@ async fn return_movie(
     let done =
         state.store.execute::<Movie>(&rental.lookup.movie_id.to_string(), command, &caller.context()).await?;
     state.rentals.returned(rental_id, returned_at);
-    let title = done.state.details.as_ref().map(|d| d.title.as_str().to_string());
+    let title = views::title(&done.state);
     let (due_at, overdue_at) = due_dates(&state, &rental, now).await?;
     let rental = schemas::Rental {
         id: rental_id,

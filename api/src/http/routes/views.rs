@@ -37,6 +37,11 @@ pub fn category(row: &CategoryRow) -> Category {
 }
 
 /// `Rental`.
+/// A movie's title as its stream's state has it (`None` before it was added).
+pub fn title(movie: &domain::movie::Movie) -> Option<String> {
+    movie.details.as_ref().map(|d| d.title.as_str().to_string())
+}
+
 /// The due time of a rental: the one its stream recorded or, in the moment before the payments
 /// process manager has opened the rental's stream (right after the rent), the one the loan policy
 /// gives, which is what `OpenRental` will record under the same setting.
