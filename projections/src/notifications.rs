@@ -23,6 +23,7 @@
 //! of the whole queue for each row instead (2.5 ms a row with 11,000 emails waiting).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -94,7 +95,7 @@ impl Projection for Notifications {
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        events: &'a [Arc<StoredEvent>],
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {

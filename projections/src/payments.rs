@@ -176,7 +176,7 @@ impl Projection for Payments {
     fn apply_batch<'a>(
         &'a self,
         _conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        events: &'a [Arc<StoredEvent>],
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {

@@ -231,7 +231,7 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
 }
 
 /// Applies these events again through the projection, in one transaction on schema `read`.
-async fn apply_again(pool: &PgPool, events: &[projections::engine::StoredEvent]) {
+async fn apply_again(pool: &PgPool, events: &[std::sync::Arc<projections::engine::StoredEvent>]) {
     let mut tx = eventstore::db::begin(pool).await.unwrap();
     sqlx::query("set local search_path to read, public").execute(&mut *tx).await.unwrap();
     Model::<Analytics>::new().apply_batch(&mut tx, events, &mut Touched::default()).await.unwrap();
@@ -250,7 +250,12 @@ async fn applying_every_event_again_changes_no_analytics_row(pool: PgPool) {
     catch_up(&pool).await;
     let live = snapshot(&pool).await;
     let mut conn = pool.acquire().await.unwrap();
-    let events = read_batch(&mut conn, Checkpoint::default(), 1_000).await.unwrap();
+    let events: Vec<_> = read_batch(&mut conn, Checkpoint::default(), 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect();
     drop(conn);
     assert_eq!(events.len(), 28, "the example's log");
 

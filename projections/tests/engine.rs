@@ -26,7 +26,7 @@ impl Projection for Recorder {
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        events: &'a [Arc<StoredEvent>],
         _touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
@@ -255,7 +255,7 @@ impl Projection for Flaky {
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        events: &'a [Arc<StoredEvent>],
         touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         use std::sync::atomic::Ordering;

@@ -25,6 +25,7 @@ mod window;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use domain::category::CategoryEvent;
@@ -189,7 +190,10 @@ impl LogEvent {
     }
 
     /// Decodes the events of a batch that belong to streams of `kinds`, leaving out the others.
-    pub fn decode_batch(events: &[StoredEvent], kinds: &[StreamType]) -> Result<Vec<Self>, ProjectionError> {
+    pub fn decode_batch(
+        events: &[Arc<StoredEvent>],
+        kinds: &[StreamType],
+    ) -> Result<Vec<Self>, ProjectionError> {
         let mut decoded = Vec::with_capacity(events.len());
         for e in events.iter().filter(|e| e.stream_type().is_some_and(|kind| kinds.contains(&kind))) {
             decoded.extend(Self::decode(e)?);
@@ -289,10 +293,12 @@ pub trait Projection: Send + Sync + 'static {
     /// puts the target schema (`read`, or a shadow schema during a rebuild) first: handlers name
     /// tables without a schema. Must be idempotent: an event a row already reflects (by its stream
     /// version or revision) changes nothing.
+    /// The events are shared with the engine's window of the recent log (and so with the other
+    /// projections of the process): each is read and parsed once, not copied per projection.
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        events: &'a [Arc<StoredEvent>],
         touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 

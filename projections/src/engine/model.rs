@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use sqlx::PgConnection;
 
@@ -102,7 +103,7 @@ impl<M: ReadModel> Projection for Model<M> {
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut PgConnection,
-        events: &'a [StoredEvent],
+        events: &'a [Arc<StoredEvent>],
         touched: &'a mut Touched,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {

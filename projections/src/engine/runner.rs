@@ -247,7 +247,7 @@ pub const LAG_HISTOGRAM: &str = "projection_commit_lag_seconds";
 /// inside its append transaction, just before that commits) the batch committed. The clocks are
 /// PostgreSQL's and this process's; on one machine they agree, and a negative difference counts
 /// as 0.
-fn observe_lag(projection: &'static str, events: &[super::StoredEvent]) {
+fn observe_lag(projection: &'static str, events: &[Arc<super::StoredEvent>]) {
     let now = chrono::Utc::now();
     let histogram = metrics::histogram!(LAG_HISTOGRAM, "projection" => projection);
     for event in events {

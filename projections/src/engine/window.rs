@@ -12,7 +12,7 @@
 //! one that was failing) reads the log itself and leaves the window to the others.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sqlx::PgConnection;
 
@@ -28,7 +28,7 @@ pub(crate) struct RecentLog {
 #[derive(Default)]
 struct Window {
     after: Checkpoint,
-    events: VecDeque<StoredEvent>,
+    events: VecDeque<Arc<StoredEvent>>,
 }
 
 fn key(event: &StoredEvent) -> Checkpoint {
@@ -38,7 +38,7 @@ fn key(event: &StoredEvent) -> Checkpoint {
 impl Window {
     /// The last checkpoint the window is complete up to.
     fn end(&self) -> Checkpoint {
-        self.events.back().map_or(self.after, key)
+        self.events.back().map_or(self.after, |e| key(e))
     }
 }
 
@@ -53,12 +53,13 @@ impl RecentLog {
         conn: &mut PgConnection,
         from: Checkpoint,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    ) -> Result<Vec<Arc<StoredEvent>>, sqlx::Error> {
         let mut events = self.held(from, limit);
-        let next = events.last().map_or(from, key);
+        let next = events.last().map_or(from, |e| key(e));
         let wanted = limit - events.len() as i64;
         if wanted > 0 {
-            let read = read_batch(conn, next, wanted).await?;
+            let read: Vec<Arc<StoredEvent>> =
+                read_batch(conn, next, wanted).await?.into_iter().map(Arc::new).collect();
             self.extend(next, &read);
             events.extend(read);
         }
@@ -66,7 +67,7 @@ impl RecentLog {
     }
 
     /// What the window holds after `from`, when it holds `from` itself.
-    fn held(&self, from: Checkpoint, limit: i64) -> Vec<StoredEvent> {
+    fn held(&self, from: Checkpoint, limit: i64) -> Vec<Arc<StoredEvent>> {
         let window = self.lock();
         if from < window.after || from >= window.end() {
             return Vec::new();
@@ -78,7 +79,7 @@ impl RecentLog {
     /// Adds a read that started at `next` (complete up to its last event) to the window: what lies
     /// beyond the window's end when the read starts inside it, or the read as the new window when
     /// it starts beyond the window's end.
-    fn extend(&self, next: Checkpoint, read: &[StoredEvent]) {
+    fn extend(&self, next: Checkpoint, read: &[Arc<StoredEvent>]) {
         let Some(last) = read.last() else { return };
         let mut window = self.lock();
         let end = window.end();
@@ -107,8 +108,8 @@ impl RecentLog {
 mod tests {
     use super::*;
 
-    fn event(xid: i64, position: i64) -> StoredEvent {
-        StoredEvent {
+    fn event(xid: i64, position: i64) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
             position,
             xid,
             event_id: uuid::Uuid::nil(),
@@ -120,14 +121,14 @@ mod tests {
             payload: serde_json::json!({}),
             metadata: serde_json::json!({}),
             recorded_at: chrono::Utc::now(),
-        }
+        })
     }
 
     fn at(xid: i64, position: i64) -> Checkpoint {
         Checkpoint { xid, position }
     }
 
-    fn positions(events: &[StoredEvent]) -> Vec<i64> {
+    fn positions(events: &[Arc<StoredEvent>]) -> Vec<i64> {
         events.iter().map(|e| e.position).collect()
     }
 
@@ -160,9 +161,20 @@ mod tests {
     }
 
     #[test]
+    fn projections_that_read_from_the_window_share_its_events_rather_than_copies() {
+        let log = RecentLog::default();
+        log.extend(at(0, 0), &[event(10, 1), event(10, 2)]);
+        let one = log.held(at(0, 0), 10);
+        let other = log.held(at(10, 1), 10);
+        assert_eq!(positions(&one), [1, 2]);
+        assert!(Arc::ptr_eq(&one[1], &other[0]), "one event, held once");
+    }
+
+    #[test]
     fn the_window_keeps_at_most_its_capacity_dropping_the_oldest() {
         let log = RecentLog::default();
-        let read: Vec<StoredEvent> = (1..=RecentLog::CAPACITY as i64 + 10).map(|p| event(p, p)).collect();
+        let read: Vec<Arc<StoredEvent>> =
+            (1..=RecentLog::CAPACITY as i64 + 10).map(|p| event(p, p)).collect();
         log.extend(at(0, 0), &read);
         assert!(log.held(at(0, 0), 1).is_empty(), "the first ten events were dropped");
         let held = log.held(at(10, 10), i64::MAX);
