@@ -36,7 +36,6 @@ pub fn category(row: &CategoryRow) -> Category {
     Category { id: row.id, name: row.name.clone(), movie_count: i64::from(row.movie_count) }
 }
 
-/// `Rental`.
 /// A movie's title as its stream's state has it (`None` before it was added).
 pub fn title(movie: &domain::movie::Movie) -> Option<String> {
     movie.details.as_ref().map(|d| d.title.as_str().to_string())
