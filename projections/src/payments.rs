@@ -173,6 +173,11 @@ impl Projection for Payments {
         NAME
     }
 
+    /// A payment waits for the charge this process manager assesses on a return.
+    fn awaited(&self) -> bool {
+        true
+    }
+
     fn apply_batch<'a>(
         &'a self,
         _conn: &'a mut PgConnection,

@@ -284,6 +284,7 @@ fn run_with_quick_retries(
         batch_size: 100,
         poll_interval: Duration::from_millis(5),
         max_backoff: Duration::from_millis(50),
+        ..Default::default()
     };
     let engine = Engine::new(pool.clone(), vec![projection], config);
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -349,6 +350,107 @@ async fn a_failing_batch_is_retried_and_reported_and_never_skipped(pool: PgPool)
     println!(
         "failing batch: {} attempts, reported, then applied once",
         flaky.attempts.load(Ordering::SeqCst)
+    );
+}
+
+/// A process manager that keeps, for each batch it is given, when the batch began and how many
+/// events it held.
+struct Timed {
+    name: &'static str,
+    awaited: bool,
+    batches: std::sync::Mutex<Vec<(std::time::Instant, usize)>>,
+}
+
+impl Timed {
+    fn new(name: &'static str, awaited: bool) -> Self {
+        Self { name, awaited, batches: Default::default() }
+    }
+
+    fn batches(&self) -> Vec<(std::time::Instant, usize)> {
+        self.batches.lock().unwrap().clone()
+    }
+
+    fn applied(&self) -> usize {
+        self.batches().iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl Projection for Timed {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn awaited(&self) -> bool {
+        self.awaited
+    }
+
+    fn apply_batch<'a>(
+        &'a self,
+        _conn: &'a mut PgConnection,
+        events: &'a [Arc<StoredEvent>],
+        _touched: &'a mut Touched,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        self.batches.lock().unwrap().push((std::time::Instant::now(), events.len()));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn after_a_batch_a_projection_gathers_the_next_events_unless_a_request_waits_on_it(pool: PgPool) {
+    // Arrange: a long gather, so that its effect cannot be mistaken for chance.
+    let gather = Duration::from_secs(2);
+    let gathering = Arc::new(Timed::new("gathering", false));
+    let awaited = Arc::new(Timed::new("awaited", true));
+    let config = EngineConfig { poll_interval: Duration::from_millis(5), gather, ..Default::default() };
+    let projections: Vec<Arc<dyn Projection>> = vec![gathering.clone(), awaited.clone()];
+    let engine = Engine::new(pool.clone(), projections, config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+    let until_applied = |count: usize| {
+        let (gathering, awaited) = (gathering.clone(), awaited.clone());
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while gathering.applied() < count || awaited.applied() < count {
+                assert!(std::time::Instant::now() < deadline, "never applied {count} events");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let append_one = || async {
+        let mut tx = eventstore::db::begin(&pool).await.unwrap();
+        append(&mut tx).await;
+        tx.commit().await.unwrap();
+    };
+
+    // Act: a lone event after a quiet spell, then three more, one transaction each, as soon as
+    // both projections have applied the first.
+    let started = std::time::Instant::now();
+    append_one().await;
+    until_applied(1).await;
+    for _ in 0..3 {
+        append_one().await;
+    }
+    until_applied(4).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    // Assert: the lone event waited for nothing; the three that followed it waited out the
+    // gather and went in one batch, except for the projection a request waits on.
+    let batches = gathering.batches();
+    let sizes: Vec<usize> = batches.iter().map(|(_, n)| *n).collect();
+    assert_eq!(sizes, vec![1, 3], "the events that came during the gather went in one batch");
+    assert!(batches[0].0 - started < gather / 2, "a lone event after a quiet spell was applied at once");
+    assert!(batches[1].0 - batches[0].0 >= gather, "the next batch waited out the gather");
+    let (last, _) = *awaited.batches().last().unwrap();
+    assert!(
+        last - started < gather / 2,
+        "the awaited projection applied all four at once, gathering nothing"
+    );
+    println!(
+        "gathering: batches of {sizes:?} {:?} apart; awaited: {} batches, the last {:?} after the first append",
+        batches[1].0 - batches[0].0,
+        awaited.batches().len(),
+        last - started
     );
 }
 

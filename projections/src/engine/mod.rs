@@ -309,6 +309,13 @@ pub trait Projection: Send + Sync + 'static {
         None
     }
 
+    /// Whether requests wait on this projection's batches (as a payment waits for the charge the
+    /// payments process manager assesses): the engine then starts its next batch as soon as
+    /// events arrive, without gathering them first ([`EngineConfig::gather`]).
+    fn awaited(&self) -> bool {
+        false
+    }
+
     /// Whether this is a read model (rebuildable) rather than a process manager.
     fn is_read_model(&self) -> bool {
         !self.tables().is_empty()

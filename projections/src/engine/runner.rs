@@ -33,6 +33,13 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// Longest pause between retries of a failing batch.
     pub max_backoff: Duration,
+    /// How long after a batch that applied events a projection waits before its next one, so
+    /// that the events appended meanwhile go in one batch: under a steady stream of appends, each
+    /// projection runs at most one batch (one transaction, a fixed number of round trips) per
+    /// this interval instead of one per append. A batch after a quiet spell (the last one longer
+    /// ago than this) waits for nothing. Projections a request waits on
+    /// ([`Projection::awaited`]) never wait.
+    pub gather: Duration,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +48,7 @@ impl Default for EngineConfig {
             batch_size: 500,
             poll_interval: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            gather: Duration::from_millis(10),
         }
     }
 }
@@ -115,12 +123,17 @@ impl Engine {
         // After a batch failed, the events it held are applied one a transaction, so that the
         // one that cannot be applied is named (and those before it are not held back with it).
         let mut one_by_one = 0i64;
+        let gather = if projection.awaited() { Duration::ZERO } else { self.config.gather };
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
             let limit = if one_by_one > 0 { 1 } else { self.config.batch_size };
-            let pause = match self.run_batch_of(projection.as_ref(), limit).await {
+            let outcome = self.run_batch_of(projection.as_ref(), limit).await;
+            // After a batch that applied events, the next starts no sooner than `gather` later.
+            let next_at = matches!(outcome, Ok(BatchOutcome::Applied(n)) if n > 0)
+                .then(|| tokio::time::Instant::now() + gather);
+            let pause = match outcome {
                 Ok(BatchOutcome::Applied(n)) if n as i64 >= limit => {
                     backoff = Duration::from_millis(100);
                     one_by_one = (one_by_one - n as i64).max(0);
@@ -156,6 +169,12 @@ impl Engine {
                 () = shutdown.cancelled() => return,
                 _ = wake.changed() => {},
                 () = tokio::time::sleep(pause) => {},
+            }
+            if let Some(next_at) = next_at {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(next_at) => {},
+                }
             }
         }
     }
