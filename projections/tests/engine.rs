@@ -398,7 +398,7 @@ impl Projection for Timed {
 #[sqlx::test(migrations = "../migrations")]
 async fn after_a_batch_a_projection_gathers_the_next_events_unless_a_request_waits_on_it(pool: PgPool) {
     // Arrange: a long gather, so that its effect cannot be mistaken for chance.
-    let gather = Duration::from_secs(2);
+    let gather = Duration::from_secs(3);
     let gathering = Arc::new(Timed::new("gathering", false));
     let awaited = Arc::new(Timed::new("awaited", true));
     let config = EngineConfig { poll_interval: Duration::from_millis(5), gather, ..Default::default() };

@@ -197,25 +197,53 @@ pub struct Status {
 }
 
 /// Every projection's progress.
+///
+/// Each projection's lag is counted by a statement of its own, with its checkpoint as parameters:
+/// in one statement joining the checkpoints, the planner cannot tell how many events lie beyond a
+/// checkpoint it does not know yet, assumes a third of the log, and scans all of it once per
+/// projection (measured at 4.5 million events under load: 1.5-7.4 s a reading). Given the
+/// checkpoint, it reads the few events beyond it through the `(transaction_id, position)` index.
 pub async fn checkpoints(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
-    sqlx::query_as(
-        "select c.name, c.last_position as position,
-                coalesce(lag.events, 0) as lag_events,
-                coalesce(extract(epoch from (now() - lag.oldest))::float8, 0) as lag_seconds,
-                case when c.last_error is not null then 'failing'
-                     when coalesce(lag.events, 0) > 0 then 'catching-up'
-                     else 'running' end as state,
-                c.last_error, c.updated_at
-           from projection_checkpoint c
-           left join lateral (
-                select count(*) as events, min(e.recorded_at) as oldest
-                  from events e
-                 where (e.transaction_id, e.position) > (c.last_xid::text::xid8, c.last_position)
-           ) lag on true
-          order by c.name",
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        name: String,
+        last_xid: i64,
+        last_position: i64,
+        last_error: Option<String>,
+        updated_at: Option<DateTime<Utc>>,
+    }
+    let mut conn = pool.acquire().await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "select name, last_xid, last_position, last_error, updated_at from projection_checkpoint order by name",
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut statuses = Vec::with_capacity(rows.len());
+    for Row { name, last_xid, last_position: position, last_error, updated_at } in rows {
+        let (lag_events, lag_seconds): (i64, f64) = sqlx::query_as(
+            "select count(*), coalesce(extract(epoch from (now() - min(recorded_at)))::float8, 0)
+               from events where (transaction_id, position) > ($1::text::xid8, $2)",
+        )
+        .bind(last_xid)
+        .bind(position)
+        .fetch_one(&mut *conn)
+        .await?;
+        let state = match (&last_error, lag_events) {
+            (Some(_), _) => "failing",
+            (None, 0) => "running",
+            (None, _) => "catching-up",
+        };
+        statuses.push(Status {
+            name,
+            position,
+            lag_events,
+            lag_seconds,
+            state: state.to_owned(),
+            last_error,
+            updated_at,
+        });
+    }
+    Ok(statuses)
 }
 
 /// Waits until every named projection has applied the event at `position`: its checkpoint has
