@@ -323,7 +323,7 @@ async fn a_flood_of_readiness_probes_and_scrapes_shares_one_reading_and_starves_
         sqlx::query_scalar::<_, i64>(
             "select count(*) from pg_stat_activity
               where datname = current_database() and wait_event_type = 'Lock'
-                and query like '%from projection_checkpoint c%'",
+                and query like '%from projection_checkpoint order by name%'",
         )
         .fetch_one(&pool)
         .await
