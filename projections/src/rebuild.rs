@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::engine::{
     checkpoint, ensure_checkpoints, read_batch, read_for_replay, Checkpoint, LogEvent, Projection,
-    ProjectionError, Replay, ReplayBatch, StoredEvent, Touched,
+    ProjectionError, Replay, ReplayBatch, Touched,
 };
 
 /// Events per batch when replaying through `apply_batch`.
@@ -196,8 +196,7 @@ async fn replay_into(
     limit: i64,
 ) -> Result<(Checkpoint, u64), ProjectionError> {
     sqlx::query(&format!("set local search_path to {schema}, public")).execute(&mut *conn).await?;
-    let mut events: Vec<Arc<StoredEvent>> =
-        read_batch(conn, from, limit).await?.into_iter().map(Arc::new).collect();
+    let mut events = read_batch(conn, from, limit).await?;
     if let Some(until) = until {
         events.retain(|e| Checkpoint { xid: e.xid, position: e.position } <= until);
     }

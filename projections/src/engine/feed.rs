@@ -1,5 +1,6 @@
 //! Reading the log behind the horizon, and the checkpoints.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,13 +18,14 @@ pub struct Checkpoint {
 }
 
 /// Reads up to `limit` events after `after`, only from transactions older than every running
-/// one, in (transaction id, position) order.
+/// one, in (transaction id, position) order. Each event comes shared, as projections take them
+/// ([`super::Projection::apply_batch`]).
 pub async fn read_batch(
     conn: &mut PgConnection,
     after: Checkpoint,
     limit: i64,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    read(conn, after, limit, &EventFilter::default()).await
+) -> Result<Vec<Arc<StoredEvent>>, sqlx::Error> {
+    Ok(read(conn, after, limit, &EventFilter::default()).await?.into_iter().map(Arc::new).collect())
 }
 
 /// A batch of the log read for a replay.

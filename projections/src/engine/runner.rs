@@ -131,7 +131,7 @@ impl Engine {
             let limit = if one_by_one > 0 { 1 } else { self.config.batch_size };
             let outcome = self.run_batch_of(projection.as_ref(), limit).await;
             // After a batch that applied events, the next starts no sooner than `gather` later.
-            let next_at = matches!(outcome, Ok(BatchOutcome::Applied(n)) if n > 0)
+            let next_at = (!gather.is_zero() && matches!(outcome, Ok(BatchOutcome::Applied(n)) if n > 0))
                 .then(|| tokio::time::Instant::now() + gather);
             let pause = match outcome {
                 Ok(BatchOutcome::Applied(n)) if n as i64 >= limit => {

@@ -58,8 +58,7 @@ impl RecentLog {
         let next = events.last().map_or(from, |e| key(e));
         let wanted = limit - events.len() as i64;
         if wanted > 0 {
-            let read: Vec<Arc<StoredEvent>> =
-                read_batch(conn, next, wanted).await?.into_iter().map(Arc::new).collect();
+            let read = read_batch(conn, next, wanted).await?;
             self.extend(next, &read);
             events.extend(read);
         }
