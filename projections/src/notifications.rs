@@ -12,9 +12,9 @@
 //! Rows hold ids and the facts of their trigger (times, amounts), never an address: the sender
 //! reads the recipient from the account when it sends. The sender claims due rows with
 //! `for update skip locked` and leases them (their `next_attempt_at` moves [`LEASE`] on) in a
-//! short transaction, sends outside of it, and then marks them; a process that dies mid-send
-//! leaves its lease to run out, after which another sends the email again, with the same
-//! `Message-ID`.
+//! short transaction, sends outside of it, and then marks them (those sent while a mark is in
+//! flight go together in the next); a process that dies mid-send leaves its lease to run out,
+//! after which another sends the unmarked emails again, with the same `Message-ID`.
 //!
 //! A statement on rows named by id says "not yet sent" as `state not in ('sent', 'failed',
 //! 'skipped')`, not as `state = 'pending'`: the queue's partial index (`where state = 'pending'`)
@@ -458,15 +458,15 @@ macro_rules! still_queued {
     };
 }
 
-/// Marks a row sent (and forgets its token).
-pub async fn mark_sent(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+/// Marks rows sent (and forgets their tokens), in one statement.
+pub async fn mark_sent(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
     sqlx::query(concat!(
         "update notification
                 set state = 'sent', sent_at = now(), attempts = attempts + 1, last_error = null, secret = null
-              where id = $1 and ",
+              where id = any($1) and ",
         still_queued!()
     ))
-    .bind(id)
+    .bind(ids)
     .execute(pool)
     .await?;
     Ok(())

@@ -1,8 +1,8 @@
 //! Email, through the real binary and a real SMTP server in the test process
 //! ([`crate::mail_sink`]): every kind arrives with its headers, both parts and escaped values; an
 //! SMTP server that goes away loses nothing and delays no command, and the queue goes out in
-//! order once it is back; a sender killed mid-queue loses nothing; two processes send each email
-//! once; an erased account and preferences turned off get nothing; password reset end to end;
+//! order once it is back; a sender killed mid-queue loses nothing; emails delivered while a mark
+//! is in flight are marked together; two processes send each email once; an erased account and preferences turned off get nothing; password reset end to end;
 //! without an SMTP server emails are `.eml` files.
 
 use std::collections::{HashMap, HashSet};
@@ -299,6 +299,54 @@ async fn a_sender_killed_mid_queue_loses_no_email_and_repeats_one_only_with_its_
     println!("kill -9 mid-queue: {before_restart} delivered before the restart, {duplicates} repeated (same Message-ID)");
     assert!(duplicates <= 1, "at most the email in flight at the kill is repeated: {duplicates}");
     assert_eq!(outbox(&second, "state=sent").await.len(), 30);
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn emails_delivered_while_a_mark_is_in_flight_are_marked_sent_together(pool: PgPool) {
+    // Arrange: 20 welcome emails queued while the queue is paused, and every statement that marks
+    // emails sent held for a second (a trigger of this test's database), as a slow commit would.
+    let sink = MailSink::start().await;
+    let app = spawn_with_smtp(pool.clone(), &sink).await;
+    sqlx::query("insert into notification_queue (id, paused_until) values (true, now() + interval '1 hour')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        customer(&app, &format!("grouped-{i}")).await;
+    }
+    wait_for_outbox(&app, "state=pending", 20, Duration::from_secs(10)).await;
+    sqlx::raw_sql(
+        "create function slow_mark() returns trigger language plpgsql as $$
+         begin
+             if current_setting('test.marking', true) is distinct from 'yes' then
+                 perform set_config('test.marking', 'yes', true);
+                 perform pg_sleep(1);
+             end if;
+             return new;
+         end $$;
+         create trigger slow_mark before update on notification for each row
+             when (new.state = 'sent' and old.state <> 'sent') execute function slow_mark();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Act: the queue resumes; one round claims the 20.
+    sqlx::query("update notification_queue set paused_until = now()").execute(&pool).await.unwrap();
+    sink.wait_for(20, Duration::from_secs(20)).await;
+    let sent = wait_for_outbox(&app, "state=sent", 20, Duration::from_secs(20)).await;
+
+    // Assert: each delivered once; the first mark held the others back, which went in one more.
+    let messages = sink.messages();
+    let ids: HashSet<String> = messages.iter().map(Mail::message_id).collect();
+    assert_eq!((messages.len(), ids.len(), sent.len()), (20, 20, 20), "each email sent and marked once");
+    let statements: i64 =
+        sqlx::query_scalar("select count(distinct xmin::text) from notification where state = 'sent'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    println!("20 emails delivered, marked sent in {statements} statements");
+    assert!(statements <= 4, "emails delivered during a mark are marked together: {statements} statements");
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]

@@ -256,34 +256,46 @@ impl Sender {
     }
 
     /// One round: queues the due reminder repeats, then claims and sends a batch, oldest first.
+    /// The emails delivered are marked sent as they go, grouped ([`mark_as_they_go`]).
     pub async fn round(&self) -> Result<Round, sqlx::Error> {
         outbox::fire_reminders(&self.pool, 100).await?;
         let claimed = outbox::claim(&self.pool, BATCH).await?;
-        let mut round = Round { claimed: claimed.len(), ..Round::default() };
-        for (index, row) in claimed.iter().enumerate() {
-            match self.deliver(row).await? {
-                Ok(outcome) => {
-                    if outcome == Outcome::Sent {
-                        round.sent += 1;
+        let (delivered, marks) = tokio::sync::mpsc::unbounded_channel();
+        let sending = async move {
+            let mut round = Round { claimed: claimed.len(), ..Round::default() };
+            for (index, row) in claimed.iter().enumerate() {
+                match self.deliver(row).await? {
+                    Ok(outcome) => {
+                        self.observe(row, outcome);
+                        if outcome == Outcome::Sent {
+                            round.sent += 1;
+                            if delivered.send(row.id).is_err() {
+                                // The marks failed: their error ends the round, and the rest
+                                // of the batch waits for its lease to run out.
+                                break;
+                            }
+                        }
                     }
-                    self.observe(row, outcome);
-                }
-                Err(error) => {
-                    // The server is away: this email and every other waits, so that the queue
-                    // keeps its order; the rest of this batch goes back to its place.
-                    let pause = backoff(row.attempts as u32 + 1);
-                    let failed = outbox::mark_failed_attempt(&self.pool, row.id, &error, pause).await?;
-                    outbox::pause_queue(&self.pool, pause).await?;
-                    let rest: Vec<Uuid> = claimed[index + 1..].iter().map(|r| r.id).collect();
-                    outbox::release(&self.pool, &rest).await?;
-                    let _ = outbox::record_sender(&self.pool, Some(&error)).await;
-                    self.observe(row, if failed { Outcome::Failed } else { Outcome::Retried });
-                    round.paused = Some(pause);
-                    break;
+                    Err(error) => {
+                        // The server is away: this email and every other waits, so that the queue
+                        // keeps its order; the rest of this batch goes back to its place.
+                        let pause = backoff(row.attempts as u32 + 1);
+                        let failed = outbox::mark_failed_attempt(&self.pool, row.id, &error, pause).await?;
+                        outbox::pause_queue(&self.pool, pause).await?;
+                        let rest: Vec<Uuid> = claimed[index + 1..].iter().map(|r| r.id).collect();
+                        outbox::release(&self.pool, &rest).await?;
+                        let _ = outbox::record_sender(&self.pool, Some(&error)).await;
+                        self.observe(row, if failed { Outcome::Failed } else { Outcome::Retried });
+                        round.paused = Some(pause);
+                        break;
+                    }
                 }
             }
-        }
-        Ok(round)
+            Ok(round)
+        };
+        let (round, marked) = tokio::join!(sending, mark_as_they_go(&self.pool, marks));
+        marked?;
+        round
     }
 
     fn observe(&self, row: &Claimed, outcome: Outcome) {
@@ -292,8 +304,8 @@ impl Sender {
         tracing::info!(notification_id = %row.id, kind, outcome = outcome.label(), attempts = row.attempts + 1, "notification");
     }
 
-    /// Sends one row and marks it; `Err(reason)` when the SMTP server could not be reached (the
-    /// row is not marked then).
+    /// Sends one row and marks it unless it was sent (the caller marks those); `Err(reason)` when
+    /// the SMTP server could not be reached (the row is not marked then).
     async fn deliver(&self, row: &Claimed) -> Result<Result<Outcome, String>, sqlx::Error> {
         let skip = |why: &'static str| async move {
             outbox::mark_skipped(&self.pool, row.id, why).await.map(|()| Ok(Outcome::Skipped))
@@ -328,10 +340,7 @@ impl Sender {
             }
         };
         match self.transport.send(row.id, message).await {
-            Ok(()) => {
-                outbox::mark_sent(&self.pool, row.id).await?;
-                Ok(Ok(Outcome::Sent))
-            }
+            Ok(()) => Ok(Ok(Outcome::Sent)),
             Err(SendError::Unreachable(error)) => Ok(Err(error)),
             Err(SendError::Refused(error)) => {
                 let retry_in = backoff(row.attempts as u32 + 1);
@@ -433,6 +442,22 @@ impl Sender {
             )
             .map_err(|e| format!("message: {e}"))
     }
+}
+
+/// Marks sent the emails `delivered` names, in one statement per group: those delivered while a
+/// mark is in flight go together in the next, so a fast server costs one commit per group rather
+/// than one per email, and a slow one still has each email marked right after it leaves. A crash
+/// repeats only the emails delivered and not yet marked (each once, with its `Message-ID`).
+async fn mark_as_they_go(
+    pool: &PgPool,
+    mut delivered: tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let mut ids = Vec::with_capacity(BATCH as usize);
+    while delivered.recv_many(&mut ids, BATCH as usize).await > 0 {
+        outbox::mark_sent(pool, &ids).await?;
+        ids.clear();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
