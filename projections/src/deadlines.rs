@@ -181,13 +181,17 @@ impl Scheduler {
         Ok(round)
     }
 
-    /// How long until the earliest timer may fire, at most the poll interval.
+    /// How long until the earliest timer may fire, at most the poll interval. Only the timers due
+    /// within the poll interval can be earlier than that, so the statement reads those alone,
+    /// through the index on `due_at`, however many rentals are open.
     async fn next_wait(&self) -> Result<Duration, sqlx::Error> {
         let seconds: Option<f64> = sqlx::query_scalar(
             "select extract(epoch from min(greatest(due_at, created_at + make_interval(secs => $1))) - now())::float8
-               from deadline",
+               from deadline
+              where due_at <= now() + make_interval(secs => $2)",
         )
         .bind(self.config.grace.as_secs_f64())
+        .bind(self.config.poll.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
         let poll = self.config.poll;
