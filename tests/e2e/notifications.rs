@@ -1,9 +1,10 @@
 //! Email, through the real binary and a real SMTP server in the test process
 //! ([`crate::mail_sink`]): every kind arrives with its headers, both parts and escaped values; an
-//! SMTP server that goes away loses nothing and delays no command, and the queue goes out in
-//! order once it is back; a sender killed mid-queue loses nothing; emails delivered while a mark
-//! is in flight are marked together; two processes send each email once; an erased account and preferences turned off get nothing; password reset end to end;
-//! without an SMTP server emails are `.eml` files.
+//! SMTP server that goes away loses nothing and delays no command, and the queue goes out in order
+//! once it is back; a sender killed mid-queue loses nothing; emails delivered while a mark is in
+//! flight are marked together; a round slower than its lease sends no email twice; two processes
+//! send each email once; an erased account and preferences turned off get nothing; password reset
+//! end to end; without an SMTP server emails are `.eml` files.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -347,6 +348,36 @@ async fn emails_delivered_while_a_mark_is_in_flight_are_marked_sent_together(poo
             .unwrap();
     println!("20 emails delivered, marked sent in {statements} statements");
     assert!(statements <= 4, "emails delivered during a mark are marked together: {statements} statements");
+}
+
+#[sqlx::test(migrator = "api::MIGRATOR")]
+async fn a_round_slower_than_its_lease_gives_the_rest_back_and_no_email_goes_twice(pool: PgPool) {
+    // Arrange: two processes, a server that takes 2 s an email, and 20 emails queued while the
+    // queue is paused, so that one round claims them all: 40 s of sending, past the 30 s lease.
+    let sink = MailSink::start().await;
+    sink.set_delay(Duration::from_secs(2));
+    let one = spawn_with_smtp(pool.clone(), &sink).await;
+    let _two = spawn_with_smtp(pool.clone(), &sink).await;
+    sqlx::query("insert into notification_queue (id, paused_until) values (true, now() + interval '1 hour')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        customer(&one, &format!("slow-{i}")).await;
+    }
+    wait_for_outbox(&one, "state=pending", 20, Duration::from_secs(10)).await;
+
+    // Act
+    sqlx::query("update notification_queue set paused_until = now()").execute(&pool).await.unwrap();
+    sink.wait_for(20, Duration::from_secs(90)).await;
+    wait_for_outbox(&one, "state=sent", 20, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Assert: each email once, though no round could send them all within its lease.
+    let messages = sink.messages();
+    let ids: HashSet<String> = messages.iter().map(Mail::message_id).collect();
+    println!("20 emails at 2 s each: {} delivered, {} distinct", messages.len(), ids.len());
+    assert_eq!((messages.len(), ids.len()), (20, 20), "each email delivered once");
 }
 
 #[sqlx::test(migrator = "api::MIGRATOR")]

@@ -10,7 +10,9 @@
 //! the order they were queued; a message the server refuses for good is retried on its own with
 //! the same backoff. Either way an email is given up (`failed`) 24 h after it was queued. An
 //! account erased, without email, or that does not want this kind of email gets nothing
-//! (`skipped`).
+//! (`skipped`). A round that a slow server keeps past [`DELIVER_WITHIN`] starts no more
+//! deliveries and gives the rest of its batch back, so that no row's lease runs out while this
+//! process may still send it.
 
 pub mod render;
 pub mod smtp;
@@ -34,6 +36,13 @@ use render::{day, money, when, Templates};
 
 /// Rows claimed per round.
 pub const BATCH: i64 = 20;
+
+/// A round starts no delivery once this much time has passed since its claim: the slowest
+/// delivery (a new connection and a message, each given [`smtp::TIMEOUT`]) still ends before the
+/// rows' lease ([`outbox::LEASE`]) runs out and another process may claim them. The rest of the
+/// batch goes back to its place in the queue.
+pub const DELIVER_WITHIN: Duration =
+    Duration::from_secs(outbox::LEASE.as_secs() - 2 * smtp::TIMEOUT.as_secs());
 
 /// How often an idle sender looks for due rows.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -260,10 +269,18 @@ impl Sender {
     pub async fn round(&self) -> Result<Round, sqlx::Error> {
         outbox::fire_reminders(&self.pool, 100).await?;
         let claimed = outbox::claim(&self.pool, BATCH).await?;
+        let leased = tokio::time::Instant::now();
         let (delivered, marks) = tokio::sync::mpsc::unbounded_channel();
         let sending = async move {
             let mut round = Round { claimed: claimed.len(), ..Round::default() };
             for (index, row) in claimed.iter().enumerate() {
+                if index > 0 && leased.elapsed() >= DELIVER_WITHIN {
+                    // A slow server: the rest would outlive its lease and be sent by another
+                    // process as well. It goes back to its place; the next round claims it anew.
+                    let rest: Vec<Uuid> = claimed[index..].iter().map(|r| r.id).collect();
+                    outbox::release(&self.pool, &rest).await?;
+                    break;
+                }
                 match self.deliver(row).await? {
                     Ok(outcome) => {
                         self.observe(row, outcome);
