@@ -86,6 +86,24 @@ async fn customer(app: &TestApp, username: &str) -> (Uuid, String) {
     app.customer(username).await
 }
 
+/// Pauses the queue (as a server away would), then registers `count` customers named
+/// `PREFIX-N` on `app`, so that their welcome emails wait together for one round.
+async fn queue_welcomes_while_paused(app: &TestApp, pool: &PgPool, prefix: &str, count: usize) {
+    sqlx::query("insert into notification_queue (id, paused_until) values (true, now() + interval '1 hour')")
+        .execute(pool)
+        .await
+        .unwrap();
+    for i in 0..count {
+        customer(app, &format!("{prefix}-{i}")).await;
+    }
+    wait_for_outbox(app, "state=pending", count, Duration::from_secs(10)).await;
+}
+
+/// Ends the pause of [`queue_welcomes_while_paused`]: the next round claims the queue.
+async fn resume_queue(pool: &PgPool) {
+    sqlx::query("update notification_queue set paused_until = now()").execute(pool).await.unwrap();
+}
+
 fn recipient(mail: &Mail) -> String {
     mail.envelope_to.first().cloned().unwrap_or_default()
 }
@@ -308,14 +326,7 @@ async fn emails_delivered_while_a_mark_is_in_flight_are_marked_sent_together(poo
     // emails sent held for a second (a trigger of this test's database), as a slow commit would.
     let sink = MailSink::start().await;
     let app = spawn_with_smtp(pool.clone(), &sink).await;
-    sqlx::query("insert into notification_queue (id, paused_until) values (true, now() + interval '1 hour')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        customer(&app, &format!("grouped-{i}")).await;
-    }
-    wait_for_outbox(&app, "state=pending", 20, Duration::from_secs(10)).await;
+    queue_welcomes_while_paused(&app, &pool, "grouped", 20).await;
     sqlx::raw_sql(
         "create function slow_mark() returns trigger language plpgsql as $$
          begin
@@ -333,7 +344,7 @@ async fn emails_delivered_while_a_mark_is_in_flight_are_marked_sent_together(poo
     .unwrap();
 
     // Act: the queue resumes; one round claims the 20.
-    sqlx::query("update notification_queue set paused_until = now()").execute(&pool).await.unwrap();
+    resume_queue(&pool).await;
     sink.wait_for(20, Duration::from_secs(20)).await;
     let sent = wait_for_outbox(&app, "state=sent", 20, Duration::from_secs(20)).await;
 
@@ -358,17 +369,10 @@ async fn a_round_slower_than_its_lease_gives_the_rest_back_and_no_email_goes_twi
     sink.set_delay(Duration::from_secs(2));
     let one = spawn_with_smtp(pool.clone(), &sink).await;
     let _two = spawn_with_smtp(pool.clone(), &sink).await;
-    sqlx::query("insert into notification_queue (id, paused_until) values (true, now() + interval '1 hour')")
-        .execute(&pool)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        customer(&one, &format!("slow-{i}")).await;
-    }
-    wait_for_outbox(&one, "state=pending", 20, Duration::from_secs(10)).await;
+    queue_welcomes_while_paused(&one, &pool, "slow", 20).await;
 
     // Act
-    sqlx::query("update notification_queue set paused_until = now()").execute(&pool).await.unwrap();
+    resume_queue(&pool).await;
     sink.wait_for(20, Duration::from_secs(90)).await;
     wait_for_outbox(&one, "state=sent", 20, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
