@@ -38,11 +38,11 @@ use render::{day, money, when, Templates};
 pub const BATCH: i64 = 20;
 
 /// A round starts no delivery once this much time has passed since its claim: the slowest
-/// delivery (a new connection and a message, each given [`smtp::TIMEOUT`]) still ends before the
-/// rows' lease ([`outbox::LEASE`]) runs out and another process may claim them. The rest of the
-/// batch goes back to its place in the queue.
+/// delivery ([`smtp::LONGEST_SEND`]: checking the kept connection or opening a new one, and the
+/// message) still ends before the rows' lease ([`outbox::LEASE`]) runs out and another process
+/// may claim them. The rest of the batch goes back to its place in the queue.
 pub const DELIVER_WITHIN: Duration =
-    Duration::from_secs(outbox::LEASE.as_secs() - 2 * smtp::TIMEOUT.as_secs());
+    Duration::from_secs(outbox::LEASE.as_secs() - smtp::LONGEST_SEND.as_secs());
 
 /// How often an idle sender looks for due rows.
 pub const POLL: Duration = Duration::from_millis(250);
