@@ -1,6 +1,6 @@
 //! Sending the emails of the outbox (`projections::notifications`): a sender runs in every
-//! `serve` and `worker` process. Each round it queues the due overdue-reminder repeats, claims
-//! the oldest due rows (`for update skip locked`, leased for a while), and for each reads the
+//! `serve` and `worker` process. It queues the due overdue-reminder repeats (at most once per
+//! [`POLL`]), and each round claims the oldest due rows (`for update skip locked`, leased for a while), and for each reads the
 //! recipient from the account at that moment, renders the templates, sends over SMTP (or writes
 //! an `.eml` file when no SMTP server is configured) and marks the row.
 //!
@@ -108,14 +108,20 @@ impl Transport {
                 smtp::Failure::Transient(e) => SendError::Unreachable(without_addresses(&e)),
             }),
             Self::Files(dir) => {
-                let write = async {
-                    tokio::fs::create_dir_all(dir).await?;
+                // One trip to the blocking pool for the three calls: a trip each made every email
+                // wait for three thread wake-ups.
+                let folder = dir.clone();
+                let write = move || {
+                    std::fs::create_dir_all(&folder)?;
                     // Written aside and renamed, so a reader never sees half a file.
-                    let partial = dir.join(format!(".{id}.eml.partial"));
-                    tokio::fs::write(&partial, message.formatted()).await?;
-                    tokio::fs::rename(&partial, dir.join(format!("{id}.eml"))).await
+                    let partial = folder.join(format!(".{id}.eml.partial"));
+                    std::fs::write(&partial, message.formatted())?;
+                    std::fs::rename(&partial, folder.join(format!("{id}.eml")))
                 };
-                write.await.map_err(|e| SendError::Unreachable(format!("{}: {e}", dir.display())))
+                let written = tokio::task::spawn_blocking(write).await.unwrap_or_else(|joined| {
+                    Err(std::io::Error::other(format!("the file writer stopped: {joined}")))
+                });
+                written.map_err(|e| SendError::Unreachable(format!("{}: {e}", dir.display())))
             }
         }
     }
@@ -231,11 +237,22 @@ impl Sender {
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(delivery = %self.transport.describe(), "sending notifications");
         let mut failures = 0u32;
+        // When the due reminder repeats were last queued: at most once per `POLL`, however many
+        // rounds a busy queue runs back to back.
+        let mut reminded: Option<tokio::time::Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            let wait = match self.round().await {
+            let remind = reminded.is_none_or(|at| at.elapsed() >= POLL);
+            let done = async {
+                if remind {
+                    outbox::fire_reminders(&self.pool, 100).await?;
+                    reminded = Some(tokio::time::Instant::now());
+                }
+                self.round().await
+            };
+            let wait = match done.await {
                 Ok(round) => {
                     failures = 0;
                     if let Some(pause) = round.paused {
@@ -264,10 +281,9 @@ impl Sender {
         }
     }
 
-    /// One round: queues the due reminder repeats, then claims and sends a batch, oldest first.
-    /// The emails delivered are marked sent as they go, grouped ([`mark_as_they_go`]).
+    /// One round: claims and sends a batch, oldest first. The emails delivered are marked sent as
+    /// they go, grouped ([`mark_as_they_go`]).
     pub async fn round(&self) -> Result<Round, sqlx::Error> {
-        outbox::fire_reminders(&self.pool, 100).await?;
         let claimed = outbox::claim(&self.pool, BATCH).await?;
         let leased = tokio::time::Instant::now();
         let (delivered, marks) = tokio::sync::mpsc::unbounded_channel();
