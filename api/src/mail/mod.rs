@@ -1,8 +1,9 @@
 //! Sending the emails of the outbox (`projections::notifications`): a sender runs in every
 //! `serve` and `worker` process. It queues the due overdue-reminder repeats (at most once per
-//! [`POLL`]), and each round claims the oldest due rows (`for update skip locked`, leased for a while), and for each reads the
-//! recipient from the account at that moment, renders the templates, sends over SMTP (or writes
-//! an `.eml` file when no SMTP server is configured) and marks the row.
+//! [`POLL`]), and each round claims the oldest due rows (`for update skip locked`, leased for a
+//! while), and for each reads the recipient from the account at that moment, renders the
+//! templates, sends over SMTP (or writes an `.eml` file when no SMTP server is configured) and
+//! marks the row.
 //!
 //! Failures: when the SMTP server cannot be reached (or answers with a transient error) the whole
 //! queue waits, in every process (1 s, doubling to 10 min while it lasts, counted by the attempts
