@@ -285,11 +285,21 @@ mod tests {
             }
         }
 
-        /// A client with each step limited to `step`.
-        fn client(&self, step: Duration) -> Smtp {
-            let mut smtp = Smtp::from_url(&format!("smtp://127.0.0.1:{}", self.port)).unwrap();
+        /// A sink, a client of it with each step limited to `step`, and a message that client has
+        /// sent once already: its session is the one kept.
+        async fn with_a_kept_session(step: Duration) -> (Arc<Self>, Smtp, Message) {
+            let sink = Sink::start().await;
+            let mut smtp = Smtp::from_url(&format!("smtp://127.0.0.1:{}", sink.port)).unwrap();
             smtp.step = step;
-            smtp
+            let message = message();
+            tokio::time::timeout(HUNG, smtp.send(&message)).await.expect("the first send hung").unwrap();
+            assert_eq!(sink.counts(), (1, 1));
+            (sink, smtp, message)
+        }
+
+        /// Sessions opened and messages accepted so far.
+        fn counts(&self) -> (usize, usize) {
+            (self.sessions.load(Ordering::SeqCst), self.delivered.load(Ordering::SeqCst))
         }
     }
 
@@ -307,13 +317,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_kept_session_that_stops_answering_is_replaced_and_a_silent_server_fails_in_time() {
-        let sink = Sink::start().await;
         let step = Duration::from_millis(300);
-        let smtp = sink.client(step);
-        let message = message();
-
-        tokio::time::timeout(HUNG, smtp.send(&message)).await.expect("the first send hung").unwrap();
-        assert_eq!((sink.sessions.load(Ordering::SeqCst), sink.delivered.load(Ordering::SeqCst)), (1, 1));
+        let (sink, smtp, message) = Sink::with_a_kept_session(step).await;
 
         // The kept session stops answering: its NOOP check gives up after a step, and the email
         // goes on a new connection.
@@ -322,7 +327,7 @@ mod tests {
         let sent = tokio::time::timeout(HUNG, smtp.send(&message)).await;
         let took = started.elapsed();
         sent.expect("a kept session that stopped answering hung the send").unwrap();
-        assert_eq!((sink.sessions.load(Ordering::SeqCst), sink.delivered.load(Ordering::SeqCst)), (2, 2));
+        assert_eq!(sink.counts(), (2, 2));
         assert!(took >= step, "the NOOP was given {took:?}, less than its step of {step:?}");
 
         // Now no session answers, not even a new one's greeting: the send fails as transient.
@@ -330,16 +335,13 @@ mod tests {
         let failed =
             tokio::time::timeout(HUNG, smtp.send(&message)).await.expect("a silent server hung the send");
         assert!(matches!(failed, Err(Failure::Transient(_))), "{failed:?}");
-        assert_eq!((sink.sessions.load(Ordering::SeqCst), sink.delivered.load(Ordering::SeqCst)), (3, 2));
+        assert_eq!(sink.counts(), (3, 2));
     }
 
     #[tokio::test]
     async fn a_send_whose_steps_each_keep_their_limit_still_ends_at_the_whole_sends_limit() {
-        let sink = Sink::start().await;
         let step = Duration::from_secs(1);
-        let smtp = sink.client(step);
-        let message = message();
-        tokio::time::timeout(HUNG, smtp.send(&message)).await.expect("the first send hung").unwrap();
+        let (sink, smtp, message) = Sink::with_a_kept_session(step).await;
 
         // The kept session goes silent (its NOOP takes a whole step), the new session greets
         // after 0.7 of a step and accepts the message after 0.7 of a step: each step keeps well
@@ -358,7 +360,7 @@ mod tests {
         assert!(took >= 2 * step, "the send ended after {took:?}");
         // The message was on its way when the limit cut it: the server counts it only after
         // answering, so it is not known delivered (the sender will try it again).
-        assert_eq!(sink.sessions.load(Ordering::SeqCst), 2);
+        assert_eq!(sink.counts().0, 2);
     }
 
     #[test]
