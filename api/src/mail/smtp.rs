@@ -29,8 +29,11 @@ use tokio::sync::Mutex;
 /// an open connection.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A whole send's limit, in steps' limits.
+const SEND_IN_STEPS: u32 = 2;
+
 /// The longest a whole [`Smtp::send`] may take, its steps together.
-pub const LONGEST_SEND: Duration = Duration::from_secs(2 * TIMEOUT.as_secs());
+pub const LONGEST_SEND: Duration = Duration::from_secs(TIMEOUT.as_secs() * SEND_IN_STEPS as u64);
 
 /// How the connection is protected, from the URL's scheme and `tls` parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +113,7 @@ impl Smtp {
     pub async fn send(&self, message: &Message) -> Result<(), Failure> {
         let mut open = self.open.lock().await;
         let kept = open.take();
-        let longest = 2 * self.step;
+        let longest = self.step * SEND_IN_STEPS;
         match tokio::time::timeout(longest, self.send_on(kept, message)).await {
             Ok((conn, sent)) => {
                 *open = conn;
